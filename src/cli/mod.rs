@@ -1,0 +1,5 @@
+//! One file per group of commands.
+
+pub mod check;
+pub mod engine;
+pub mod sandbox;

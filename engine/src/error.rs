@@ -1,0 +1,47 @@
+//! The engine's error type. Every variant names what it is about: the process,
+//! the fd, the memory area or the image file at fault.
+
+use std::path::PathBuf;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{what}: {source}")]
+    Io {
+        what: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("{0}")]
+    Sys(#[from] sys::Error),
+    #[error("image {path}: {reason}")]
+    BadImage { path: PathBuf, reason: String },
+    #[error("process {pid}: {what} is not supported yet ({detail})")]
+    Unsupported {
+        pid: i32,
+        what: String,
+        detail: String,
+    },
+    #[error("process {pid}: {reason}")]
+    Process { pid: i32, reason: String },
+    #[error("sandbox: {0}")]
+    Sandbox(#[from] sandbox::Error),
+    #[error("{0}")]
+    Other(String),
+}
+
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Wraps an I/O error with what was being done.
+pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
+    let what = what.into();
+    move |source| Error::Io { what, source }
+}
+
+/// Wraps a nix errno with what was being done.
+pub fn errno(what: impl Into<String>) -> impl FnOnce(nix::errno::Errno) -> Error {
+    let what = what.into();
+    move |e| Error::Io {
+        what,
+        source: std::io::Error::from_raw_os_error(e as i32),
+    }
+}

@@ -1,0 +1,450 @@
+//! The image directory: files written with their checksums, the manifest last;
+//! files read back only after their size and checksum are verified.
+
+use std::collections::BTreeMap;
+use std::fs::{self, File, OpenOptions};
+use std::io::{Read, Write};
+use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
+use std::path::{Path, PathBuf};
+
+use serde::de::DeserializeOwned;
+use serde::Serialize;
+use xxhash_rust::xxh3::Xxh3;
+
+use super::{limits, CpuFeatures, FileEntry, Manifest, FORMAT_VERSION, MAGIC};
+use crate::error::{io, Error, Result};
+
+const MANIFEST: &str = "manifest.json";
+
+fn bad(path: &Path, reason: impl Into<String>) -> Error {
+    Error::BadImage {
+        path: path.to_path_buf(),
+        reason: reason.into(),
+    }
+}
+
+/// Writes an image. Dropped without `finish`, it removes what it wrote.
+pub struct ImageWriter {
+    dir: PathBuf,
+    created_dir: bool,
+    entries: BTreeMap<String, FileEntry>,
+    written: Vec<PathBuf>,
+    finished: bool,
+}
+
+/// A file of the image being written, hashed as it is written.
+pub struct PageSink {
+    name: String,
+    file: File,
+    hasher: Box<Xxh3>,
+    size: u64,
+}
+
+impl PageSink {
+    pub fn write_all(&mut self, buf: &[u8]) -> Result<()> {
+        self.file
+            .write_all(buf)
+            .map_err(io(format!("writing image file {}", self.name)))?;
+        self.hasher.update(buf);
+        self.size += buf.len() as u64;
+        Ok(())
+    }
+
+    /// Bytes written so far: the offset the next write lands at.
+    pub fn position(&self) -> u64 {
+        self.size
+    }
+}
+
+impl ImageWriter {
+    /// Creates the image directory (0700), or takes an existing empty one.
+    pub fn create(dir: &Path) -> Result<Self> {
+        let created_dir = match fs::DirBuilder::new().mode(0o700).create(dir) {
+            Ok(()) => true,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                let mut entries = fs::read_dir(dir)
+                    .map_err(io(format!("image directory {}", dir.display())))?;
+                if entries.next().is_some() {
+                    return Err(bad(
+                        dir,
+                        "directory is not empty (refusing to overwrite an image)",
+                    ));
+                }
+                fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o700))
+                    .map_err(io(format!("chmod image directory {}", dir.display())))?;
+                false
+            }
+            Err(e) => return Err(io(format!("creating image directory {}", dir.display()))(e)),
+        };
+        Ok(ImageWriter {
+            dir: dir.to_path_buf(),
+            created_dir,
+            entries: BTreeMap::new(),
+            written: Vec::new(),
+            finished: false,
+        })
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Opens a new file of the image for streaming.
+    pub fn create_file(&mut self, name: &str) -> Result<PageSink> {
+        let path = self.dir.join(name);
+        let file = OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)
+            .map_err(io(format!("creating image file {}", path.display())))?;
+        self.written.push(path);
+        Ok(PageSink {
+            name: name.to_string(),
+            file,
+            hasher: Box::new(Xxh3::new()),
+            size: 0,
+        })
+    }
+
+    /// Closes a streamed file and records its size and checksum.
+    pub fn commit_file(&mut self, sink: PageSink) -> Result<u64> {
+        sink.file
+            .sync_data()
+            .map_err(io(format!("syncing image file {}", sink.name)))?;
+        let size = sink.size;
+        self.entries.insert(
+            sink.name,
+            FileEntry {
+                size,
+                xxh3: format!("{:016x}", sink.hasher.digest()),
+            },
+        );
+        Ok(size)
+    }
+
+    pub fn write_json<T: Serialize>(&mut self, name: &str, value: &T) -> Result<()> {
+        let bytes = serde_json::to_vec(value)
+            .map_err(|e| Error::Other(format!("encoding {name}: {e}")))?;
+        let mut sink = self.create_file(name)?;
+        sink.write_all(&bytes)?;
+        self.commit_file(sink)?;
+        Ok(())
+    }
+
+    /// Total bytes of the files written so far.
+    pub fn bytes(&self) -> u64 {
+        self.entries.values().map(|e| e.size).sum()
+    }
+
+    /// Writes the manifest (atomically, last): from now on the image is valid.
+    pub fn finish(mut self, cpu: CpuFeatures) -> Result<u64> {
+        let manifest = Manifest {
+            magic: MAGIC.to_string(),
+            format_version: FORMAT_VERSION,
+            stasis_version: env!("CARGO_PKG_VERSION").to_string(),
+            kernel_release: kernel_release(),
+            arch: std::env::consts::ARCH.to_string(),
+            cpu,
+            created: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_secs())
+                .unwrap_or(0),
+            files: std::mem::take(&mut self.entries),
+        };
+        let total = manifest.files.values().map(|e| e.size).sum::<u64>();
+        let tmp = self.dir.join(".manifest.json.tmp");
+        let bytes = serde_json::to_vec_pretty(&manifest)
+            .map_err(|e| Error::Other(format!("encoding manifest: {e}")))?;
+        {
+            self.written.push(tmp.clone());
+            let mut f = OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)
+                .map_err(io(format!("creating {}", tmp.display())))?;
+            f.write_all(&bytes)
+                .and_then(|_| f.sync_all())
+                .map_err(io(format!("writing {}", tmp.display())))?;
+        }
+        let dst = self.dir.join(MANIFEST);
+        fs::rename(&tmp, &dst).map_err(io(format!("renaming {}", dst.display())))?;
+        if let Ok(d) = File::open(&self.dir) {
+            let _ = d.sync_all();
+        }
+        self.finished = true;
+        Ok(total + bytes.len() as u64)
+    }
+}
+
+impl Drop for ImageWriter {
+    fn drop(&mut self) {
+        if self.finished {
+            return;
+        }
+        for p in &self.written {
+            let _ = fs::remove_file(p);
+        }
+        if self.created_dir {
+            let _ = fs::remove_dir(&self.dir);
+        }
+    }
+}
+
+pub fn kernel_release() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_string())
+        .unwrap_or_default()
+}
+
+/// Reads a verified image.
+pub struct ImageReader {
+    dir: PathBuf,
+    manifest: Manifest,
+}
+
+impl ImageReader {
+    /// Opens an image: checks ownership and permissions, the manifest's magic,
+    /// version and architecture. File contents are verified by `verify_all`.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let meta = fs::metadata(dir).map_err(io(format!("image directory {}", dir.display())))?;
+        if !meta.is_dir() {
+            return Err(bad(dir, "not a directory"));
+        }
+        check_owner_mode(dir, &meta)?;
+        let mpath = dir.join(MANIFEST);
+        let bytes = read_bounded(&mpath, limits::MAX_MANIFEST_BYTES)?;
+        let manifest: Manifest = serde_json::from_slice(&bytes)
+            .map_err(|e| bad(&mpath, format!("not a stasis manifest: {e}")))?;
+        if manifest.magic != MAGIC {
+            return Err(bad(&mpath, format!("bad magic {:?}", manifest.magic)));
+        }
+        if manifest.format_version != FORMAT_VERSION {
+            return Err(bad(
+                &mpath,
+                format!(
+                    "format version {} (stasis {}), this stasis reads version {}",
+                    manifest.format_version, manifest.stasis_version, FORMAT_VERSION
+                ),
+            ));
+        }
+        if manifest.arch != std::env::consts::ARCH {
+            return Err(bad(
+                &mpath,
+                format!(
+                    "made on {}, this is {}",
+                    manifest.arch,
+                    std::env::consts::ARCH
+                ),
+            ));
+        }
+        for name in manifest.files.keys() {
+            if name.contains('/') || name.starts_with('.') || name == MANIFEST {
+                return Err(bad(&mpath, format!("bad file name {name:?}")));
+            }
+        }
+        Ok(ImageReader {
+            dir: dir.to_path_buf(),
+            manifest,
+        })
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// Verifies every file's ownership, permissions, size and checksum.
+    pub fn verify_all(&self) -> Result<()> {
+        let mut buf = vec![0u8; 1 << 20];
+        for (name, entry) in &self.manifest.files {
+            let path = self.dir.join(name);
+            let mut f = self.open_checked(name)?;
+            let mut h = Xxh3::new();
+            let mut total = 0u64;
+            loop {
+                let n = f
+                    .read(&mut buf)
+                    .map_err(io(format!("reading {}", path.display())))?;
+                if n == 0 {
+                    break;
+                }
+                h.update(&buf[..n]);
+                total += n as u64;
+            }
+            if total != entry.size {
+                return Err(bad(&path, format!("size {total}, manifest says {}", entry.size)));
+            }
+            let sum = format!("{:016x}", h.digest());
+            if sum != entry.xxh3 {
+                return Err(bad(
+                    &path,
+                    format!("checksum mismatch (xxh3 {sum}, manifest says {})", entry.xxh3),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Opens a file listed in the manifest, checking its owner, mode and size.
+    pub fn open_checked(&self, name: &str) -> Result<File> {
+        let path = self.dir.join(name);
+        let entry = self
+            .manifest
+            .files
+            .get(name)
+            .ok_or_else(|| bad(&path, "missing from the manifest"))?;
+        let f = File::open(&path).map_err(io(format!("opening {}", path.display())))?;
+        let meta = f
+            .metadata()
+            .map_err(io(format!("stat {}", path.display())))?;
+        check_owner_mode(&path, &meta)?;
+        if meta.len() != entry.size {
+            return Err(bad(
+                &path,
+                format!("size {}, manifest says {} (truncated?)", meta.len(), entry.size),
+            ));
+        }
+        Ok(f)
+    }
+
+    /// Size of a file as the manifest records it.
+    pub fn file_size(&self, name: &str) -> Option<u64> {
+        self.manifest.files.get(name).map(|e| e.size)
+    }
+
+    /// Reads and decodes a JSON file, verifying its checksum.
+    pub fn read_json<T: DeserializeOwned>(&self, name: &str) -> Result<T> {
+        let path = self.dir.join(name);
+        let entry = self
+            .manifest
+            .files
+            .get(name)
+            .ok_or_else(|| bad(&path, "missing from the manifest"))?;
+        if entry.size > limits::MAX_JSON_BYTES {
+            return Err(bad(&path, format!("metadata of {} bytes is too large", entry.size)));
+        }
+        let mut f = self.open_checked(name)?;
+        let mut bytes = Vec::with_capacity(entry.size as usize);
+        (&mut f)
+            .take(entry.size + 1)
+            .read_to_end(&mut bytes)
+            .map_err(io(format!("reading {}", path.display())))?;
+        let sum = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&bytes));
+        if bytes.len() as u64 != entry.size || sum != entry.xxh3 {
+            return Err(bad(&path, "checksum mismatch"));
+        }
+        serde_json::from_slice(&bytes).map_err(|e| bad(&path, format!("cannot decode: {e}")))
+    }
+}
+
+fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>> {
+    let f = File::open(path).map_err(|e| {
+        if e.kind() == std::io::ErrorKind::NotFound {
+            bad(path, "no manifest: not a complete stasis image")
+        } else {
+            io(format!("opening {}", path.display()))(e)
+        }
+    })?;
+    let meta = f.metadata().map_err(io(format!("stat {}", path.display())))?;
+    check_owner_mode(path, &meta)?;
+    if meta.len() > max {
+        return Err(bad(path, format!("{} bytes, more than the {max} allowed", meta.len())));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    f.take(max + 1)
+        .read_to_end(&mut bytes)
+        .map_err(io(format!("reading {}", path.display())))?;
+    Ok(bytes)
+}
+
+/// An image holds the workload's memory, secrets included: it must belong to
+/// the user restoring it and be closed to everyone else.
+fn check_owner_mode(path: &Path, meta: &fs::Metadata) -> Result<()> {
+    // SAFETY: geteuid has no preconditions and cannot fail.
+    let euid = unsafe { libc::geteuid() };
+    if meta.uid() != euid {
+        return Err(bad(
+            path,
+            format!("owned by uid {}, not by uid {euid} who restores it", meta.uid()),
+        ));
+    }
+    if meta.mode() & 0o077 != 0 {
+        return Err(bad(
+            path,
+            format!(
+                "mode {:o} lets other users read or change it (want 0600 files, 0700 directory)",
+                meta.mode() & 0o777
+            ),
+        ));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cpu() -> CpuFeatures {
+        CpuFeatures {
+            xcr0: 0xe7,
+            xstate_size: 2432,
+        }
+    }
+
+    #[test]
+    fn roundtrip_and_corruption() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("img");
+        let mut w = ImageWriter::create(&dir).unwrap();
+        w.write_json("a.json", &vec![1u32, 2, 3]).unwrap();
+        let mut s = w.create_file("pages-1.img").unwrap();
+        s.write_all(&[7u8; 8192]).unwrap();
+        w.commit_file(s).unwrap();
+        w.finish(cpu()).unwrap();
+
+        let r = ImageReader::open(&dir).unwrap();
+        r.verify_all().unwrap();
+        let v: Vec<u32> = r.read_json("a.json").unwrap();
+        assert_eq!(v, vec![1, 2, 3]);
+
+        // One flipped byte in the page file is caught.
+        let p = dir.join("pages-1.img");
+        let mut bytes = fs::read(&p).unwrap();
+        bytes[4000] ^= 1;
+        fs::write(&p, &bytes).unwrap();
+        let err = ImageReader::open(&dir).unwrap().verify_all().unwrap_err();
+        assert!(err.to_string().contains("checksum mismatch"), "{err}");
+    }
+
+    #[test]
+    fn dropped_writer_leaves_nothing() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("img");
+        {
+            let mut w = ImageWriter::create(&dir).unwrap();
+            w.write_json("a.json", &1u32).unwrap();
+        }
+        assert!(!dir.exists());
+        assert!(ImageReader::open(&dir).is_err());
+    }
+
+    #[test]
+    fn refuses_loose_permissions_and_missing_manifest() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("img");
+        let w = ImageWriter::create(&dir).unwrap();
+        w.finish(cpu()).unwrap();
+        fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+        let err = ImageReader::open(&dir).err().unwrap();
+        assert!(err.to_string().contains("mode 755"), "{err}");
+        fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o700)).unwrap();
+        fs::remove_file(dir.join(MANIFEST)).unwrap();
+        let err = ImageReader::open(&dir).err().unwrap();
+        assert!(err.to_string().contains("no manifest"), "{err}");
+    }
+}

@@ -1,0 +1,460 @@
+//! Serde types of every image record. The image is versioned as a whole
+//! (`FORMAT_VERSION`); fields are only added with `#[serde(default)]`.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// `manifest.json`: what the image is and the checksum of every other file.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Manifest {
+    pub magic: String,
+    pub format_version: u32,
+    pub stasis_version: String,
+    pub kernel_release: String,
+    pub arch: String,
+    pub cpu: CpuFeatures,
+    /// Seconds since the epoch at which the dump finished.
+    pub created: u64,
+    pub files: BTreeMap<String, FileEntry>,
+}
+
+/// The CPU state an image needs: restore refuses a CPU without these xstate features.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct CpuFeatures {
+    /// XCR0: the xstate components the kernel saves.
+    pub xcr0: u64,
+    /// Size of the NT_X86_XSTATE buffer.
+    pub xstate_size: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct FileEntry {
+    pub size: u64,
+    /// xxh3-64 of the contents, lower-case hex.
+    pub xxh3: String,
+}
+
+/// `inventory.json`: the sandbox and the process tree.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Inventory {
+    /// Name of the dumped sandbox.
+    pub sandbox: String,
+    /// The sandbox's profile, as the sandbox crate serialises it.
+    pub profile: serde_json::Value,
+    /// Host path of the sandbox log at dump time: fds pointing at it are
+    /// reopened on the restored sandbox's log.
+    pub log_path: String,
+    /// In-namespace PID of the workload's root process (init's supervised child).
+    pub workload_pid: i32,
+    /// Every process, parents before children.
+    pub processes: Vec<ProcessEntry>,
+    pub stats: DumpStats,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ProcessEntry {
+    /// PID in the sandbox's PID namespace.
+    pub pid: i32,
+    /// Parent's PID in the namespace (1 = the sandbox's init).
+    pub ppid: i32,
+    pub pgid: i32,
+    pub sid: i32,
+    /// Zombie: the exit status the parent will collect (wait status encoding).
+    pub zombie: Option<i32>,
+}
+
+/// Phase times (milliseconds) and sizes of a dump.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct DumpStats {
+    pub freeze_ms: f64,
+    pub collect_ms: f64,
+    pub memory_ms: f64,
+    pub write_ms: f64,
+    pub frozen_ms: f64,
+    pub total_ms: f64,
+    pub processes: usize,
+    pub threads: usize,
+    pub vmas: usize,
+    pub pages: u64,
+    pub page_bytes: u64,
+    pub image_bytes: u64,
+}
+
+/// `proc-<pid>.json`: everything about one live process but its pages.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ProcessImage {
+    pub pid: i32,
+    pub core: Core,
+    pub creds: Creds,
+    pub mm: MmImage,
+    pub vmas: Vec<Vma>,
+    pub threads: Vec<ThreadImage>,
+    pub sigactions: Vec<SigAction>,
+    /// Signals pending for the whole process (shared queue).
+    pub shared_pending: Vec<SigInfo>,
+    pub fds: Vec<FdEntry>,
+    pub rlimits: Vec<Rlimit>,
+}
+
+/// Process-wide attributes.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Core {
+    pub comm: String,
+    pub personality: u32,
+    pub umask: u32,
+    pub cwd: String,
+    pub root: String,
+    pub no_new_privs: bool,
+    pub dumpable: i32,
+    pub pdeath_signal: i32,
+    /// Seccomp mode from /proc (0 none); filters follow in a later format.
+    pub seccomp_mode: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Creds {
+    pub uid: [u32; 4],
+    pub gid: [u32; 4],
+    pub groups: Vec<u32>,
+    pub cap_inh: u64,
+    pub cap_prm: u64,
+    pub cap_eff: u64,
+    pub cap_bnd: u64,
+    pub cap_amb: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Rlimit {
+    pub resource: u32,
+    pub soft: u64,
+    pub hard: u64,
+}
+
+/// The mm fields restored through PR_SET_MM_MAP.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct MmImage {
+    pub start_code: u64,
+    pub end_code: u64,
+    pub start_data: u64,
+    pub end_data: u64,
+    pub start_brk: u64,
+    pub brk: u64,
+    pub start_stack: u64,
+    pub arg_start: u64,
+    pub arg_end: u64,
+    pub env_start: u64,
+    pub env_end: u64,
+    /// The saved auxiliary vector, as words.
+    pub auxv: Vec<u64>,
+    /// Path of the executable inside the sandbox.
+    pub exe: String,
+}
+
+/// What backs a memory area.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum VmaKind {
+    /// Anonymous memory (heap, stack, mmap'd anonymous), private or shared.
+    Anon,
+    /// A file mapping; `path` is seen from inside the sandbox.
+    File {
+        path: String,
+        /// Offset into the file, in bytes.
+        offset: u64,
+        dev: u64,
+        ino: u64,
+        /// The file was deleted while mapped: its contents are in `deleted_blob`.
+        #[serde(default)]
+        deleted: bool,
+    },
+    /// One of the kernel's special mappings: [vvar], [vvar_vclock], [vdso].
+    Special { name: String },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Vma {
+    pub start: u64,
+    pub end: u64,
+    /// PROT_* bits.
+    pub prot: u32,
+    pub shared: bool,
+    pub growsdown: bool,
+    /// madvise-like flags to reapply (dontfork, wipeonfork, hugepage, nohugepage, dontdump, mergeable).
+    #[serde(default)]
+    pub advice: Vec<String>,
+    /// The name the kernel shows ([heap], [stack], ...), for inspection.
+    #[serde(default)]
+    pub name: String,
+    #[serde(flatten)]
+    pub kind: VmaKind,
+    /// Runs of saved pages, ascending and inside [start, end).
+    pub pages: Vec<PageRun>,
+}
+
+/// `npages` pages at `addr`, stored at `offset` of the process's page file.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PageRun {
+    pub addr: u64,
+    pub npages: u64,
+    pub offset: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct ThreadImage {
+    pub tid: i32,
+    pub regs: Regs,
+    /// NT_X86_XSTATE contents, hex.
+    #[serde(with = "hex_bytes")]
+    pub xstate: Vec<u8>,
+    pub sigmask: u64,
+    pub pending: Vec<SigInfo>,
+    pub altstack: AltStack,
+    pub rseq: Option<Rseq>,
+    pub clear_child_tid: u64,
+    pub robust_list: u64,
+    pub robust_list_len: u64,
+    /// The syscall the thread was stopped in, if any, and how it resumes.
+    #[serde(default)]
+    pub in_syscall: Option<SyscallState>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SyscallState {
+    pub nr: i64,
+    /// "restart", "restart_block" (turned into EINTR), "eintr" or "none".
+    pub action: String,
+}
+
+/// General-purpose registers (struct user_regs_struct).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Regs {
+    pub r15: u64,
+    pub r14: u64,
+    pub r13: u64,
+    pub r12: u64,
+    pub rbp: u64,
+    pub rbx: u64,
+    pub r11: u64,
+    pub r10: u64,
+    pub r9: u64,
+    pub r8: u64,
+    pub rax: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub orig_rax: u64,
+    pub rip: u64,
+    pub cs: u64,
+    pub eflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+    pub fs_base: u64,
+    pub gs_base: u64,
+    pub ds: u64,
+    pub es: u64,
+    pub fs: u64,
+    pub gs: u64,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AltStack {
+    pub sp: u64,
+    pub flags: i32,
+    pub size: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Rseq {
+    pub addr: u64,
+    pub len: u32,
+    pub signature: u32,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SigAction {
+    pub signo: i32,
+    pub handler: u64,
+    pub flags: u64,
+    pub restorer: u64,
+    pub mask: u64,
+}
+
+/// A queued signal: the raw 128-byte siginfo, hex.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SigInfo {
+    pub signo: i32,
+    #[serde(with = "hex_bytes")]
+    pub raw: Vec<u8>,
+}
+
+/// One fd of a process, pointing at a shared open file description.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FdEntry {
+    pub fd: i32,
+    pub cloexec: bool,
+    /// Index into `files.json`'s descriptions.
+    pub file: u32,
+}
+
+/// `files.json`: every open file description of the tree, each once however
+/// many fds and processes share it, and every pipe.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct FilesImage {
+    pub files: Vec<FileDesc>,
+    pub pipes: Vec<PipeImage>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct FileDesc {
+    pub id: u32,
+    /// open(2) status flags (O_ACCMODE, O_APPEND, O_NONBLOCK, ...), without O_CLOEXEC.
+    pub flags: u32,
+    #[serde(flatten)]
+    pub kind: FileKind,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum FileKind {
+    /// A regular file, directory or device node reopened by path.
+    Path {
+        path: String,
+        pos: u64,
+        /// st_mode's S_IFMT bits.
+        mode: u32,
+        size: u64,
+        /// Deleted while open: contents are in blobs.img.
+        #[serde(default)]
+        deleted: Option<Blob>,
+    },
+    /// The sandbox's log (stdout/stderr of the workload).
+    SandboxLog,
+    /// One end of a pipe or FIFO.
+    Pipe {
+        pipe: u32,
+        /// Path of the FIFO, for named pipes.
+        #[serde(default)]
+        fifo: Option<String>,
+    },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PipeImage {
+    pub id: u32,
+    pub ino: u64,
+    /// F_GETPIPE_SZ.
+    pub capacity: u64,
+    /// Unread bytes at dump time.
+    pub data: Blob,
+}
+
+/// `len` bytes at `offset` of blobs.img.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Blob {
+    pub offset: u64,
+    pub len: u64,
+}
+
+/// Hex encoding for byte vectors in JSON.
+pub mod hex_bytes {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &[u8], s: S) -> Result<S::Ok, S::Error> {
+        const HEX: &[u8; 16] = b"0123456789abcdef";
+        let mut out = String::with_capacity(v.len() * 2);
+        for b in v {
+            out.push(HEX[(b >> 4) as usize] as char);
+            out.push(HEX[(b & 15) as usize] as char);
+        }
+        s.serialize_str(&out)
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u8>, D::Error> {
+        let s = <&str>::deserialize(d)?;
+        if s.len() % 2 != 0 {
+            return Err(serde::de::Error::custom("odd hex length"));
+        }
+        let digit = |c: u8| -> Result<u8, D::Error> {
+            match c {
+                b'0'..=b'9' => Ok(c - b'0'),
+                b'a'..=b'f' => Ok(c - b'a' + 10),
+                _ => Err(serde::de::Error::custom("bad hex digit")),
+            }
+        };
+        s.as_bytes()
+            .chunks(2)
+            .map(|p| Ok(digit(p[0])? << 4 | digit(p[1])?))
+            .collect()
+    }
+}
+
+impl From<&libc::user_regs_struct> for Regs {
+    fn from(r: &libc::user_regs_struct) -> Self {
+        Regs {
+            r15: r.r15,
+            r14: r.r14,
+            r13: r.r13,
+            r12: r.r12,
+            rbp: r.rbp,
+            rbx: r.rbx,
+            r11: r.r11,
+            r10: r.r10,
+            r9: r.r9,
+            r8: r.r8,
+            rax: r.rax,
+            rcx: r.rcx,
+            rdx: r.rdx,
+            rsi: r.rsi,
+            rdi: r.rdi,
+            orig_rax: r.orig_rax,
+            rip: r.rip,
+            cs: r.cs,
+            eflags: r.eflags,
+            rsp: r.rsp,
+            ss: r.ss,
+            fs_base: r.fs_base,
+            gs_base: r.gs_base,
+            ds: r.ds,
+            es: r.es,
+            fs: r.fs,
+            gs: r.gs,
+        }
+    }
+}
+
+impl From<&Regs> for libc::user_regs_struct {
+    fn from(r: &Regs) -> Self {
+        libc::user_regs_struct {
+            r15: r.r15,
+            r14: r.r14,
+            r13: r.r13,
+            r12: r.r12,
+            rbp: r.rbp,
+            rbx: r.rbx,
+            r11: r.r11,
+            r10: r.r10,
+            r9: r.r9,
+            r8: r.r8,
+            rax: r.rax,
+            rcx: r.rcx,
+            rdx: r.rdx,
+            rsi: r.rsi,
+            rdi: r.rdi,
+            orig_rax: r.orig_rax,
+            rip: r.rip,
+            cs: r.cs,
+            eflags: r.eflags,
+            rsp: r.rsp,
+            ss: r.ss,
+            fs_base: r.fs_base,
+            gs_base: r.gs_base,
+            ds: r.ds,
+            es: r.es,
+            fs: r.fs,
+            gs: r.gs,
+        }
+    }
+}

@@ -1,0 +1,42 @@
+//! The image: a directory holding a manifest, JSON metadata and raw page data.
+//!
+//! `format` holds the serde types of every record; `dir` holds the container:
+//! writing files with their checksums, the manifest written last (so a partial
+//! image is never mistaken for a good one), and reading with every file's size
+//! and checksum verified and every length bounded before allocation.
+//! The layout is documented in docs/image-format.md.
+
+mod dir;
+pub mod format;
+
+pub use dir::{ImageReader, ImageWriter, PageSink};
+pub use format::*;
+
+/// Format version written into the manifest; restore refuses any other.
+pub const FORMAT_VERSION: u32 = 1;
+/// Magic string at the head of every manifest.
+pub const MAGIC: &str = "stasis-image";
+/// Page size of this architecture.
+pub const PAGE_SIZE: u64 = 4096;
+
+/// Upper bounds on what an image may claim, checked before anything is allocated.
+pub mod limits {
+    /// Largest metadata (JSON) file read into memory.
+    pub const MAX_JSON_BYTES: u64 = 256 << 20;
+    /// Largest manifest.
+    pub const MAX_MANIFEST_BYTES: u64 = 4 << 20;
+    /// Most processes in one image.
+    pub const MAX_PROCESSES: usize = 32768;
+    /// Most threads in one process.
+    pub const MAX_THREADS: usize = 32768;
+    /// Most memory areas in one process.
+    pub const MAX_VMAS: usize = 1 << 20;
+    /// Most fds in one process.
+    pub const MAX_FDS: usize = 1 << 20;
+    /// Largest xstate buffer.
+    pub const MAX_XSTATE: usize = 64 << 10;
+    /// Largest auxv.
+    pub const MAX_AUXV_WORDS: usize = 512;
+    /// Largest pipe buffer restored.
+    pub const MAX_PIPE_BYTES: u64 = 1 << 20;
+}

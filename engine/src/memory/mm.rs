@@ -1,0 +1,138 @@
+//! The mm fields (code, data, brk, stack, arguments, environment), the auxv and
+//! the executable: read from /proc at dump, put back with one PR_SET_MM_MAP at
+//! restore. And the vDSO: glibc caches pointers into it, so [vvar],
+//! [vvar_vclock] and [vdso] come back at their dumped addresses.
+
+use crate::error::{Error, Result};
+use crate::image::{limits, MmImage, Vma, VmaKind, PAGE_SIZE};
+use crate::remote::Remote;
+
+fn perr(pid: i32, what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Process {
+        pid,
+        reason: format!("{what}: {e}"),
+    }
+}
+
+/// Reads the mm fields; `brk` comes from an injected brk(0) (not in /proc).
+pub fn collect(pid: i32, r: &mut Remote) -> Result<MmImage> {
+    let proc = procfs::process::Process::new(pid).map_err(|e| perr(pid, "opening /proc", e))?;
+    let st = proc.stat().map_err(|e| perr(pid, "reading stat", e))?;
+    let auxv_raw = std::fs::read(format!("/proc/{pid}/auxv")).map_err(|e| perr(pid, "reading auxv", e))?;
+    let auxv: Vec<u64> = auxv_raw
+        .chunks_exact(8)
+        .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
+        .collect();
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .map_err(|e| perr(pid, "reading exe link", e))?
+        .to_string_lossy()
+        .to_string();
+    if exe.ends_with(" (deleted)") {
+        return Err(Error::Unsupported {
+            pid,
+            what: "an executable deleted since it started".into(),
+            detail: exe,
+        });
+    }
+    let brk = r.call("brk(0)", libc::SYS_brk, [0; 6])?;
+    Ok(MmImage {
+        start_code: st.startcode,
+        end_code: st.endcode,
+        start_data: st.start_data.unwrap_or(0),
+        end_data: st.end_data.unwrap_or(0),
+        start_brk: st.start_brk.unwrap_or(0),
+        brk,
+        start_stack: st.startstack,
+        arg_start: st.arg_start.unwrap_or(0),
+        arg_end: st.arg_end.unwrap_or(0),
+        env_start: st.env_start.unwrap_or(0),
+        env_end: st.env_end.unwrap_or(0),
+        auxv,
+        exe,
+    })
+}
+
+pub fn validate(pid: i32, mm: &MmImage) -> Result<()> {
+    if mm.auxv.len() > limits::MAX_AUXV_WORDS || mm.auxv.len() % 2 != 0 {
+        return Err(Error::Other(format!(
+            "image of process {pid}: auxv of {} words",
+            mm.auxv.len()
+        )));
+    }
+    Ok(())
+}
+
+const ARCH_MAP_VDSO_64: u64 = 0x2003;
+
+/// Maps the vDSO block ([vvar], [vvar_vclock], [vdso]) at its dumped place.
+/// All of the task's old mappings, its old vDSO included, are gone by now.
+pub fn restore_vdso(r: &mut Remote, vmas: &[Vma]) -> Result<()> {
+    let special: Vec<&Vma> = vmas
+        .iter()
+        .filter(|v| matches!(v.kind, VmaKind::Special { .. }))
+        .collect();
+    let Some(first) = special.first() else {
+        return Ok(());
+    };
+    r.call(
+        &format!("arch_prctl(ARCH_MAP_VDSO_64, {:#x})", first.start),
+        libc::SYS_arch_prctl,
+        [ARCH_MAP_VDSO_64, first.start, 0, 0, 0, 0],
+    )?;
+    // The kernel's layout must match the dumped one, area by area.
+    let now = crate::memory::collect(r.tid)?;
+    for v in &special {
+        let ok = now.iter().any(|n| n.start == v.start && n.end == v.end && n.kind == v.kind);
+        if !ok {
+            return Err(Error::Process {
+                pid: r.tid,
+                reason: format!(
+                    "the kernel's vDSO layout differs from the image: {} at {:#x}-{:#x} cannot be put back",
+                    v.name, v.start, v.end
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// PR_SET_MM_MAP with the executable: `exe_fd` is open in the task. `scratch`
+/// is a page of the task's memory for the struct and the auxv.
+pub fn restore_mm(r: &mut Remote, mm: &MmImage, exe_fd: u64, scratch: u64) -> Result<()> {
+    let auxv_at = scratch + 128;
+    let auxv_bytes: Vec<u8> = mm.auxv.iter().flat_map(|w| w.to_le_bytes()).collect();
+    if 128 + auxv_bytes.len() as u64 > PAGE_SIZE {
+        return Err(Error::Process {
+            pid: r.tid,
+            reason: "auxv too large".into(),
+        });
+    }
+    let mut map = Vec::with_capacity(104);
+    for w in [
+        mm.start_code,
+        mm.end_code,
+        mm.start_data,
+        mm.end_data,
+        mm.start_brk,
+        mm.brk,
+        mm.start_stack,
+        mm.arg_start,
+        mm.arg_end,
+        mm.env_start,
+        mm.env_end,
+        auxv_at,
+    ] {
+        map.extend_from_slice(&w.to_le_bytes());
+    }
+    map.extend_from_slice(&(auxv_bytes.len() as u32).to_le_bytes());
+    map.extend_from_slice(&(exe_fd as u32).to_le_bytes());
+    debug_assert_eq!(map.len(), 104);
+    r.write_mem(scratch, &map)?;
+    r.write_mem(auxv_at, &auxv_bytes)?;
+    r.call(
+        "prctl(PR_SET_MM, PR_SET_MM_MAP)",
+        libc::SYS_prctl,
+        [libc::PR_SET_MM as u64, libc::PR_SET_MM_MAP as u64, scratch, 104, 0, 0],
+    )?;
+    Ok(())
+}

@@ -1,0 +1,362 @@
+//! Memory: the areas of an address space (this file), the pages they hold
+//! (`pages`), and the mm fields, auxv and vDSO (`mm`).
+//!
+//! Dump reads /proc/PID/smaps for the areas and their flags. Restore rebuilds
+//! the address space from outside, through syscalls injected at a trampoline
+//! page mapped where neither the old nor the new layout has anything.
+
+pub mod mm;
+pub mod pages;
+
+use std::collections::HashMap;
+
+use procfs::process::{MMPermissions, MMapPath, VmFlags};
+
+use crate::error::{Error, Result};
+use crate::image::{Vma, VmaKind, PAGE_SIZE};
+use crate::remote::Remote;
+
+/// Highest user address plus one with 4-level page tables.
+pub const TASK_SIZE: u64 = 0x7fff_ffff_f000;
+/// Lowest address mmap accepts (vm.mmap_min_addr's usual value is below this).
+const LOW_LIMIT: u64 = 0x10000;
+
+const SPECIAL: &[&str] = &["[vvar]", "[vvar_vclock]", "[vdso]"];
+
+fn prot_of(p: MMPermissions) -> u32 {
+    let mut prot = 0;
+    if p.contains(MMPermissions::READ) {
+        prot |= libc::PROT_READ;
+    }
+    if p.contains(MMPermissions::WRITE) {
+        prot |= libc::PROT_WRITE;
+    }
+    if p.contains(MMPermissions::EXECUTE) {
+        prot |= libc::PROT_EXEC;
+    }
+    prot as u32
+}
+
+const ADVICE: &[(VmFlags, &str, i32)] = &[
+    (VmFlags::DC, "dontfork", libc::MADV_DONTFORK),
+    (VmFlags::WF, "wipeonfork", libc::MADV_WIPEONFORK),
+    (VmFlags::DD, "dontdump", libc::MADV_DONTDUMP),
+    (VmFlags::HG, "hugepage", libc::MADV_HUGEPAGE),
+    (VmFlags::NH, "nohugepage", libc::MADV_NOHUGEPAGE),
+    (VmFlags::MG, "mergeable", libc::MADV_MERGEABLE),
+];
+
+/// Reads the memory areas of `pid` (pages are filled in by `pages::dump`).
+pub fn collect(pid: i32) -> Result<Vec<Vma>> {
+    let proc = procfs::process::Process::new(pid).map_err(|e| Error::Process {
+        pid,
+        reason: format!("opening /proc: {e}"),
+    })?;
+    let maps = proc.smaps().map_err(|e| Error::Process {
+        pid,
+        reason: format!("reading smaps: {e}"),
+    })?;
+    let mut out = Vec::new();
+    for m in maps {
+        let (start, end) = m.address;
+        let flags = m.extension.vm_flags;
+        let shared = m.perms.contains(MMPermissions::SHARED);
+        let (kind, name) = match &m.pathname {
+            MMapPath::Vsyscall => continue,
+            MMapPath::Vdso => (
+                VmaKind::Special {
+                    name: "[vdso]".into(),
+                },
+                "[vdso]".to_string(),
+            ),
+            MMapPath::Vvar => (
+                VmaKind::Special {
+                    name: "[vvar]".into(),
+                },
+                "[vvar]".to_string(),
+            ),
+            MMapPath::Other(s) if SPECIAL.contains(&s.as_str()) => {
+                (VmaKind::Special { name: s.clone() }, s.clone())
+            }
+            MMapPath::Heap => (VmaKind::Anon, "[heap]".to_string()),
+            MMapPath::Stack => (VmaKind::Anon, "[stack]".to_string()),
+            MMapPath::TStack(_) | MMapPath::Anonymous => (VmaKind::Anon, String::new()),
+            MMapPath::Path(p) => {
+                let s = p.to_string_lossy().to_string();
+                if shared && m.inode != 0 && (s.starts_with("/dev/zero") || s.starts_with("/SYSV")) {
+                    if s.starts_with("/SYSV") {
+                        return Err(Error::Unsupported {
+                            pid,
+                            what: format!("SysV shared memory mapping at {start:#x}-{end:#x}"),
+                            detail: s,
+                        });
+                    }
+                    (VmaKind::Anon, String::new())
+                } else {
+                    let deleted = s.ends_with(" (deleted)");
+                    if deleted {
+                        return Err(Error::Unsupported {
+                            pid,
+                            what: format!("mapping of a deleted file at {start:#x}-{end:#x}"),
+                            detail: s,
+                        });
+                    }
+                    (
+                        VmaKind::File {
+                            path: s.clone(),
+                            offset: m.offset,
+                            dev: libc::makedev(m.dev.0 as u32, m.dev.1 as u32),
+                            ino: m.inode,
+                            deleted,
+                        },
+                        s,
+                    )
+                }
+            }
+            other => {
+                return Err(Error::Unsupported {
+                    pid,
+                    what: format!("memory area {start:#x}-{end:#x}"),
+                    detail: format!("{other:?}"),
+                })
+            }
+        };
+        if flags.contains(VmFlags::IO) || flags.contains(VmFlags::PF) {
+            return Err(Error::Unsupported {
+                pid,
+                what: format!("device memory area {start:#x}-{end:#x}"),
+                detail: name,
+            });
+        }
+        if flags.contains(VmFlags::HT) {
+            return Err(Error::Unsupported {
+                pid,
+                what: format!("hugetlbfs area {start:#x}-{end:#x}"),
+                detail: name,
+            });
+        }
+        let advice = ADVICE
+            .iter()
+            .filter(|(f, _, _)| flags.contains(*f))
+            .map(|(_, n, _)| n.to_string())
+            .collect();
+        out.push(Vma {
+            start,
+            end,
+            prot: prot_of(m.perms),
+            shared,
+            growsdown: flags.contains(VmFlags::GD),
+            advice,
+            name,
+            kind,
+            pages: Vec::new(),
+        });
+    }
+    Ok(out)
+}
+
+/// Areas currently mapped in `pid`, as (start, end), from /proc/PID/maps.
+pub fn current_ranges(pid: i32) -> Result<Vec<(u64, u64)>> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/maps")).map_err(|e| Error::Process {
+        pid,
+        reason: format!("reading maps: {e}"),
+    })?;
+    let mut v = Vec::new();
+    for line in text.lines() {
+        let range = line.split_whitespace().next().unwrap_or("");
+        if let Some((a, b)) = range.split_once('-') {
+            if let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) {
+                v.push((a, b));
+            }
+        }
+    }
+    Ok(v)
+}
+
+/// Lowest address with `len` free bytes in both sets of ranges.
+fn free_in_both(a: &[(u64, u64)], b: &[(u64, u64)], len: u64) -> Option<u64> {
+    let mut all: Vec<(u64, u64)> = a.iter().chain(b).copied().collect();
+    all.sort_unstable();
+    let mut cursor = LOW_LIMIT;
+    for (s, e) in all {
+        if s >= cursor + len {
+            return Some(cursor);
+        }
+        cursor = cursor.max(e);
+    }
+    (cursor + len <= TASK_SIZE).then_some(cursor)
+}
+
+/// Bytes of a restore trampoline: a `syscall` instruction followed by `int3`.
+const TRAMPOLINE_CODE: [u8; 3] = [0x0f, 0x05, 0xcc];
+/// Pages of the trampoline: one of code, the rest scratch for syscall arguments.
+pub const TRAMPOLINE_PAGES: u64 = 4;
+
+/// The address space being rebuilt in a restored task.
+pub struct Rebuild {
+    pub trampoline: u64,
+    /// fds opened in the task for file mappings, by path.
+    files: HashMap<String, u64>,
+}
+
+impl Rebuild {
+    /// Maps the trampoline where neither layout has anything, then unmaps
+    /// everything else: the task keeps nothing of the stasis process it was.
+    pub fn start(r: &mut Remote, target: &[Vma]) -> Result<Self> {
+        let cur = current_ranges(r.tid)?;
+        let tgt: Vec<(u64, u64)> = target.iter().map(|v| (v.start, v.end)).collect();
+        let len = TRAMPOLINE_PAGES * PAGE_SIZE;
+        let at = free_in_both(&cur, &tgt, len).ok_or_else(|| Error::Process {
+            pid: r.tid,
+            reason: "no address free in both layouts for the restore trampoline".into(),
+        })?;
+        let got = r.call(
+            "mmap(trampoline)",
+            libc::SYS_mmap,
+            [
+                at,
+                len,
+                (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64,
+                (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE) as u64,
+                u64::MAX,
+                0,
+            ],
+        )?;
+        if got != at {
+            return Err(Error::Process {
+                pid: r.tid,
+                reason: format!("trampoline mapped at {got:#x}, wanted {at:#x}"),
+            });
+        }
+        r.write_mem(at, &TRAMPOLINE_CODE)?;
+        r.set_gadget(at);
+        r.adopt_scratch(at + PAGE_SIZE, len - PAGE_SIZE);
+        // Everything below and above the trampoline goes.
+        if at > LOW_LIMIT {
+            r.call("munmap(low)", libc::SYS_munmap, [LOW_LIMIT, at - LOW_LIMIT, 0, 0, 0, 0])?;
+        }
+        let top = at + len;
+        r.call("munmap(high)", libc::SYS_munmap, [top, TASK_SIZE - top, 0, 0, 0, 0])?;
+        Ok(Rebuild {
+            trampoline: at,
+            files: HashMap::new(),
+        })
+    }
+
+    pub fn scratch(&self) -> u64 {
+        self.trampoline + PAGE_SIZE
+    }
+
+    fn open_in_task(&mut self, r: &mut Remote, path: &str, flags: i32) -> Result<u64> {
+        let key = format!("{flags}:{path}");
+        if let Some(fd) = self.files.get(&key) {
+            return Ok(*fd);
+        }
+        if path.len() >= (PAGE_SIZE as usize) {
+            return Err(Error::Process {
+                pid: r.tid,
+                reason: format!("path too long: {path}"),
+            });
+        }
+        let at = self.scratch();
+        crate::remote::put_cstr(r, at, path)?;
+        let fd = r
+            .call(
+                &format!("open {path}"),
+                libc::SYS_openat,
+                [libc::AT_FDCWD as u64, at, (flags | libc::O_CLOEXEC) as u64, 0, 0, 0],
+            )
+            .map_err(|e| Error::Process {
+                pid: r.tid,
+                reason: format!("mapped file {path} cannot be opened: {e}"),
+            })?;
+        self.files.insert(key, fd);
+        Ok(fd)
+    }
+
+    /// Maps one area at its address: writable at first when it has pages to
+    /// fill (`finish_area` puts the recorded protection back).
+    pub fn map_area(&mut self, r: &mut Remote, v: &Vma) -> Result<()> {
+        let len = v.end - v.start;
+        let mut prot = v.prot as u64;
+        if !v.pages.is_empty() {
+            prot |= libc::PROT_WRITE as u64;
+        }
+        let mut flags = libc::MAP_FIXED as u64;
+        flags |= if v.shared {
+            libc::MAP_SHARED as u64
+        } else {
+            libc::MAP_PRIVATE as u64
+        };
+        if v.growsdown {
+            flags |= libc::MAP_GROWSDOWN as u64;
+        }
+        let (fd, off) = match &v.kind {
+            VmaKind::Special { .. } => return Ok(()),
+            VmaKind::Anon => {
+                flags |= libc::MAP_ANONYMOUS as u64;
+                (u64::MAX, 0)
+            }
+            VmaKind::File { path, offset, .. } => {
+                let oflags = if v.shared && v.prot & libc::PROT_WRITE as u32 != 0 {
+                    libc::O_RDWR
+                } else {
+                    libc::O_RDONLY
+                };
+                (self.open_in_task(r, path, oflags)?, *offset)
+            }
+        };
+        let got = r.call(
+            &format!("mmap of area {:#x}-{:#x}", v.start, v.end),
+            libc::SYS_mmap,
+            [v.start, len, prot, flags, fd, off],
+        )?;
+        if got != v.start {
+            return Err(Error::Process {
+                pid: r.tid,
+                reason: format!("area {:#x} mapped at {got:#x}", v.start),
+            });
+        }
+        Ok(())
+    }
+
+    /// Puts back an area's protection and madvise flags.
+    pub fn finish_area(&mut self, r: &mut Remote, v: &Vma) -> Result<()> {
+        if matches!(v.kind, VmaKind::Special { .. }) {
+            return Ok(());
+        }
+        let len = v.end - v.start;
+        if !v.pages.is_empty() && v.prot & libc::PROT_WRITE as u32 == 0 {
+            r.call("mprotect", libc::SYS_mprotect, [v.start, len, v.prot as u64, 0, 0, 0])?;
+        }
+        for a in &v.advice {
+            if let Some((_, _, adv)) = ADVICE.iter().find(|(_, n, _)| n == a) {
+                // KSM may be off; the other advice is not worth failing a restore for either.
+                let _ = r.syscall_raw(libc::SYS_madvise, [v.start, len, *adv as u64, 0, 0, 0]);
+            }
+        }
+        Ok(())
+    }
+
+    /// Closes the fds opened for file mappings.
+    pub fn close_files(&mut self, r: &mut Remote) -> Result<()> {
+        for (_, fd) in self.files.drain() {
+            r.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn free_range_search() {
+        let a = [(0x10000, 0x20000), (0x30000, 0x40000)];
+        let b = [(0x20000, 0x21000)];
+        assert_eq!(free_in_both(&a, &b, 0x1000), Some(0x21000));
+        assert_eq!(free_in_both(&a, &b, 0x10000), Some(0x40000));
+        assert_eq!(free_in_both(&[], &[], 0x4000), Some(LOW_LIMIT));
+    }
+}

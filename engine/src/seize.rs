@@ -1,0 +1,276 @@
+//! Stopping the sandbox's tree for a dump: freeze the cgroup, find every
+//! process and thread, PTRACE_SEIZE + PTRACE_INTERRUPT each, thaw, and wait
+//! until every thread reports its ptrace stop. And the way back: detach with
+//! the registers the threads had, or kill.
+
+use std::collections::BTreeMap;
+use std::os::fd::OwnedFd;
+use std::time::{Duration, Instant};
+
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::error::{Error, Result};
+
+/// One thread held in a ptrace stop.
+#[derive(Debug)]
+pub struct SeizedThread {
+    /// Host TID.
+    pub tid: i32,
+    /// TID in the sandbox's PID namespace.
+    pub ns_tid: i32,
+    /// A signal that arrived while stopping the thread: given back at release
+    /// and recorded as pending in the image.
+    pub deferred_signal: Option<i32>,
+}
+
+/// One process of the tree.
+#[derive(Debug)]
+pub struct SeizedProcess {
+    pub pid: i32,
+    pub ns_pid: i32,
+    pub ns_ppid: i32,
+    pub ns_pgid: i32,
+    pub ns_sid: i32,
+    /// Zombie: its exit status (wait status encoding); not traced.
+    pub zombie: Option<i32>,
+    pub threads: Vec<SeizedThread>,
+    pub pidfd: Option<OwnedFd>,
+}
+
+/// The stopped tree, parents before children.
+pub struct Seized {
+    pub procs: Vec<SeizedProcess>,
+    released: bool,
+}
+
+const SEIZE_OPTIONS: i32 = libc::PTRACE_O_TRACESYSGOOD;
+
+/// Reads the last element of an NS* line of /proc/PID/status (the value in
+/// the innermost namespace).
+fn ns_ids(status: &procfs::process::Status) -> Option<(i32, i32, i32)> {
+    let last = |v: &Option<Vec<i32>>| v.as_ref().and_then(|v| v.last().copied());
+    Some((last(&status.nspid)?, last(&status.nspgid)?, last(&status.nssid)?))
+}
+
+fn proc_err(pid: i32, what: &str, e: impl std::fmt::Display) -> Error {
+    Error::Process {
+        pid,
+        reason: format!("{what}: {e}"),
+    }
+}
+
+/// Children of every thread of `pid`.
+fn children_of(pid: i32) -> Result<Vec<i32>> {
+    let mut out = Vec::new();
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map_err(|e| proc_err(pid, "listing threads", e))?;
+    for t in tasks.flatten() {
+        let path = t.path().join("children");
+        if let Ok(s) = std::fs::read_to_string(&path) {
+            out.extend(s.split_whitespace().filter_map(|x| x.parse::<i32>().ok()));
+        }
+    }
+    out.sort_unstable();
+    Ok(out)
+}
+
+fn thread_ids(pid: i32) -> Result<Vec<i32>> {
+    let mut tids: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map_err(|e| proc_err(pid, "listing threads", e))?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse().ok())
+        .collect();
+    tids.sort_unstable();
+    // The main thread first.
+    if let Some(i) = tids.iter().position(|&t| t == pid) {
+        tids.swap(0, i);
+    }
+    Ok(tids)
+}
+
+/// Walks the tree below `init_pid` (host PID of the sandbox's init), parents
+/// before children. The tree must be frozen, so it cannot change under us.
+pub fn discover(init_pid: i32) -> Result<Vec<SeizedProcess>> {
+    let mut procs = Vec::new();
+    let mut queue: Vec<i32> = children_of(init_pid)?;
+    let mut i = 0;
+    while i < queue.len() {
+        let pid = queue[i];
+        i += 1;
+        let p = procfs::process::Process::new(pid).map_err(|e| proc_err(pid, "opening /proc", e))?;
+        let status = p.status().map_err(|e| proc_err(pid, "reading status", e))?;
+        let stat = p.stat().map_err(|e| proc_err(pid, "reading stat", e))?;
+        let (ns_pid, ns_pgid, ns_sid) =
+            ns_ids(&status).ok_or_else(|| proc_err(pid, "reading NSpid", "missing"))?;
+        let ns_ppid = if status.ppid == init_pid {
+            1
+        } else {
+            let pp = procfs::process::Process::new(status.ppid)
+                .and_then(|p| p.status())
+                .map_err(|e| proc_err(status.ppid, "reading status", e))?;
+            ns_ids(&pp).map(|x| x.0).unwrap_or(0)
+        };
+        let zombie = (stat.state == 'Z').then(|| stat.exit_code.unwrap_or(0));
+        let threads = if zombie.is_some() {
+            Vec::new()
+        } else {
+            thread_ids(pid)?
+                .into_iter()
+                .map(|tid| -> Result<SeizedThread> {
+                    let st = procfs::process::Task::new(pid, tid)
+                        .and_then(|t| t.status())
+                        .map_err(|e| proc_err(tid, "reading thread status", e))?;
+                    let ns_tid = st.nspid.as_ref().and_then(|v| v.last().copied()).unwrap_or(0);
+                    Ok(SeizedThread {
+                        tid,
+                        ns_tid,
+                        deferred_signal: None,
+                    })
+                })
+                .collect::<Result<_>>()?
+        };
+        if zombie.is_none() {
+            queue.extend(children_of(pid)?);
+        }
+        procs.push(SeizedProcess {
+            pid,
+            ns_pid,
+            ns_ppid,
+            ns_pgid,
+            ns_sid,
+            zombie,
+            threads,
+            pidfd: None,
+        });
+    }
+    Ok(procs)
+}
+
+impl Seized {
+    /// Seizes and interrupts every thread of `procs` (the tree must be frozen),
+    /// returning once the caller may thaw. `wait_stops` finishes the job.
+    pub fn seize(mut procs: Vec<SeizedProcess>) -> Result<Self> {
+        let mut seized: Vec<i32> = Vec::new();
+        let res = (|| -> Result<()> {
+            for p in &mut procs {
+                if p.zombie.is_some() {
+                    continue;
+                }
+                p.pidfd = Some(sys::pidfd::pidfd_open(p.pid)?);
+                for t in &p.threads {
+                    sys::ptrace::seize(t.tid, SEIZE_OPTIONS)
+                        .map_err(|e| proc_err(p.pid, &format!("PTRACE_SEIZE thread {}", t.tid), e))?;
+                    seized.push(t.tid);
+                    sys::ptrace::interrupt(t.tid)
+                        .map_err(|e| proc_err(p.pid, &format!("PTRACE_INTERRUPT thread {}", t.tid), e))?;
+                }
+            }
+            Ok(())
+        })();
+        if let Err(e) = res {
+            for tid in seized {
+                let _ = sys::ptrace::detach(tid, 0);
+            }
+            return Err(e);
+        }
+        Ok(Seized {
+            procs,
+            released: false,
+        })
+    }
+
+    /// Waits for every thread's ptrace stop (after the thaw under cgroup v1).
+    pub fn wait_stops(&mut self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        for p in &mut self.procs {
+            for t in &mut p.threads {
+                wait_stop(t, deadline).map_err(|e| proc_err(p.pid, &format!("stopping thread {}", t.tid), e))?;
+            }
+        }
+        Ok(())
+    }
+
+    pub fn threads(&self) -> usize {
+        self.procs.iter().map(|p| p.threads.len()).sum()
+    }
+
+    /// Detaches every thread, giving back deferred signals. The registers must
+    /// already be what the threads are to run on with.
+    pub fn release(mut self) -> Result<()> {
+        self.released = true;
+        let mut first_err = None;
+        for p in &self.procs {
+            for t in &p.threads {
+                if let Err(e) = sys::ptrace::detach(t.tid, 0) {
+                    first_err.get_or_insert(proc_err(p.pid, &format!("detaching thread {}", t.tid), e));
+                    continue;
+                }
+                if let Some(sig) = t.deferred_signal {
+                    // SAFETY: tgkill takes plain integers; an error only means the thread is gone.
+                    unsafe { libc::syscall(libc::SYS_tgkill, p.pid, t.tid, sig) };
+                }
+            }
+        }
+        first_err.map_or(Ok(()), Err)
+    }
+
+    /// Kills every process of the tree (after a successful dump).
+    pub fn kill(mut self) {
+        self.released = true;
+        for p in &self.procs {
+            if let Some(fd) = &p.pidfd {
+                let _ = sys::pidfd::pidfd_send_signal(std::os::fd::AsFd::as_fd(fd), libc::SIGKILL);
+            }
+        }
+    }
+
+    pub fn by_ns_pid(&self) -> BTreeMap<i32, usize> {
+        self.procs.iter().enumerate().map(|(i, p)| (p.ns_pid, i)).collect()
+    }
+}
+
+impl Drop for Seized {
+    fn drop(&mut self) {
+        if !self.released {
+            for p in &self.procs {
+                for t in &p.threads {
+                    let _ = sys::ptrace::detach(t.tid, 0);
+                    if let Some(sig) = t.deferred_signal {
+                        // SAFETY: tgkill takes plain integers; an error only means the thread is gone.
+                        unsafe { libc::syscall(libc::SYS_tgkill, p.pid, t.tid, sig) };
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn wait_stop(t: &mut SeizedThread, deadline: Instant) -> std::result::Result<(), String> {
+    loop {
+        let st = waitpid(Pid::from_raw(t.tid), Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG))
+            .map_err(|e| format!("waitpid: {e}"))?;
+        match st {
+            WaitStatus::PtraceEvent(_, _, ev) if ev == libc::PTRACE_EVENT_STOP => return Ok(()),
+            WaitStatus::PtraceEvent(_, sig, _) | WaitStatus::Stopped(_, sig) => {
+                // A signal-delivery stop: keep the signal for later and let the
+                // pending interrupt stop the thread.
+                let signo = sig as i32;
+                if signo != libc::SIGTRAP && signo != libc::SIGSTOP {
+                    t.deferred_signal = Some(signo);
+                }
+                sys::ptrace::cont(t.tid, 0).map_err(|e| format!("PTRACE_CONT: {e}"))?;
+            }
+            WaitStatus::Exited(..) | WaitStatus::Signaled(..) => {
+                return Err("exited while being stopped".into())
+            }
+            WaitStatus::StillAlive => {
+                if Instant::now() > deadline {
+                    return Err("did not stop in time".into());
+                }
+                std::thread::sleep(Duration::from_micros(200));
+            }
+            other => return Err(format!("unexpected wait status {other:?}")),
+        }
+    }
+}

@@ -1,0 +1,152 @@
+//! Signals: handlers with their flags, restorers and masks (process-wide),
+//! blocked masks, pending signals (per thread and shared) and the alternate
+//! signal stack (per thread).
+
+use crate::error::Result;
+use crate::image::{AltStack, SigAction, SigInfo};
+use crate::remote::Remote;
+
+const NSIG: i32 = 64;
+
+/// Handlers of every signal that is caught or ignored, and of SIGCHLD (whose
+/// flags matter even at SIG_DFL). The rest are SIG_DFL.
+pub fn collect_actions(pid: i32, r: &mut Remote) -> Result<Vec<SigAction>> {
+    let status = procfs::process::Process::new(pid)
+        .and_then(|p| p.status())
+        .map_err(|e| crate::error::Error::Process {
+            pid,
+            reason: format!("reading status: {e}"),
+        })?;
+    let interesting = status.sigcgt | status.sigign | (1 << (libc::SIGCHLD - 1));
+    let scratch = r.scratch(4096)?;
+    let mut out = Vec::new();
+    for signo in 1..=NSIG {
+        if interesting & (1u64 << (signo - 1)) == 0 || signo == libc::SIGKILL || signo == libc::SIGSTOP {
+            continue;
+        }
+        r.call(
+            &format!("rt_sigaction({signo})"),
+            libc::SYS_rt_sigaction,
+            [signo as u64, 0, scratch, 8, 0, 0],
+        )?;
+        let b = r.read_mem(scratch, 32)?;
+        let w = |i: usize| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().expect("8 bytes"));
+        out.push(SigAction {
+            signo,
+            handler: w(0),
+            flags: w(1),
+            restorer: w(2),
+            mask: w(3),
+        });
+    }
+    Ok(out)
+}
+
+/// Sets every signal's action: the recorded ones, SIG_DFL for the rest (the
+/// restorer's own handlers must not survive).
+pub fn restore_actions(r: &mut Remote, actions: &[SigAction], scratch: u64) -> Result<()> {
+    for signo in 1..=NSIG {
+        if signo == libc::SIGKILL || signo == libc::SIGSTOP {
+            continue;
+        }
+        let a = actions.iter().find(|a| a.signo == signo);
+        let words = match a {
+            Some(a) => [a.handler, a.flags, a.restorer, a.mask],
+            None => [0, 0, 0, 0],
+        };
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        r.write_mem(scratch, &bytes)?;
+        r.call(
+            &format!("rt_sigaction({signo})"),
+            libc::SYS_rt_sigaction,
+            [signo as u64, scratch, 0, 8, 0, 0],
+        )?;
+    }
+    Ok(())
+}
+
+/// Queued signals of a thread (`shared` = false) or of its process.
+pub fn peek_pending(tid: i32, shared: bool) -> Result<Vec<SigInfo>> {
+    let infos = sys::ptrace::peek_siginfo(tid, shared)?;
+    Ok(infos
+        .iter()
+        .map(|si| {
+            // SAFETY: siginfo_t is a plain 128-byte C struct; we copy its bytes.
+            let raw = unsafe {
+                std::slice::from_raw_parts(
+                    si as *const libc::siginfo_t as *const u8,
+                    std::mem::size_of::<libc::siginfo_t>(),
+                )
+            }
+            .to_vec();
+            SigInfo {
+                signo: si.si_signo,
+                raw,
+            }
+        })
+        .collect())
+}
+
+/// A siginfo as kill(2) from the kernel would queue it (SI_KERNEL), for a
+/// signal that arrived while the tree was being stopped.
+pub fn synthetic_siginfo(signo: i32) -> SigInfo {
+    let mut raw = vec![0u8; 128];
+    raw[0..4].copy_from_slice(&signo.to_le_bytes());
+    raw[8..12].copy_from_slice(&0x80i32.to_le_bytes());
+    SigInfo { signo, raw }
+}
+
+/// Queues signals in the task: to the thread, or to the process.
+pub fn restore_pending(r: &mut Remote, tgid: i32, tid: i32, infos: &[SigInfo], shared: bool, scratch: u64) -> Result<()> {
+    for si in infos {
+        if si.raw.len() != 128 || !(1..=NSIG).contains(&si.signo) {
+            return Err(crate::error::Error::Other(format!(
+                "image: bad pending signal {} for thread {tid}",
+                si.signo
+            )));
+        }
+        r.write_mem(scratch, &si.raw)?;
+        if shared {
+            r.call(
+                &format!("rt_sigqueueinfo({})", si.signo),
+                libc::SYS_rt_sigqueueinfo,
+                [tgid as u64, si.signo as u64, scratch, 0, 0, 0],
+            )?;
+        } else {
+            r.call(
+                &format!("rt_tgsigqueueinfo({})", si.signo),
+                libc::SYS_rt_tgsigqueueinfo,
+                [tgid as u64, tid as u64, si.signo as u64, scratch, 0, 0],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+pub fn get_altstack(r: &mut Remote) -> Result<AltStack> {
+    let scratch = r.scratch(4096)?;
+    r.call("sigaltstack", libc::SYS_sigaltstack, [0, scratch, 0, 0, 0, 0])?;
+    let b = r.read_mem(scratch, 24)?;
+    Ok(AltStack {
+        sp: u64::from_le_bytes(b[0..8].try_into().expect("8 bytes")),
+        flags: i32::from_le_bytes(b[8..12].try_into().expect("4 bytes")),
+        size: u64::from_le_bytes(b[16..24].try_into().expect("8 bytes")),
+    })
+}
+
+pub fn set_altstack(r: &mut Remote, a: &AltStack) -> Result<()> {
+    let scratch = r.scratch(4096)?;
+    let mut b = vec![0u8; 24];
+    let flags = if a.flags & libc::SS_DISABLE != 0 || a.size == 0 {
+        libc::SS_DISABLE
+    } else {
+        // SS_ONSTACK is a report, not a request; SS_AUTODISARM stays.
+        a.flags & !libc::SS_ONSTACK
+    };
+    b[0..8].copy_from_slice(&a.sp.to_le_bytes());
+    b[8..12].copy_from_slice(&flags.to_le_bytes());
+    b[16..24].copy_from_slice(&a.size.to_le_bytes());
+    r.write_mem(scratch, &b)?;
+    r.call("sigaltstack", libc::SYS_sigaltstack, [scratch, 0, 0, 0, 0, 0])?;
+    Ok(())
+}

@@ -1,0 +1,214 @@
+//! Per-thread state: registers and the full xstate, how a thread stopped in a
+//! syscall resumes, rseq, clear_child_tid and the robust futex list.
+
+use crate::error::{Error, Result};
+use crate::image::{limits, Regs, Rseq, SyscallState, ThreadImage};
+use crate::remote::Remote;
+use crate::signals;
+
+const ERESTARTSYS: i64 = -512;
+const ERESTARTNOINTR: i64 = -513;
+const ERESTARTNOHAND: i64 = -514;
+const ERESTART_RESTARTBLOCK: i64 = -516;
+
+/// The registers a thread stopped inside a syscall resumes with, as the kernel
+/// would set them after a signal without a handler: the syscall restarts
+/// (rip back over the 2-byte `syscall`, rax = the syscall number). A syscall
+/// that restarts through the kernel's restart block (nanosleep, poll with a
+/// timeout, ...) restarts through restart_syscall in the same task, and
+/// returns EINTR in a restored task, where that block is gone; that is what
+/// a handled signal gives too.
+pub fn resume_regs(regs: &Regs, same_task: bool) -> (Regs, Option<SyscallState>) {
+    let mut r = *regs;
+    if (regs.orig_rax as i64) < 0 {
+        return (r, None);
+    }
+    let nr = regs.orig_rax as i64;
+    let action = match regs.rax as i64 {
+        ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND => {
+            r.rax = regs.orig_rax;
+            r.rip -= 2;
+            "restart"
+        }
+        ERESTART_RESTARTBLOCK if same_task => {
+            r.rax = libc::SYS_restart_syscall as u64;
+            r.rip -= 2;
+            "restart_block"
+        }
+        ERESTART_RESTARTBLOCK => {
+            r.rax = (-libc::EINTR) as i64 as u64;
+            "eintr"
+        }
+        _ => "none",
+    };
+    r.orig_rax = u64::MAX;
+    (
+        r,
+        Some(SyscallState {
+            nr,
+            action: action.into(),
+        }),
+    )
+}
+
+/// Collects one thread; `r` controls it (scratch memory available).
+pub fn collect(tid: i32, ns_tid: i32, r: &mut Remote, deferred: Option<i32>) -> Result<ThreadImage> {
+    let regs = Regs::from(&r.saved_regs());
+    let (regs, in_syscall) = resume_regs(&regs, false);
+    let xstate = sys::ptrace::get_xstate(tid)?;
+    let sigmask = sys::ptrace::get_sigmask(tid)?;
+    let mut pending = signals::peek_pending(tid, false)?;
+    if let Some(sig) = deferred {
+        pending.push(signals::synthetic_siginfo(sig));
+    }
+    let altstack = signals::get_altstack(r)?;
+    let rseq = match sys::ptrace::get_rseq_config(tid) {
+        Ok(c) if c.rseq_abi_pointer != 0 => Some(Rseq {
+            addr: c.rseq_abi_pointer,
+            len: c.rseq_abi_size,
+            signature: c.signature,
+        }),
+        _ => None,
+    };
+    let scratch = r.scratch(4096)?;
+    r.call(
+        "prctl(PR_GET_TID_ADDRESS)",
+        libc::SYS_prctl,
+        [libc::PR_GET_TID_ADDRESS as u64, scratch, 0, 0, 0, 0],
+    )?;
+    let clear_child_tid = u64::from_le_bytes(r.read_mem(scratch, 8)?.try_into().expect("8 bytes"));
+    let (robust_list, robust_list_len) = robust_list(tid)?;
+    Ok(ThreadImage {
+        tid: ns_tid,
+        regs,
+        xstate,
+        sigmask,
+        pending,
+        altstack,
+        rseq,
+        clear_child_tid,
+        robust_list,
+        robust_list_len,
+        in_syscall,
+    })
+}
+
+fn robust_list(tid: i32) -> Result<(u64, u64)> {
+    let mut head: u64 = 0;
+    let mut len: u64 = 0;
+    // SAFETY: get_robust_list writes one pointer and one size_t into the two
+    // locals whose addresses we pass.
+    let rc = unsafe {
+        libc::syscall(
+            libc::SYS_get_robust_list,
+            tid,
+            &mut head as *mut u64,
+            &mut len as *mut u64,
+        )
+    };
+    if rc != 0 {
+        return Err(Error::Process {
+            pid: tid,
+            reason: format!("get_robust_list: {}", std::io::Error::last_os_error()),
+        });
+    }
+    Ok((head, len))
+}
+
+pub fn validate(pid: i32, t: &ThreadImage) -> Result<()> {
+    if t.xstate.len() > limits::MAX_XSTATE {
+        return Err(Error::Other(format!(
+            "image of process {pid}: xstate of {} bytes",
+            t.xstate.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Drops the restorer's own rseq registration before its memory goes away
+/// (the kernel would write into the unmapped area on the way to user space).
+pub fn unregister_rseq(r: &mut Remote) -> Result<()> {
+    if let Ok(c) = sys::ptrace::get_rseq_config(r.tid) {
+        if c.rseq_abi_pointer != 0 {
+            r.call(
+                "rseq(unregister)",
+                libc::SYS_rseq,
+                [c.rseq_abi_pointer, c.rseq_abi_size as u64, 1, c.signature as u64, 0, 0],
+            )?;
+        }
+    }
+    Ok(())
+}
+
+/// Puts back the per-thread kernel registrations (run in the thread itself).
+pub fn restore_registrations(r: &mut Remote, t: &ThreadImage) -> Result<()> {
+    signals::set_altstack(r, &t.altstack)?;
+    r.call(
+        "set_tid_address",
+        libc::SYS_set_tid_address,
+        [t.clear_child_tid, 0, 0, 0, 0, 0],
+    )?;
+    if t.robust_list != 0 {
+        r.call(
+            "set_robust_list",
+            libc::SYS_set_robust_list,
+            [t.robust_list, t.robust_list_len, 0, 0, 0, 0],
+        )?;
+    }
+    if let Some(rs) = &t.rseq {
+        r.call(
+            &format!("rseq registration at {:#x}", rs.addr),
+            libc::SYS_rseq,
+            [rs.addr, rs.len as u64, 0, rs.signature as u64, 0, 0],
+        )?;
+    }
+    Ok(())
+}
+
+/// Final step for a thread: signal mask, xstate and registers. The thread
+/// runs on from there once detached.
+pub fn restore_cpu(tid: i32, t: &ThreadImage) -> Result<()> {
+    sys::ptrace::set_xstate(tid, &t.xstate)?;
+    sys::ptrace::set_regs(tid, &libc::user_regs_struct::from(&t.regs))?;
+    sys::ptrace::set_sigmask(tid, t.sigmask)?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_rules() {
+        let base = Regs {
+            orig_rax: 35,
+            rip: 0x1002,
+            ..Default::default()
+        };
+        let r = Regs {
+            rax: ERESTARTNOHAND as u64,
+            ..base
+        };
+        let (f, s) = resume_regs(&r, false);
+        assert_eq!((f.rax, f.rip, f.orig_rax), (35, 0x1000, u64::MAX));
+        assert_eq!(s.unwrap().action, "restart");
+
+        let r = Regs {
+            rax: ERESTART_RESTARTBLOCK as u64,
+            ..base
+        };
+        let (f, _) = resume_regs(&r, false);
+        assert_eq!(f.rax as i64, -(libc::EINTR as i64));
+        assert_eq!(f.rip, 0x1002);
+        let (f, _) = resume_regs(&r, true);
+        assert_eq!(f.rax, libc::SYS_restart_syscall as u64);
+        assert_eq!(f.rip, 0x1000);
+
+        let r = Regs {
+            orig_rax: u64::MAX,
+            rax: 7,
+            ..base
+        };
+        assert_eq!(resume_regs(&r, false), (r, None));
+    }
+}

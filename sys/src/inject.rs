@@ -1,0 +1,309 @@
+//! Running syscalls inside a stopped tracee thread.
+//!
+//! The thread is pointed at a `syscall` instruction (bytes `0f 05`) inside its
+//! own vDSO: the vDSO image is the same in every process of a kernel, so the
+//! gadget is found in our own vDSO and rebased, and nothing is written into the
+//! tracee. The thread is then driven with `PTRACE_SYSCALL` through the
+//! syscall-entry and syscall-exit stops, and `rax` is read at the exit stop.
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::fs::FileExt;
+
+use nix::errno::Errno;
+use nix::sys::signal::Signal;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::error::{Error, Result};
+use crate::ptrace::{self, SyscallOp};
+
+/// The `syscall` instruction.
+const SYSCALL_INSN: [u8; 2] = [0x0f, 0x05];
+
+/// Start and end address of the `[vdso]` mapping of `pid` (`"self"` allowed
+/// through [`special_mapping_of`]).
+pub fn vdso_range(pid: i32) -> Result<(u64, u64)> {
+    special_mapping_of(&pid.to_string(), "[vdso]")
+}
+
+/// Start and end of the mapping named `name` (e.g. `"[vdso]"`) in
+/// `/proc/<proc>/maps`; `ENOENT` when there is none.
+pub fn special_mapping_of(proc: &str, name: &str) -> Result<(u64, u64)> {
+    const CALL: &str = "read /proc/PID/maps";
+    let f = std::fs::File::open(format!("/proc/{proc}/maps"))
+        .map_err(|e| Error::new(CALL, io_errno(&e)))?;
+    for line in BufReader::new(f).lines() {
+        let line = line.map_err(|e| Error::new(CALL, io_errno(&e)))?;
+        if line.split_whitespace().nth(5) != Some(name) {
+            continue;
+        }
+        let range = line.split_whitespace().next().unwrap_or_default();
+        let (s, e) = range
+            .split_once('-')
+            .ok_or(Error::new(CALL, Errno::EINVAL))?;
+        let s = u64::from_str_radix(s, 16).map_err(|_| Error::new(CALL, Errno::EINVAL))?;
+        let e = u64::from_str_radix(e, 16).map_err(|_| Error::new(CALL, Errno::EINVAL))?;
+        return Ok((s, e));
+    }
+    Err(Error::new(CALL, Errno::ENOENT))
+}
+
+pub(crate) fn io_errno(e: &std::io::Error) -> Errno {
+    e.raw_os_error().map(Errno::from_raw).unwrap_or(Errno::EIO)
+}
+
+/// Offset of the first `syscall` instruction in this process's vDSO.
+fn own_vdso_gadget_offset() -> Result<u64> {
+    let (start, end) = special_mapping_of("self", "[vdso]")?;
+    // SAFETY: [start, end) is our own [vdso] mapping, readable and never
+    // unmapped while we run (nothing in this crate unmaps our own vDSO).
+    let image = unsafe { std::slice::from_raw_parts(start as *const u8, (end - start) as usize) };
+    image
+        .windows(2)
+        .position(|w| w == SYSCALL_INSN)
+        .map(|off| off as u64)
+        .ok_or(Error::new(
+            "find syscall instruction in vDSO",
+            Errno::ENOEXEC,
+        ))
+}
+
+/// Address of a `syscall` instruction (bytes 0f 05) inside the vDSO of process
+/// `pid`, found by locating the pattern in our own vDSO (same kernel, same vDSO
+/// image) and rebasing to `pid`'s `[vdso]` start from /proc/PID/maps. The two
+/// bytes are read back from the target to confirm; nothing is written.
+pub fn find_syscall_gadget(pid: i32) -> Result<u64> {
+    let off = own_vdso_gadget_offset()?;
+    let (start, end) = vdso_range(pid)?;
+    if start + off + 2 > end {
+        return Err(Error::new(
+            "find syscall instruction in vDSO",
+            Errno::ENOEXEC,
+        ));
+    }
+    let addr = start + off;
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem"))
+        .map_err(|e| Error::new("open /proc/PID/mem", io_errno(&e)))?;
+    let mut bytes = [0u8; 2];
+    mem.read_exact_at(&mut bytes, addr)
+        .map_err(|e| Error::new("read /proc/PID/mem", io_errno(&e)))?;
+    if bytes != SYSCALL_INSN {
+        return Err(Error::new(
+            "find syscall instruction in vDSO",
+            Errno::ENOEXEC,
+        ));
+    }
+    Ok(addr)
+}
+
+/// `-ERESTARTSYS`, `-ERESTARTNOINTR`, `-ERESTARTNOHAND`, `-ERESTART_RESTARTBLOCK`
+/// (include/linux/errno.h): a syscall interrupted by a stop.
+const ERESTARTSYS: i64 = 512;
+const ERESTARTNOINTR: i64 = 513;
+const ERESTARTNOHAND: i64 = 514;
+const ERESTART_RESTARTBLOCK: i64 = 516;
+
+/// Applies what the kernel does to a thread interrupted inside a syscall when
+/// it resumes without running a signal handler: restart the syscall (`rip`
+/// back over the 2-byte `syscall`, `rax = orig_rax`), or `restart_syscall(2)`
+/// for `-ERESTART_RESTARTBLOCK`. Returns false (and changes nothing) when the
+/// registers do not show an interrupted syscall.
+pub fn apply_syscall_restart(regs: &mut libc::user_regs_struct) -> bool {
+    if (regs.orig_rax as i64) < 0 {
+        return false;
+    }
+    match -(regs.rax as i64) {
+        ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND => {
+            regs.rax = regs.orig_rax;
+            regs.rip -= 2;
+            true
+        }
+        ERESTART_RESTARTBLOCK => {
+            regs.rax = libc::SYS_restart_syscall as u64;
+            regs.rip -= 2;
+            true
+        }
+        _ => false,
+    }
+}
+
+/// Runs syscalls inside a seized, stopped thread.
+///
+/// On creation it saves the thread's registers and signal mask and blocks
+/// every blockable signal, so no handler can run while the thread executes
+/// injected code; signals that arrive stay pending and are delivered after the
+/// thread resumes. `finish()` (or drop) puts the registers and mask back.
+///
+/// If the thread was stopped inside an interruptible syscall (its saved `rax`
+/// is `-ERESTART*`), the registers put back are those the kernel would have
+/// produced on resuming it without a handler (see [`apply_syscall_restart`]):
+/// the stop the thread ends in is a syscall-exit stop, from which the kernel no
+/// longer applies the restart rule itself. The exact original registers stay
+/// available through [`Injector::saved_regs`].
+pub struct Injector {
+    tid: i32,
+    gadget: u64,
+    saved: libc::user_regs_struct,
+    saved_mask: u64,
+    /// Stop signals (SIGSTOP, SIGTSTP, ...) that arrived during injection, sent
+    /// again after the registers are restored.
+    deferred: Vec<i32>,
+    done: bool,
+}
+
+impl Injector {
+    /// Prepares to inject into thread `tid` (seized by us and in a ptrace
+    /// stop), using the `syscall` instruction at `gadget` in its address space.
+    pub fn new(tid: i32, gadget: u64) -> Result<Self> {
+        let saved = ptrace::get_regs(tid)?;
+        let saved_mask = ptrace::get_sigmask(tid)?;
+        ptrace::set_sigmask(tid, !0u64)?;
+        Ok(Self {
+            tid,
+            gadget,
+            saved,
+            saved_mask,
+            deferred: Vec::new(),
+            done: false,
+        })
+    }
+
+    /// The thread's registers as they were when the injector was created.
+    pub fn saved_regs(&self) -> &libc::user_regs_struct {
+        &self.saved
+    }
+
+    /// The thread's signal mask as it was when the injector was created.
+    pub fn saved_sigmask(&self) -> u64 {
+        self.saved_mask
+    }
+
+    /// The thread this injector drives.
+    pub fn tid(&self) -> i32 {
+        self.tid
+    }
+
+    /// Runs syscall `nr` with `args` (rdi, rsi, rdx, r10, r8, r9) in the thread
+    /// and returns the raw result (a negative errno on failure).
+    pub fn syscall(&mut self, nr: i64, args: [u64; 6]) -> Result<i64> {
+        let mut regs = self.saved;
+        regs.rip = self.gadget;
+        regs.orig_rax = u64::MAX; // no syscall-restart logic touches these registers
+        regs.rax = nr as u64;
+        regs.rdi = args[0];
+        regs.rsi = args[1];
+        regs.rdx = args[2];
+        regs.r10 = args[3];
+        regs.r8 = args[4];
+        regs.r9 = args[5];
+        ptrace::set_regs(self.tid, &regs)?;
+
+        let mut entered = false;
+        ptrace::syscall(self.tid, 0)?;
+        loop {
+            let status = waitpid(Pid::from_raw(self.tid), Some(WaitPidFlag::__WALL))
+                .map_err(|e| Error::new("waitpid(injected syscall)", e))?;
+            match status {
+                WaitStatus::PtraceSyscall(_) => {
+                    match ptrace::get_syscall_info(self.tid)?.op {
+                        SyscallOp::Entry { .. } => entered = true,
+                        SyscallOp::Exit { .. } if entered => {
+                            let regs = ptrace::get_regs(self.tid)?;
+                            return Ok(regs.rax as i64);
+                        }
+                        _ => {}
+                    }
+                    ptrace::syscall(self.tid, 0)?;
+                }
+                WaitStatus::Stopped(_, Signal::SIGTRAP) => {
+                    // Without PTRACE_O_TRACESYSGOOD syscall stops are plain
+                    // SIGTRAP stops: tell them apart by the syscall info.
+                    match ptrace::get_syscall_info(self.tid)?.op {
+                        SyscallOp::Entry { .. } => {
+                            entered = true;
+                            ptrace::syscall(self.tid, 0)?;
+                        }
+                        SyscallOp::Exit { .. } if entered => {
+                            let regs = ptrace::get_regs(self.tid)?;
+                            return Ok(regs.rax as i64);
+                        }
+                        // A real SIGTRAP: blocked signals cannot get here, so
+                        // it was synchronous; pass it on.
+                        _ => ptrace::syscall(self.tid, libc::SIGTRAP)?,
+                    }
+                }
+                WaitStatus::Stopped(_, sig) => {
+                    // Signal-delivery stop. Blockable signals are blocked, so
+                    // this is SIGSTOP or a synchronous fault: keep stop
+                    // signals for later, pass anything else through.
+                    let signo = sig as i32;
+                    if matches!(
+                        sig,
+                        Signal::SIGSTOP | Signal::SIGTSTP | Signal::SIGTTIN | Signal::SIGTTOU
+                    ) {
+                        self.deferred.push(signo);
+                        ptrace::syscall(self.tid, 0)?;
+                    } else {
+                        ptrace::syscall(self.tid, signo)?;
+                    }
+                }
+                WaitStatus::PtraceEvent(..) => {
+                    // Group-stop, seccomp or clone event: keep going.
+                    ptrace::syscall(self.tid, 0)?;
+                }
+                WaitStatus::Exited(..) | WaitStatus::Signaled(..) => {
+                    self.done = true;
+                    return Err(Error::new("injected syscall: thread exited", Errno::ESRCH));
+                }
+                _ => ptrace::syscall(self.tid, 0)?,
+            }
+        }
+    }
+
+    /// Puts the thread's registers and signal mask back and re-sends deferred
+    /// stop signals. The thread stays in its ptrace stop.
+    pub fn finish(mut self) -> Result<()> {
+        self.restore()
+    }
+
+    fn restore(&mut self) -> Result<()> {
+        if self.done {
+            return Ok(());
+        }
+        self.done = true;
+        let mut regs = self.saved;
+        apply_syscall_restart(&mut regs);
+        ptrace::set_regs(self.tid, &regs)?;
+        ptrace::set_sigmask(self.tid, self.saved_mask)?;
+        for &sig in &self.deferred {
+            // SAFETY: getpid and tgkill take integers only.
+            let ret = unsafe {
+                libc::syscall(
+                    libc::SYS_tgkill,
+                    tgid_of(self.tid).unwrap_or(self.tid),
+                    self.tid,
+                    sig,
+                )
+            };
+            if ret == -1 {
+                return Err(Error::last("tgkill(deferred stop signal)"));
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Injector {
+    fn drop(&mut self) {
+        let _ = self.restore();
+    }
+}
+
+/// The thread-group ID of thread `tid`, from /proc/TID/status.
+fn tgid_of(tid: i32) -> Option<i32> {
+    let status = std::fs::read_to_string(format!("/proc/{tid}/status")).ok()?;
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix("Tgid:"))
+        .and_then(|v| v.trim().parse().ok())
+}

@@ -1,0 +1,413 @@
+//! Tests against the running kernel. Tracees are real programs started with
+//! fork+exec (`std::process::Command`); the only children forked without exec
+//! run nothing but raw syscalls before `_exit`.
+
+use std::os::fd::AsFd;
+use std::os::unix::process::CommandExt;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use nix::errno::Errno;
+use nix::sys::signal::Signal;
+use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+use nix::unistd::Pid;
+
+use crate::inject::{apply_syscall_restart, find_syscall_gadget, Injector};
+use crate::{clone3, cpu, kcmp, mm, pidfd, ptrace, uffd};
+
+fn spawn_sleep(secs: &str) -> Child {
+    Command::new("sleep")
+        .arg(secs)
+        .stdin(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .expect("spawn sleep")
+}
+
+/// Seizes `pid`, interrupts it and waits for the PTRACE_EVENT_STOP.
+fn seize_and_stop(pid: i32) {
+    ptrace::seize(
+        pid,
+        ptrace::PTRACE_O_TRACESYSGOOD | ptrace::PTRACE_O_EXITKILL,
+    )
+    .unwrap();
+    ptrace::interrupt(pid).unwrap();
+    let st = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::__WALL)).unwrap();
+    assert!(
+        matches!(st, WaitStatus::PtraceEvent(_, _, ptrace::PTRACE_EVENT_STOP)),
+        "unexpected stop {st:?}"
+    );
+}
+
+/// Kills `pid` and reaps it (also reaps through ptrace stops).
+fn kill_and_reap(pid: i32) {
+    // SAFETY: kill takes integers only.
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    loop {
+        match waitpid(Pid::from_raw(pid), Some(WaitPidFlag::__WALL)) {
+            Ok(WaitStatus::Exited(..)) | Ok(WaitStatus::Signaled(..)) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+fn regs_bytes(r: &libc::user_regs_struct) -> Vec<u8> {
+    // SAFETY: user_regs_struct is plain integers, no padding.
+    unsafe {
+        std::slice::from_raw_parts(
+            (r as *const libc::user_regs_struct).cast::<u8>(),
+            ptrace::PRSTATUS_SIZE,
+        )
+    }
+    .to_vec()
+}
+
+fn maps_have(pid: i32, addr: u64) -> bool {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    maps.lines().any(|l| {
+        let (s, e) = l
+            .split_whitespace()
+            .next()
+            .unwrap()
+            .split_once('-')
+            .unwrap();
+        let (s, e) = (
+            u64::from_str_radix(s, 16).unwrap(),
+            u64::from_str_radix(e, 16).unwrap(),
+        );
+        s <= addr && addr < e
+    })
+}
+
+#[test]
+fn inject_getpid_mmap_munmap_and_restore() {
+    let child = spawn_sleep("1");
+    let pid = child.id() as i32;
+    let started = Instant::now();
+    seize_and_stop(pid);
+
+    let gadget = find_syscall_gadget(pid).unwrap();
+    let before = ptrace::get_regs(pid).unwrap();
+    let mask_before = ptrace::get_sigmask(pid).unwrap();
+    let mut inj = Injector::new(pid, gadget).unwrap();
+    assert_eq!(regs_bytes(inj.saved_regs()), regs_bytes(&before));
+
+    let got = inj.syscall(libc::SYS_getpid, [0; 6]).unwrap();
+    assert_eq!(got, i64::from(pid), "injected getpid");
+
+    let addr = inj
+        .syscall(
+            libc::SYS_mmap,
+            [
+                0,
+                4096,
+                (libc::PROT_READ | libc::PROT_WRITE) as u64,
+                (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
+                u64::MAX,
+                0,
+            ],
+        )
+        .unwrap();
+    assert!(
+        addr > 0 && addr % 4096 == 0,
+        "injected mmap returned {addr}"
+    );
+    assert!(
+        maps_have(pid, addr as u64),
+        "mapping at {addr:#x} not in maps"
+    );
+    let r = inj
+        .syscall(libc::SYS_munmap, [addr as u64, 4096, 0, 0, 0, 0])
+        .unwrap();
+    assert_eq!(r, 0, "injected munmap");
+    assert!(
+        !maps_have(pid, addr as u64),
+        "mapping at {addr:#x} still in maps"
+    );
+    let bad = inj
+        .syscall(libc::SYS_close, [u64::from(u32::MAX >> 1), 0, 0, 0, 0, 0])
+        .unwrap();
+    assert_eq!(bad, -i64::from(libc::EBADF), "errors come back as -errno");
+    inj.finish().unwrap();
+
+    // The registers are back, with the interrupted nanosleep set up to
+    // restart as the kernel would have done.
+    let mut expected = before;
+    apply_syscall_restart(&mut expected);
+    assert_eq!(
+        regs_bytes(&ptrace::get_regs(pid).unwrap()),
+        regs_bytes(&expected)
+    );
+    assert_eq!(ptrace::get_sigmask(pid).unwrap(), mask_before);
+
+    // Resumed, the tracee finishes its sleep normally.
+    ptrace::detach(pid, 0).unwrap();
+    let st = waitpid(Pid::from_raw(pid), None).unwrap();
+    assert_eq!(
+        st,
+        WaitStatus::Exited(Pid::from_raw(pid), 0),
+        "sleep after injection"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_millis(900),
+        "sleep was cut short"
+    );
+    drop(child);
+}
+
+#[test]
+fn regsets_sigmask_siginfo_rseq_syscall_info() {
+    let child = spawn_sleep("30");
+    let pid = child.id() as i32;
+    seize_and_stop(pid);
+
+    let xstate = ptrace::get_xstate(pid).unwrap();
+    let expected = cpu::xsave_size().unwrap() as usize;
+    eprintln!(
+        "xstate: {} bytes, XCR0 {:#x}",
+        xstate.len(),
+        cpu::xcr0().unwrap()
+    );
+    assert_eq!(xstate.len(), expected, "NT_X86_XSTATE size vs CPUID 0xd");
+    assert_eq!(cpu::xstate_xfeatures(&xstate), cpu::xcr0());
+    ptrace::set_xstate(pid, &xstate).unwrap();
+    assert_eq!(ptrace::get_xstate(pid).unwrap(), xstate);
+
+    let regs = ptrace::get_regs(pid).unwrap();
+    ptrace::set_regs(pid, &regs).unwrap();
+
+    let usr1 = 1u64 << (libc::SIGUSR1 - 1);
+    let mask = ptrace::get_sigmask(pid).unwrap();
+    ptrace::set_sigmask(pid, mask | usr1).unwrap();
+    assert_eq!(ptrace::get_sigmask(pid).unwrap(), mask | usr1);
+
+    assert!(ptrace::peek_siginfo(pid, true).unwrap().is_empty());
+    // SAFETY: kill takes integers only.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0);
+    let queued = ptrace::peek_siginfo(pid, true).unwrap();
+    assert_eq!(queued.len(), 1);
+    assert_eq!(queued[0].si_signo, libc::SIGUSR1);
+    // SAFETY: a kill(2) siginfo carries si_pid.
+    assert_eq!(unsafe { queued[0].si_pid() }, std::process::id() as i32);
+    assert!(ptrace::peek_siginfo(pid, false).unwrap().is_empty());
+
+    let rseq = ptrace::get_rseq_config(pid).unwrap();
+    if rseq.rseq_abi_pointer != 0 {
+        assert!(rseq.rseq_abi_size >= 32);
+        assert_ne!(rseq.signature, 0);
+    }
+
+    let info = ptrace::get_syscall_info(pid).unwrap();
+    assert_eq!(info.op, ptrace::SyscallOp::None);
+    assert_eq!(info.instruction_pointer, regs.rip);
+
+    // No seccomp filter in sleep: EINVAL (not in filter mode).
+    let e = ptrace::seccomp_get_filter(pid, 0).unwrap_err();
+    assert_eq!(e.errno, Errno::EINVAL);
+
+    kill_and_reap(pid);
+    drop(child);
+}
+
+#[test]
+fn pidfd_and_kcmp() {
+    let mut child = Command::new("sleep")
+        .arg("30")
+        .stdin(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let fd = pidfd::pidfd_open(pid).unwrap();
+    pidfd::pidfd_send_signal(fd.as_fd(), 0).unwrap();
+    let dup = pidfd::pidfd_getfd(fd.as_fd(), 0).unwrap();
+    let ft = std::fs::File::from(dup).metadata().unwrap().file_type();
+    use std::os::unix::fs::FileTypeExt;
+    assert!(ft.is_fifo(), "child's stdin is a pipe");
+    let me = std::process::id() as i32;
+    assert!(kcmp::kcmp(me, me, kcmp::KcmpType::Vm, 0, 0)
+        .unwrap()
+        .is_equal());
+    assert!(!kcmp::kcmp(me, pid, kcmp::KcmpType::Vm, 0, 0)
+        .unwrap()
+        .is_equal());
+    pidfd::pidfd_send_signal(fd.as_fd(), libc::SIGKILL).unwrap();
+    let status = child.wait().unwrap();
+    use std::os::unix::process::ExitStatusExt;
+    assert_eq!(status.signal(), Some(libc::SIGKILL));
+    assert_eq!(
+        pidfd::pidfd_send_signal(fd.as_fd(), 0).unwrap_err().errno,
+        Errno::ESRCH
+    );
+}
+
+/// Forks with clone3 and returns the child's exit code. The child only makes
+/// raw syscalls before `_exit`, which is sound in a multithreaded process.
+fn clone3_exit_code(
+    flags: u64,
+    set_tid: &[i32],
+    child: fn() -> i32,
+) -> Result<(i32, i32), crate::Error> {
+    // SAFETY: the child runs `child`, which only issues raw syscalls, then _exit.
+    let pid = unsafe { clone3::clone3(flags, libc::SIGCHLD as u64, set_tid) }?;
+    if pid == 0 {
+        let code = child();
+        // SAFETY: _exit is async-signal-safe and never returns.
+        unsafe { libc::_exit(code) };
+    }
+    match waitpid(Pid::from_raw(pid), None).unwrap() {
+        WaitStatus::Exited(_, code) => Ok((pid, code)),
+        other => panic!("clone3 child: {other:?}"),
+    }
+}
+
+fn raw_getpid() -> i32 {
+    // SAFETY: getpid has no arguments.
+    unsafe { libc::syscall(libc::SYS_getpid) as i32 }
+}
+
+#[test]
+fn clone3_set_tid_in_new_pid_namespace() {
+    // PID 1 in a fresh PID namespace, chosen through set_tid.
+    let (_, code) = clone3_exit_code(libc::CLONE_NEWPID as u64, &[1], raw_getpid).unwrap();
+    assert_eq!(code, 1, "getpid() in the new namespace");
+
+    // Nested: the child is PID 1 in its namespace, then creates a grandchild
+    // with set_tid {1, 7}: PID 1 in a second new namespace, 7 in the first.
+    let (_, code) = clone3_exit_code(libc::CLONE_NEWPID as u64, &[], || {
+        let set_tid = [1i32, 7];
+        // SAFETY: the grandchild only issues raw syscalls before _exit.
+        match unsafe { clone3::clone3(libc::CLONE_NEWPID as u64, libc::SIGCHLD as u64, &set_tid) } {
+            Ok(0) => {
+                // SAFETY: _exit is async-signal-safe.
+                unsafe { libc::_exit(raw_getpid()) }
+            }
+            Ok(pid) => {
+                let mut status = 0;
+                // SAFETY: wait4 writes one int into `status`.
+                unsafe { libc::syscall(libc::SYS_wait4, pid, &mut status as *mut i32, 0, 0usize) };
+                if pid == 7 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 1 {
+                    0
+                } else {
+                    2
+                }
+            }
+            Err(e) => 100 + e.errno as i32 % 100,
+        }
+    })
+    .unwrap();
+    assert_eq!(code, 0, "nested set_tid");
+
+    // A PID that is taken: EEXIST.
+    let me = std::process::id() as i32;
+    let e = clone3_exit_code(0, &[me], || 0).unwrap_err();
+    assert_eq!(e.errno, Errno::EEXIST);
+}
+
+#[test]
+fn pagemap_scan_reports_present_pages() {
+    let page = 4096usize;
+    // SAFETY: a fresh private anonymous mapping, unmapped at the end.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            16 * page,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(base, libc::MAP_FAILED);
+    let base = base as u64;
+    for i in [0u64, 1, 2, 3, 8] {
+        // SAFETY: inside the mapping created above.
+        unsafe { *((base + i * page as u64) as *mut u8) = 1 };
+    }
+    let pm = std::fs::File::open("/proc/self/pagemap").unwrap();
+    let regions = mm::pagemap_scan(
+        pm.as_fd(),
+        base,
+        base + 16 * page as u64,
+        mm::PAGE_IS_PRESENT,
+        mm::PAGE_IS_PRESENT,
+    )
+    .unwrap();
+    let p = page as u64;
+    assert_eq!(
+        regions,
+        vec![
+            mm::PageRegion {
+                start: base,
+                end: base + 4 * p,
+                categories: mm::PAGE_IS_PRESENT
+            },
+            mm::PageRegion {
+                start: base + 8 * p,
+                end: base + 9 * p,
+                categories: mm::PAGE_IS_PRESENT
+            },
+        ]
+    );
+    // SAFETY: unmapping the region mapped above, no references remain.
+    unsafe { libc::munmap(base as *mut libc::c_void, 16 * page) };
+}
+
+#[test]
+fn uffd_wp_async_dirty_tracking() {
+    let page = 4096u64;
+    let len = 8 * page;
+    // SAFETY: a fresh private anonymous mapping, unmapped at the end.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    } as u64;
+    let fd = uffd::userfaultfd(libc::O_CLOEXEC | uffd::UFFD_USER_MODE_ONLY).unwrap();
+    let want = uffd::UFFD_FEATURE_WP_ASYNC | uffd::UFFD_FEATURE_WP_UNPOPULATED;
+    let got = uffd::api(fd.as_fd(), want).unwrap();
+    assert_eq!(got & want, want);
+    uffd::register(fd.as_fd(), base, len, uffd::UFFDIO_REGISTER_MODE_WP).unwrap();
+    uffd::writeprotect(fd.as_fd(), base, len, true).unwrap();
+    // SAFETY: inside the mapping; WP_ASYNC resolves the write fault in-kernel.
+    unsafe { *((base + 5 * page) as *mut u8) = 7 };
+    let pm = std::fs::File::open("/proc/self/pagemap").unwrap();
+    let written = mm::pagemap_scan(
+        pm.as_fd(),
+        base,
+        base + len,
+        mm::PAGE_IS_WRITTEN,
+        mm::PAGE_IS_WRITTEN,
+    )
+    .unwrap();
+    assert_eq!(
+        written,
+        vec![mm::PageRegion {
+            start: base + 5 * page,
+            end: base + 6 * page,
+            categories: mm::PAGE_IS_WRITTEN
+        }]
+    );
+    uffd::unregister(fd.as_fd(), base, len).unwrap();
+    // SAFETY: unmapping the region mapped above.
+    unsafe { libc::munmap(base as *mut libc::c_void, len as usize) };
+}
+
+#[test]
+fn mm_map_size_and_vdso_remap_needs_unmapped_vdso() {
+    assert_eq!(mm::prctl_mm_map_size().unwrap(), 104);
+    let e = mm::arch_map_vdso_64(0x7000_0000_0000).unwrap_err();
+    assert_eq!(e.errno, Errno::EEXIST, "a vDSO is already mapped");
+}
+
+#[test]
+fn error_names_call_and_errno() {
+    let e = pidfd::pidfd_open(-5).unwrap_err();
+    assert_eq!(e.call, "pidfd_open");
+    assert_eq!(e.to_string(), format!("pidfd_open: {}", Errno::EINVAL));
+    let _ = Signal::SIGKILL;
+}

@@ -1,3 +1,33 @@
-//! Dump and restore of a sandbox's process tree. One module per resource kind,
-//! each holding both directions (dump: kernel object to image record; restore:
-//! record to kernel object).
+//! Dump and restore of a sandbox's process tree.
+//!
+//! One module per resource kind, each holding both directions (dump: kernel
+//! object to image record; restore: record to kernel object):
+//! - `tree`: PIDs, parents, sessions, process groups, zombies;
+//! - `memory` (+ `memory::pages`, `memory::mm`): areas, page contents, mm fields, vDSO;
+//! - `thread`: registers, xstate, syscall restart, rseq, robust list;
+//! - `signals`: handlers, masks, pending signals, alternate stacks;
+//! - `files` (+ `files::regular`, `files::pipe`): fds and open file descriptions;
+//! - `task`: comm, personality, umask, cwd, rlimits, credentials.
+//!
+//! `seize` stops and releases the tree, `remote` runs syscalls inside a
+//! stopped task, `image` is the on-disk format; `dump` and `restore` are the
+//! two orchestrations, `inspect` reads an image for people.
+
+pub mod dump;
+pub mod error;
+pub mod files;
+pub mod image;
+pub mod inspect;
+pub mod memory;
+pub mod remote;
+pub mod restore;
+pub mod seize;
+pub mod signals;
+pub mod task;
+pub mod thread;
+pub mod tree;
+
+pub use dump::{dump, DumpOptions};
+pub use error::{Error, Result};
+pub use image::DumpStats;
+pub use restore::{restore, RestoreOptions, RestoreStats, Restored};

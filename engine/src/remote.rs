@@ -44,6 +44,11 @@ impl Remote {
         *self.inj.as_ref().expect("injector present until finish").saved_regs()
     }
 
+    /// Signal mask the task had when we took control.
+    pub fn saved_sigmask(&self) -> u64 {
+        self.inj.as_ref().expect("injector present until finish").saved_sigmask()
+    }
+
     /// Runs a syscall, returning its raw result (negative errno on failure).
     pub fn syscall_raw(&mut self, nr: i64, args: [u64; 6]) -> Result<i64> {
         Ok(self

@@ -118,7 +118,7 @@ pub fn discover(init_pid: i32) -> Result<Vec<SeizedProcess>> {
             thread_ids(pid)?
                 .into_iter()
                 .map(|tid| -> Result<SeizedThread> {
-                    let st = procfs::process::Task::new(pid, tid)
+                    let st = procfs::process::Process::new(tid)
                         .and_then(|t| t.status())
                         .map_err(|e| proc_err(tid, "reading thread status", e))?;
                     let ns_tid = st.nspid.as_ref().and_then(|v| v.last().copied()).unwrap_or(0);

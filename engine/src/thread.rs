@@ -56,7 +56,7 @@ pub fn collect(tid: i32, ns_tid: i32, r: &mut Remote, deferred: Option<i32>) -> 
     let regs = Regs::from(&r.saved_regs());
     let (regs, in_syscall) = resume_regs(&regs, false);
     let xstate = sys::ptrace::get_xstate(tid)?;
-    let sigmask = sys::ptrace::get_sigmask(tid)?;
+    let sigmask = r.saved_sigmask();
     let mut pending = signals::peek_pending(tid, false)?;
     if let Some(sig) = deferred {
         pending.push(signals::synthetic_siginfo(sig));

@@ -178,6 +178,12 @@ impl Injector {
         self.saved_mask
     }
 
+    /// Runs later syscalls at another `syscall` instruction (a restore
+    /// trampoline mapped after the old one went away).
+    pub fn set_gadget(&mut self, gadget: u64) {
+        self.gadget = gadget;
+    }
+
     /// The thread this injector drives.
     pub fn tid(&self) -> i32 {
         self.tid

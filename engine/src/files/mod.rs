@@ -51,7 +51,9 @@ pub fn read_fdinfo(pid: i32, fd: i32) -> Result<FdInfo> {
 fn kcmp_same(a: RawFd, b: RawFd) -> bool {
     // SAFETY: kcmp only compares kernel objects of our own process.
     let me = unsafe { libc::getpid() };
-    sys::kcmp::kcmp(me, me, sys::kcmp::KCMP_FILE, a as u64, b as u64).map(|r| r == 0).unwrap_or(false)
+    sys::kcmp::kcmp(me, me, sys::kcmp::KcmpType::File, a as u64, b as u64)
+        .map(|r| r.is_equal())
+        .unwrap_or(false)
 }
 
 impl FileTable {
@@ -156,12 +158,12 @@ pub struct OpenFiles {
     /// fd in this process of each description, by id.
     pub fds: Vec<OwnedFd>,
     /// Pipe ends kept open only to fill the pipes (closed after the fork).
-    _holders: Vec<OwnedFd>,
+    pub holders: Vec<OwnedFd>,
 }
 
 /// Opens every description of the image (run in the sandbox's mount
-/// namespace, before the tree is forked). `log` is the new sandbox's log.
-pub fn open_all(files: &FilesImage, blobs: Option<&std::fs::File>, log: &std::path::Path) -> Result<OpenFiles> {
+/// namespace, before the tree is forked). `log_fd` is the new sandbox's log.
+pub fn open_all(files: &FilesImage, blobs: Option<&std::fs::File>, log_fd: RawFd) -> Result<OpenFiles> {
     let mut pipes = pipe::PipeSet::create(&files.pipes, blobs)?;
     let mut fds = Vec::with_capacity(files.files.len());
     for (i, f) in files.files.iter().enumerate() {
@@ -169,7 +171,7 @@ pub fn open_all(files: &FilesImage, blobs: Option<&std::fs::File>, log: &std::pa
             return Err(Error::Other(format!("image: file id {} out of order", f.id)));
         }
         let fd = match &f.kind {
-            FileKind::SandboxLog => regular::open_log(log, f.flags)?,
+            FileKind::SandboxLog => regular::dup_log(log_fd)?,
             FileKind::Path { .. } => regular::open(f, blobs)?,
             FileKind::Pipe { pipe, fifo } => pipes.open_end(*pipe, fifo.as_deref(), f.flags)?,
         };
@@ -177,7 +179,7 @@ pub fn open_all(files: &FilesImage, blobs: Option<&std::fs::File>, log: &std::pa
     }
     Ok(OpenFiles {
         fds,
-        _holders: pipes.into_holders(),
+        holders: pipes.into_holders(),
     })
 }
 

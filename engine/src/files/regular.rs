@@ -10,7 +10,7 @@ use std::os::unix::fs::FileExt;
 use nix::sys::stat::FileStat;
 
 use crate::error::{Error, Result};
-use crate::image::{limits, Blob, FileDesc, FileKind, PageSink};
+use crate::image::{Blob, FileDesc, FileKind, PageSink};
 
 const DELETED: &str = " (deleted)";
 /// Largest deleted file whose contents are saved.
@@ -170,14 +170,17 @@ fn recreate_deleted(path: &str, blob: Blob, flags: i32, blobs: Option<&File>) ->
     res
 }
 
-/// The new sandbox's log, for fds that pointed at the old one.
-pub fn open_log(log: &std::path::Path, flags: u32) -> Result<OwnedFd> {
-    let flags = (flags as i32 & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC)) | libc::O_APPEND;
-    open_raw(&log.to_string_lossy(), flags, 0).map_err(|e| Error::Io {
-        what: format!("opening sandbox log {}", log.display()),
-        source: e,
-    })
+/// The new sandbox's log (opened O_APPEND by the sandbox), for fds that
+/// pointed at the old one: one description, shared as the old one was.
+pub fn dup_log(log_fd: std::os::fd::RawFd) -> Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC of an fd the sandbox's init holds open.
+    let fd = unsafe { libc::fcntl(log_fd, libc::F_DUPFD_CLOEXEC, 3) };
+    if fd < 0 {
+        return Err(Error::Io {
+            what: "duplicating the sandbox log".into(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: `fd` is new and owned by nobody else.
+    Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
-
-#[allow(dead_code)]
-const _: u64 = limits::MAX_PIPE_BYTES;

@@ -1,0 +1,202 @@
+//! `stasis dump`: freeze, stop every thread, collect, write, then kill the
+//! tree or let it run on. Any error before the image is complete releases the
+//! workload exactly as it was and removes the partial image.
+
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::error::{Error, Result};
+use crate::files::FileTable;
+use crate::image::{
+    CpuFeatures, DumpStats, ImageWriter, Inventory, ProcessEntry, ProcessImage, PAGE_SIZE,
+};
+use crate::remote::Remote;
+use crate::seize::{self, Seized, SeizedProcess};
+use crate::{memory, signals, task, thread, tree};
+
+#[derive(Debug, Clone, Default)]
+pub struct DumpOptions {
+    /// Let the workload run on after the dump.
+    pub leave_running: bool,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// The CPU features of this machine, as the image records them.
+pub fn cpu_features() -> CpuFeatures {
+    CpuFeatures {
+        xcr0: sys::cpu::xcr0().unwrap_or(0),
+        xstate_size: sys::cpu::xsave_size().unwrap_or(0),
+    }
+}
+
+/// Dumps sandbox `name` into `dir`.
+pub fn dump(state_dir: &Path, name: &str, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
+    let t0 = Instant::now();
+    let sb = sandbox::Sandbox::open(state_dir, name)?;
+    let _lock = sb.lock_exclusive()?;
+    let workload = sb.workload_pid().ok_or_else(|| Error::Other(format!("sandbox {name} has no running workload")))?;
+    let log_path = sb.log_path();
+
+    sb.cgroup().freeze()?;
+    let seized = (|| -> Result<Seized> {
+        let procs = seize::discover(sb.init_pid())?;
+        check_supported(&procs)?;
+        Seized::seize(procs)
+    })();
+    let thawed = sb.cgroup().thaw();
+    let mut seized = seized?;
+    thawed?;
+    seized.wait_stops(Duration::from_secs(10))?;
+    let t_frozen = Instant::now();
+    let freeze_ms = ms(t_frozen - t0);
+
+    let mut stats = DumpStats {
+        freeze_ms,
+        ..Default::default()
+    };
+    let mut writer = ImageWriter::create(dir)?;
+    let workload_ns = seized
+        .procs
+        .iter()
+        .find(|p| p.pid == workload)
+        .map(|p| p.ns_pid)
+        .unwrap_or(0);
+    collect_all(&seized, &sb, &log_path, workload_ns, &mut writer, &mut stats)?;
+    let t_collected = Instant::now();
+    stats.collect_ms = ms(t_collected - t_frozen) - stats.memory_ms;
+
+    // Release or kill before the manifest? The image must be complete before
+    // the workload is killed; with --leave-running the workload goes on first.
+    if opts.leave_running {
+        let tw = Instant::now();
+        let total = writer.finish(cpu_features())?;
+        stats.write_ms = ms(tw.elapsed());
+        stats.image_bytes = total;
+        seized.release()?;
+        stats.frozen_ms = ms(t0.elapsed());
+    } else {
+        let tw = Instant::now();
+        let total = writer.finish(cpu_features())?;
+        stats.write_ms = ms(tw.elapsed());
+        stats.image_bytes = total;
+        stats.frozen_ms = ms(t0.elapsed());
+        seized.kill();
+        sb.kill()?;
+        sb.remove()?;
+    }
+    stats.total_ms = ms(t0.elapsed());
+    // The image already holds the stats of the collection; the final figures
+    // are reported to the caller.
+    Ok(stats)
+}
+
+/// Refuses what this version cannot dump, before anything is touched.
+fn check_supported(procs: &[SeizedProcess]) -> Result<()> {
+    for p in procs {
+        if p.threads.len() > 1 {
+            return Err(Error::Unsupported {
+                pid: p.ns_pid,
+                what: format!("a process with {} threads", p.threads.len()),
+                detail: "multi-threaded processes".into(),
+            });
+        }
+    }
+    let entries: Vec<ProcessEntry> = procs.iter().map(entry).collect();
+    tree::check_rebuildable(&entries)
+}
+
+fn entry(p: &SeizedProcess) -> ProcessEntry {
+    ProcessEntry {
+        pid: p.ns_pid,
+        ppid: p.ns_ppid,
+        pgid: p.ns_pgid,
+        sid: p.ns_sid,
+        zombie: p.zombie,
+    }
+}
+
+fn collect_all(
+    seized: &Seized,
+    sb: &sandbox::Sandbox,
+    log_path: &Path,
+    workload_ns: i32,
+    writer: &mut ImageWriter,
+    stats: &mut DumpStats,
+) -> Result<()> {
+    let mut files = FileTable::new(log_path);
+    let mut blobs = writer.create_file("blobs.img")?;
+    for p in &seized.procs {
+        if p.zombie.is_some() {
+            continue;
+        }
+        let img = collect_process(p, &mut files, &mut blobs, writer, stats)?;
+        writer.write_json(&format!("proc-{}.json", p.ns_pid), &img)?;
+        stats.processes += 1;
+        stats.threads += img.threads.len();
+        stats.vmas += img.vmas.len();
+    }
+    writer.commit_file(blobs)?;
+    writer.write_json("files.json", &files.image)?;
+    let inv = Inventory {
+        sandbox: sb.name().to_string(),
+        profile: serde_json::to_value(sb.profile()).map_err(|e| Error::Other(format!("encoding profile: {e}")))?,
+        log_path: log_path.to_string_lossy().to_string(),
+        workload_pid: workload_ns,
+        processes: seized.procs.iter().map(entry).collect(),
+        stats: stats.clone(),
+    };
+    writer.write_json("inventory.json", &inv)?;
+    Ok(())
+}
+
+fn collect_process(
+    p: &SeizedProcess,
+    files: &mut FileTable,
+    blobs: &mut crate::image::PageSink,
+    writer: &mut ImageWriter,
+    stats: &mut DumpStats,
+) -> Result<ProcessImage> {
+    let main = &p.threads[0];
+    let gadget = sys::inject::find_syscall_gadget(p.pid)?;
+    let mut r = Remote::new(main.tid, gadget)?;
+    let res = (|| -> Result<ProcessImage> {
+        let (core, creds) = task::collect_core(p.pid, &mut r)?;
+        let mm = memory::mm::collect(p.pid, &mut r)?;
+        let sigactions = signals::collect_actions(p.pid, &mut r)?;
+        let shared_pending = signals::peek_pending(main.tid, true)?;
+        let thread = thread::collect(main.tid, main.ns_tid, &mut r, main.deferred_signal)?;
+        let pidfd = p.pidfd.as_ref().ok_or_else(|| Error::Other("no pidfd".into()))?;
+        let fds = files.collect(p.ns_pid, pidfd, blobs)?;
+        let rlimits = task::collect_rlimits(p.pid)?;
+        Ok(ProcessImage {
+            pid: p.ns_pid,
+            core,
+            creds,
+            mm,
+            vmas: Vec::new(),
+            threads: vec![thread],
+            sigactions,
+            shared_pending,
+            fds,
+            rlimits,
+        })
+    })();
+    // The scratch page goes before the memory is read, so it is not in the image.
+    let fin = r.finish();
+    let mut img = res?;
+    fin?;
+    let tm = Instant::now();
+    let mut vmas = memory::collect(p.pid)?;
+    memory::pages::scan(p.pid, &mut vmas)?;
+    let mut sink = writer.create_file(&format!("pages-{}.img", p.ns_pid))?;
+    let pages = memory::pages::dump(p.pid, &mut vmas, &mut sink)?;
+    writer.commit_file(sink)?;
+    stats.memory_ms += ms(tm.elapsed());
+    stats.pages += pages;
+    stats.page_bytes += pages * PAGE_SIZE;
+    img.vmas = vmas;
+    Ok(img)
+}

@@ -1,0 +1,405 @@
+//! `stasis restore`: verify the image, create a fresh sandbox from its
+//! profile, fork the tree inside it with the same PIDs, then turn each
+//! process into the dumped one from outside, under ptrace, and let them all
+//! run together. Any failure removes the new sandbox whole.
+
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use serde::Serialize;
+
+use crate::error::{Error, Result};
+use crate::image::{FilesImage, ImageReader, Inventory, ProcessImage, PAGE_SIZE};
+use crate::memory::{self, Rebuild, TRAMPOLINE_PAGES};
+use crate::remote::{put_cstr, Remote};
+use crate::seize::{self, Seized};
+use crate::tree::{self, Plan, READY_RECORD};
+use crate::{files, image, signals, task, thread};
+
+#[derive(Debug, Clone, Default)]
+pub struct RestoreOptions {
+    /// Name of the new sandbox; the image's sandbox name when free, else generated.
+    pub name: Option<String>,
+}
+
+/// Phase times (milliseconds) of a restore.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct RestoreStats {
+    pub verify_ms: f64,
+    pub sandbox_ms: f64,
+    pub fork_ms: f64,
+    pub memory_ms: f64,
+    pub total_ms: f64,
+    pub processes: usize,
+    pub pages: u64,
+}
+
+pub struct Restored {
+    pub sandbox: sandbox::Sandbox,
+    pub stats: RestoreStats,
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// A verified image, read whole but for its pages.
+pub struct LoadedImage {
+    pub reader: ImageReader,
+    pub inventory: Inventory,
+    pub files: FilesImage,
+    pub procs: BTreeMap<i32, ProcessImage>,
+}
+
+/// Opens and verifies an image: every checksum, every bound.
+pub fn load(dir: &Path) -> Result<LoadedImage> {
+    let reader = ImageReader::open(dir)?;
+    reader.verify_all()?;
+    let here = crate::dump::cpu_features();
+    let cpu = &reader.manifest().cpu;
+    if cpu.xcr0 & !here.xcr0 != 0 || cpu.xstate_size > here.xstate_size {
+        return Err(Error::BadImage {
+            path: dir.to_path_buf(),
+            reason: format!(
+                "made on a CPU with xstate features {:#x} ({} bytes); this CPU has {:#x} ({} bytes)",
+                cpu.xcr0, cpu.xstate_size, here.xcr0, here.xstate_size
+            ),
+        });
+    }
+    let inventory: Inventory = reader.read_json("inventory.json")?;
+    if inventory.processes.len() > image::limits::MAX_PROCESSES {
+        return Err(Error::Other(format!("image: {} processes", inventory.processes.len())));
+    }
+    let files: FilesImage = reader.read_json("files.json")?;
+    let mut procs = BTreeMap::new();
+    for e in &inventory.processes {
+        if e.pid <= 1 || e.pid > 4 * 1024 * 1024 {
+            return Err(Error::Other(format!("image: bad PID {}", e.pid)));
+        }
+        if e.zombie.is_some() {
+            continue;
+        }
+        let p: ProcessImage = reader.read_json(&format!("proc-{}.json", e.pid))?;
+        validate_process(&reader, &p, &files)?;
+        procs.insert(e.pid, p);
+    }
+    tree::check_rebuildable(&inventory.processes)?;
+    Ok(LoadedImage {
+        reader,
+        inventory,
+        files,
+        procs,
+    })
+}
+
+fn validate_process(reader: &ImageReader, p: &ProcessImage, files: &FilesImage) -> Result<()> {
+    use image::limits::*;
+    if p.vmas.len() > MAX_VMAS || p.fds.len() > MAX_FDS || p.threads.len() > MAX_THREADS || p.threads.is_empty() {
+        return Err(Error::Other(format!(
+            "image of process {}: {} areas, {} fds, {} threads",
+            p.pid,
+            p.vmas.len(),
+            p.fds.len(),
+            p.threads.len()
+        )));
+    }
+    if p.threads.len() > 1 {
+        return Err(Error::Other(format!(
+            "image of process {}: {} threads (this version restores one per process)",
+            p.pid,
+            p.threads.len()
+        )));
+    }
+    let size = reader.file_size(&format!("pages-{}.img", p.pid)).unwrap_or(0);
+    memory::pages::validate(p.pid, &p.vmas, size)?;
+    memory::mm::validate(p.pid, &p.mm)?;
+    for t in &p.threads {
+        thread::validate(p.pid, t)?;
+    }
+    files::validate(p.pid, &p.fds, files)?;
+    Ok(())
+}
+
+/// Moves an fd to `>= min` (close-on-exec), closing the original.
+fn move_high(fd: OwnedFd, min: i32) -> Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC on an fd we own.
+    let n = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, min) };
+    if n < 0 {
+        return Err(Error::Io {
+            what: format!("moving an fd above {min}"),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: `n` is a new fd we own.
+    Ok(unsafe { OwnedFd::from_raw_fd(n) })
+}
+
+fn raise_nofile() {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit/setrlimit on our own process with a local struct.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) == 0 && l.rlim_cur < l.rlim_max {
+            l.rlim_cur = l.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &l);
+        }
+    }
+}
+
+pub fn restore(state_dir: &Path, dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
+    let t0 = Instant::now();
+    let img = load(dir)?;
+    let verify_ms = ms(t0.elapsed());
+    let profile: sandbox::Profile = serde_json::from_value(img.inventory.profile.clone())
+        .map_err(|e| Error::BadImage {
+            path: dir.to_path_buf(),
+            reason: format!("profile: {e}"),
+        })?;
+
+    // Everything the tree needs is opened here and inherited by init.
+    raise_nofile();
+    let max_target = img
+        .procs
+        .values()
+        .flat_map(|p| p.fds.iter().map(|f| f.fd))
+        .max()
+        .unwrap_or(2);
+    let base = (max_target + 1).max(64);
+    let blobs = img.reader.open_checked("blobs.img")?;
+    let blobs = File::from(move_high(blobs.into(), base)?);
+    let mut pages: BTreeMap<i32, OwnedFd> = BTreeMap::new();
+    for pid in img.procs.keys() {
+        let f = img.reader.open_checked(&format!("pages-{pid}.img"))?;
+        pages.insert(*pid, move_high(f.into(), base)?);
+    }
+    let (ready_r, ready_w) = pipe()?;
+    let ready_w = move_high(ready_w, base)?;
+
+    let entries = img.inventory.processes.clone();
+    let index: BTreeMap<i32, usize> = entries.iter().enumerate().map(|(i, e)| (e.pid, i)).collect();
+    let mut plans: Vec<Plan> = entries
+        .iter()
+        .map(|e| Plan {
+            pid: e.pid,
+            pgid: e.pgid,
+            sid: e.sid,
+            zombie: e.zombie,
+            children: Vec::new(),
+            fds: Vec::new(),
+            pages_fd: pages.get(&e.pid).map(|f| f.as_raw_fd()).unwrap_or(-1),
+        })
+        .collect();
+    let mut roots = Vec::new();
+    for (i, e) in entries.iter().enumerate() {
+        match index.get(&e.ppid) {
+            Some(&pi) => plans[pi].children.push(i),
+            None => roots.push(i),
+        }
+    }
+    let live = entries.iter().filter(|e| e.zombie.is_none()).count();
+    let files_img = img.files.clone();
+    let fd_tables: BTreeMap<i32, Vec<(i32, u32, bool)>> = img
+        .procs
+        .iter()
+        .map(|(pid, p)| (*pid, p.fds.iter().map(|f| (f.fd, f.file, f.cloexec)).collect()))
+        .collect();
+    let workload = img.inventory.workload_pid;
+    let ready_w_raw = ready_w.as_raw_fd();
+    let pages_fds: BTreeMap<i32, i32> = pages.iter().map(|(pid, f)| (*pid, f.as_raw_fd())).collect();
+    let launch = sandbox::Launch::Custom(Box::new(move |ctx: &sandbox::InitContext| {
+        // Held open until the tree is forked.
+        let _keep = (&pages, &ready_w);
+        let files::OpenFiles { fds, holders } =
+            files::open_all(&files_img, Some(&blobs), ctx.log_fd).map_err(|e| e.to_string())?;
+        let mut held = Vec::new();
+        let mut plans = plans;
+        for fd in fds {
+            held.push(move_high(fd, base).map_err(|e| e.to_string())?);
+        }
+        for p in plans.iter_mut() {
+            if let Some(t) = fd_tables.get(&p.pid) {
+                p.fds = t.iter().map(|&(fd, file, cx)| (fd, held[file as usize].as_raw_fd(), cx)).collect();
+            }
+        }
+        let pids = tree::fork_roots(&plans, &roots, ready_w_raw)?;
+        drop(held);
+        drop(holders);
+        let root_pid = if pids.contains(&workload) {
+            workload
+        } else {
+            *pids.first().ok_or("the image holds no process")?
+        };
+        Ok(root_pid)
+    }));
+    let t1 = Instant::now();
+    let name = opts.name.clone().unwrap_or_else(|| img.inventory.sandbox.clone());
+    let sb = sandbox::Sandbox::create(state_dir, Some(&name), &profile, launch)?;
+    let sandbox_ms = ms(t1.elapsed());
+
+    let t2 = Instant::now();
+    let result = (|| -> Result<RestoreStats> {
+        wait_ready(&ready_r, live, &sb)?;
+        let fork_ms = ms(t2.elapsed());
+        let tm = Instant::now();
+        let found = seize::discover(sb.init_pid())?;
+        let host: BTreeMap<i32, i32> = found.iter().map(|p| (p.ns_pid, p.pid)).collect();
+        for e in &entries {
+            let Some(&h) = host.get(&e.pid) else {
+                return Err(Error::Other(format!("process {} did not come back", e.pid)));
+            };
+            if e.zombie.is_some() {
+                let state = procfs::process::Process::new(h).and_then(|p| p.stat()).map(|s| s.state);
+                if !matches!(state, Ok('Z')) {
+                    return Err(Error::Other(format!("process {} is not a zombie yet", e.pid)));
+                }
+            }
+        }
+        let live_found: Vec<_> = found.into_iter().filter(|p| p.zombie.is_none()).collect();
+        let mut seized = Seized::seize(live_found)?;
+        seized.wait_stops(Duration::from_secs(10))?;
+        let mut pages_total = 0;
+        for sp in &seized.procs {
+            let p = &img.procs[&sp.ns_pid];
+            let fd = pages_fds.get(&sp.ns_pid).copied().unwrap_or(-1);
+            pages_total += rebuild_process(sp.pid, sp.threads[0].tid, p, fd)?;
+        }
+        seized.release()?;
+        if let Some(&h) = host.get(&workload) {
+            sb.set_workload_pid(h)?;
+        }
+        Ok(RestoreStats {
+            verify_ms,
+            sandbox_ms,
+            fork_ms,
+            memory_ms: ms(tm.elapsed()),
+            total_ms: 0.0,
+            processes: entries.len(),
+            pages: pages_total,
+        })
+    })();
+    match result {
+        Ok(mut stats) => {
+            stats.total_ms = ms(t0.elapsed());
+            Ok(Restored { sandbox: sb, stats })
+        }
+        Err(e) => {
+            let _ = sb.kill();
+            let _ = sb.remove();
+            Err(e)
+        }
+    }
+}
+
+fn pipe() -> Result<(OwnedFd, OwnedFd)> {
+    let mut fds = [0i32; 2];
+    // SAFETY: pipe2 writes two fds into the array.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
+        return Err(Error::Io {
+            what: "pipe2".into(),
+            source: std::io::Error::last_os_error(),
+        });
+    }
+    // SAFETY: both fds are new and ours.
+    Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
+}
+
+/// Reads one ready record per live process.
+fn wait_ready(r: &OwnedFd, n: usize, sb: &sandbox::Sandbox) -> Result<()> {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut got = 0;
+    let mut buf = [0u8; READY_RECORD];
+    let mut have = 0;
+    while got < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(Error::Other(format!("{got} of {n} processes were ready in time")));
+        }
+        let mut pfd = libc::pollfd {
+            fd: r.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: poll on one pollfd we own.
+        let rc = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(1000) as i32) };
+        if rc == 0 {
+            if !sb.is_alive() {
+                return Err(Error::Other("the sandbox's init died during restore".into()));
+            }
+            continue;
+        }
+        // SAFETY: reading into our buffer.
+        let k = unsafe { libc::read(r.as_raw_fd(), buf[have..].as_mut_ptr().cast(), READY_RECORD - have) };
+        if k <= 0 {
+            return Err(Error::Other(format!(
+                "the restored tree stopped reporting: {got} of {n} processes ready"
+            )));
+        }
+        have += k as usize;
+        if have == READY_RECORD {
+            have = 0;
+            let pid = i32::from_le_bytes(buf[..4].try_into().expect("4 bytes"));
+            let err = i32::from_le_bytes(buf[4..].try_into().expect("4 bytes"));
+            if err != 0 {
+                return Err(Error::Process {
+                    pid,
+                    reason: format!(
+                        "setting up the restored process failed: {}",
+                        std::io::Error::from_raw_os_error(err)
+                    ),
+                });
+            }
+            got += 1;
+        }
+    }
+    Ok(())
+}
+
+/// Turns a restored process (stopped, running stasis code) into the dumped
+/// one. Returns the number of pages filled.
+fn rebuild_process(pid: i32, tid: i32, p: &ProcessImage, pages_fd: i32) -> Result<u64> {
+    let gadget = sys::inject::find_syscall_gadget(pid)?;
+    let mut r = Remote::new(tid, gadget)?;
+    let t = &p.threads[0];
+    thread::unregister_rseq(&mut r)?;
+    let mut rb = Rebuild::start(&mut r, &p.vmas)?;
+    let scratch = rb.scratch();
+    for v in &p.vmas {
+        rb.map_area(&mut r, v)?;
+    }
+    let pages = memory::pages::restore(&mut r, &p.vmas, pages_fd)?;
+    for v in &p.vmas {
+        rb.finish_area(&mut r, v)?;
+    }
+    memory::mm::restore_vdso(&mut r, &p.vmas)?;
+    put_cstr(&mut r, scratch, &p.mm.exe)?;
+    let exe_fd = r.call(
+        &format!("open {}", p.mm.exe),
+        libc::SYS_openat,
+        [libc::AT_FDCWD as u64, scratch, (libc::O_RDONLY | libc::O_CLOEXEC) as u64, 0, 0, 0],
+    )?;
+    memory::mm::restore_mm(&mut r, &p.mm, exe_fd, scratch)?;
+    r.call("close(exe)", libc::SYS_close, [exe_fd, 0, 0, 0, 0, 0])?;
+    rb.close_files(&mut r)?;
+    r.call("close(page file)", libc::SYS_close, [pages_fd as u64, 0, 0, 0, 0, 0])?;
+    signals::restore_actions(&mut r, &p.sigactions, scratch)?;
+    task::restore_core(&mut r, &p.core, scratch)?;
+    task::restore_rlimits(pid, &p.rlimits)?;
+    thread::restore_registrations(&mut r, t)?;
+    signals::restore_pending(&mut r, pid, tid, &t.pending, false, scratch)?;
+    signals::restore_pending(&mut r, pid, tid, &p.shared_pending, true, scratch)?;
+    task::restore_creds(&mut r, &p.creds, &p.core, scratch)?;
+    r.drop_scratch();
+    r.call(
+        "munmap(trampoline)",
+        libc::SYS_munmap,
+        [rb.trampoline, TRAMPOLINE_PAGES * PAGE_SIZE, 0, 0, 0, 0],
+    )?;
+    thread::restore_cpu(tid, t)?;
+    r.abandon();
+    Ok(pages)
+}

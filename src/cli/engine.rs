@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::Args;
 
 #[derive(Args, Debug)]
@@ -24,7 +24,7 @@ pub struct DumpArgs {
 pub struct RestoreArgs {
     /// Image directory.
     pub dir: PathBuf,
-    /// Name of the new sandbox (generated when absent).
+    /// Name of the new sandbox (the dumped sandbox's name when absent).
     #[arg(long)]
     pub name: Option<String>,
     /// Detach: print the name and return.
@@ -45,15 +45,70 @@ pub struct InspectArgs {
 #[derive(Args, Debug)]
 pub struct DemoArgs {}
 
-pub fn dump(_state_dir: &Path, _args: DumpArgs) -> Result<u8> {
-    anyhow::bail!("`stasis dump` is not implemented yet")
+fn mib(bytes: u64) -> f64 {
+    bytes as f64 / (1u64 << 20) as f64
 }
-pub fn restore(_state_dir: &Path, _args: RestoreArgs) -> Result<u8> {
-    anyhow::bail!("`stasis restore` is not implemented yet")
+
+pub fn dump(state_dir: &Path, a: DumpArgs) -> Result<u8> {
+    let opts = engine::DumpOptions {
+        leave_running: a.leave_running,
+    };
+    let st = engine::dump(state_dir, &a.name, &a.dir, &opts)
+        .with_context(|| format!("dump of sandbox {} failed; the workload runs on untouched", a.name))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&st)?);
+    } else {
+        println!(
+            "dumped {} into {}: {} processes, {} pages ({:.1} MiB), image {:.1} MiB",
+            a.name,
+            a.dir.display(),
+            st.processes,
+            st.pages,
+            mib(st.page_bytes),
+            mib(st.image_bytes)
+        );
+        println!(
+            "freeze {:.1} ms, collect {:.1} ms, memory {:.1} ms, write {:.1} ms; frozen {:.1} ms, total {:.1} ms",
+            st.freeze_ms, st.collect_ms, st.memory_ms, st.write_ms, st.frozen_ms, st.total_ms
+        );
+    }
+    Ok(0)
 }
-pub fn inspect(_args: InspectArgs) -> Result<u8> {
-    anyhow::bail!("`stasis inspect` is not implemented yet")
+
+pub fn restore(state_dir: &Path, a: RestoreArgs) -> Result<u8> {
+    let opts = engine::RestoreOptions { name: a.name.clone() };
+    let r = engine::restore(state_dir, &a.dir, &opts)
+        .with_context(|| format!("restore of {} failed; nothing was left behind", a.dir.display()))?;
+    let name = r.sandbox.name().to_string();
+    if a.detach {
+        if a.json {
+            let v = serde_json::json!({ "name": name, "stats": r.stats });
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        } else {
+            println!("{name}");
+        }
+        return Ok(0);
+    }
+    eprintln!(
+        "restored {} as {name} in {:.1} ms ({} processes, {} pages)",
+        a.dir.display(),
+        r.stats.total_ms,
+        r.stats.processes,
+        r.stats.pages
+    );
+    super::sandbox::foreground(&r.sandbox)
 }
-pub fn demo(_state_dir: &Path, _args: DemoArgs) -> Result<u8> {
-    anyhow::bail!("`stasis demo` is not implemented yet")
+
+pub fn inspect(a: InspectArgs) -> Result<u8> {
+    let s = engine::inspect::inspect(&a.dir).with_context(|| format!("image {}", a.dir.display()))?;
+    if a.json {
+        println!("{}", serde_json::to_string_pretty(&s)?);
+    } else {
+        print!("{}", engine::inspect::render(&s));
+    }
+    Ok(0)
+}
+
+pub fn demo(state_dir: &Path, _a: DemoArgs) -> Result<u8> {
+    super::demo::run(state_dir)
 }

@@ -49,9 +49,6 @@ pub enum Command {
     Inspect(cli::engine::InspectArgs),
     /// Check the kernel, run a counting workload, dump it, restore it, and show it going on.
     Demo(cli::engine::DemoArgs),
-    /// Internal: the sandbox's PID 1.
-    #[command(name = "__init", hide = true)]
-    Init(cli::sandbox::InitArgs),
 }
 
 fn init_logging(verbose: u8) {
@@ -82,7 +79,6 @@ fn main() -> ExitCode {
         Command::Kill(a) => cli::sandbox::kill(&cli.state_dir, a),
         Command::Rm(a) => cli::sandbox::rm(&cli.state_dir, a),
         Command::Exec(a) => cli::sandbox::exec(&cli.state_dir, a),
-        Command::Init(a) => cli::sandbox::init(a),
         Command::Dump(a) => cli::engine::dump(&cli.state_dir, a),
         Command::Restore(a) => cli::engine::restore(&cli.state_dir, a),
         Command::Inspect(a) => cli::engine::inspect(a),

@@ -35,8 +35,8 @@ pub fn cpu_features() -> CpuFeatures {
 /// Dumps sandbox `name` into `dir`.
 pub fn dump(state_dir: &Path, name: &str, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
     let t0 = Instant::now();
-    let sb = sandbox::Sandbox::open(state_dir, name)?;
-    let _lock = sb.lock_exclusive()?;
+    let mut sb = sandbox::Sandbox::open(state_dir, name)?;
+    let lock = sb.lock_exclusive()?;
     let workload = sb.workload_pid().ok_or_else(|| Error::Other(format!("sandbox {name} has no running workload")))?;
     let log_path = sb.log_path();
 
@@ -84,6 +84,7 @@ pub fn dump(state_dir: &Path, name: &str, dir: &Path, opts: &DumpOptions) -> Res
         stats.image_bytes = total;
         stats.frozen_ms = ms(t0.elapsed());
         seized.kill();
+        drop(lock);
         sb.kill()?;
         sb.remove()?;
     }
@@ -169,7 +170,7 @@ fn collect_process(
         let shared_pending = signals::peek_pending(main.tid, true)?;
         let thread = thread::collect(main.tid, main.ns_tid, &mut r, main.deferred_signal)?;
         let pidfd = p.pidfd.as_ref().ok_or_else(|| Error::Other("no pidfd".into()))?;
-        let fds = files.collect(p.ns_pid, pidfd, blobs)?;
+        let fds = files.collect(p.pid, p.ns_pid, pidfd, blobs)?;
         let rlimits = task::collect_rlimits(p.pid)?;
         Ok(ProcessImage {
             pid: p.ns_pid,

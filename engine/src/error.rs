@@ -25,6 +25,8 @@ pub enum Error {
     Process { pid: i32, reason: String },
     #[error("sandbox: {0}")]
     Sandbox(#[from] sandbox::Error),
+    #[error("cgroup: {0}")]
+    Cgroup(#[from] sandbox::cgroup::CgroupError),
     #[error("{0}")]
     Other(String),
 }

@@ -91,8 +91,8 @@ pub fn inspect(dir: &Path) -> Result<ImageSummary> {
                 prot: prot(v.prot),
                 shared: v.shared,
                 what: match &v.kind {
-                    crate::image::VmaKind::Anon if v.name.is_empty() => "anonymous".into(),
-                    crate::image::VmaKind::Anon => v.name.clone(),
+                    crate::image::VmaKind::Anon if v.label.is_empty() => "anonymous".into(),
+                    crate::image::VmaKind::Anon => v.label.clone(),
                     crate::image::VmaKind::File { path, .. } => path.clone(),
                     crate::image::VmaKind::Special { name } => name.clone(),
                 },

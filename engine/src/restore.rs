@@ -238,7 +238,7 @@ pub fn restore(state_dir: &Path, dir: &Path, opts: &RestoreOptions) -> Result<Re
     }));
     let t1 = Instant::now();
     let name = opts.name.clone().unwrap_or_else(|| img.inventory.sandbox.clone());
-    let sb = sandbox::Sandbox::create(state_dir, Some(&name), &profile, launch)?;
+    let mut sb = sandbox::Sandbox::create(state_dir, Some(&name), &profile, launch)?;
     let sandbox_ms = ms(t1.elapsed());
 
     let t2 = Instant::now();
@@ -327,7 +327,7 @@ fn wait_ready(r: &OwnedFd, n: usize, sb: &sandbox::Sandbox) -> Result<()> {
         // SAFETY: poll on one pollfd we own.
         let rc = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(1000) as i32) };
         if rc == 0 {
-            if !sb.is_alive() {
+            if !sb.is_running() {
                 return Err(Error::Other("the sandbox's init died during restore".into()));
             }
             continue;

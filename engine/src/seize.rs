@@ -215,12 +215,27 @@ impl Seized {
         first_err.map_or(Ok(()), Err)
     }
 
-    /// Kills every process of the tree (after a successful dump).
+    /// Kills every process of the tree (after a successful dump), and
+    /// collects each traced thread's end so nothing stays attached to us.
     pub fn kill(mut self) {
         self.released = true;
         for p in &self.procs {
             if let Some(fd) = &p.pidfd {
                 let _ = sys::pidfd::pidfd_send_signal(std::os::fd::AsFd::as_fd(fd), libc::SIGKILL);
+            }
+        }
+        for p in &self.procs {
+            for t in &p.threads {
+                // Until the tracer has seen a tracee die it stays a zombie,
+                // and init cannot finish. Bounded: SIGKILL is not blockable.
+                loop {
+                    match waitpid(Pid::from_raw(t.tid), Some(WaitPidFlag::__WALL)) {
+                        Ok(WaitStatus::Exited(..)) | Ok(WaitStatus::Signaled(..)) | Err(_) => break,
+                        Ok(_) => {
+                            let _ = sys::ptrace::cont(t.tid, 0);
+                        }
+                    }
+                }
             }
         }
     }

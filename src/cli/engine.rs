@@ -54,7 +54,7 @@ pub fn dump(state_dir: &Path, a: DumpArgs) -> Result<u8> {
         leave_running: a.leave_running,
     };
     let st = engine::dump(state_dir, &a.name, &a.dir, &opts)
-        .with_context(|| format!("dump of sandbox {} failed; the workload runs on untouched", a.name))?;
+        .with_context(|| format!("dump of sandbox {} failed", a.name))?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&st)?);
     } else {
@@ -76,6 +76,10 @@ pub fn dump(state_dir: &Path, a: DumpArgs) -> Result<u8> {
 }
 
 pub fn restore(state_dir: &Path, a: RestoreArgs) -> Result<u8> {
+    if !a.detach {
+        // Held back until the workload runs, then passed on to it.
+        sandbox::block_signals(sandbox::FORWARDED);
+    }
     let opts = engine::RestoreOptions { name: a.name.clone() };
     let r = engine::restore(state_dir, &a.dir, &opts)
         .with_context(|| format!("restore of {} failed; nothing was left behind", a.dir.display()))?;
@@ -96,7 +100,12 @@ pub fn restore(state_dir: &Path, a: RestoreArgs) -> Result<u8> {
         r.stats.processes,
         r.stats.pages
     );
-    super::sandbox::foreground(&r.sandbox)
+    let mut sb = r.sandbox;
+    let mut out = std::io::stdout().lock();
+    let code = sb
+        .stream_log(&mut out, true, true)?
+        .unwrap_or(sandbox::Status::Exited(None).exit_code().unwrap_or(255));
+    Ok(code.clamp(0, 255) as u8)
 }
 
 pub fn inspect(a: InspectArgs) -> Result<u8> {

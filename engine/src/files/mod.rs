@@ -72,8 +72,10 @@ impl FileTable {
 
     /// Records every fd of `pid`. Unsupported kinds stop the dump with an
     /// error naming the process, the fd and its kind.
-    pub fn collect(&mut self, pid: i32, pidfd: &OwnedFd, blobs: &mut PageSink) -> Result<Vec<FdEntry>> {
-        let mut fds: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+    /// `host_pid` is the process seen from here, `pid` its PID in the sandbox
+    /// (the one errors name).
+    pub fn collect(&mut self, host_pid: i32, pid: i32, pidfd: &OwnedFd, blobs: &mut PageSink) -> Result<Vec<FdEntry>> {
+        let mut fds: Vec<i32> = std::fs::read_dir(format!("/proc/{host_pid}/fd"))
             .map_err(|e| Error::Process {
                 pid,
                 reason: format!("listing fds: {e}"),
@@ -84,7 +86,7 @@ impl FileTable {
         fds.sort_unstable();
         let mut out = Vec::with_capacity(fds.len());
         for fd in fds {
-            let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+            let link = std::fs::read_link(format!("/proc/{host_pid}/fd/{fd}"))
                 .map_err(|e| Error::Process {
                     pid,
                     reason: format!("reading fd {fd}: {e}"),
@@ -96,7 +98,7 @@ impl FileTable {
                 pid,
                 reason: format!("fstat of fd {fd} ({link}): {e}"),
             })?;
-            let info = read_fdinfo(pid, fd)?;
+            let info = read_fdinfo(host_pid, fd)?;
             let cloexec = info.flags & libc::O_CLOEXEC as u32 != 0;
             let key = (st.st_dev, st.st_ino);
             // Already seen through another fd?
@@ -118,7 +120,7 @@ impl FileTable {
                 let next = self.image.pipes.len() as u32;
                 let id = *self.pipes.entry(st.st_ino).or_insert(next);
                 if id == next {
-                    let img = pipe::collect(pid, fd, &dup, st.st_ino, id, blobs)?;
+                    let img = pipe::collect(host_pid, fd, &dup, st.st_ino, id, blobs)?;
                     self.image.pipes.push(img);
                 }
                 let fifo = (!link.starts_with("pipe:")).then(|| link.clone());

@@ -186,7 +186,7 @@ pub struct Vma {
     pub advice: Vec<String>,
     /// The name the kernel shows ([heap], [stack], ...), for inspection.
     #[serde(default)]
-    pub name: String,
+    pub label: String,
     #[serde(flatten)]
     pub kind: VmaKind,
     /// Runs of saved pages, ascending and inside [start, end).

@@ -88,7 +88,7 @@ pub fn restore_vdso(r: &mut Remote, vmas: &[Vma]) -> Result<()> {
                 pid: r.tid,
                 reason: format!(
                     "the kernel's vDSO layout differs from the image: {} at {:#x}-{:#x} cannot be put back",
-                    v.name, v.start, v.end
+                    v.label, v.start, v.end
                 ),
             });
         }

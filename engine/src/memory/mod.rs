@@ -75,8 +75,9 @@ pub fn collect(pid: i32) -> Result<Vec<Vma>> {
                 },
                 "[vvar]".to_string(),
             ),
-            MMapPath::Other(s) if SPECIAL.contains(&s.as_str()) => {
-                (VmaKind::Special { name: s.clone() }, s.clone())
+            MMapPath::Other(s) if SPECIAL.contains(&format!("[{}]", s.trim_matches(['[', ']'])).as_str()) => {
+                let n = format!("[{}]", s.trim_matches(['[', ']']));
+                (VmaKind::Special { name: n.clone() }, n)
             }
             MMapPath::Heap => (VmaKind::Anon, "[heap]".to_string()),
             MMapPath::Stack => (VmaKind::Anon, "[stack]".to_string()),
@@ -121,7 +122,8 @@ pub fn collect(pid: i32) -> Result<Vec<Vma>> {
                 })
             }
         };
-        if flags.contains(VmFlags::IO) || flags.contains(VmFlags::PF) {
+        let special = matches!(kind, VmaKind::Special { .. });
+        if !special && (flags.contains(VmFlags::IO) || flags.contains(VmFlags::PF)) {
             return Err(Error::Unsupported {
                 pid,
                 what: format!("device memory area {start:#x}-{end:#x}"),
@@ -147,7 +149,7 @@ pub fn collect(pid: i32) -> Result<Vec<Vma>> {
             shared,
             growsdown: flags.contains(VmFlags::GD),
             advice,
-            name,
+            label: name,
             kind,
             pages: Vec::new(),
         });

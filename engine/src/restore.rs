@@ -172,10 +172,9 @@ pub fn restore(state_dir: &Path, dir: &Path, opts: &RestoreOptions) -> Result<Re
     let base = (max_target + 1).max(64);
     let blobs = img.reader.open_checked("blobs.img")?;
     let blobs = File::from(move_high(blobs.into(), base)?);
-    let mut pages: BTreeMap<i32, OwnedFd> = BTreeMap::new();
+    let mut pages: BTreeMap<i32, File> = BTreeMap::new();
     for pid in img.procs.keys() {
-        let f = img.reader.open_checked(&format!("pages-{pid}.img"))?;
-        pages.insert(*pid, move_high(f.into(), base)?);
+        pages.insert(*pid, img.reader.open_checked(&format!("pages-{pid}.img"))?);
     }
     let (ready_r, ready_w) = pipe()?;
     let ready_w = move_high(ready_w, base)?;
@@ -191,7 +190,6 @@ pub fn restore(state_dir: &Path, dir: &Path, opts: &RestoreOptions) -> Result<Re
             zombie: e.zombie,
             children: Vec::new(),
             fds: Vec::new(),
-            pages_fd: pages.get(&e.pid).map(|f| f.as_raw_fd()).unwrap_or(-1),
         })
         .collect();
     let mut roots = Vec::new();
@@ -210,10 +208,9 @@ pub fn restore(state_dir: &Path, dir: &Path, opts: &RestoreOptions) -> Result<Re
         .collect();
     let workload = img.inventory.workload_pid;
     let ready_w_raw = ready_w.as_raw_fd();
-    let pages_fds: BTreeMap<i32, i32> = pages.iter().map(|(pid, f)| (*pid, f.as_raw_fd())).collect();
     let launch = sandbox::Launch::Custom(Box::new(move |ctx: &sandbox::InitContext| {
         // Held open until the tree is forked.
-        let _keep = (&pages, &ready_w);
+        let _keep = &ready_w;
         let files::OpenFiles { fds, holders } =
             files::open_all(&files_img, Some(&blobs), ctx.log_fd).map_err(|e| e.to_string())?;
         let mut held = Vec::new();
@@ -247,6 +244,7 @@ pub fn restore(state_dir: &Path, dir: &Path, opts: &RestoreOptions) -> Result<Re
         let fork_ms = ms(t2.elapsed());
         let tm = Instant::now();
         let found = seize::discover(sb.init_pid())?;
+        tracing::debug!(ms = ms(tm.elapsed()), "tree found");
         let host: BTreeMap<i32, i32> = found.iter().map(|p| (p.ns_pid, p.pid)).collect();
         for e in &entries {
             let Some(&h) = host.get(&e.pid) else {
@@ -262,12 +260,13 @@ pub fn restore(state_dir: &Path, dir: &Path, opts: &RestoreOptions) -> Result<Re
         let live_found: Vec<_> = found.into_iter().filter(|p| p.zombie.is_none()).collect();
         let mut seized = Seized::seize(live_found)?;
         seized.wait_stops(Duration::from_secs(10))?;
+        tracing::debug!(ms = ms(tm.elapsed()), "tree seized");
         let mut pages_total = 0;
         for sp in &seized.procs {
             let p = &img.procs[&sp.ns_pid];
-            let fd = pages_fds.get(&sp.ns_pid).copied().unwrap_or(-1);
-            pages_total += rebuild_process(sp.pid, sp.threads[0].tid, p, fd)?;
+            pages_total += rebuild_process(sp.pid, sp.threads[0].tid, p, &pages[&sp.ns_pid])?;
         }
+        tracing::debug!(ms = ms(tm.elapsed()), "tree rebuilt");
         seized.release()?;
         if let Some(&h) = host.get(&workload) {
             sb.set_workload_pid(h)?;
@@ -361,7 +360,7 @@ fn wait_ready(r: &OwnedFd, n: usize, sb: &sandbox::Sandbox) -> Result<()> {
 
 /// Turns a restored process (stopped, running stasis code) into the dumped
 /// one. Returns the number of pages filled.
-fn rebuild_process(pid: i32, tid: i32, p: &ProcessImage, pages_fd: i32) -> Result<u64> {
+fn rebuild_process(pid: i32, tid: i32, p: &ProcessImage, pages: &File) -> Result<u64> {
     let gadget = sys::inject::find_syscall_gadget(pid)?;
     let mut r = Remote::new(tid, gadget)?;
     let t = &p.threads[0];
@@ -371,7 +370,7 @@ fn rebuild_process(pid: i32, tid: i32, p: &ProcessImage, pages_fd: i32) -> Resul
     for v in &p.vmas {
         rb.map_area(&mut r, v)?;
     }
-    let pages = memory::pages::restore(&mut r, &p.vmas, pages_fd)?;
+    let pages = memory::pages::restore(&mut r, &p.vmas, pages)?;
     for v in &p.vmas {
         rb.finish_area(&mut r, v)?;
     }
@@ -385,7 +384,6 @@ fn rebuild_process(pid: i32, tid: i32, p: &ProcessImage, pages_fd: i32) -> Resul
     memory::mm::restore_mm(&mut r, &p.mm, exe_fd, scratch)?;
     r.call("close(exe)", libc::SYS_close, [exe_fd, 0, 0, 0, 0, 0])?;
     rb.close_files(&mut r)?;
-    r.call("close(page file)", libc::SYS_close, [pages_fd as u64, 0, 0, 0, 0, 0])?;
     signals::restore_actions(&mut r, &p.sigactions, scratch)?;
     task::restore_core(&mut r, &p.core, scratch)?;
     task::restore_rlimits(pid, &p.rlimits)?;

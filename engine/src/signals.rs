@@ -43,13 +43,25 @@ pub fn collect_actions(pid: i32, r: &mut Remote) -> Result<Vec<SigAction>> {
 }
 
 /// Sets every signal's action: the recorded ones, SIG_DFL for the rest (the
-/// restorer's own handlers must not survive).
+/// restorer's own handlers must not survive). Signals at SIG_DFL in both the
+/// task and the image are left alone.
 pub fn restore_actions(r: &mut Remote, actions: &[SigAction], scratch: u64) -> Result<()> {
+    let status = procfs::process::Process::new(r.tid)
+        .and_then(|p| p.status())
+        .map_err(|e| crate::error::Error::Process {
+            pid: r.tid,
+            reason: format!("reading status: {e}"),
+        })?;
+    let current = status.sigcgt | status.sigign;
     for signo in 1..=NSIG {
         if signo == libc::SIGKILL || signo == libc::SIGSTOP {
             continue;
         }
         let a = actions.iter().find(|a| a.signo == signo);
+        let target_default = a.is_none_or(|a| a.handler == 0 && a.flags == 0 && a.mask == 0);
+        if target_default && current & (1u64 << (signo - 1)) == 0 {
+            continue;
+        }
         let words = match a {
             Some(a) => [a.handler, a.flags, a.restorer, a.mask],
             None => [0, 0, 0, 0],

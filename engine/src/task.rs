@@ -145,10 +145,54 @@ pub fn restore_core(r: &mut Remote, c: &Core, scratch: u64) -> Result<()> {
     Ok(())
 }
 
-/// Credentials, then the prctl flags that must follow them.
+/// Credentials as the task has them now.
+fn current_creds(pid: i32) -> Result<Creds> {
+    let s = procfs::process::Process::new(pid)
+        .and_then(|p| p.status())
+        .map_err(|e| perr(pid, "reading status", e))?;
+    Ok(Creds {
+        uid: [s.ruid, s.euid, s.suid, s.fuid],
+        gid: [s.rgid, s.egid, s.sgid, s.fgid],
+        groups: s.groups.clone(),
+        cap_inh: s.capinh,
+        cap_prm: s.capprm,
+        cap_eff: s.capeff,
+        cap_bnd: s.capbnd.unwrap_or(u64::MAX),
+        cap_amb: s.capamb.unwrap_or(0),
+    })
+}
+
+/// Credentials, then the prctl flags that must follow them. Nothing is
+/// changed where the task already has what the image says.
 pub fn restore_creds(r: &mut Remote, cr: &Creds, core: &Core, scratch: u64) -> Result<()> {
+    let now = current_creds(r.tid)?;
+    if now != *cr {
+        set_creds(r, cr, &now, scratch)?;
+    }
+    let dumpable = r.call("prctl(PR_GET_DUMPABLE)", libc::SYS_prctl, [libc::PR_GET_DUMPABLE as u64, 0, 0, 0, 0, 0])?;
+    if dumpable as i32 != core.dumpable {
+        r.call(
+            "prctl(PR_SET_DUMPABLE)",
+            libc::SYS_prctl,
+            [libc::PR_SET_DUMPABLE as u64, core.dumpable as u64, 0, 0, 0, 0],
+        )?;
+    }
+    if core.no_new_privs {
+        r.call(
+            "prctl(PR_SET_NO_NEW_PRIVS)",
+            libc::SYS_prctl,
+            [libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0, 0],
+        )?;
+    }
+    Ok(())
+}
+
+fn set_creds(r: &mut Remote, cr: &Creds, now: &Creds, scratch: u64) -> Result<()> {
     // Bounding set first, while CAP_SETPCAP is still effective.
     for cap in 0..64u64 {
+        if now.cap_bnd & (1 << cap) == 0 {
+            continue;
+        }
         if cr.cap_bnd & (1 << cap) == 0 {
             let rc = r.syscall_raw(libc::SYS_prctl, [libc::PR_CAPBSET_DROP as u64, cap, 0, 0, 0, 0])?;
             if rc == -(libc::EINVAL as i64) {
@@ -190,19 +234,6 @@ pub fn restore_creds(r: &mut Remote, cr: &Creds, core: &Core, scratch: u64) -> R
                 [libc::PR_CAP_AMBIENT as u64, libc::PR_CAP_AMBIENT_RAISE as u64, cap, 0, 0, 0],
             )?;
         }
-    }
-    // Changing credentials resets dumpable; put it back now.
-    r.call(
-        "prctl(PR_SET_DUMPABLE)",
-        libc::SYS_prctl,
-        [libc::PR_SET_DUMPABLE as u64, core.dumpable as u64, 0, 0, 0, 0],
-    )?;
-    if core.no_new_privs {
-        r.call(
-            "prctl(PR_SET_NO_NEW_PRIVS)",
-            libc::SYS_prctl,
-            [libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0, 0],
-        )?;
     }
     Ok(())
 }

@@ -51,8 +51,6 @@ pub struct Plan {
     pub children: Vec<usize>,
     /// (fd number in the process, fd holding the description, close-on-exec).
     pub fds: Vec<(i32, i32, bool)>,
-    /// fd of this process's page file, kept open for the injected preads.
-    pub pages_fd: i32,
 }
 
 /// A record on the ready pipe: the process's PID and 0, or an errno.
@@ -115,9 +113,8 @@ fn child_main(plans: &[Plan], idx: usize, ready_fd: i32) -> i32 {
             return errno();
         }
     }
-    // Close everything else but the page file and the ready pipe.
+    // Close everything else but the ready pipe.
     let mut keep: Vec<u32> = p.fds.iter().map(|f| f.0 as u32).collect();
-    keep.push(p.pages_fd as u32);
     keep.push(ready_fd as u32);
     keep.sort_unstable();
     keep.dedup();
@@ -127,7 +124,7 @@ fn child_main(plans: &[Plan], idx: usize, ready_fd: i32) -> i32 {
             // SAFETY: close_range closes fds in [lo, k-1] of our own table.
             unsafe { libc::syscall(libc::SYS_close_range, lo, k - 1, 0) };
         }
-        lo = k + 1;
+        lo = k.saturating_add(1);
     }
     // SAFETY: as above, the rest of the table.
     unsafe { libc::syscall(libc::SYS_close_range, lo, u32::MAX, 0) };

@@ -81,8 +81,19 @@ pub fn run(state_dir: &Path) -> Result<u8> {
     let c = wait_count(&log, 10, Duration::from_secs(20))?;
     writeln!(out, "      ... count {c}")?;
 
+    // The dump removes the sandbox and its log: keep the log open to read
+    // where the count stood when the workload was frozen.
+    let old_log = std::fs::File::open(&log).context("opening the workload's log")?;
     let st = engine::dump(state_dir, &name, &image, &engine::DumpOptions::default()).context("dump")?;
-    let at_dump = last_count(&log).unwrap_or(0);
+    let at_dump = {
+        use std::io::Read;
+        let mut text = String::new();
+        (&old_log).read_to_string(&mut text).context("reading the workload's log")?;
+        text.lines()
+            .rev()
+            .find_map(|l| l.strip_prefix("count ")?.trim().parse::<u64>().ok())
+            .unwrap_or(0)
+    };
     writeln!(
         out,
         "[3/4] dumped at count {at_dump} in {:.1} ms (frozen {:.1} ms): {} processes, {:.1} MiB of pages into {}",

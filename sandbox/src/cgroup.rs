@@ -229,13 +229,13 @@ impl Cgroup {
             write_file(&dir.join(file), &m.0.to_string())?;
         }
         if let Some(p) = s.pids_max {
-            let (file, dir) = self.limit_file("pids", "pids.max", "pids.max").ok_or_else(|| {
-                CgroupError::NoController {
+            let (file, dir) = self
+                .limit_file("pids", "pids.max", "pids.max")
+                .ok_or_else(|| CgroupError::NoController {
                     path: self.any_dir(),
                     controller: "pids",
                     key: "cgroup.pids_max",
-                }
-            })?;
+                })?;
             write_file(&dir.join(file), &p.to_string())?;
         }
         Ok(())
@@ -369,9 +369,7 @@ impl Cgroup {
         for d in self.dirs() {
             match read_file(&d.join("cgroup.procs")) {
                 Ok(t) => all.extend(t.lines().filter_map(|l| l.trim().parse::<i32>().ok())),
-                Err(CgroupError::Io { source, .. })
-                    if source.kind() == io::ErrorKind::NotFound =>
-                {
+                Err(CgroupError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
                     continue
                 }
                 Err(e) => return Err(e),
@@ -442,11 +440,19 @@ impl Cgroup {
                 match fs::remove_dir(&d) {
                     Ok(()) => break,
                     Err(e) if e.kind() == io::ErrorKind::NotFound => break,
-                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                    Err(e)
+                        if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline =>
+                    {
                         std::thread::sleep(pause);
                         pause = (pause * 2).min(Duration::from_millis(20));
                     }
-                    Err(e) => return Err(CgroupError::Io { path: d.clone(), op: "rmdir", source: e }),
+                    Err(e) => {
+                        return Err(CgroupError::Io {
+                            path: d.clone(),
+                            op: "rmdir",
+                            source: e,
+                        })
+                    }
                 }
             }
         }
@@ -556,7 +562,10 @@ mod tests {
 38 30 0:34 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct
 ";
         let l = Layout::parse(mi);
-        assert_eq!(l.unified.as_deref(), Some(Path::new("/sys/fs/cgroup/unified")));
+        assert_eq!(
+            l.unified.as_deref(),
+            Some(Path::new("/sys/fs/cgroup/unified"))
+        );
         assert_eq!(l.v1.len(), 3);
         assert!(!l.is_pure_v2());
     }

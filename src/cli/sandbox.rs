@@ -161,7 +161,11 @@ pub fn ps(state_dir: &Path, args: PsArgs) -> Result<u8> {
             ),
             Status::Exited(None) => ("exited (killed)".to_string(), Some(137), Some(9)),
         };
-        let memory = if running { sb.cgroup().memory_bytes() } else { None };
+        let memory = if running {
+            sb.cgroup().memory_bytes()
+        } else {
+            None
+        };
         let pids = if running {
             sb.cgroup().procs().ok().map(|p| p.len())
         } else {
@@ -181,6 +185,9 @@ pub fn ps(state_dir: &Path, args: PsArgs) -> Result<u8> {
             "memory_bytes": memory,
             "processes": pids,
             "command": sb.command(),
+            "cgroups": sb.cgroup().dirs(),
+            "freezer": sb.cgroup().freezer,
+            "veth_host": sb.veth_host(),
         }));
     }
     let mut out = std::io::stdout().lock();
@@ -201,7 +208,11 @@ pub fn ps(state_dir: &Path, args: PsArgs) -> Result<u8> {
         };
         let cmd: Vec<String> = r["command"]
             .as_array()
-            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default();
         writeln!(
             out,
@@ -234,7 +245,11 @@ fn parse_signal(s: &str) -> Result<i32> {
         anyhow::bail!("signal number {n} is out of range (1..=64)");
     }
     let up = s.to_ascii_uppercase();
-    let name = if up.starts_with("SIG") { up } else { format!("SIG{up}") };
+    let name = if up.starts_with("SIG") {
+        up
+    } else {
+        format!("SIG{up}")
+    };
     nix::sys::signal::Signal::from_str(&name)
         .map(|s| s as i32)
         .map_err(|_| anyhow::anyhow!("unknown signal `{s}`"))

@@ -820,3 +820,108 @@ fn bad_profile_names_key_file_and_line() {
     assert!(e.contains("line 2") && e.contains("pids_max"), "{e}");
     assert!(!t.state_dir().exists() || fs::read_dir(t.state_dir()).unwrap().next().is_none());
 }
+
+#[test]
+fn process_settings_apply() {
+    let t = Env::new("proc");
+    let p = t.profile(
+        "p",
+        r#"
+[process]
+cwd = "/tmp"
+user = 65534
+group = 65534
+groups = [65533]
+capabilities = ["CAP_NET_BIND_SERVICE"]
+pass_env = ["STASIS_TEST_PASSED", "STASIS_TEST_UNSET"]
+[process.env]
+PATH = "/usr/bin:/bin"
+FOO = "bar baz"
+[process.rlimits]
+nofile = { soft = 256, hard = 512 }
+"#,
+    );
+    let o = t
+        .cmd()
+        .env("STASIS_TEST_PASSED", "yes")
+        .env("STASIS_TEST_NOT_PASSED", "leak")
+        .args([
+            "run",
+            "--profile",
+            p.to_str().unwrap(),
+            "sh",
+            "-c",
+            r#"echo "uid=$(id -u) gid=$(id -g) groups=$(id -G) cwd=$(pwd) nofile=$(ulimit -n)/$(ulimit -Hn)";
+               grep -E '^(CapEff|CapBnd|NoNewPrivs)' /proc/self/status | tr -s '\t' ' ';
+               env | grep -v '^PWD=' | grep -v '^SHLVL=' | grep -v '^_=' | sort"#,
+        ])
+        .output()
+        .unwrap();
+    let out = text(&o.stdout);
+    assert!(o.status.success(), "{out} {}", text(&o.stderr));
+    assert!(
+        out.contains("uid=65534 gid=65534 groups=65534 65533 cwd=/tmp nofile=256/512"),
+        "{out}"
+    );
+    // CAP_NET_BIND_SERVICE is bit 10.
+    assert!(out.contains("CapEff: 0000000000000400"), "{out}");
+    assert!(out.contains("CapBnd: 0000000000000400"), "{out}");
+    assert!(out.contains("NoNewPrivs: 1"), "{out}");
+    let env: Vec<&str> = out
+        .lines()
+        .filter(|l| l.contains('=') && !l.contains(' ') || l.starts_with("FOO="))
+        .collect();
+    assert_eq!(
+        env,
+        vec![
+            "FOO=bar baz",
+            "PATH=/usr/bin:/bin",
+            "STASIS_TEST_PASSED=yes"
+        ],
+        "{out}"
+    );
+}
+
+#[test]
+fn pivot_root_into_a_root_directory() {
+    let t = Env::new("root");
+    let root = t.dir.path().join("rootfs");
+    fs::create_dir(&root).unwrap();
+    let mut binds = String::new();
+    for d in ["/usr", "/bin", "/lib", "/lib64", "/etc"] {
+        if Path::new(d).exists() {
+            binds.push_str(&format!(
+                "[[mounts.bind]]\nsource = \"{d}\"\ntarget = \"{d}\"\nreadonly = true\n"
+            ));
+        }
+    }
+    let p = t.profile(
+        "p",
+        &format!("[mounts]\nroot = \"{}\"\n{binds}", root.display()),
+    );
+    let name = unique("root");
+    let o = t.stasis(&[
+        "run",
+        "--name",
+        &name,
+        "--profile",
+        p.to_str().unwrap(),
+        "sh",
+        "-c",
+        r#"top=$(ls / | tr '\n' ' '); mnt=$(awk '{print $5}' /proc/self/mountinfo | sort | tr '\n' ' ');
+           echo "top=$top"; echo "mounts=$mnt";
+           if [ ! -e /work ] && [ "$(cat /proc/1/comm)" = stasis-init ] && touch /tmp/ok && ! touch /etc/x 2>/dev/null; then echo PASS; else echo FAIL; fi"#,
+    ]);
+    let out = text(&o.stdout);
+    assert!(o.status.success(), "{out} {}", text(&o.stderr));
+    assert!(out.contains("PASS"), "{out}");
+    // Only the profile's mounts, nothing of the host's tree.
+    let mounts = out.lines().find_map(|l| l.strip_prefix("mounts=")).unwrap();
+    for m in mounts.split_whitespace() {
+        assert!(
+            ["/", "/usr", "/bin", "/lib", "/lib64", "/etc", "/proc", "/tmp", "/dev/shm"]
+                .contains(&m),
+            "unexpected mount {m}: {out}"
+        );
+    }
+}

@@ -571,6 +571,36 @@ mod tests {
     }
 
     #[test]
+    fn pure_v2_create_and_undo() {
+        // A stand-in cgroup2 tree in a temporary directory: no controllers to
+        // delegate, so a memory limit cannot be honoured and nothing may stay.
+        let root = tempfile::tempdir().unwrap();
+        let layout = Layout {
+            unified: Some(root.path().to_path_buf()),
+            v1: BTreeMap::new(),
+        };
+        let mut s = CgroupSettings::default();
+        let cg = Cgroup::create_in(&layout, "a", &s).unwrap();
+        assert_eq!(cg.freezer, Freezer::V2);
+        assert_eq!(cg.dirs(), vec![root.path().join("stasis/a")]);
+        assert!(cg.v1.is_empty());
+        assert!(matches!(
+            Cgroup::create_in(&layout, "a", &s),
+            Err(CgroupError::Exists { .. })
+        ));
+        s.memory_max = Some(crate::profile::ByteSize(1 << 20));
+        let e = Cgroup::create_in(&layout, "b", &s).unwrap_err();
+        assert!(e.to_string().contains("cgroup.memory_max"), "{e}");
+        assert!(!root.path().join("stasis/b").exists());
+        s.memory_max = None;
+        s.freezer = FreezerChoice::V1;
+        assert!(matches!(
+            Cgroup::create_in(&layout, "c", &s),
+            Err(CgroupError::NoFreezer("v1"))
+        ));
+    }
+
+    #[test]
     fn pure_v2_layout() {
         let mi = "30 25 0:26 / /sys/fs/cgroup rw - cgroup2 cgroup2 rw,nsdelegate\n";
         let l = Layout::parse(mi);

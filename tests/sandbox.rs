@@ -74,10 +74,16 @@ impl Env {
     fn wait_log(&self, name: &str, needle: &str) -> String {
         let deadline = Instant::now() + TIMEOUT;
         loop {
+            // Looked at before the log: an exit after that cannot hide output.
+            let exited = self.state_dir().join(name).join("exit.json").exists();
             let l = self.log(name);
             if l.contains(needle) {
                 return l;
             }
+            assert!(
+                !exited,
+                "{name} exited without {needle:?} in its log: {l:?}"
+            );
             assert!(
                 Instant::now() < deadline,
                 "timed out waiting for {needle:?} in the log of {name}: {l:?}"
@@ -924,4 +930,70 @@ fn pivot_root_into_a_root_directory() {
             "unexpected mount {m}: {out}"
         );
     }
+}
+
+/// 30 forks cannot all succeed under pids_max = 16.
+const LIMIT_SCRIPT: &str = r#"
+import os, time
+ok = 0
+for i in range(30):
+    try:
+        pid = os.fork()
+    except OSError:
+        continue
+    if pid == 0:
+        time.sleep(1000)
+        os._exit(0)
+    ok += 1
+n = sum(1 for d in os.listdir('/proc') if d.isdigit())
+print(f'forked={ok} procs={n}', flush=True)
+print('READY', flush=True)
+time.sleep(1000)
+"#;
+
+#[test]
+fn cgroup_limits_and_counting() {
+    let t = Env::new("lim");
+    let name = unique("lim");
+    let p = t.profile("p", "[cgroup]\nmemory_max = \"64M\"\npids_max = 16\n");
+    let o = t.stasis(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--profile",
+        p.to_str().unwrap(),
+        "python3",
+        "-c",
+        LIMIT_SCRIPT,
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let log = t.wait_log(&name, "READY");
+    let line = log.lines().find(|l| l.starts_with("forked=")).unwrap();
+    let nums: Vec<u32> = line
+        .split(' ')
+        .map(|kv| kv.split_once('=').unwrap().1.parse().unwrap())
+        .collect();
+    assert!(nums[0] < 30 && nums[1] <= 16, "under pids_max = 16: {log}");
+    let e = t.ps_entry(&name);
+    assert!(e["memory_bytes"].as_u64().unwrap() > 0, "{e}");
+    assert!(e["processes"].as_u64().unwrap() >= 2, "{e}");
+    let dirs: Vec<PathBuf> = e["cgroups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| PathBuf::from(v.as_str().unwrap()))
+        .collect();
+    let read_any = |files: &[&str]| -> Vec<String> {
+        dirs.iter()
+            .flat_map(|d| files.iter().map(move |f| d.join(f)))
+            .filter_map(|p| fs::read_to_string(p).ok())
+            .map(|s| s.trim().to_string())
+            .collect()
+    };
+    assert!(read_any(&["pids.max"]).contains(&"16".to_string()));
+    assert!(read_any(&["memory.max", "memory.limit_in_bytes"]).contains(&(64u64 << 20).to_string()));
+    let o = t.stasis(&["rm", "--force", &name]);
+    assert!(o.status.success());
+    assert!(t.leftover_cgroups().is_empty());
 }

@@ -27,11 +27,11 @@ pub enum CgroupError {
         op: &'static str,
         source: io::Error,
     },
-    #[error("no cgroup hierarchy is mounted (feature: cgroup; neither cgroup2 nor the v1 freezer controller found in /proc/self/mountinfo)")]
+    #[error("no cgroup freezer: neither a cgroup2 hierarchy nor the v1 freezer controller is mounted (feature: cgroup-freezer)")]
     NoHierarchy,
-    #[error("cgroup freezer {0} is not available on this host (feature: cgroup-freezer-{0})")]
+    #[error("cgroup freezer {0} is not available on this host (feature: {feature})", feature = freezer_feature(.0))]
     NoFreezer(&'static str),
-    #[error("cgroup {path}: controller `{controller}` is not available for the limit {key} (feature: cgroup-{controller})")]
+    #[error("cgroup {path}: the `{controller}` controller is not available for the limit {key}")]
     NoController {
         path: PathBuf,
         controller: &'static str,
@@ -48,6 +48,15 @@ pub enum CgroupError {
 }
 
 type Result<T> = std::result::Result<T, CgroupError>;
+
+/// The `stasis check` feature behind a freezer version.
+fn freezer_feature(v: &str) -> &'static str {
+    if v == "v2" {
+        "cgroup-freeze-v2"
+    } else {
+        "cgroup-freezer-v1"
+    }
+}
 
 fn io_err<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(io::Error) -> CgroupError + 'a {
     move |source| CgroupError::Io {

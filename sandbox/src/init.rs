@@ -296,7 +296,7 @@ fn setup_inside(s: &InitSetup) -> Result<(), (String, String)> {
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP).map_err(|e| {
             (
                 "cgroup namespace".to_string(),
-                format!("unshare(CLONE_NEWCGROUP): {e} (feature: cgroup namespaces)"),
+                format!("unshare(CLONE_NEWCGROUP): {e} (feature: ns-cgroup)"),
             )
         })?;
     }

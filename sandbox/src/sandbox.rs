@@ -418,13 +418,22 @@ impl Sandbox {
             report_w: rep_w.as_raw_fd(),
         };
         let (init_pid, init_fd) = match clone_with_namespaces(flags).map_err(|e| {
-            let hint = if e.raw_os_error() == Some(libc::EINVAL) {
-                " (feature: namespaces; CLONE_NEWPID fails after setns into a PID namespace)"
-            } else {
-                ""
-            };
+            let features: Vec<&str> = [
+                (ns.pid, "ns-pid"),
+                (ns.mount, "ns-mnt"),
+                (ns.net, "ns-net"),
+                (ns.uts, "ns-uts"),
+                (ns.ipc, "ns-ipc"),
+            ]
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, f)| *f)
+            .collect();
             Error::Sys {
-                what: format!("clone3 init with namespaces{hint}"),
+                what: format!(
+                    "clone3 init with new namespaces (features: {})",
+                    features.join(", ")
+                ),
                 source: e,
             }
         })? {

@@ -997,3 +997,80 @@ fn cgroup_limits_and_counting() {
     assert!(o.status.success());
     assert!(t.leftover_cgroups().is_empty());
 }
+
+#[test]
+fn pure_cgroup2_host() {
+    // A host whose only hierarchy is cgroup2, made by hiding the v1
+    // hierarchies in a private mount namespace around `stasis run`.
+    let roots = cgroup_roots();
+    let Some(unified) = roots
+        .iter()
+        .find(|r| r.join("cgroup.controllers").exists())
+        .cloned()
+    else {
+        eprintln!("skipping pure_cgroup2_host: no cgroup2 hierarchy mounted");
+        return;
+    };
+    if Command::new("unshare").arg("--version").output().is_err() {
+        eprintln!("skipping pure_cgroup2_host: no unshare(1)");
+        return;
+    }
+    let t = Env::new("v2only");
+    let name = unique("v2only");
+    let p = t.profile("p", "");
+    let o = Command::new("unshare")
+        .env("STASIS_STATE_DIR", t.state_dir())
+        .args([
+            "--mount",
+            "--propagation",
+            "private",
+            "sh",
+            "-c",
+            r#"awk '$9 == "cgroup" {print $5}' /proc/self/mountinfo | while read m; do umount "$m" || exit 1; done; exec "$@""#,
+            "sh",
+            env!("CARGO_BIN_EXE_stasis"),
+            "run",
+            "-d",
+            "--name",
+            &name,
+            "--profile",
+            p.to_str().unwrap(),
+            "sh",
+            "-c",
+            "i=0; while :; do i=$((i+1)); echo $i > /tmp/c.new; mv /tmp/c.new /tmp/counter; done",
+        ])
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let e = t.ps_entry(&name);
+    let dirs: Vec<PathBuf> = e["cgroups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| PathBuf::from(v.as_str().unwrap()))
+        .collect();
+    assert_eq!(dirs.len(), 1, "one cgroup2 directory only: {e}");
+    assert!(dirs[0].starts_with(&unified), "{e}");
+    assert_eq!(e["freezer"], "v2");
+    let init = e["init_pid"].as_i64().unwrap();
+    let counter = PathBuf::from(format!("/proc/{init}/root/tmp/counter"));
+    let read = || -> u64 {
+        fs::read_to_string(&counter)
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(0)
+    };
+    wait_until("the counter to start", || read() > 10);
+    fs::write(dirs[0].join("cgroup.freeze"), "1").unwrap();
+    wait_until("frozen 1", || {
+        fs::read_to_string(dirs[0].join("cgroup.events"))
+            .unwrap()
+            .contains("frozen 1")
+    });
+    assert_eq!(t.ps_entry(&name)["state"], "frozen");
+    fs::write(dirs[0].join("cgroup.freeze"), "0").unwrap();
+    let o = t.stasis(&["rm", "--force", &name]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    assert!(!dirs[0].exists());
+}

@@ -309,6 +309,9 @@ impl Sandbox {
             });
         }
         fs::create_dir_all(state_dir).map_err(io_err("create state directory", state_dir))?;
+        // Absolute, so that the recorded paths and the names derived from it
+        // do not depend on the working directory.
+        let state_dir = &fs::canonicalize(state_dir).map_err(io_err("resolve", state_dir))?;
         let dir = state_dir.join(&name);
         match fs::create_dir(&dir) {
             Ok(()) => {}
@@ -525,6 +528,7 @@ impl Sandbox {
         if !valid_name(name) {
             return Err(Error::BadName(name.to_string()));
         }
+        let state_dir = &fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
         let dir = state_dir.join(name);
         let sp = dir.join("state.json");
         let text = match fs::read_to_string(&sp) {

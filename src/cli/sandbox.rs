@@ -264,7 +264,16 @@ pub fn kill(state_dir: &Path, args: KillArgs) -> Result<u8> {
 }
 
 pub fn rm(state_dir: &Path, args: RmArgs) -> Result<u8> {
-    let mut sb = Sandbox::open(state_dir, &args.name)?;
+    let mut sb = match Sandbox::open(state_dir, &args.name) {
+        Ok(sb) => sb,
+        // A state directory without state: its creator died while starting it.
+        Err(sandbox::Error::NotFound { dir, .. }) if args.force && dir.is_dir() => {
+            std::fs::remove_dir_all(&dir)
+                .with_context(|| format!("cannot remove {}", dir.display()))?;
+            return Ok(0);
+        }
+        Err(e) => return Err(e.into()),
+    };
     if sb.is_running() {
         if !args.force {
             anyhow::bail!(

@@ -18,7 +18,12 @@ pub struct Cli {
     pub verbose: u8,
 
     /// Where sandboxes keep their state (env STASIS_STATE_DIR).
-    #[arg(long, global = true, env = "STASIS_STATE_DIR", default_value = "/run/stasis")]
+    #[arg(
+        long,
+        global = true,
+        env = "STASIS_STATE_DIR",
+        default_value = "/run/stasis"
+    )]
     pub state_dir: PathBuf,
 
     #[command(subcommand)]

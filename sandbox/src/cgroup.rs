@@ -27,11 +27,11 @@ pub enum CgroupError {
         op: &'static str,
         source: io::Error,
     },
-    #[error("no cgroup hierarchy is mounted (feature: cgroup; neither cgroup2 nor the v1 freezer controller found in /proc/self/mountinfo)")]
+    #[error("no cgroup freezer: neither a cgroup2 hierarchy nor the v1 freezer controller is mounted (feature: cgroup-freezer)")]
     NoHierarchy,
-    #[error("cgroup freezer {0} is not available on this host (feature: cgroup-freezer-{0})")]
+    #[error("cgroup freezer {0} is not available on this host (feature: {feature})", feature = freezer_feature(.0))]
     NoFreezer(&'static str),
-    #[error("cgroup {path}: controller `{controller}` is not available for the limit {key} (feature: cgroup-{controller})")]
+    #[error("cgroup {path}: the `{controller}` controller is not available for the limit {key}")]
     NoController {
         path: PathBuf,
         controller: &'static str,
@@ -48,6 +48,15 @@ pub enum CgroupError {
 }
 
 type Result<T> = std::result::Result<T, CgroupError>;
+
+/// The `stasis check` feature behind a freezer version.
+fn freezer_feature(v: &str) -> &'static str {
+    if v == "v2" {
+        "cgroup-freeze-v2"
+    } else {
+        "cgroup-freezer-v1"
+    }
+}
 
 fn io_err<'a>(path: &'a Path, op: &'static str) -> impl FnOnce(io::Error) -> CgroupError + 'a {
     move |source| CgroupError::Io {
@@ -229,13 +238,13 @@ impl Cgroup {
             write_file(&dir.join(file), &m.0.to_string())?;
         }
         if let Some(p) = s.pids_max {
-            let (file, dir) = self.limit_file("pids", "pids.max", "pids.max").ok_or_else(|| {
-                CgroupError::NoController {
+            let (file, dir) = self
+                .limit_file("pids", "pids.max", "pids.max")
+                .ok_or_else(|| CgroupError::NoController {
                     path: self.any_dir(),
                     controller: "pids",
                     key: "cgroup.pids_max",
-                }
-            })?;
+                })?;
             write_file(&dir.join(file), &p.to_string())?;
         }
         Ok(())
@@ -369,9 +378,7 @@ impl Cgroup {
         for d in self.dirs() {
             match read_file(&d.join("cgroup.procs")) {
                 Ok(t) => all.extend(t.lines().filter_map(|l| l.trim().parse::<i32>().ok())),
-                Err(CgroupError::Io { source, .. })
-                    if source.kind() == io::ErrorKind::NotFound =>
-                {
+                Err(CgroupError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
                     continue
                 }
                 Err(e) => return Err(e),
@@ -442,11 +449,19 @@ impl Cgroup {
                 match fs::remove_dir(&d) {
                     Ok(()) => break,
                     Err(e) if e.kind() == io::ErrorKind::NotFound => break,
-                    Err(e) if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline => {
+                    Err(e)
+                        if e.raw_os_error() == Some(libc::EBUSY) && Instant::now() < deadline =>
+                    {
                         std::thread::sleep(pause);
                         pause = (pause * 2).min(Duration::from_millis(20));
                     }
-                    Err(e) => return Err(CgroupError::Io { path: d.clone(), op: "rmdir", source: e }),
+                    Err(e) => {
+                        return Err(CgroupError::Io {
+                            path: d.clone(),
+                            op: "rmdir",
+                            source: e,
+                        })
+                    }
                 }
             }
         }
@@ -556,9 +571,42 @@ mod tests {
 38 30 0:34 / /sys/fs/cgroup/cpu,cpuacct rw - cgroup cgroup rw,cpu,cpuacct
 ";
         let l = Layout::parse(mi);
-        assert_eq!(l.unified.as_deref(), Some(Path::new("/sys/fs/cgroup/unified")));
+        assert_eq!(
+            l.unified.as_deref(),
+            Some(Path::new("/sys/fs/cgroup/unified"))
+        );
         assert_eq!(l.v1.len(), 3);
         assert!(!l.is_pure_v2());
+    }
+
+    #[test]
+    fn pure_v2_create_and_undo() {
+        // A stand-in cgroup2 tree in a temporary directory: no controllers to
+        // delegate, so a memory limit cannot be honoured and nothing may stay.
+        let root = tempfile::tempdir().unwrap();
+        let layout = Layout {
+            unified: Some(root.path().to_path_buf()),
+            v1: BTreeMap::new(),
+        };
+        let mut s = CgroupSettings::default();
+        let cg = Cgroup::create_in(&layout, "a", &s).unwrap();
+        assert_eq!(cg.freezer, Freezer::V2);
+        assert_eq!(cg.dirs(), vec![root.path().join("stasis/a")]);
+        assert!(cg.v1.is_empty());
+        assert!(matches!(
+            Cgroup::create_in(&layout, "a", &s),
+            Err(CgroupError::Exists { .. })
+        ));
+        s.memory_max = Some(crate::profile::ByteSize(1 << 20));
+        let e = Cgroup::create_in(&layout, "b", &s).unwrap_err();
+        assert!(e.to_string().contains("cgroup.memory_max"), "{e}");
+        assert!(!root.path().join("stasis/b").exists());
+        s.memory_max = None;
+        s.freezer = FreezerChoice::V1;
+        assert!(matches!(
+            Cgroup::create_in(&layout, "c", &s),
+            Err(CgroupError::NoFreezer("v1"))
+        ));
     }
 
     #[test]

@@ -29,8 +29,12 @@ pub enum Launch {
     /// closure forks the workload's tree itself and returns the in-namespace
     /// PID of the tree's root, which must be a child of init. Init then
     /// supervises it exactly like a command.
-    Custom(Box<dyn FnOnce(&InitContext) -> Result<i32, String>>),
+    Custom(LaunchFn),
 }
+
+/// The closure of [`Launch::Custom`]: returns the workload root's PID inside
+/// the sandbox, or an error message.
+pub type LaunchFn = Box<dyn FnOnce(&InitContext) -> Result<i32, String>>;
 
 impl std::fmt::Debug for Launch {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -148,7 +152,11 @@ impl ExitRecord {
 
 /// Closes every fd from 3 up that is not in `keep`.
 pub(crate) fn close_fds_except(keep: &[RawFd]) {
-    let mut k: Vec<u32> = keep.iter().filter(|f| **f >= 3).map(|f| *f as u32).collect();
+    let mut k: Vec<u32> = keep
+        .iter()
+        .filter(|f| **f >= 3)
+        .map(|f| *f as u32)
+        .collect();
     k.sort_unstable();
     k.dedup();
     let mut from = 3u32;
@@ -204,6 +212,7 @@ fn run(s: InitSetup, launch: Launch) -> i32 {
     unsafe {
         libc::setsid();
         libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0);
+        libc::prctl(libc::PR_SET_NAME, c"stasis-init".as_ptr(), 0, 0, 0);
     }
     let own = [s.go_r, s.report_w, s.state_fd, s.log_fd, s.devnull_fd];
     if matches!(launch, Launch::Command(_)) {
@@ -284,8 +293,12 @@ fn run(s: InitSetup, launch: Launch) -> i32 {
 fn setup_inside(s: &InitSetup) -> Result<(), (String, String)> {
     let ns = &s.profile.namespaces;
     if ns.cgroup {
-        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP)
-            .map_err(|e| ("cgroup namespace".to_string(), format!("unshare(CLONE_NEWCGROUP): {e} (feature: cgroup namespaces)")))?;
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWCGROUP).map_err(|e| {
+            (
+                "cgroup namespace".to_string(),
+                format!("unshare(CLONE_NEWCGROUP): {e} (feature: ns-cgroup)"),
+            )
+        })?;
     }
     if ns.mount {
         crate::mounts::setup(&s.profile.mounts).map_err(|m| ("mounts".to_string(), m))?;

@@ -19,11 +19,13 @@ mod sandbox;
 use std::path::PathBuf;
 
 pub use cgroup::{Cgroup, CgroupError, Freezer};
-pub use init::{ExitRecord, InitContext, Launch};
+pub use init::{ExitRecord, InitContext, Launch, LaunchFn};
 pub use netlink::NetlinkError;
 pub use process::ExecFailure;
 pub use profile::{Profile, ProfileError};
-pub use sandbox::{block_signals, valid_name, LockGuard, Sandbox, Status, DEFAULT_STATE_DIR, FORWARDED};
+pub use sandbox::{
+    block_signals, valid_name, LockGuard, Sandbox, Status, DEFAULT_STATE_DIR, FORWARDED,
+};
 
 /// Errors of the sandbox crate.
 #[derive(Debug, thiserror::Error)]

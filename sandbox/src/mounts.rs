@@ -61,7 +61,10 @@ pub fn setup(m: &Mounts) -> Result<(), String> {
             ensure_dir(&target, create)?;
         } else if !target.exists() {
             if !create {
-                return Err(format!("mounts.bind: target {} does not exist", target.display()));
+                return Err(format!(
+                    "mounts.bind: target {} does not exist",
+                    target.display()
+                ));
             }
             if let Some(parent) = target.parent() {
                 ensure_dir(parent, true)?;
@@ -89,7 +92,10 @@ pub fn setup(m: &Mounts) -> Result<(), String> {
                 MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
                 None::<&str>,
             )
-            .map_err(err(format!("mounts.bind: make {} read-only", target.display())))?;
+            .map_err(err(format!(
+                "mounts.bind: make {} read-only",
+                target.display()
+            )))?;
         }
     }
 
@@ -109,14 +115,29 @@ pub fn setup(m: &Mounts) -> Result<(), String> {
     if m.tmp {
         let t = inside(&base, Path::new("/tmp"));
         ensure_dir(&t, create)?;
-        mount(Some("tmpfs"), &t, Some("tmpfs"), nosuid_nodev, Some("mode=1777"))
-            .map_err(err(format!("mounts.tmp: mount tmpfs on {}", t.display())))?;
+        mount(
+            Some("tmpfs"),
+            &t,
+            Some("tmpfs"),
+            nosuid_nodev,
+            Some("mode=1777"),
+        )
+        .map_err(err(format!("mounts.tmp: mount tmpfs on {}", t.display())))?;
     }
     if m.dev_shm {
         let t = inside(&base, Path::new("/dev/shm"));
         ensure_dir(&t, create)?;
-        mount(Some("shm"), &t, Some("tmpfs"), nosuid_nodev, Some("mode=1777"))
-            .map_err(err(format!("mounts.dev_shm: mount tmpfs on {}", t.display())))?;
+        mount(
+            Some("shm"),
+            &t,
+            Some("tmpfs"),
+            nosuid_nodev,
+            Some("mode=1777"),
+        )
+        .map_err(err(format!(
+            "mounts.dev_shm: mount tmpfs on {}",
+            t.display()
+        )))?;
     }
 
     if let Some(root) = &m.root {
@@ -124,9 +145,12 @@ pub fn setup(m: &Mounts) -> Result<(), String> {
         // and is detached right away; no directory for it is needed.
         std::env::set_current_dir(root)
             .map_err(|e| format!("mounts.root: chdir {}: {e}", root.display()))?;
-        nix::unistd::pivot_root(".", ".")
-            .map_err(err(format!("mounts.root: pivot_root into {}", root.display())))?;
-        umount2(".", MntFlags::MNT_DETACH).map_err(err("mounts.root: detach the old root".into()))?;
+        nix::unistd::pivot_root(".", ".").map_err(err(format!(
+            "mounts.root: pivot_root into {}",
+            root.display()
+        )))?;
+        umount2(".", MntFlags::MNT_DETACH)
+            .map_err(err("mounts.root: detach the old root".into()))?;
         std::env::set_current_dir("/").map_err(|e| format!("mounts.root: chdir /: {e}"))?;
     }
     Ok(())

@@ -25,10 +25,7 @@ pub enum NetlinkError {
     #[error("netlink socket: {0}")]
     Socket(io::Error),
     #[error("{what}: {source}")]
-    Request {
-        what: String,
-        source: io::Error,
-    },
+    Request { what: String, source: io::Error },
     #[error("{what}: unexpected netlink reply: {reply}")]
     Protocol { what: String, reply: String },
 }
@@ -164,14 +161,20 @@ impl Rtnl {
 
     /// Creates a veth pair: `host_name` here, `peer_name` directly in the
     /// network namespace of process `peer_netns_pid`.
-    pub fn create_veth(&mut self, host_name: &str, peer_name: &str, peer_netns_pid: i32) -> Result<()> {
+    pub fn create_veth(
+        &mut self,
+        host_name: &str,
+        peer_name: &str,
+        peer_netns_pid: i32,
+    ) -> Result<()> {
         let mut peer = LinkMessage::default();
         peer.attributes
             .push(LinkAttribute::IfName(peer_name.to_string()));
         peer.attributes
             .push(LinkAttribute::NetNsPid(peer_netns_pid as u32));
         let mut m = LinkMessage::default();
-        m.attributes.push(LinkAttribute::IfName(host_name.to_string()));
+        m.attributes
+            .push(LinkAttribute::IfName(host_name.to_string()));
         m.attributes.push(LinkAttribute::LinkInfo(vec![
             LinkInfo::Kind(InfoKind::Veth),
             LinkInfo::Data(InfoData::Veth(InfoVeth::Peer(peer))),

@@ -36,7 +36,8 @@ impl ExecFailure {
 /// The workload's environment: the profile's variables plus those named in
 /// `pass_env` that are set in the caller's environment.
 pub fn environment(p: &ProcessSettings) -> Vec<(String, String)> {
-    let mut env: Vec<(String, String)> = p.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
+    let mut env: Vec<(String, String)> =
+        p.env.iter().map(|(k, v)| (k.clone(), v.clone())).collect();
     for name in &p.pass_env {
         if let Ok(v) = std::env::var(name) {
             env.retain(|(k, _)| k != name);
@@ -82,18 +83,25 @@ pub fn apply_settings(p: &ProcessSettings) -> Result<(), ExecFailure> {
     }
 
     let keep: HashSet<caps::Capability> = p.capabilities.iter().map(|c| c.0).collect();
-    let permitted = caps::read(None, CapSet::Permitted).map_err(|e| ExecFailure::other(libc::EPERM, format!("read capabilities: {e}")))?;
+    let permitted = caps::read(None, CapSet::Permitted)
+        .map_err(|e| ExecFailure::other(libc::EPERM, format!("read capabilities: {e}")))?;
     let kept: caps::CapsHashSet = keep.intersection(&permitted).copied().collect();
     let bounding = caps::read(None, CapSet::Bounding).unwrap_or_default();
     for cap in bounding {
         if !keep.contains(&cap) {
             caps::drop(None, CapSet::Bounding, cap).map_err(|e| {
-                ExecFailure::other(libc::EPERM, format!("process.capabilities: drop {cap} from the bounding set: {e}"))
+                ExecFailure::other(
+                    libc::EPERM,
+                    format!("process.capabilities: drop {cap} from the bounding set: {e}"),
+                )
             })?;
         }
     }
     caps::set(None, CapSet::Inheritable, &kept).map_err(|e| {
-        ExecFailure::other(libc::EPERM, format!("process.capabilities: set inheritable: {e}"))
+        ExecFailure::other(
+            libc::EPERM,
+            format!("process.capabilities: set inheritable: {e}"),
+        )
     })?;
 
     let groups: Vec<libc::gid_t> = p.groups.clone();
@@ -103,7 +111,10 @@ pub fn apply_settings(p: &ProcessSettings) -> Result<(), ExecFailure> {
     }
     // SAFETY: plain syscalls on integers.
     if unsafe { libc::setresgid(p.group, p.group, p.group) } != 0 {
-        return Err(ExecFailure::os(format!("process.group: setgid {}", p.group)));
+        return Err(ExecFailure::os(format!(
+            "process.group: setgid {}",
+            p.group
+        )));
     }
     if p.user != 0 {
         // SAFETY: prctl with integer arguments.
@@ -116,14 +127,23 @@ pub fn apply_settings(p: &ProcessSettings) -> Result<(), ExecFailure> {
         return Err(ExecFailure::os(format!("process.user: setuid {}", p.user)));
     }
     caps::set(None, CapSet::Effective, &kept).map_err(|e| {
-        ExecFailure::other(libc::EPERM, format!("process.capabilities: set effective: {e}"))
+        ExecFailure::other(
+            libc::EPERM,
+            format!("process.capabilities: set effective: {e}"),
+        )
     })?;
     caps::set(None, CapSet::Permitted, &kept).map_err(|e| {
-        ExecFailure::other(libc::EPERM, format!("process.capabilities: set permitted: {e}"))
+        ExecFailure::other(
+            libc::EPERM,
+            format!("process.capabilities: set permitted: {e}"),
+        )
     })?;
     if p.user != 0 {
         caps::set(None, CapSet::Ambient, &kept).map_err(|e| {
-            ExecFailure::other(libc::EPERM, format!("process.capabilities: set ambient: {e}"))
+            ExecFailure::other(
+                libc::EPERM,
+                format!("process.capabilities: set ambient: {e}"),
+            )
         })?;
     }
     if p.no_new_privs {
@@ -165,7 +185,10 @@ pub fn resolve(cmd: &str, path: Option<&str>) -> Result<PathBuf, ExecFailure> {
     if let Some(d) = denied {
         return Ok(d);
     }
-    Err(ExecFailure::other(libc::ENOENT, format!("command not found: {cmd}")))
+    Err(ExecFailure::other(
+        libc::ENOENT,
+        format!("command not found: {cmd}"),
+    ))
 }
 
 fn cstr(s: &OsStr) -> CString {
@@ -174,7 +197,10 @@ fn cstr(s: &OsStr) -> CString {
 
 /// Replaces the process image. Returns only on failure.
 pub fn exec(argv: &[String], env: &[(String, String)]) -> ExecFailure {
-    let path_var = env.iter().find(|(k, _)| k == "PATH").map(|(_, v)| v.as_str());
+    let path_var = env
+        .iter()
+        .find(|(k, _)| k == "PATH")
+        .map(|(_, v)| v.as_str());
     let prog = match resolve(&argv[0], path_var) {
         Ok(p) => p,
         Err(e) => return e,

@@ -31,7 +31,7 @@ pub enum ProfileError {
 }
 
 /// A complete sandbox description. See `configs/default.toml`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Profile {
     /// Host name inside the sandbox; the sandbox's name when absent.
@@ -42,19 +42,6 @@ pub struct Profile {
     pub mounts: Mounts,
     pub network: Network,
     pub cgroup: CgroupSettings,
-}
-
-impl Default for Profile {
-    fn default() -> Self {
-        Profile {
-            hostname: None,
-            namespaces: Namespaces::default(),
-            process: ProcessSettings::default(),
-            mounts: Mounts::default(),
-            network: Network::default(),
-            cgroup: CgroupSettings::default(),
-        }
-    }
 }
 
 /// Which namespaces the sandbox gets of its own.
@@ -314,7 +301,9 @@ impl FromStr for Cidr {
         let (a, p) = s
             .split_once('/')
             .ok_or_else(|| format!("`{s}` is not ADDRESS/PREFIX"))?;
-        let addr: IpAddr = a.parse().map_err(|_| format!("`{a}` is not an IP address"))?;
+        let addr: IpAddr = a
+            .parse()
+            .map_err(|_| format!("`{a}` is not an IP address"))?;
         let max = if addr.is_ipv4() { 32 } else { 128 };
         let prefix: u8 = p
             .parse()
@@ -547,10 +536,7 @@ impl Profile {
     /// Parses and checks a profile; `file` is only used in error messages.
     pub fn from_toml(text: &str, file: &Path) -> Result<Profile, ProfileError> {
         let profile: Profile = toml::from_str(text).map_err(|e| {
-            let line = e
-                .span()
-                .map(|s| line_of(text, s.start))
-                .unwrap_or_default();
+            let line = e.span().map(|s| line_of(text, s.start)).unwrap_or_default();
             // The toml error's text names the key path as "in `a.b`".
             let shown = e.to_string();
             let key = shown
@@ -565,12 +551,14 @@ impl Profile {
                 message: e.message().trim().to_string(),
             }
         })?;
-        profile.validate().map_err(|(key, message)| ProfileError::Invalid {
-            file: file.to_path_buf(),
-            line: find_key_line(text, &key).unwrap_or(0),
-            key: Some(key),
-            message,
-        })?;
+        profile
+            .validate()
+            .map_err(|(key, message)| ProfileError::Invalid {
+                file: file.to_path_buf(),
+                line: find_key_line(text, &key).unwrap_or(0),
+                key: Some(key),
+                message,
+            })?;
         Ok(profile)
     }
 
@@ -681,12 +669,64 @@ fn line_of(text: &str, offset: usize) -> usize {
     text[..offset.min(text.len())].matches('\n').count() + 1
 }
 
-/// The bare key at an error's span, when the span covers a key.
+/// The key at an error's span: the span itself when it covers a key, else
+/// the keys leading to the span on its line (inline tables included),
+/// prefixed with the enclosing table.
 fn key_at(text: &str, span: Option<std::ops::Range<usize>>) -> Option<String> {
     let s = span?;
-    let t = text.get(s)?.trim();
-    (!t.is_empty() && t.chars().all(|c| c.is_alphanumeric() || c == '_' || c == '-'))
-        .then(|| t.to_string())
+    let is_key = |t: &str| {
+        t.chars()
+            .next()
+            .is_some_and(|c| c.is_alphabetic() || c == '_')
+            && t.chars()
+                .all(|c| c.is_alphanumeric() || matches!(c, '_' | '-' | '.'))
+    };
+    let t = text.get(s.clone())?.trim();
+    if is_key(t) {
+        return Some(t.to_string());
+    }
+    let pos = s.start.min(text.len());
+    let start = text[..pos].rfind('\n').map_or(0, |i| i + 1);
+    let prefix = &text[start..pos];
+    let mut stack: Vec<String> = Vec::new();
+    let mut word = String::new();
+    let mut last: Option<String> = None;
+    for c in prefix.chars() {
+        match c {
+            '=' => last = Some(word.trim().to_string()),
+            '{' => {
+                if let Some(k) = last.take() {
+                    stack.push(k);
+                }
+            }
+            '}' => {
+                stack.pop();
+            }
+            ',' => last = None,
+            _ => {}
+        }
+        if c.is_alphanumeric() || matches!(c, '_' | '-' | '.') {
+            word.push(c);
+        } else if c != ' ' && c != '\t' {
+            word.clear();
+        }
+    }
+    stack.extend(last);
+    if stack.is_empty() || !stack.iter().all(|k| is_key(k)) {
+        return None;
+    }
+    let table = text[..start].lines().rev().find_map(|l| {
+        let l = l.trim();
+        l.strip_prefix("[[")
+            .and_then(|r| r.split_once("]]"))
+            .or_else(|| l.strip_prefix('[').and_then(|r| r.split_once(']')))
+            .map(|(h, _)| h.trim().to_string())
+    });
+    let path = stack.join(".");
+    Some(match table {
+        Some(t) => format!("{t}.{path}"),
+        None => path,
+    })
 }
 
 /// The line where a dotted key is set: the key inside its `[table]`, else the

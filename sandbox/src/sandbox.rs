@@ -107,7 +107,10 @@ fn now_secs() -> u64 {
 pub fn valid_name(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= 64
-        && name.chars().next().is_some_and(|c| c.is_ascii_alphanumeric())
+        && name
+            .chars()
+            .next()
+            .is_some_and(|c| c.is_ascii_alphanumeric())
         && name
             .chars()
             .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'))
@@ -128,19 +131,36 @@ fn random_name() -> String {
     format!("sb-{:02x}{:02x}{:02x}{:02x}", b[0], b[1], b[2], b[3])
 }
 
-/// The host end's interface name for a sandbox: `st-NAME` when short enough,
-/// else `st-` and a hash of the name.
-fn default_veth_host(name: &str) -> String {
-    if name.len() <= 12 {
+/// The host end's interface name for a sandbox: `st-NAME` when short enough
+/// and under the default state directory, else `st-` and a hash of the
+/// sandbox's state directory.
+fn default_veth_host(dir: &Path, name: &str) -> String {
+    if name.len() <= 12 && dir.parent() == Some(Path::new(DEFAULT_STATE_DIR)) {
         return format!("st-{name}");
     }
-    // FNV-1a, 48 bits shown.
+    format!("st-{}", short_hash(&dir.to_string_lossy(), 12))
+}
+
+/// A short hash (FNV-1a) of a string, as hex.
+fn short_hash(s: &str, hex_digits: usize) -> String {
     let mut h: u64 = 0xcbf29ce484222325;
-    for b in name.bytes() {
+    for b in s.bytes() {
         h ^= b as u64;
         h = h.wrapping_mul(0x100000001b3);
     }
-    format!("st-{:012x}", h & 0xffff_ffff_ffff)
+    let full = format!("{h:016x}");
+    full[..hex_digits.min(16)].to_string()
+}
+
+/// The sandbox's cgroup directory name: its name under the default state
+/// directory, else the name and a hash of the state directory, so that
+/// sandboxes of the same name under different state directories do not clash.
+fn leaf_name(dir: &Path, name: &str) -> String {
+    match dir.parent() {
+        Some(p) if p == Path::new(DEFAULT_STATE_DIR) => name.to_string(),
+        Some(p) => format!("{name}-{}", short_hash(&p.to_string_lossy(), 8)),
+        None => name.to_string(),
+    }
 }
 
 /// Start time of a process (clock ticks since boot), or None when it does not exist.
@@ -289,6 +309,9 @@ impl Sandbox {
             });
         }
         fs::create_dir_all(state_dir).map_err(io_err("create state directory", state_dir))?;
+        // Absolute, so that the recorded paths and the names derived from it
+        // do not depend on the working directory.
+        let state_dir = &fs::canonicalize(state_dir).map_err(io_err("resolve", state_dir))?;
         let dir = state_dir.join(&name);
         match fs::create_dir(&dir) {
             Ok(()) => {}
@@ -350,14 +373,14 @@ impl Sandbox {
             .open(dir)
             .map_err(io_err("open state directory", dir))?;
 
-        let cgroup = Cgroup::create(name, &profile.cgroup)?;
+        let cgroup = Cgroup::create(&leaf_name(dir, name), &profile.cgroup)?;
         undo.cgroup = Some(cgroup.clone());
 
-        let veth_host = profile
-            .network
-            .veth
-            .as_ref()
-            .map(|v| v.host_name.clone().unwrap_or_else(|| default_veth_host(name)));
+        let veth_host = profile.network.veth.as_ref().map(|v| {
+            v.host_name
+                .clone()
+                .unwrap_or_else(|| default_veth_host(dir, name))
+        });
         let mut nl = None;
         if let Some(h) = &veth_host {
             let mut n = Rtnl::open()?;
@@ -398,13 +421,22 @@ impl Sandbox {
             report_w: rep_w.as_raw_fd(),
         };
         let (init_pid, init_fd) = match clone_with_namespaces(flags).map_err(|e| {
-            let hint = if e.raw_os_error() == Some(libc::EINVAL) {
-                " (feature: namespaces; CLONE_NEWPID fails after setns into a PID namespace)"
-            } else {
-                ""
-            };
+            let features: Vec<&str> = [
+                (ns.pid, "ns-pid"),
+                (ns.mount, "ns-mnt"),
+                (ns.net, "ns-net"),
+                (ns.uts, "ns-uts"),
+                (ns.ipc, "ns-ipc"),
+            ]
+            .iter()
+            .filter(|(on, _)| *on)
+            .map(|(_, f)| *f)
+            .collect();
             Error::Sys {
-                what: format!("clone3 init with namespaces{hint}"),
+                what: format!(
+                    "clone3 init with new namespaces (features: {})",
+                    features.join(", ")
+                ),
                 source: e,
             }
         })? {
@@ -421,7 +453,8 @@ impl Sandbox {
             .try_clone()
             .map_err(sys_err("duplicate init's pidfd"))?;
         undo.init = Some((init_pid, dup));
-        let init_start = start_time(init_pid).ok_or_else(|| Error::InitDied("before it could be inspected".into()))?;
+        let init_start = start_time(init_pid)
+            .ok_or_else(|| Error::InitDied("before it could be inspected".into()))?;
 
         cgroup.add_pid(init_pid)?;
         if let (Some(h), Some(n), Some(v)) = (&veth_host, nl.as_mut(), &profile.network.veth) {
@@ -435,7 +468,8 @@ impl Sandbox {
 
         // Let init go on, and wait for its report.
         let mut go = File::from(go_w);
-        go.write_all(b"g").map_err(|e| Error::InitDied(format!("signalling init: {e}")))?;
+        go.write_all(b"g")
+            .map_err(|e| Error::InitDied(format!("signalling init: {e}")))?;
         drop(go);
         let mut rep = io::BufReader::new(File::from(rep_r));
         let mut line = String::new();
@@ -494,6 +528,7 @@ impl Sandbox {
         if !valid_name(name) {
             return Err(Error::BadName(name.to_string()));
         }
+        let state_dir = &fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
         let dir = state_dir.join(name);
         let sp = dir.join("state.json");
         let text = match fs::read_to_string(&sp) {
@@ -639,7 +674,8 @@ impl Sandbox {
         if let Some(fd) = &self.child {
             return fd.try_clone().map_err(sys_err("duplicate init's pidfd"));
         }
-        let fd = pidfd_open(self.state.init_pid).map_err(|_| Error::NotRunning(self.name().into()))?;
+        let fd =
+            pidfd_open(self.state.init_pid).map_err(|_| Error::NotRunning(self.name().into()))?;
         // The PID could have been reused before pidfd_open: check it is still init.
         if start_time(self.state.init_pid) != Some(self.state.init_start) {
             return Err(Error::NotRunning(self.name().into()));
@@ -660,7 +696,8 @@ impl Sandbox {
             if start_time(pid) != self.state.workload_start || self.state.workload_start.is_none() {
                 return Err(Error::NotRunning(self.name().into()));
             }
-            return pidfd_send_signal(&fd, sig).map_err(sys_err(format!("signal {sig} to workload {pid}")));
+            return pidfd_send_signal(&fd, sig)
+                .map_err(sys_err(format!("signal {sig} to workload {pid}")));
         }
         let fd = self.init_pidfd()?;
         pidfd_send_signal(&fd, sig).map_err(sys_err(format!(
@@ -759,7 +796,12 @@ impl Sandbox {
     /// the sandbox ends. With `forward`, SIGINT, SIGTERM, SIGHUP and SIGQUIT
     /// received meanwhile are passed on to the workload (the caller must have
     /// blocked them). Returns the exit status when it waited for the end.
-    pub fn stream_log(&mut self, out: &mut dyn Write, follow: bool, forward: bool) -> Result<Option<i32>> {
+    pub fn stream_log(
+        &mut self,
+        out: &mut dyn Write,
+        follow: bool,
+        forward: bool,
+    ) -> Result<Option<i32>> {
         let lp = self.log_path();
         let mut log = File::open(&lp).map_err(io_err("open log", &lp))?;
         let copy = |log: &mut File, out: &mut dyn Write| -> Result<()> {
@@ -793,7 +835,8 @@ impl Sandbox {
             Some(
                 nix::sys::signalfd::SignalFd::with_flags(
                     &set,
-                    nix::sys::signalfd::SfdFlags::SFD_CLOEXEC | nix::sys::signalfd::SfdFlags::SFD_NONBLOCK,
+                    nix::sys::signalfd::SfdFlags::SFD_CLOEXEC
+                        | nix::sys::signalfd::SfdFlags::SFD_NONBLOCK,
                 )
                 .map_err(|e| sys_err("signalfd")(e.into()))?,
             )
@@ -886,8 +929,10 @@ impl Sandbox {
         } else {
             Some((
                 File::open(&their_pid).map_err(io_err("open namespace", Path::new(&their_pid)))?,
-                File::open("/proc/self/ns/pid_for_children")
-                    .map_err(io_err("open namespace", Path::new("/proc/self/ns/pid_for_children")))?,
+                File::open("/proc/self/ns/pid_for_children").map_err(io_err(
+                    "open namespace",
+                    Path::new("/proc/self/ns/pid_for_children"),
+                ))?,
             ))
         };
         // The namespaces were opened while init was verified alive.
@@ -952,7 +997,8 @@ pub fn block_signals(sigs: &[nix::sys::signal::Signal]) -> nix::sys::signal::Sig
 }
 
 fn restore_mask(old: &nix::sys::signal::SigSet) {
-    let _ = nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_SETMASK, Some(old), None);
+    let _ =
+        nix::sys::signal::sigprocmask(nix::sys::signal::SigmaskHow::SIG_SETMASK, Some(old), None);
 }
 
 fn wait_forwarding(child: i32) -> i32 {
@@ -1000,7 +1046,10 @@ fn exec_child(
     }
     for (name, f) in ns_fds {
         if let Err(e) = nix::sched::setns(f, nix::sched::CloneFlags::empty()) {
-            return fail(format!("setns into the sandbox's {name} namespace"), e.into());
+            return fail(
+                format!("setns into the sandbox's {name} namespace"),
+                e.into(),
+            );
         }
     }
     // SAFETY: fchdir to an open directory fd, then chroot(".") on a static path.
@@ -1012,7 +1061,10 @@ fn exec_child(
         }
     };
     if r != 0 {
-        return fail("enter the sandbox's root".into(), io::Error::last_os_error());
+        return fail(
+            "enter the sandbox's root".into(),
+            io::Error::last_os_error(),
+        );
     }
     crate::process::reset_signals();
     // Nothing but stdio may leak into the sandbox.
@@ -1052,8 +1104,12 @@ fn host_pid_of(init_pid: i32, ns_pid: i32, pid_ns: bool) -> Option<i32> {
     if !pid_ns {
         return Some(ns_pid);
     }
-    let children = fs::read_to_string(format!("/proc/{init_pid}/task/{init_pid}/children")).unwrap_or_default();
-    for c in children.split_whitespace().filter_map(|c| c.parse::<i32>().ok()) {
+    let children = fs::read_to_string(format!("/proc/{init_pid}/task/{init_pid}/children"))
+        .unwrap_or_default();
+    for c in children
+        .split_whitespace()
+        .filter_map(|c| c.parse::<i32>().ok())
+    {
         if ns_pid_of(c) == Some(ns_pid) {
             return Some(c);
         }

@@ -161,7 +161,11 @@ pub fn ps(state_dir: &Path, args: PsArgs) -> Result<u8> {
             ),
             Status::Exited(None) => ("exited (killed)".to_string(), Some(137), Some(9)),
         };
-        let memory = if running { sb.cgroup().memory_bytes() } else { None };
+        let memory = if running {
+            sb.cgroup().memory_bytes()
+        } else {
+            None
+        };
         let pids = if running {
             sb.cgroup().procs().ok().map(|p| p.len())
         } else {
@@ -181,6 +185,9 @@ pub fn ps(state_dir: &Path, args: PsArgs) -> Result<u8> {
             "memory_bytes": memory,
             "processes": pids,
             "command": sb.command(),
+            "cgroups": sb.cgroup().dirs(),
+            "freezer": sb.cgroup().freezer,
+            "veth_host": sb.veth_host(),
         }));
     }
     let mut out = std::io::stdout().lock();
@@ -201,7 +208,11 @@ pub fn ps(state_dir: &Path, args: PsArgs) -> Result<u8> {
         };
         let cmd: Vec<String> = r["command"]
             .as_array()
-            .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_string)).collect())
+            .map(|a| {
+                a.iter()
+                    .filter_map(|v| v.as_str().map(str::to_string))
+                    .collect()
+            })
             .unwrap_or_default();
         writeln!(
             out,
@@ -234,7 +245,11 @@ fn parse_signal(s: &str) -> Result<i32> {
         anyhow::bail!("signal number {n} is out of range (1..=64)");
     }
     let up = s.to_ascii_uppercase();
-    let name = if up.starts_with("SIG") { up } else { format!("SIG{up}") };
+    let name = if up.starts_with("SIG") {
+        up
+    } else {
+        format!("SIG{up}")
+    };
     nix::sys::signal::Signal::from_str(&name)
         .map(|s| s as i32)
         .map_err(|_| anyhow::anyhow!("unknown signal `{s}`"))
@@ -249,7 +264,16 @@ pub fn kill(state_dir: &Path, args: KillArgs) -> Result<u8> {
 }
 
 pub fn rm(state_dir: &Path, args: RmArgs) -> Result<u8> {
-    let mut sb = Sandbox::open(state_dir, &args.name)?;
+    let mut sb = match Sandbox::open(state_dir, &args.name) {
+        Ok(sb) => sb,
+        // A state directory without state: its creator died while starting it.
+        Err(sandbox::Error::NotFound { dir, .. }) if args.force && dir.is_dir() => {
+            std::fs::remove_dir_all(&dir)
+                .with_context(|| format!("cannot remove {}", dir.display()))?;
+            return Ok(0);
+        }
+        Err(e) => return Err(e.into()),
+    };
     if sb.is_running() {
         if !args.force {
             anyhow::bail!(

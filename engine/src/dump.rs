@@ -37,7 +37,9 @@ pub fn dump(state_dir: &Path, name: &str, dir: &Path, opts: &DumpOptions) -> Res
     let t0 = Instant::now();
     let mut sb = sandbox::Sandbox::open(state_dir, name)?;
     let lock = sb.lock_exclusive()?;
-    let workload = sb.workload_pid().ok_or_else(|| Error::Other(format!("sandbox {name} has no running workload")))?;
+    let workload = sb
+        .workload_pid()
+        .ok_or_else(|| Error::Other(format!("sandbox {name} has no running workload")))?;
     let log_path = sb.log_path();
 
     sb.cgroup().freeze()?;
@@ -64,7 +66,14 @@ pub fn dump(state_dir: &Path, name: &str, dir: &Path, opts: &DumpOptions) -> Res
         .find(|p| p.pid == workload)
         .map(|p| p.ns_pid)
         .unwrap_or(0);
-    collect_all(&seized, &sb, &log_path, workload_ns, &mut writer, &mut stats)?;
+    collect_all(
+        &seized,
+        &sb,
+        &log_path,
+        workload_ns,
+        &mut writer,
+        &mut stats,
+    )?;
     let t_collected = Instant::now();
     stats.collect_ms = ms(t_collected - t_frozen) - stats.memory_ms;
 
@@ -139,11 +148,18 @@ fn collect_all(
         stats.threads += img.threads.len();
         stats.vmas += img.vmas.len();
     }
+    let mounts = crate::mounts::collect(
+        sb.init_pid(),
+        &crate::mounts::private_tmpfs(sb.profile()),
+        &mut blobs,
+    )?;
     writer.commit_file(blobs)?;
     writer.write_json("files.json", &files.image)?;
+    writer.write_json("mounts.json", &mounts)?;
     let inv = Inventory {
         sandbox: sb.name().to_string(),
-        profile: serde_json::to_value(sb.profile()).map_err(|e| Error::Other(format!("encoding profile: {e}")))?,
+        profile: serde_json::to_value(sb.profile())
+            .map_err(|e| Error::Other(format!("encoding profile: {e}")))?,
         log_path: log_path.to_string_lossy().to_string(),
         workload_pid: workload_ns,
         processes: seized.procs.iter().map(entry).collect(),
@@ -169,7 +185,10 @@ fn collect_process(
         let sigactions = signals::collect_actions(p.pid, &mut r)?;
         let shared_pending = signals::peek_pending(main.tid, true)?;
         let thread = thread::collect(main.tid, main.ns_tid, &mut r, main.deferred_signal)?;
-        let pidfd = p.pidfd.as_ref().ok_or_else(|| Error::Other("no pidfd".into()))?;
+        let pidfd = p
+            .pidfd
+            .as_ref()
+            .ok_or_else(|| Error::Other("no pidfd".into()))?;
         let fds = files.collect(p.pid, p.ns_pid, pidfd, blobs)?;
         let rlimits = task::collect_rlimits(p.pid)?;
         Ok(ProcessImage {

@@ -53,9 +53,21 @@ pub struct FdSummary {
 
 fn prot(p: u32) -> String {
     let mut s = String::new();
-    s.push(if p & libc::PROT_READ as u32 != 0 { 'r' } else { '-' });
-    s.push(if p & libc::PROT_WRITE as u32 != 0 { 'w' } else { '-' });
-    s.push(if p & libc::PROT_EXEC as u32 != 0 { 'x' } else { '-' });
+    s.push(if p & libc::PROT_READ as u32 != 0 {
+        'r'
+    } else {
+        '-'
+    });
+    s.push(if p & libc::PROT_WRITE as u32 != 0 {
+        'w'
+    } else {
+        '-'
+    });
+    s.push(if p & libc::PROT_EXEC as u32 != 0 {
+        'x'
+    } else {
+        '-'
+    });
     s
 }
 
@@ -104,14 +116,28 @@ pub fn inspect(dir: &Path) -> Result<ImageSummary> {
             .iter()
             .map(|f| {
                 let what = match img.files.files.get(f.file as usize).map(|d| &d.kind) {
-                    Some(FileKind::Path { path, pos, deleted, .. }) => {
-                        format!("{path} at {pos}{}", if deleted.is_some() { " (deleted, saved)" } else { "" })
+                    Some(FileKind::Path {
+                        path, pos, deleted, ..
+                    }) => {
+                        format!(
+                            "{path} at {pos}{}",
+                            if deleted.is_some() {
+                                " (deleted, saved)"
+                            } else {
+                                ""
+                            }
+                        )
                     }
                     Some(FileKind::SandboxLog) => "sandbox log".into(),
                     Some(FileKind::Pipe { pipe, fifo }) => match fifo {
                         Some(p) => format!("FIFO {p}"),
                         None => {
-                            let bytes = img.files.pipes.get(*pipe as usize).map(|p| p.data.len).unwrap_or(0);
+                            let bytes = img
+                                .files
+                                .pipes
+                                .get(*pipe as usize)
+                                .map(|p| p.data.len)
+                                .unwrap_or(0);
                             format!("pipe {pipe} ({bytes} bytes queued)")
                         }
                     },
@@ -137,7 +163,12 @@ pub fn inspect(dir: &Path) -> Result<ImageSummary> {
             areas,
             fds,
             sigmask: t.sigmask,
-            pending_signals: t.pending.iter().chain(&p.shared_pending).map(|s| s.signo).collect(),
+            pending_signals: t
+                .pending
+                .iter()
+                .chain(&p.shared_pending)
+                .map(|s| s.signo)
+                .collect(),
             handled_signals: p
                 .sigactions
                 .iter()
@@ -185,7 +216,11 @@ pub fn render(s: &ImageSummary) -> String {
     for p in &s.processes {
         let _ = writeln!(o);
         if let Some(z) = p.zombie {
-            let _ = writeln!(o, "process {} (parent {}): zombie, wait status {z:#x}", p.pid, p.ppid);
+            let _ = writeln!(
+                o,
+                "process {} (parent {}): zombie, wait status {z:#x}",
+                p.pid, p.ppid
+            );
             continue;
         }
         let _ = writeln!(
@@ -211,7 +246,13 @@ pub fn render(s: &ImageSummary) -> String {
             );
         }
         for f in &p.fds {
-            let _ = writeln!(o, "  fd {:>3}{} {}", f.fd, if f.cloexec { " (cloexec)" } else { "" }, f.what);
+            let _ = writeln!(
+                o,
+                "  fd {:>3}{} {}",
+                f.fd,
+                if f.cloexec { " (cloexec)" } else { "" },
+                f.what
+            );
         }
     }
     o

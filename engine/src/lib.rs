@@ -7,7 +7,8 @@
 //! - `thread`: registers, xstate, syscall restart, rseq, robust list;
 //! - `signals`: handlers, masks, pending signals, alternate stacks;
 //! - `files` (+ `files::regular`, `files::pipe`): fds and open file descriptions;
-//! - `task`: comm, personality, umask, cwd, rlimits, credentials.
+//! - `task`: comm, personality, umask, cwd, rlimits, credentials;
+//! - `mounts`: the sandbox's private tmpfs contents (/tmp, /dev/shm).
 //!
 //! `seize` stops and releases the tree, `remote` runs syscalls inside a
 //! stopped task, `image` is the on-disk format; `dump` and `restore` are the
@@ -19,6 +20,7 @@ pub mod files;
 pub mod image;
 pub mod inspect;
 pub mod memory;
+pub mod mounts;
 pub mod remote;
 pub mod restore;
 pub mod seize;

@@ -41,12 +41,19 @@ impl Remote {
 
     /// Registers the task had when we took control (restored by `finish`).
     pub fn saved_regs(&self) -> libc::user_regs_struct {
-        *self.inj.as_ref().expect("injector present until finish").saved_regs()
+        *self
+            .inj
+            .as_ref()
+            .expect("injector present until finish")
+            .saved_regs()
     }
 
     /// Signal mask the task had when we took control.
     pub fn saved_sigmask(&self) -> u64 {
-        self.inj.as_ref().expect("injector present until finish").saved_sigmask()
+        self.inj
+            .as_ref()
+            .expect("injector present until finish")
+            .saved_sigmask()
     }
 
     /// Runs a syscall, returning its raw result (negative errno on failure).
@@ -64,7 +71,10 @@ impl Remote {
         if (-4095..0).contains(&r) {
             return Err(Error::Process {
                 pid: self.tid,
-                reason: format!("{what} in the task failed: {}", std::io::Error::from_raw_os_error((-r) as i32)),
+                reason: format!(
+                    "{what} in the task failed: {}",
+                    std::io::Error::from_raw_os_error((-r) as i32)
+                ),
             });
         }
         Ok(r as u64)
@@ -76,7 +86,11 @@ impl Remote {
             if have >= len {
                 return Ok(addr);
             }
-            self.call("munmap(scratch)", libc::SYS_munmap, [addr, have, 0, 0, 0, 0])?;
+            self.call(
+                "munmap(scratch)",
+                libc::SYS_munmap,
+                [addr, have, 0, 0, 0, 0],
+            )?;
             self.scratch = None;
         }
         let size = len.div_ceil(PAGE_SIZE).max(1) * PAGE_SIZE;
@@ -107,18 +121,22 @@ impl Remote {
     }
 
     pub fn write_mem(&self, addr: u64, bytes: &[u8]) -> Result<()> {
-        self.mem.write_all_at(bytes, addr).map_err(|e| Error::Process {
-            pid: self.tid,
-            reason: format!("writing {} bytes at {addr:#x}: {e}", bytes.len()),
-        })
+        self.mem
+            .write_all_at(bytes, addr)
+            .map_err(|e| Error::Process {
+                pid: self.tid,
+                reason: format!("writing {} bytes at {addr:#x}: {e}", bytes.len()),
+            })
     }
 
     pub fn read_mem(&self, addr: u64, len: usize) -> Result<Vec<u8>> {
         let mut buf = vec![0u8; len];
-        self.mem.read_exact_at(&mut buf, addr).map_err(|e| Error::Process {
-            pid: self.tid,
-            reason: format!("reading {len} bytes at {addr:#x}: {e}"),
-        })?;
+        self.mem
+            .read_exact_at(&mut buf, addr)
+            .map_err(|e| Error::Process {
+                pid: self.tid,
+                reason: format!("reading {len} bytes at {addr:#x}: {e}"),
+            })?;
         Ok(buf)
     }
 

@@ -51,6 +51,7 @@ pub struct LoadedImage {
     pub reader: ImageReader,
     pub inventory: Inventory,
     pub files: FilesImage,
+    pub mounts: crate::mounts::MountsImage,
     pub procs: BTreeMap<i32, ProcessImage>,
 }
 
@@ -71,9 +72,14 @@ pub fn load(dir: &Path) -> Result<LoadedImage> {
     }
     let inventory: Inventory = reader.read_json("inventory.json")?;
     if inventory.processes.len() > image::limits::MAX_PROCESSES {
-        return Err(Error::Other(format!("image: {} processes", inventory.processes.len())));
+        return Err(Error::Other(format!(
+            "image: {} processes",
+            inventory.processes.len()
+        )));
     }
     let files: FilesImage = reader.read_json("files.json")?;
+    let mounts: crate::mounts::MountsImage = reader.read_json("mounts.json")?;
+    crate::mounts::validate(&mounts)?;
     let mut procs = BTreeMap::new();
     for e in &inventory.processes {
         if e.pid <= 1 || e.pid > 4 * 1024 * 1024 {
@@ -91,13 +97,18 @@ pub fn load(dir: &Path) -> Result<LoadedImage> {
         reader,
         inventory,
         files,
+        mounts,
         procs,
     })
 }
 
 fn validate_process(reader: &ImageReader, p: &ProcessImage, files: &FilesImage) -> Result<()> {
     use image::limits::*;
-    if p.vmas.len() > MAX_VMAS || p.fds.len() > MAX_FDS || p.threads.len() > MAX_THREADS || p.threads.is_empty() {
+    if p.vmas.len() > MAX_VMAS
+        || p.fds.len() > MAX_FDS
+        || p.threads.len() > MAX_THREADS
+        || p.threads.is_empty()
+    {
         return Err(Error::Other(format!(
             "image of process {}: {} areas, {} fds, {} threads",
             p.pid,
@@ -113,7 +124,9 @@ fn validate_process(reader: &ImageReader, p: &ProcessImage, files: &FilesImage) 
             p.threads.len()
         )));
     }
-    let size = reader.file_size(&format!("pages-{}.img", p.pid)).unwrap_or(0);
+    let size = reader
+        .file_size(&format!("pages-{}.img", p.pid))
+        .unwrap_or(0);
     memory::pages::validate(p.pid, &p.vmas, size)?;
     memory::mm::validate(p.pid, &p.mm)?;
     for t in &p.threads {
@@ -155,8 +168,8 @@ pub fn restore(state_dir: &Path, dir: &Path, opts: &RestoreOptions) -> Result<Re
     let t0 = Instant::now();
     let img = load(dir)?;
     let verify_ms = ms(t0.elapsed());
-    let profile: sandbox::Profile = serde_json::from_value(img.inventory.profile.clone())
-        .map_err(|e| Error::BadImage {
+    let profile: sandbox::Profile =
+        serde_json::from_value(img.inventory.profile.clone()).map_err(|e| Error::BadImage {
             path: dir.to_path_buf(),
             reason: format!("profile: {e}"),
         })?;
@@ -180,7 +193,11 @@ pub fn restore(state_dir: &Path, dir: &Path, opts: &RestoreOptions) -> Result<Re
     let ready_w = move_high(ready_w, base)?;
 
     let entries = img.inventory.processes.clone();
-    let index: BTreeMap<i32, usize> = entries.iter().enumerate().map(|(i, e)| (e.pid, i)).collect();
+    let index: BTreeMap<i32, usize> = entries
+        .iter()
+        .enumerate()
+        .map(|(i, e)| (e.pid, i))
+        .collect();
     let mut plans: Vec<Plan> = entries
         .iter()
         .map(|e| Plan {
@@ -201,16 +218,23 @@ pub fn restore(state_dir: &Path, dir: &Path, opts: &RestoreOptions) -> Result<Re
     }
     let live = entries.iter().filter(|e| e.zombie.is_none()).count();
     let files_img = img.files.clone();
+    let mounts_img = img.mounts.clone();
     let fd_tables: BTreeMap<i32, Vec<(i32, u32, bool)>> = img
         .procs
         .iter()
-        .map(|(pid, p)| (*pid, p.fds.iter().map(|f| (f.fd, f.file, f.cloexec)).collect()))
+        .map(|(pid, p)| {
+            (
+                *pid,
+                p.fds.iter().map(|f| (f.fd, f.file, f.cloexec)).collect(),
+            )
+        })
         .collect();
     let workload = img.inventory.workload_pid;
     let ready_w_raw = ready_w.as_raw_fd();
     let launch = sandbox::Launch::Custom(Box::new(move |ctx: &sandbox::InitContext| {
         // Held open until the tree is forked.
         let _keep = &ready_w;
+        crate::mounts::restore(&mounts_img, &blobs)?;
         let files::OpenFiles { fds, holders } =
             files::open_all(&files_img, Some(&blobs), ctx.log_fd).map_err(|e| e.to_string())?;
         let mut held = Vec::new();
@@ -220,7 +244,10 @@ pub fn restore(state_dir: &Path, dir: &Path, opts: &RestoreOptions) -> Result<Re
         }
         for p in plans.iter_mut() {
             if let Some(t) = fd_tables.get(&p.pid) {
-                p.fds = t.iter().map(|&(fd, file, cx)| (fd, held[file as usize].as_raw_fd(), cx)).collect();
+                p.fds = t
+                    .iter()
+                    .map(|&(fd, file, cx)| (fd, held[file as usize].as_raw_fd(), cx))
+                    .collect();
             }
         }
         let pids = tree::fork_roots(&plans, &roots, ready_w_raw)?;
@@ -234,7 +261,10 @@ pub fn restore(state_dir: &Path, dir: &Path, opts: &RestoreOptions) -> Result<Re
         Ok(root_pid)
     }));
     let t1 = Instant::now();
-    let name = opts.name.clone().unwrap_or_else(|| img.inventory.sandbox.clone());
+    let name = opts
+        .name
+        .clone()
+        .unwrap_or_else(|| img.inventory.sandbox.clone());
     let mut sb = sandbox::Sandbox::create(state_dir, Some(&name), &profile, launch)?;
     let sandbox_ms = ms(t1.elapsed());
 
@@ -251,9 +281,14 @@ pub fn restore(state_dir: &Path, dir: &Path, opts: &RestoreOptions) -> Result<Re
                 return Err(Error::Other(format!("process {} did not come back", e.pid)));
             };
             if e.zombie.is_some() {
-                let state = procfs::process::Process::new(h).and_then(|p| p.stat()).map(|s| s.state);
+                let state = procfs::process::Process::new(h)
+                    .and_then(|p| p.stat())
+                    .map(|s| s.state);
                 if !matches!(state, Ok('Z')) {
-                    return Err(Error::Other(format!("process {} is not a zombie yet", e.pid)));
+                    return Err(Error::Other(format!(
+                        "process {} is not a zombie yet",
+                        e.pid
+                    )));
                 }
             }
         }
@@ -316,7 +351,9 @@ fn wait_ready(r: &OwnedFd, n: usize, sb: &sandbox::Sandbox) -> Result<()> {
     while got < n {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(Error::Other(format!("{got} of {n} processes were ready in time")));
+            return Err(Error::Other(format!(
+                "{got} of {n} processes were ready in time"
+            )));
         }
         let mut pfd = libc::pollfd {
             fd: r.as_raw_fd(),
@@ -327,12 +364,20 @@ fn wait_ready(r: &OwnedFd, n: usize, sb: &sandbox::Sandbox) -> Result<()> {
         let rc = unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(1000) as i32) };
         if rc == 0 {
             if !sb.is_running() {
-                return Err(Error::Other("the sandbox's init died during restore".into()));
+                return Err(Error::Other(
+                    "the sandbox's init died during restore".into(),
+                ));
             }
             continue;
         }
         // SAFETY: reading into our buffer.
-        let k = unsafe { libc::read(r.as_raw_fd(), buf[have..].as_mut_ptr().cast(), READY_RECORD - have) };
+        let k = unsafe {
+            libc::read(
+                r.as_raw_fd(),
+                buf[have..].as_mut_ptr().cast(),
+                READY_RECORD - have,
+            )
+        };
         if k <= 0 {
             return Err(Error::Other(format!(
                 "the restored tree stopped reporting: {got} of {n} processes ready"
@@ -379,7 +424,14 @@ fn rebuild_process(pid: i32, tid: i32, p: &ProcessImage, pages: &File) -> Result
     let exe_fd = r.call(
         &format!("open {}", p.mm.exe),
         libc::SYS_openat,
-        [libc::AT_FDCWD as u64, scratch, (libc::O_RDONLY | libc::O_CLOEXEC) as u64, 0, 0, 0],
+        [
+            libc::AT_FDCWD as u64,
+            scratch,
+            (libc::O_RDONLY | libc::O_CLOEXEC) as u64,
+            0,
+            0,
+            0,
+        ],
     )?;
     memory::mm::restore_mm(&mut r, &p.mm, exe_fd, scratch)?;
     r.call("close(exe)", libc::SYS_close, [exe_fd, 0, 0, 0, 0, 0])?;

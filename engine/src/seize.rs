@@ -50,7 +50,11 @@ const SEIZE_OPTIONS: i32 = libc::PTRACE_O_TRACESYSGOOD;
 /// the innermost namespace).
 fn ns_ids(status: &procfs::process::Status) -> Option<(i32, i32, i32)> {
     let last = |v: &Option<Vec<i32>>| v.as_ref().and_then(|v| v.last().copied());
-    Some((last(&status.nspid)?, last(&status.nspgid)?, last(&status.nssid)?))
+    Some((
+        last(&status.nspid)?,
+        last(&status.nspgid)?,
+        last(&status.nssid)?,
+    ))
 }
 
 fn proc_err(pid: i32, what: &str, e: impl std::fmt::Display) -> Error {
@@ -98,7 +102,8 @@ pub fn discover(init_pid: i32) -> Result<Vec<SeizedProcess>> {
     while i < queue.len() {
         let pid = queue[i];
         i += 1;
-        let p = procfs::process::Process::new(pid).map_err(|e| proc_err(pid, "opening /proc", e))?;
+        let p =
+            procfs::process::Process::new(pid).map_err(|e| proc_err(pid, "opening /proc", e))?;
         let status = p.status().map_err(|e| proc_err(pid, "reading status", e))?;
         let stat = p.stat().map_err(|e| proc_err(pid, "reading stat", e))?;
         let (ns_pid, ns_pgid, ns_sid) =
@@ -121,7 +126,11 @@ pub fn discover(init_pid: i32) -> Result<Vec<SeizedProcess>> {
                     let st = procfs::process::Process::new(tid)
                         .and_then(|t| t.status())
                         .map_err(|e| proc_err(tid, "reading thread status", e))?;
-                    let ns_tid = st.nspid.as_ref().and_then(|v| v.last().copied()).unwrap_or(0);
+                    let ns_tid = st
+                        .nspid
+                        .as_ref()
+                        .and_then(|v| v.last().copied())
+                        .unwrap_or(0);
                     Ok(SeizedThread {
                         tid,
                         ns_tid,
@@ -159,11 +168,13 @@ impl Seized {
                 }
                 p.pidfd = Some(sys::pidfd::pidfd_open(p.pid)?);
                 for t in &p.threads {
-                    sys::ptrace::seize(t.tid, SEIZE_OPTIONS)
-                        .map_err(|e| proc_err(p.pid, &format!("PTRACE_SEIZE thread {}", t.tid), e))?;
+                    sys::ptrace::seize(t.tid, SEIZE_OPTIONS).map_err(|e| {
+                        proc_err(p.pid, &format!("PTRACE_SEIZE thread {}", t.tid), e)
+                    })?;
                     seized.push(t.tid);
-                    sys::ptrace::interrupt(t.tid)
-                        .map_err(|e| proc_err(p.pid, &format!("PTRACE_INTERRUPT thread {}", t.tid), e))?;
+                    sys::ptrace::interrupt(t.tid).map_err(|e| {
+                        proc_err(p.pid, &format!("PTRACE_INTERRUPT thread {}", t.tid), e)
+                    })?;
                 }
             }
             Ok(())
@@ -185,7 +196,8 @@ impl Seized {
         let deadline = Instant::now() + timeout;
         for p in &mut self.procs {
             for t in &mut p.threads {
-                wait_stop(t, deadline).map_err(|e| proc_err(p.pid, &format!("stopping thread {}", t.tid), e))?;
+                wait_stop(t, deadline)
+                    .map_err(|e| proc_err(p.pid, &format!("stopping thread {}", t.tid), e))?;
             }
         }
         Ok(())
@@ -203,7 +215,11 @@ impl Seized {
         for p in &self.procs {
             for t in &p.threads {
                 if let Err(e) = sys::ptrace::detach(t.tid, 0) {
-                    first_err.get_or_insert(proc_err(p.pid, &format!("detaching thread {}", t.tid), e));
+                    first_err.get_or_insert(proc_err(
+                        p.pid,
+                        &format!("detaching thread {}", t.tid),
+                        e,
+                    ));
                     continue;
                 }
                 if let Some(sig) = t.deferred_signal {
@@ -241,7 +257,11 @@ impl Seized {
     }
 
     pub fn by_ns_pid(&self) -> BTreeMap<i32, usize> {
-        self.procs.iter().enumerate().map(|(i, p)| (p.ns_pid, i)).collect()
+        self.procs
+            .iter()
+            .enumerate()
+            .map(|(i, p)| (p.ns_pid, i))
+            .collect()
     }
 }
 
@@ -263,8 +283,11 @@ impl Drop for Seized {
 
 fn wait_stop(t: &mut SeizedThread, deadline: Instant) -> std::result::Result<(), String> {
     loop {
-        let st = waitpid(Pid::from_raw(t.tid), Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG))
-            .map_err(|e| format!("waitpid: {e}"))?;
+        let st = waitpid(
+            Pid::from_raw(t.tid),
+            Some(WaitPidFlag::__WALL | WaitPidFlag::WNOHANG),
+        )
+        .map_err(|e| format!("waitpid: {e}"))?;
         match st {
             WaitStatus::PtraceEvent(_, _, ev) if ev == libc::PTRACE_EVENT_STOP => return Ok(()),
             WaitStatus::PtraceEvent(_, sig, _) | WaitStatus::Stopped(_, sig) => {

@@ -21,7 +21,10 @@ pub fn collect_actions(pid: i32, r: &mut Remote) -> Result<Vec<SigAction>> {
     let scratch = r.scratch(4096)?;
     let mut out = Vec::new();
     for signo in 1..=NSIG {
-        if interesting & (1u64 << (signo - 1)) == 0 || signo == libc::SIGKILL || signo == libc::SIGSTOP {
+        if interesting & (1u64 << (signo - 1)) == 0
+            || signo == libc::SIGKILL
+            || signo == libc::SIGSTOP
+        {
             continue;
         }
         r.call(
@@ -109,7 +112,14 @@ pub fn synthetic_siginfo(signo: i32) -> SigInfo {
 }
 
 /// Queues signals in the task: to the thread, or to the process.
-pub fn restore_pending(r: &mut Remote, tgid: i32, tid: i32, infos: &[SigInfo], shared: bool, scratch: u64) -> Result<()> {
+pub fn restore_pending(
+    r: &mut Remote,
+    tgid: i32,
+    tid: i32,
+    infos: &[SigInfo],
+    shared: bool,
+    scratch: u64,
+) -> Result<()> {
     for si in infos {
         if si.raw.len() != 128 || !(1..=NSIG).contains(&si.signo) {
             return Err(crate::error::Error::Other(format!(
@@ -137,7 +147,11 @@ pub fn restore_pending(r: &mut Remote, tgid: i32, tid: i32, infos: &[SigInfo], s
 
 pub fn get_altstack(r: &mut Remote) -> Result<AltStack> {
     let scratch = r.scratch(4096)?;
-    r.call("sigaltstack", libc::SYS_sigaltstack, [0, scratch, 0, 0, 0, 0])?;
+    r.call(
+        "sigaltstack",
+        libc::SYS_sigaltstack,
+        [0, scratch, 0, 0, 0, 0],
+    )?;
     let b = r.read_mem(scratch, 24)?;
     Ok(AltStack {
         sp: u64::from_le_bytes(b[0..8].try_into().expect("8 bytes")),
@@ -159,6 +173,10 @@ pub fn set_altstack(r: &mut Remote, a: &AltStack) -> Result<()> {
     b[8..12].copy_from_slice(&flags.to_le_bytes());
     b[16..24].copy_from_slice(&a.size.to_le_bytes());
     r.write_mem(scratch, &b)?;
-    r.call("sigaltstack", libc::SYS_sigaltstack, [scratch, 0, 0, 0, 0, 0])?;
+    r.call(
+        "sigaltstack",
+        libc::SYS_sigaltstack,
+        [scratch, 0, 0, 0, 0, 0],
+    )?;
     Ok(())
 }

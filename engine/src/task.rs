@@ -25,12 +25,18 @@ pub fn collect_core(pid: i32, r: &mut Remote) -> Result<(Core, Creds)> {
     };
     let personality = std::fs::read_to_string(format!("/proc/{pid}/personality"))
         .map_err(|e| perr(pid, "reading personality", e))
-        .and_then(|s| u32::from_str_radix(s.trim(), 16).map_err(|e| perr(pid, "parsing personality", e)))?;
+        .and_then(|s| {
+            u32::from_str_radix(s.trim(), 16).map_err(|e| perr(pid, "parsing personality", e))
+        })?;
     let comm = std::fs::read_to_string(format!("/proc/{pid}/comm"))
         .map_err(|e| perr(pid, "reading comm", e))?
         .trim_end_matches('\n')
         .to_string();
-    let dumpable = r.call("prctl(PR_GET_DUMPABLE)", libc::SYS_prctl, [libc::PR_GET_DUMPABLE as u64, 0, 0, 0, 0, 0])? as i32;
+    let dumpable = r.call(
+        "prctl(PR_GET_DUMPABLE)",
+        libc::SYS_prctl,
+        [libc::PR_GET_DUMPABLE as u64, 0, 0, 0, 0, 0],
+    )? as i32;
     let scratch = r.scratch(4096)?;
     r.call(
         "prctl(PR_GET_PDEATHSIG)",
@@ -91,7 +97,11 @@ pub fn collect_rlimits(pid: i32) -> Result<Vec<Rlimit>> {
         // SAFETY: prlimit64 with a null new limit only writes the old one into `old`.
         let rc = unsafe { libc::prlimit64(pid, res as _, std::ptr::null(), &mut old) };
         if rc != 0 {
-            return Err(perr(pid, &format!("prlimit({res})"), std::io::Error::last_os_error()));
+            return Err(perr(
+                pid,
+                &format!("prlimit({res})"),
+                std::io::Error::last_os_error(),
+            ));
         }
         out.push(Rlimit {
             resource: res,
@@ -130,17 +140,36 @@ pub fn restore_rlimits(pid: i32, limits: &[Rlimit]) -> Result<()> {
 pub fn restore_core(r: &mut Remote, c: &Core, scratch: u64) -> Result<()> {
     r.call("umask", libc::SYS_umask, [c.umask as u64, 0, 0, 0, 0, 0])?;
     put_cstr(r, scratch, &c.cwd)?;
-    r.call(&format!("chdir({})", c.cwd), libc::SYS_chdir, [scratch, 0, 0, 0, 0, 0])?;
-    r.call("personality", libc::SYS_personality, [c.personality as u64, 0, 0, 0, 0, 0])?;
+    r.call(
+        &format!("chdir({})", c.cwd),
+        libc::SYS_chdir,
+        [scratch, 0, 0, 0, 0, 0],
+    )?;
+    r.call(
+        "personality",
+        libc::SYS_personality,
+        [c.personality as u64, 0, 0, 0, 0, 0],
+    )?;
     let mut comm = c.comm.as_bytes().to_vec();
     comm.truncate(15);
     comm.push(0);
     r.write_mem(scratch, &comm)?;
-    r.call("prctl(PR_SET_NAME)", libc::SYS_prctl, [libc::PR_SET_NAME as u64, scratch, 0, 0, 0, 0])?;
+    r.call(
+        "prctl(PR_SET_NAME)",
+        libc::SYS_prctl,
+        [libc::PR_SET_NAME as u64, scratch, 0, 0, 0, 0],
+    )?;
     r.call(
         "prctl(PR_SET_PDEATHSIG)",
         libc::SYS_prctl,
-        [libc::PR_SET_PDEATHSIG as u64, c.pdeath_signal as u64, 0, 0, 0, 0],
+        [
+            libc::PR_SET_PDEATHSIG as u64,
+            c.pdeath_signal as u64,
+            0,
+            0,
+            0,
+            0,
+        ],
     )?;
     Ok(())
 }
@@ -169,12 +198,23 @@ pub fn restore_creds(r: &mut Remote, cr: &Creds, core: &Core, scratch: u64) -> R
     if now != *cr {
         set_creds(r, cr, &now, scratch)?;
     }
-    let dumpable = r.call("prctl(PR_GET_DUMPABLE)", libc::SYS_prctl, [libc::PR_GET_DUMPABLE as u64, 0, 0, 0, 0, 0])?;
+    let dumpable = r.call(
+        "prctl(PR_GET_DUMPABLE)",
+        libc::SYS_prctl,
+        [libc::PR_GET_DUMPABLE as u64, 0, 0, 0, 0, 0],
+    )?;
     if dumpable as i32 != core.dumpable {
         r.call(
             "prctl(PR_SET_DUMPABLE)",
             libc::SYS_prctl,
-            [libc::PR_SET_DUMPABLE as u64, core.dumpable as u64, 0, 0, 0, 0],
+            [
+                libc::PR_SET_DUMPABLE as u64,
+                core.dumpable as u64,
+                0,
+                0,
+                0,
+                0,
+            ],
         )?;
     }
     if core.no_new_privs {
@@ -194,7 +234,10 @@ fn set_creds(r: &mut Remote, cr: &Creds, now: &Creds, scratch: u64) -> Result<()
             continue;
         }
         if cr.cap_bnd & (1 << cap) == 0 {
-            let rc = r.syscall_raw(libc::SYS_prctl, [libc::PR_CAPBSET_DROP as u64, cap, 0, 0, 0, 0])?;
+            let rc = r.syscall_raw(
+                libc::SYS_prctl,
+                [libc::PR_CAPBSET_DROP as u64, cap, 0, 0, 0, 0],
+            )?;
             if rc == -(libc::EINVAL as i64) {
                 break; // past the last capability this kernel knows
             }
@@ -208,12 +251,50 @@ fn set_creds(r: &mut Remote, cr: &Creds, now: &Creds, scratch: u64) -> Result<()
         });
     }
     r.write_mem(scratch, &groups)?;
-    r.call("setgroups", libc::SYS_setgroups, [cr.groups.len() as u64, scratch, 0, 0, 0, 0])?;
-    r.call("prctl(PR_SET_KEEPCAPS)", libc::SYS_prctl, [libc::PR_SET_KEEPCAPS as u64, 1, 0, 0, 0, 0])?;
-    r.call("setresgid", libc::SYS_setresgid, [cr.gid[0] as u64, cr.gid[1] as u64, cr.gid[2] as u64, 0, 0, 0])?;
-    r.call("setfsgid", libc::SYS_setfsgid, [cr.gid[3] as u64, 0, 0, 0, 0, 0])?;
-    r.call("setresuid", libc::SYS_setresuid, [cr.uid[0] as u64, cr.uid[1] as u64, cr.uid[2] as u64, 0, 0, 0])?;
-    r.call("setfsuid", libc::SYS_setfsuid, [cr.uid[3] as u64, 0, 0, 0, 0, 0])?;
+    r.call(
+        "setgroups",
+        libc::SYS_setgroups,
+        [cr.groups.len() as u64, scratch, 0, 0, 0, 0],
+    )?;
+    r.call(
+        "prctl(PR_SET_KEEPCAPS)",
+        libc::SYS_prctl,
+        [libc::PR_SET_KEEPCAPS as u64, 1, 0, 0, 0, 0],
+    )?;
+    r.call(
+        "setresgid",
+        libc::SYS_setresgid,
+        [
+            cr.gid[0] as u64,
+            cr.gid[1] as u64,
+            cr.gid[2] as u64,
+            0,
+            0,
+            0,
+        ],
+    )?;
+    r.call(
+        "setfsgid",
+        libc::SYS_setfsgid,
+        [cr.gid[3] as u64, 0, 0, 0, 0, 0],
+    )?;
+    r.call(
+        "setresuid",
+        libc::SYS_setresuid,
+        [
+            cr.uid[0] as u64,
+            cr.uid[1] as u64,
+            cr.uid[2] as u64,
+            0,
+            0,
+            0,
+        ],
+    )?;
+    r.call(
+        "setfsuid",
+        libc::SYS_setfsuid,
+        [cr.uid[3] as u64, 0, 0, 0, 0, 0],
+    )?;
     // capset, version 3: a header and two data words.
     let mut b = Vec::with_capacity(8 + 24);
     b.extend_from_slice(&0x2008_0522u32.to_le_bytes());
@@ -224,14 +305,29 @@ fn set_creds(r: &mut Remote, cr: &Creds, now: &Creds, scratch: u64) -> Result<()
         b.extend_from_slice(&((cr.cap_inh >> half) as u32).to_le_bytes());
     }
     r.write_mem(scratch, &b)?;
-    r.call("capset", libc::SYS_capset, [scratch, scratch + 8, 0, 0, 0, 0])?;
-    r.call("prctl(PR_SET_KEEPCAPS)", libc::SYS_prctl, [libc::PR_SET_KEEPCAPS as u64, 0, 0, 0, 0, 0])?;
+    r.call(
+        "capset",
+        libc::SYS_capset,
+        [scratch, scratch + 8, 0, 0, 0, 0],
+    )?;
+    r.call(
+        "prctl(PR_SET_KEEPCAPS)",
+        libc::SYS_prctl,
+        [libc::PR_SET_KEEPCAPS as u64, 0, 0, 0, 0, 0],
+    )?;
     for cap in 0..64u64 {
         if cr.cap_amb & (1 << cap) != 0 {
             r.call(
                 "prctl(PR_CAP_AMBIENT_RAISE)",
                 libc::SYS_prctl,
-                [libc::PR_CAP_AMBIENT as u64, libc::PR_CAP_AMBIENT_RAISE as u64, cap, 0, 0, 0],
+                [
+                    libc::PR_CAP_AMBIENT as u64,
+                    libc::PR_CAP_AMBIENT_RAISE as u64,
+                    cap,
+                    0,
+                    0,
+                    0,
+                ],
             )?;
         }
     }

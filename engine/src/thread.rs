@@ -52,7 +52,12 @@ pub fn resume_regs(regs: &Regs, same_task: bool) -> (Regs, Option<SyscallState>)
 }
 
 /// Collects one thread; `r` controls it (scratch memory available).
-pub fn collect(tid: i32, ns_tid: i32, r: &mut Remote, deferred: Option<i32>) -> Result<ThreadImage> {
+pub fn collect(
+    tid: i32,
+    ns_tid: i32,
+    r: &mut Remote,
+    deferred: Option<i32>,
+) -> Result<ThreadImage> {
     let regs = Regs::from(&r.saved_regs());
     let (regs, in_syscall) = resume_regs(&regs, false);
     let xstate = sys::ptrace::get_xstate(tid)?;
@@ -133,7 +138,14 @@ pub fn unregister_rseq(r: &mut Remote) -> Result<()> {
             r.call(
                 "rseq(unregister)",
                 libc::SYS_rseq,
-                [c.rseq_abi_pointer, c.rseq_abi_size as u64, 1, c.signature as u64, 0, 0],
+                [
+                    c.rseq_abi_pointer,
+                    c.rseq_abi_size as u64,
+                    1,
+                    c.signature as u64,
+                    0,
+                    0,
+                ],
             )?;
         }
     }

@@ -31,8 +31,9 @@ pub fn check_rebuildable(procs: &[ProcessEntry]) -> Result<()> {
         if p.zombie.is_none() && !(sid_ok && pgid_ok) {
             return Err(Error::Unsupported {
                 pid: p.pid,
-                what: "a process whose session or process group is neither its own nor its parent's"
-                    .into(),
+                what:
+                    "a process whose session or process group is neither its own nor its parent's"
+                        .into(),
                 detail: format!("sid {}, pgid {}, parent {}", p.sid, p.pgid, p.ppid),
             });
         }
@@ -82,7 +83,9 @@ fn spawn(plans: &[Plan], idx: usize, ready_fd: i32) -> std::result::Result<i32, 
 }
 
 fn errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EIO)
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
 }
 
 /// Body of a restored process until it is seized. Returns an errno on failure.
@@ -157,7 +160,11 @@ fn become_zombie(status: i32) -> ! {
 
 /// Run in the sandbox's init: forks the roots (processes whose parent was
 /// init). Returns their PIDs.
-pub fn fork_roots(plans: &[Plan], roots: &[usize], ready_fd: i32) -> std::result::Result<Vec<i32>, String> {
+pub fn fork_roots(
+    plans: &[Plan],
+    roots: &[usize],
+    ready_fd: i32,
+) -> std::result::Result<Vec<i32>, String> {
     let mut out = Vec::new();
     for &r in roots {
         let pid = spawn(plans, r, ready_fd).map_err(|e| {

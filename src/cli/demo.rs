@@ -29,7 +29,10 @@ fn wait_count(log: &Path, n: u64, timeout: Duration) -> Result<u64> {
             }
         }
         if Instant::now() > deadline {
-            bail!("the workload did not reach count {n} within {timeout:?} (log {})", log.display());
+            bail!(
+                "the workload did not reach count {n} within {timeout:?} (log {})",
+                log.display()
+            );
         }
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -57,7 +60,11 @@ impl Drop for Cleanup<'_> {
 
 pub fn run(state_dir: &Path) -> Result<u8> {
     let mut out = std::io::stdout().lock();
-    let tag = format!("{}-{}", std::process::id(), Instant::now().elapsed().subsec_nanos() % 10000);
+    let tag = format!(
+        "{}-{}",
+        std::process::id(),
+        Instant::now().elapsed().subsec_nanos() % 10000
+    );
     let name = format!("demo-{tag}");
     let restored_name = format!("demo-{tag}-restored");
     let image = std::env::temp_dir().join(format!("stasis-demo-{tag}"));
@@ -77,18 +84,24 @@ pub fn run(state_dir: &Path) -> Result<u8> {
     )
     .context("starting the demo workload")?;
     let log = sb.log_path();
-    writeln!(out, "[2/4] started sandbox {name}: a shell counting every 100 ms")?;
+    writeln!(
+        out,
+        "[2/4] started sandbox {name}: a shell counting every 100 ms"
+    )?;
     let c = wait_count(&log, 10, Duration::from_secs(20))?;
     writeln!(out, "      ... count {c}")?;
 
     // The dump removes the sandbox and its log: keep the log open to read
     // where the count stood when the workload was frozen.
     let old_log = std::fs::File::open(&log).context("opening the workload's log")?;
-    let st = engine::dump(state_dir, &name, &image, &engine::DumpOptions::default()).context("dump")?;
+    let st =
+        engine::dump(state_dir, &name, &image, &engine::DumpOptions::default()).context("dump")?;
     let at_dump = {
         use std::io::Read;
         let mut text = String::new();
-        (&old_log).read_to_string(&mut text).context("reading the workload's log")?;
+        (&old_log)
+            .read_to_string(&mut text)
+            .context("reading the workload's log")?;
         text.lines()
             .rev()
             .find_map(|l| l.strip_prefix("count ")?.trim().parse::<u64>().ok())
@@ -104,8 +117,14 @@ pub fn run(state_dir: &Path) -> Result<u8> {
         image.display()
     )?;
 
-    let r = engine::restore(state_dir, &image, &engine::RestoreOptions { name: Some(restored_name.clone()) })
-        .context("restore")?;
+    let r = engine::restore(
+        state_dir,
+        &image,
+        &engine::RestoreOptions {
+            name: Some(restored_name.clone()),
+        },
+    )
+    .context("restore")?;
     let rlog = r.sandbox.log_path();
     writeln!(
         out,
@@ -119,7 +138,10 @@ pub fn run(state_dir: &Path) -> Result<u8> {
         writeln!(out, "      {l}")?;
     }
     if first != at_dump + 1 {
-        bail!("the restored workload went on at count {first}, expected {}", at_dump + 1);
+        bail!(
+            "the restored workload went on at count {first}, expected {}",
+            at_dump + 1
+        );
     }
     writeln!(
         out,

@@ -80,9 +80,15 @@ pub fn restore(state_dir: &Path, a: RestoreArgs) -> Result<u8> {
         // Held back until the workload runs, then passed on to it.
         sandbox::block_signals(sandbox::FORWARDED);
     }
-    let opts = engine::RestoreOptions { name: a.name.clone() };
-    let r = engine::restore(state_dir, &a.dir, &opts)
-        .with_context(|| format!("restore of {} failed; nothing was left behind", a.dir.display()))?;
+    let opts = engine::RestoreOptions {
+        name: a.name.clone(),
+    };
+    let r = engine::restore(state_dir, &a.dir, &opts).with_context(|| {
+        format!(
+            "restore of {} failed; nothing was left behind",
+            a.dir.display()
+        )
+    })?;
     let name = r.sandbox.name().to_string();
     if a.detach {
         if a.json {
@@ -109,7 +115,8 @@ pub fn restore(state_dir: &Path, a: RestoreArgs) -> Result<u8> {
 }
 
 pub fn inspect(a: InspectArgs) -> Result<u8> {
-    let s = engine::inspect::inspect(&a.dir).with_context(|| format!("image {}", a.dir.display()))?;
+    let s =
+        engine::inspect::inspect(&a.dir).with_context(|| format!("image {}", a.dir.display()))?;
     if a.json {
         println!("{}", serde_json::to_string_pretty(&s)?);
     } else {

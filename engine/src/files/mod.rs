@@ -33,9 +33,11 @@ pub struct FdInfo {
 }
 
 pub fn read_fdinfo(pid: i32, fd: i32) -> Result<FdInfo> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).map_err(|e| Error::Process {
-        pid,
-        reason: format!("reading fdinfo of fd {fd}: {e}"),
+    let text = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).map_err(|e| {
+        Error::Process {
+            pid,
+            reason: format!("reading fdinfo of fd {fd}: {e}"),
+        }
     })?;
     let mut info = FdInfo { pos: 0, flags: 0 };
     for line in text.lines() {
@@ -60,7 +62,9 @@ impl FileTable {
     /// `log` is the sandbox's log file: fds on it are reopened on the new log.
     pub fn new(log: &std::path::Path) -> Self {
         use std::os::unix::fs::MetadataExt;
-        let log_id = std::fs::metadata(log).map(|m| (m.dev(), m.ino())).unwrap_or((u64::MAX, u64::MAX));
+        let log_id = std::fs::metadata(log)
+            .map(|m| (m.dev(), m.ino()))
+            .unwrap_or((u64::MAX, u64::MAX));
         FileTable {
             image: FilesImage::default(),
             reps: Vec::new(),
@@ -74,7 +78,13 @@ impl FileTable {
     /// error naming the process, the fd and its kind.
     /// `host_pid` is the process seen from here, `pid` its PID in the sandbox
     /// (the one errors name).
-    pub fn collect(&mut self, host_pid: i32, pid: i32, pidfd: &OwnedFd, blobs: &mut PageSink) -> Result<Vec<FdEntry>> {
+    pub fn collect(
+        &mut self,
+        host_pid: i32,
+        pid: i32,
+        pidfd: &OwnedFd,
+        blobs: &mut PageSink,
+    ) -> Result<Vec<FdEntry>> {
         let mut fds: Vec<i32> = std::fs::read_dir(format!("/proc/{host_pid}/fd"))
             .map_err(|e| Error::Process {
                 pid,
@@ -103,7 +113,10 @@ impl FileTable {
             let key = (st.st_dev, st.st_ino);
             // Already seen through another fd?
             if let Some(ids) = self.by_inode.get(&key) {
-                if let Some(&i) = ids.iter().find(|&&i| kcmp_same(self.reps[i].2.as_raw_fd(), dup.as_raw_fd())) {
+                if let Some(&i) = ids
+                    .iter()
+                    .find(|&&i| kcmp_same(self.reps[i].2.as_raw_fd(), dup.as_raw_fd()))
+                {
                     out.push(FdEntry {
                         fd,
                         cloexec,
@@ -165,12 +178,19 @@ pub struct OpenFiles {
 
 /// Opens every description of the image (run in the sandbox's mount
 /// namespace, before the tree is forked). `log_fd` is the new sandbox's log.
-pub fn open_all(files: &FilesImage, blobs: Option<&std::fs::File>, log_fd: RawFd) -> Result<OpenFiles> {
+pub fn open_all(
+    files: &FilesImage,
+    blobs: Option<&std::fs::File>,
+    log_fd: RawFd,
+) -> Result<OpenFiles> {
     let mut pipes = pipe::PipeSet::create(&files.pipes, blobs)?;
     let mut fds = Vec::with_capacity(files.files.len());
     for (i, f) in files.files.iter().enumerate() {
         if f.id as usize != i {
-            return Err(Error::Other(format!("image: file id {} out of order", f.id)));
+            return Err(Error::Other(format!(
+                "image: file id {} out of order",
+                f.id
+            )));
         }
         let fd = match &f.kind {
             FileKind::SandboxLog => regular::dup_log(log_fd)?,

@@ -44,13 +44,23 @@ fn set_pipe_size(fd: &OwnedFd, size: u64) -> std::io::Result<u64> {
     }
 }
 
-pub fn collect(pid: i32, fd: i32, dup: &OwnedFd, ino: u64, id: u32, blobs: &mut PageSink) -> Result<PipeImage> {
-    let capacity = pipe_size(dup).map_err(io_err(format!("process {pid}: F_GETPIPE_SZ of fd {fd}")))?;
+pub fn collect(
+    pid: i32,
+    fd: i32,
+    dup: &OwnedFd,
+    ino: u64,
+    id: u32,
+    blobs: &mut PageSink,
+) -> Result<PipeImage> {
+    let capacity =
+        pipe_size(dup).map_err(io_err(format!("process {pid}: F_GETPIPE_SZ of fd {fd}")))?;
     let reader = File::options()
         .read(true)
         .custom_flags(libc::O_NONBLOCK)
         .open(format!("/proc/{pid}/fd/{fd}"))
-        .map_err(io_err(format!("process {pid}: opening a read end of the pipe at fd {fd}")))?;
+        .map_err(io_err(format!(
+            "process {pid}: opening a read end of the pipe at fd {fd}"
+        )))?;
     let (our_r, our_w) = pipe2(libc::O_NONBLOCK).map_err(io_err("pipe2".into()))?;
     set_pipe_size(&our_w, capacity.max(4096)).map_err(io_err(format!(
         "process {pid}: sizing a pipe of {capacity} bytes for fd {fd}"
@@ -81,9 +91,9 @@ pub fn collect(pid: i32, fd: i32, dup: &OwnedFd, ino: u64, id: u32, blobs: &mut 
         // SAFETY: reading into our own buffer from our own pipe.
         let r = unsafe { libc::read(our_r.as_raw_fd(), data[got..].as_mut_ptr().cast(), n - got) };
         if r <= 0 {
-            return Err(io_err(format!("process {pid}: reading pipe data of fd {fd}"))(
-                std::io::Error::last_os_error(),
-            ));
+            return Err(io_err(format!(
+                "process {pid}: reading pipe data of fd {fd}"
+            ))(std::io::Error::last_os_error()));
         }
         got += r as usize;
     }
@@ -137,7 +147,9 @@ impl PipeSet {
         }
         let mut buf = vec![0u8; img.data.len as usize];
         if !buf.is_empty() {
-            let fd = self.blobs_fd.ok_or_else(|| Error::Other("image: blobs.img missing".into()))?;
+            let fd = self
+                .blobs_fd
+                .ok_or_else(|| Error::Other("image: blobs.img missing".into()))?;
             // SAFETY: borrowing the blobs fd as a File without taking ownership.
             let f = std::mem::ManuallyDrop::new(unsafe { File::from_raw_fd(fd) });
             f.read_exact_at(&mut buf, img.data.offset)
@@ -183,9 +195,17 @@ impl PipeSet {
             let mut done = 0;
             while done < data.len() {
                 // SAFETY: writing our buffer into our own pipe.
-                let n = unsafe { libc::write(wfd.as_raw_fd(), data[done..].as_ptr().cast(), data.len() - done) };
+                let n = unsafe {
+                    libc::write(
+                        wfd.as_raw_fd(),
+                        data[done..].as_ptr().cast(),
+                        data.len() - done,
+                    )
+                };
                 if n <= 0 {
-                    return Err(io_err(format!("refilling pipe {id}"))(std::io::Error::last_os_error()));
+                    return Err(io_err(format!("refilling pipe {id}"))(
+                        std::io::Error::last_os_error(),
+                    ));
                 }
                 done += n as usize;
             }
@@ -232,7 +252,9 @@ impl PipeSet {
         let fl = flags as i32 & !(libc::O_ACCMODE | libc::O_CLOEXEC);
         // SAFETY: F_SETFL on an fd we own.
         if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, fl) } < 0 {
-            return Err(io_err(format!("setting flags of pipe {id}"))(std::io::Error::last_os_error()));
+            return Err(io_err(format!("setting flags of pipe {id}"))(
+                std::io::Error::last_os_error(),
+            ));
         }
         Ok(fd)
     }

@@ -16,7 +16,15 @@ const DELETED: &str = " (deleted)";
 /// Largest deleted file whose contents are saved.
 const MAX_DELETED_BYTES: u64 = 1 << 30;
 
-pub fn collect(pid: i32, fd: i32, link: &str, dup: &OwnedFd, st: &FileStat, pos: u64, blobs: &mut PageSink) -> Result<FileKind> {
+pub fn collect(
+    pid: i32,
+    fd: i32,
+    link: &str,
+    dup: &OwnedFd,
+    st: &FileStat,
+    pos: u64,
+    blobs: &mut PageSink,
+) -> Result<FileKind> {
     let fmt = st.st_mode & libc::S_IFMT;
     let mut path = link.to_string();
     let mut deleted = None;
@@ -44,10 +52,11 @@ pub fn collect(pid: i32, fd: i32, link: &str, dup: &OwnedFd, st: &FileStat, pos:
         let mut done = 0u64;
         while done < size {
             let n = ((size - done) as usize).min(buf.len());
-            f.read_exact_at(&mut buf[..n], done).map_err(|e| Error::Process {
-                pid,
-                reason: format!("reading deleted file {path} (fd {fd}): {e}"),
-            })?;
+            f.read_exact_at(&mut buf[..n], done)
+                .map_err(|e| Error::Process {
+                    pid,
+                    reason: format!("reading deleted file {path} (fd {fd}): {e}"),
+                })?;
             blobs.write_all(&buf[..n])?;
             done += n as u64;
         }
@@ -86,10 +95,18 @@ fn open_raw(path: &str, flags: i32, mode: u32) -> std::io::Result<OwnedFd> {
 
 /// Reopens a file description: same path, flags and offset.
 pub fn open(f: &FileDesc, blobs: Option<&File>) -> Result<OwnedFd> {
-    let FileKind::Path { path, pos, mode, deleted, .. } = &f.kind else {
+    let FileKind::Path {
+        path,
+        pos,
+        mode,
+        deleted,
+        ..
+    } = &f.kind
+    else {
         unreachable!("regular::open takes path descriptions");
     };
-    let flags = (f.flags as i32) & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_CLOEXEC);
+    let flags =
+        (f.flags as i32) & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_CLOEXEC);
     let fd = if let Some(blob) = deleted {
         recreate_deleted(path, *blob, flags, blobs)?
     } else {
@@ -124,7 +141,10 @@ pub fn open(f: &FileDesc, blobs: Option<&File>) -> Result<OwnedFd> {
 fn recreate_deleted(path: &str, blob: Blob, flags: i32, blobs: Option<&File>) -> Result<OwnedFd> {
     let blobs = blobs.ok_or_else(|| Error::Other("image: blobs.img missing".into()))?;
     if blob.len > MAX_DELETED_BYTES {
-        return Err(Error::Other(format!("image: deleted file {path} of {} bytes", blob.len)));
+        return Err(Error::Other(format!(
+            "image: deleted file {path} of {} bytes",
+            blob.len
+        )));
     }
     let mut name = path.to_string();
     let mut n = 0;

@@ -62,8 +62,8 @@ impl ImageWriter {
         let created_dir = match fs::DirBuilder::new().mode(0o700).create(dir) {
             Ok(()) => true,
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                let mut entries = fs::read_dir(dir)
-                    .map_err(io(format!("image directory {}", dir.display())))?;
+                let mut entries =
+                    fs::read_dir(dir).map_err(io(format!("image directory {}", dir.display())))?;
                 if entries.next().is_some() {
                     return Err(bad(
                         dir,
@@ -124,8 +124,8 @@ impl ImageWriter {
     }
 
     pub fn write_json<T: Serialize>(&mut self, name: &str, value: &T) -> Result<()> {
-        let bytes = serde_json::to_vec(value)
-            .map_err(|e| Error::Other(format!("encoding {name}: {e}")))?;
+        let bytes =
+            serde_json::to_vec(value).map_err(|e| Error::Other(format!("encoding {name}: {e}")))?;
         let mut sink = self.create_file(name)?;
         sink.write_all(&bytes)?;
         self.commit_file(sink)?;
@@ -277,13 +277,19 @@ impl ImageReader {
                 total += n as u64;
             }
             if total != entry.size {
-                return Err(bad(&path, format!("size {total}, manifest says {}", entry.size)));
+                return Err(bad(
+                    &path,
+                    format!("size {total}, manifest says {}", entry.size),
+                ));
             }
             let sum = format!("{:016x}", h.digest());
             if sum != entry.xxh3 {
                 return Err(bad(
                     &path,
-                    format!("checksum mismatch (xxh3 {sum}, manifest says {})", entry.xxh3),
+                    format!(
+                        "checksum mismatch (xxh3 {sum}, manifest says {})",
+                        entry.xxh3
+                    ),
                 ));
             }
         }
@@ -306,7 +312,11 @@ impl ImageReader {
         if meta.len() != entry.size {
             return Err(bad(
                 &path,
-                format!("size {}, manifest says {} (truncated?)", meta.len(), entry.size),
+                format!(
+                    "size {}, manifest says {} (truncated?)",
+                    meta.len(),
+                    entry.size
+                ),
             ));
         }
         Ok(f)
@@ -326,7 +336,10 @@ impl ImageReader {
             .get(name)
             .ok_or_else(|| bad(&path, "missing from the manifest"))?;
         if entry.size > limits::MAX_JSON_BYTES {
-            return Err(bad(&path, format!("metadata of {} bytes is too large", entry.size)));
+            return Err(bad(
+                &path,
+                format!("metadata of {} bytes is too large", entry.size),
+            ));
         }
         let mut f = self.open_checked(name)?;
         let mut bytes = Vec::with_capacity(entry.size as usize);
@@ -350,10 +363,15 @@ fn read_bounded(path: &Path, max: u64) -> Result<Vec<u8>> {
             io(format!("opening {}", path.display()))(e)
         }
     })?;
-    let meta = f.metadata().map_err(io(format!("stat {}", path.display())))?;
+    let meta = f
+        .metadata()
+        .map_err(io(format!("stat {}", path.display())))?;
     check_owner_mode(path, &meta)?;
     if meta.len() > max {
-        return Err(bad(path, format!("{} bytes, more than the {max} allowed", meta.len())));
+        return Err(bad(
+            path,
+            format!("{} bytes, more than the {max} allowed", meta.len()),
+        ));
     }
     let mut bytes = Vec::with_capacity(meta.len() as usize);
     f.take(max + 1)
@@ -370,7 +388,10 @@ fn check_owner_mode(path: &Path, meta: &fs::Metadata) -> Result<()> {
     if meta.uid() != euid {
         return Err(bad(
             path,
-            format!("owned by uid {}, not by uid {euid} who restores it", meta.uid()),
+            format!(
+                "owned by uid {}, not by uid {euid} who restores it",
+                meta.uid()
+            ),
         ));
     }
     if meta.mode() & 0o077 != 0 {

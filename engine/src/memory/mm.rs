@@ -18,7 +18,8 @@ fn perr(pid: i32, what: &str, e: impl std::fmt::Display) -> Error {
 pub fn collect(pid: i32, r: &mut Remote) -> Result<MmImage> {
     let proc = procfs::process::Process::new(pid).map_err(|e| perr(pid, "opening /proc", e))?;
     let st = proc.stat().map_err(|e| perr(pid, "reading stat", e))?;
-    let auxv_raw = std::fs::read(format!("/proc/{pid}/auxv")).map_err(|e| perr(pid, "reading auxv", e))?;
+    let auxv_raw =
+        std::fs::read(format!("/proc/{pid}/auxv")).map_err(|e| perr(pid, "reading auxv", e))?;
     let auxv: Vec<u64> = auxv_raw
         .chunks_exact(8)
         .map(|c| u64::from_le_bytes(c.try_into().expect("8 bytes")))
@@ -53,7 +54,7 @@ pub fn collect(pid: i32, r: &mut Remote) -> Result<MmImage> {
 }
 
 pub fn validate(pid: i32, mm: &MmImage) -> Result<()> {
-    if mm.auxv.len() > limits::MAX_AUXV_WORDS || mm.auxv.len() % 2 != 0 {
+    if mm.auxv.len() > limits::MAX_AUXV_WORDS || !mm.auxv.len().is_multiple_of(2) {
         return Err(Error::Other(format!(
             "image of process {pid}: auxv of {} words",
             mm.auxv.len()
@@ -82,7 +83,9 @@ pub fn restore_vdso(r: &mut Remote, vmas: &[Vma]) -> Result<()> {
     // The kernel's layout must match the dumped one, area by area.
     let now = crate::memory::collect(r.tid)?;
     for v in &special {
-        let ok = now.iter().any(|n| n.start == v.start && n.end == v.end && n.kind == v.kind);
+        let ok = now
+            .iter()
+            .any(|n| n.start == v.start && n.end == v.end && n.kind == v.kind);
         if !ok {
             return Err(Error::Process {
                 pid: r.tid,
@@ -132,7 +135,14 @@ pub fn restore_mm(r: &mut Remote, mm: &MmImage, exe_fd: u64, scratch: u64) -> Re
     r.call(
         "prctl(PR_SET_MM, PR_SET_MM_MAP)",
         libc::SYS_prctl,
-        [libc::PR_SET_MM as u64, libc::PR_SET_MM_MAP as u64, scratch, 104, 0, 0],
+        [
+            libc::PR_SET_MM as u64,
+            libc::PR_SET_MM_MAP as u64,
+            scratch,
+            104,
+            0,
+            0,
+        ],
     )?;
     Ok(())
 }

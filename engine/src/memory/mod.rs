@@ -75,7 +75,9 @@ pub fn collect(pid: i32) -> Result<Vec<Vma>> {
                 },
                 "[vvar]".to_string(),
             ),
-            MMapPath::Other(s) if SPECIAL.contains(&format!("[{}]", s.trim_matches(['[', ']'])).as_str()) => {
+            MMapPath::Other(s)
+                if SPECIAL.contains(&format!("[{}]", s.trim_matches(['[', ']'])).as_str()) =>
+            {
                 let n = format!("[{}]", s.trim_matches(['[', ']']));
                 (VmaKind::Special { name: n.clone() }, n)
             }
@@ -84,7 +86,8 @@ pub fn collect(pid: i32) -> Result<Vec<Vma>> {
             MMapPath::TStack(_) | MMapPath::Anonymous => (VmaKind::Anon, String::new()),
             MMapPath::Path(p) => {
                 let s = p.to_string_lossy().to_string();
-                if shared && m.inode != 0 && (s.starts_with("/dev/zero") || s.starts_with("/SYSV")) {
+                if shared && m.inode != 0 && (s.starts_with("/dev/zero") || s.starts_with("/SYSV"))
+                {
                     if s.starts_with("/SYSV") {
                         return Err(Error::Unsupported {
                             pid,
@@ -159,10 +162,11 @@ pub fn collect(pid: i32) -> Result<Vec<Vma>> {
 
 /// Areas currently mapped in `pid`, as (start, end), from /proc/PID/maps.
 pub fn current_ranges(pid: i32) -> Result<Vec<(u64, u64)>> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/maps")).map_err(|e| Error::Process {
-        pid,
-        reason: format!("reading maps: {e}"),
-    })?;
+    let text =
+        std::fs::read_to_string(format!("/proc/{pid}/maps")).map_err(|e| Error::Process {
+            pid,
+            reason: format!("reading maps: {e}"),
+        })?;
     let mut v = Vec::new();
     for line in text.lines() {
         let range = line.split_whitespace().next().unwrap_or("");
@@ -235,10 +239,18 @@ impl Rebuild {
         r.adopt_scratch(at + PAGE_SIZE, len - PAGE_SIZE);
         // Everything below and above the trampoline goes.
         if at > LOW_LIMIT {
-            r.call("munmap(low)", libc::SYS_munmap, [LOW_LIMIT, at - LOW_LIMIT, 0, 0, 0, 0])?;
+            r.call(
+                "munmap(low)",
+                libc::SYS_munmap,
+                [LOW_LIMIT, at - LOW_LIMIT, 0, 0, 0, 0],
+            )?;
         }
         let top = at + len;
-        r.call("munmap(high)", libc::SYS_munmap, [top, TASK_SIZE - top, 0, 0, 0, 0])?;
+        r.call(
+            "munmap(high)",
+            libc::SYS_munmap,
+            [top, TASK_SIZE - top, 0, 0, 0, 0],
+        )?;
         Ok(Rebuild {
             trampoline: at,
             files: HashMap::new(),
@@ -266,7 +278,14 @@ impl Rebuild {
             .call(
                 &format!("open {path}"),
                 libc::SYS_openat,
-                [libc::AT_FDCWD as u64, at, (flags | libc::O_CLOEXEC) as u64, 0, 0, 0],
+                [
+                    libc::AT_FDCWD as u64,
+                    at,
+                    (flags | libc::O_CLOEXEC) as u64,
+                    0,
+                    0,
+                    0,
+                ],
             )
             .map_err(|e| Error::Process {
                 pid: r.tid,
@@ -329,7 +348,11 @@ impl Rebuild {
         }
         let len = v.end - v.start;
         if !v.pages.is_empty() && v.prot & libc::PROT_WRITE as u32 == 0 {
-            r.call("mprotect", libc::SYS_mprotect, [v.start, len, v.prot as u64, 0, 0, 0])?;
+            r.call(
+                "mprotect",
+                libc::SYS_mprotect,
+                [v.start, len, v.prot as u64, 0, 0, 0],
+            )?;
         }
         for a in &v.advice {
             if let Some((_, _, adv)) = ADVICE.iter().find(|(_, n, _)| n == a) {

@@ -144,7 +144,10 @@ pub fn dump(pid: i32, vmas: &mut [Vma], sink: &mut PageSink) -> Result<u64> {
                 let n = ((end - addr) as usize).min(CHUNK);
                 let chunk = &mut buf[..n];
                 let got = if readable {
-                    let remote = [RemoteIoVec { base: addr as usize, len: n }];
+                    let remote = [RemoteIoVec {
+                        base: addr as usize,
+                        len: n,
+                    }];
                     process_vm_readv(Pid::from_raw(pid), &mut [IoSliceMut::new(chunk)], &remote)
                         .ok()
                         .filter(|&got| got == n)
@@ -196,7 +199,9 @@ pub fn validate(pid: i32, vmas: &[Vma], page_file_size: u64) -> Result<()> {
                 r.addr >= v.start
                     && r.addr % PAGE_SIZE == 0
                     && r.addr.checked_add(len).is_some_and(|e| e <= v.end)
-                    && r.offset.checked_add(len).is_some_and(|e| e <= page_file_size)
+                    && r.offset
+                        .checked_add(len)
+                        .is_some_and(|e| e <= page_file_size)
             });
             if !ok {
                 return Err(Error::Other(format!(
@@ -221,7 +226,10 @@ const IOV_BATCH: usize = 512;
 /// copy, many runs per call, no syscall injected but the bulk populate.
 pub fn restore(r: &mut Remote, vmas: &[Vma], pages: &File) -> Result<u64> {
     use std::os::fd::AsRawFd;
-    let size = pages.metadata().map_err(|e| Error::Other(format!("page file: {e}")))?.len();
+    let size = pages
+        .metadata()
+        .map_err(|e| Error::Other(format!("page file: {e}")))?
+        .len();
     if size == 0 {
         return Ok(0);
     }
@@ -238,7 +246,10 @@ pub fn restore(r: &mut Remote, vmas: &[Vma], pages: &File) -> Result<u64> {
         )
     };
     if base == libc::MAP_FAILED {
-        return Err(Error::Other(format!("mapping the page file: {}", std::io::Error::last_os_error())));
+        return Err(Error::Other(format!(
+            "mapping the page file: {}",
+            std::io::Error::last_os_error()
+        )));
     }
     struct Unmap(*mut libc::c_void, usize);
     impl Drop for Unmap {
@@ -271,9 +282,11 @@ pub fn restore(r: &mut Remote, vmas: &[Vma], pages: &File) -> Result<u64> {
                 });
                 skip = 0;
             }
-            let n = nix::sys::uio::process_vm_writev(Pid::from_raw(tid), &l, &rm).map_err(|e| Error::Process {
-                pid: tid,
-                reason: format!("writing pages at {:#x}: {e}", rm[0].base),
+            let n = nix::sys::uio::process_vm_writev(Pid::from_raw(tid), &l, &rm).map_err(|e| {
+                Error::Process {
+                    pid: tid,
+                    reason: format!("writing pages at {:#x}: {e}", rm[0].base),
+                }
             })?;
             if n == 0 {
                 return Err(Error::Process {
@@ -292,10 +305,18 @@ pub fn restore(r: &mut Remote, vmas: &[Vma], pages: &File) -> Result<u64> {
             let len = run.npages * PAGE_SIZE;
             if len >= POPULATE_MIN {
                 // Best effort: without it the pages fault in one by one.
-                let _ = r.syscall_raw(libc::SYS_madvise, [run.addr, len, MADV_POPULATE_WRITE, 0, 0, 0]);
+                let _ = r.syscall_raw(
+                    libc::SYS_madvise,
+                    [run.addr, len, MADV_POPULATE_WRITE, 0, 0, 0],
+                );
             }
             // SAFETY: `validate` checked offset + len <= size of the mapping.
-            let src = unsafe { std::slice::from_raw_parts((base as *const u8).add(run.offset as usize), len as usize) };
+            let src = unsafe {
+                std::slice::from_raw_parts(
+                    (base as *const u8).add(run.offset as usize),
+                    len as usize,
+                )
+            };
             // Large runs in pieces, so one iovec never exceeds what a call moves.
             for (i, piece) in src.chunks(1 << 30).enumerate() {
                 local.push(std::io::IoSlice::new(piece));

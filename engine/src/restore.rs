@@ -440,8 +440,9 @@ fn rebuild_process(pid: i32, tid: i32, p: &ProcessImage, pages: &File) -> Result
     task::restore_core(&mut r, &p.core, scratch)?;
     task::restore_rlimits(pid, &p.rlimits)?;
     thread::restore_registrations(&mut r, t)?;
-    signals::restore_pending(&mut r, pid, tid, &t.pending, false, scratch)?;
-    signals::restore_pending(&mut r, pid, tid, &p.shared_pending, true, scratch)?;
+    // The task names itself by its PIDs in its own namespace.
+    signals::restore_pending(&mut r, p.pid, t.tid, &t.pending, false, scratch)?;
+    signals::restore_pending(&mut r, p.pid, t.tid, &p.shared_pending, true, scratch)?;
     task::restore_creds(&mut r, &p.creds, &p.core, scratch)?;
     r.drop_scratch();
     r.call(

@@ -105,15 +105,6 @@ pub fn dump(state_dir: &Path, name: &str, dir: &Path, opts: &DumpOptions) -> Res
 
 /// Refuses what this version cannot dump, before anything is touched.
 fn check_supported(procs: &[SeizedProcess]) -> Result<()> {
-    for p in procs {
-        if p.threads.len() > 1 {
-            return Err(Error::Unsupported {
-                pid: p.ns_pid,
-                what: format!("a process with {} threads", p.threads.len()),
-                detail: "multi-threaded processes".into(),
-            });
-        }
-    }
     let entries: Vec<ProcessEntry> = procs.iter().map(entry).collect();
     tree::check_rebuildable(&entries)
 }
@@ -184,7 +175,19 @@ fn collect_process(
         let mm = memory::mm::collect(p.pid, &mut r)?;
         let sigactions = signals::collect_actions(p.pid, &mut r)?;
         let shared_pending = signals::peek_pending(main.tid, true)?;
-        let thread = thread::collect(main.tid, main.ns_tid, &mut r, main.deferred_signal)?;
+        let mut threads = vec![thread::collect(
+            main.tid,
+            main.ns_tid,
+            &mut r,
+            main.deferred_signal,
+        )?];
+        for t in &p.threads[1..] {
+            let mut r2 = Remote::new(t.tid, gadget)?;
+            let res = thread::collect(t.tid, t.ns_tid, &mut r2, t.deferred_signal);
+            let fin = r2.finish();
+            threads.push(res?);
+            fin?;
+        }
         let pidfd = p
             .pidfd
             .as_ref()
@@ -197,7 +200,7 @@ fn collect_process(
             creds,
             mm,
             vmas: Vec::new(),
-            threads: vec![thread],
+            threads,
             sigactions,
             shared_pending,
             fds,

@@ -117,11 +117,13 @@ fn validate_process(reader: &ImageReader, p: &ProcessImage, files: &FilesImage) 
             p.threads.len()
         )));
     }
-    if p.threads.len() > 1 {
+    let mut tids: Vec<i32> = p.threads.iter().map(|t| t.tid).collect();
+    tids.sort_unstable();
+    tids.dedup();
+    if p.threads[0].tid != p.pid || tids.len() != p.threads.len() || tids.iter().any(|&t| t <= 1) {
         return Err(Error::Other(format!(
-            "image of process {}: {} threads (this version restores one per process)",
-            p.pid,
-            p.threads.len()
+            "image of process {}: bad thread ids {tids:?}",
+            p.pid
         )));
     }
     let size = reader
@@ -297,9 +299,16 @@ pub fn restore(state_dir: &Path, dir: &Path, opts: &RestoreOptions) -> Result<Re
         seized.wait_stops(Duration::from_secs(10))?;
         tracing::debug!(ms = ms(tm.elapsed()), "tree seized");
         let mut pages_total = 0;
-        for sp in &seized.procs {
-            let p = &img.procs[&sp.ns_pid];
-            pages_total += rebuild_process(sp.pid, sp.threads[0].tid, p, &pages[&sp.ns_pid])?;
+        let held: Vec<(i32, i32, i32)> = seized
+            .procs
+            .iter()
+            .map(|sp| (sp.pid, sp.ns_pid, sp.threads[0].tid))
+            .collect();
+        for (host_pid, ns_pid, main_tid) in held {
+            let p = &img.procs[&ns_pid];
+            let (n, threads) = rebuild_process(host_pid, main_tid, p, &pages[&ns_pid])?;
+            pages_total += n;
+            seized.adopt_threads(host_pid, &threads);
         }
         tracing::debug!(ms = ms(tm.elapsed()), "tree rebuilt");
         seized.release()?;
@@ -404,8 +413,9 @@ fn wait_ready(r: &OwnedFd, n: usize, sb: &sandbox::Sandbox) -> Result<()> {
 }
 
 /// Turns a restored process (stopped, running stasis code) into the dumped
-/// one. Returns the number of pages filled.
-fn rebuild_process(pid: i32, tid: i32, p: &ProcessImage, pages: &File) -> Result<u64> {
+/// one. Returns the number of pages filled and the host TIDs of the threads
+/// it created (traced, to be released with the rest).
+fn rebuild_process(pid: i32, tid: i32, p: &ProcessImage, pages: &File) -> Result<(u64, Vec<i32>)> {
     let gadget = sys::inject::find_syscall_gadget(pid)?;
     let mut r = Remote::new(tid, gadget)?;
     let t = &p.threads[0];
@@ -439,6 +449,31 @@ fn rebuild_process(pid: i32, tid: i32, p: &ProcessImage, pages: &File) -> Result
     signals::restore_actions(&mut r, &p.sigactions, scratch)?;
     task::restore_core(&mut r, &p.core, scratch)?;
     task::restore_rlimits(pid, &p.rlimits)?;
+    // The other threads, cloned from this one with their TIDs: they share
+    // everything set so far and get their own registrations below.
+    let mut others: Vec<(i32, Remote, &crate::image::ThreadImage)> = Vec::new();
+    let res = (|| -> Result<()> {
+        for t2 in &p.threads[1..] {
+            let host = thread::clone_thread(&mut r, pid, t2.tid, scratch)?;
+            let mut r2 = Remote::new(host, rb.trampoline)?;
+            r2.adopt_scratch(scratch, (TRAMPOLINE_PAGES - 1) * PAGE_SIZE);
+            others.push((host, r2, t2));
+        }
+        for (_, r2, t2) in others.iter_mut() {
+            thread::restore_registrations(r2, t2)?;
+            signals::restore_pending(r2, p.pid, t2.tid, &t2.pending, false, scratch)?;
+            task::restore_creds(r2, &p.creds, &p.core, scratch)?;
+            r2.drop_scratch();
+        }
+        Ok(())
+    })();
+    let hosts: Vec<i32> = others.iter().map(|(h, _, _)| *h).collect();
+    if let Err(e) = res {
+        for (_, r2, _) in others {
+            r2.abandon();
+        }
+        return Err(e);
+    }
     thread::restore_registrations(&mut r, t)?;
     // The task names itself by its PIDs in its own namespace.
     signals::restore_pending(&mut r, p.pid, t.tid, &t.pending, false, scratch)?;
@@ -450,7 +485,11 @@ fn rebuild_process(pid: i32, tid: i32, p: &ProcessImage, pages: &File) -> Result
         libc::SYS_munmap,
         [rb.trampoline, TRAMPOLINE_PAGES * PAGE_SIZE, 0, 0, 0, 0],
     )?;
+    for (host, r2, t2) in others {
+        thread::restore_cpu(host, t2)?;
+        r2.abandon();
+    }
     thread::restore_cpu(tid, t)?;
     r.abandon();
-    Ok(pages)
+    Ok((pages, hosts))
 }

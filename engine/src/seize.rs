@@ -203,6 +203,18 @@ impl Seized {
         Ok(())
     }
 
+    /// Adds threads that were created (and auto-attached) while the process
+    /// was held, so that `release` lets them go with the rest.
+    pub fn adopt_threads(&mut self, pid: i32, tids: &[i32]) {
+        if let Some(p) = self.procs.iter_mut().find(|p| p.pid == pid) {
+            p.threads.extend(tids.iter().map(|&tid| SeizedThread {
+                tid,
+                ns_tid: 0,
+                deferred_signal: None,
+            }));
+        }
+    }
+
     pub fn threads(&self) -> usize {
         self.procs.iter().map(|p| p.threads.len()).sum()
     }
@@ -241,7 +253,9 @@ impl Seized {
             }
         }
         for p in &self.procs {
-            for t in &p.threads {
+            // A thread group's leader reports its end only after the other
+            // threads are collected: leader last.
+            for t in p.threads.iter().rev() {
                 // Until the tracer has seen a tracee die it stays a zombie,
                 // and init cannot finish. Bounded: SIGKILL is not blockable.
                 loop {

@@ -224,3 +224,77 @@ mod tests {
         assert_eq!(resume_regs(&r, false), (r, None));
     }
 }
+
+const CLONE_THREAD_FLAGS: u64 = (libc::CLONE_VM
+    | libc::CLONE_FS
+    | libc::CLONE_FILES
+    | libc::CLONE_SIGHAND
+    | libc::CLONE_THREAD
+    | libc::CLONE_SYSVSEM) as u64;
+
+/// Creates thread `ns_tid` in the task with an injected clone3(set_tid). The
+/// new thread is auto-attached (PTRACE_O_TRACECLONE) and waits in its first
+/// ptrace stop; returns its host TID.
+pub fn clone_thread(r: &mut Remote, pid: i32, ns_tid: i32, scratch: u64) -> Result<i32> {
+    sys::ptrace::set_options(
+        r.tid,
+        libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_TRACECLONE,
+    )?;
+    let set_tid_at = scratch + 128;
+    let mut args = [0u64; 11];
+    args[0] = CLONE_THREAD_FLAGS;
+    args[8] = set_tid_at;
+    args[9] = 1;
+    let bytes: Vec<u8> = args.iter().flat_map(|w| w.to_le_bytes()).collect();
+    r.write_mem(scratch, &bytes)?;
+    r.write_mem(set_tid_at, &ns_tid.to_le_bytes())?;
+    let got = r.call(
+        &format!("clone3 of thread {ns_tid}"),
+        libc::SYS_clone3,
+        [scratch, bytes.len() as u64, 0, 0, 0, 0],
+    )?;
+    if got as i32 != ns_tid {
+        return Err(Error::Process {
+            pid,
+            reason: format!("thread {ns_tid} was created as {got}"),
+        });
+    }
+    // Find its host TID by its TID in the namespace.
+    let host = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .map_err(|e| Error::Process {
+            pid,
+            reason: format!("listing threads: {e}"),
+        })?
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<i32>().ok())
+        .find(|&t| {
+            procfs::process::Process::new(t)
+                .and_then(|p| p.status())
+                .ok()
+                .and_then(|s| s.nspid.and_then(|v| v.last().copied()))
+                == Some(ns_tid)
+        })
+        .ok_or_else(|| Error::Process {
+            pid,
+            reason: format!("thread {ns_tid} not found after its clone"),
+        })?;
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    loop {
+        match waitpid(nix::unistd::Pid::from_raw(host), Some(WaitPidFlag::__WALL)) {
+            Ok(WaitStatus::PtraceEvent(..)) | Ok(WaitStatus::Stopped(..)) => break,
+            Ok(other) => {
+                return Err(Error::Process {
+                    pid,
+                    reason: format!("new thread {ns_tid}: unexpected wait status {other:?}"),
+                })
+            }
+            Err(e) => {
+                return Err(Error::Process {
+                    pid,
+                    reason: format!("waiting for new thread {ns_tid}: {e}"),
+                })
+            }
+        }
+    }
+    Ok(host)
+}

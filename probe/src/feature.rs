@@ -642,16 +642,25 @@ mod tests {
     /// restore with the same PIDs) cannot do without it.
     #[test]
     fn required_means_needed_by_the_core() {
-        let core = [Capability::Sandbox, Capability::Dump, Capability::RestoreExactPids];
+        let core = [
+            Capability::Sandbox,
+            Capability::Dump,
+            Capability::RestoreExactPids,
+        ];
         for f in Feature::ALL {
-            let needed = core.iter().any(|c| c.requirements().iter().any(|g| g == &[*f]));
+            let needed = core
+                .iter()
+                .any(|c| c.requirements().iter().any(|g| g == &[*f]));
             assert_eq!(f.required(), needed, "{f}");
         }
     }
 
     #[test]
     fn close_matches_suggest_the_intended_name() {
-        assert_eq!(Feature::close_matches("ptrace-xstat").first(), Some(&"ptrace-xstate"));
+        assert_eq!(
+            Feature::close_matches("ptrace-xstat").first(),
+            Some(&"ptrace-xstate")
+        );
         assert!(Feature::close_matches("pidfd").contains(&"pidfd-open"));
         assert!(Feature::close_matches("zzzzzzzzzzzzzzzzzz").is_empty());
     }

@@ -136,8 +136,7 @@ pub fn cached_report() -> Result<Report, Error> {
 /// The result for one feature (per-boot cache, else probed now).
 pub fn status(feature: Feature) -> Result<FeatureResult, Error> {
     let r = cached_report()?;
-    Ok(r
-        .get(feature)
+    Ok(r.get(feature)
         .cloned()
         .expect("a full report holds every feature"))
 }

@@ -295,7 +295,11 @@ impl Report {
             }
         ));
         for (title, required) in [("Required", true), ("Optional", false)] {
-            let rows: Vec<_> = self.features.iter().filter(|r| r.required == required).collect();
+            let rows: Vec<_> = self
+                .features
+                .iter()
+                .filter(|r| r.required == required)
+                .collect();
             if rows.is_empty() {
                 continue;
             }
@@ -377,7 +381,12 @@ fn summarize(features: &[FeatureResult]) -> Vec<CapabilityResult> {
     let status = |f: Feature| features.iter().find(|r| r.name == f).map(|r| r.status());
     Capability::ALL
         .iter()
-        .filter(|c| c.requirements().iter().flat_map(|g| g.iter()).any(|&f| status(f).is_some()))
+        .filter(|c| {
+            c.requirements()
+                .iter()
+                .flat_map(|g| g.iter())
+                .any(|&f| status(f).is_some())
+        })
         .map(|&c| {
             let mut res = CapabilityResult {
                 name: c,

@@ -125,7 +125,10 @@ fn spawn<'a>(unit: &'a Unit, parent: i32) -> Result<Running<'a>, Fail> {
     // points), so the child may run arbitrary code before _exit.
     let pid = unsafe { libc::fork() };
     if pid == -1 {
-        return Err(Fail::call(format!("fork (probe unit {})", unit.name), Errno::last()));
+        return Err(Fail::call(
+            format!("fork (probe unit {})", unit.name),
+            Errno::last(),
+        ));
     }
     if pid == 0 {
         drop(rd);
@@ -155,10 +158,12 @@ fn unit_main(unit: &Unit, wr: OwnedFd, parent: i32) -> ! {
             libc::_exit(1);
         }
     }
+    inject_fault(unit);
     let raw: RawFd = std::os::fd::IntoRawFd::into_raw_fd(wr);
     RESULT_FD.store(raw, Ordering::SeqCst);
     let results = std::panic::catch_unwind(unit.run).unwrap_or_else(|_| {
-        let o = Outcome::error("the probe panicked").with_call(format!("probe unit {}", unit.name), None);
+        let o = Outcome::error("the probe panicked")
+            .with_call(format!("probe unit {}", unit.name), None);
         unit.features.iter().map(|&f| (f, o.clone())).collect()
     });
     let body = serde_json::to_vec(&results).unwrap_or_default();
@@ -170,6 +175,35 @@ fn unit_main(unit: &Unit, wr: OwnedFd, parent: i32) -> ! {
     let _ = util::write_all(&fd, &msg);
     // SAFETY: _exit never returns and runs no destructors.
     unsafe { libc::_exit(0) }
+}
+
+/// `STASIS_CHECK_FAULT=FEATURE:hang|crash[,...]` makes the unit probing
+/// FEATURE hang or crash, to test that `stasis check` survives both.
+fn inject_fault(unit: &Unit) {
+    let Ok(spec) = std::env::var("STASIS_CHECK_FAULT") else {
+        return;
+    };
+    for item in spec.split(',') {
+        let Some((name, mode)) = item.split_once(':') else {
+            continue;
+        };
+        if !unit.features.iter().any(|f| f.name() == name) {
+            continue;
+        }
+        match mode {
+            "hang" => loop {
+                // SAFETY: pause has no arguments.
+                unsafe { libc::pause() };
+            },
+            // SAFETY: a default SIGSEGV in our own (throwaway) process; the
+            // Rust runtime's handler is removed first so the signal kills.
+            "crash" => unsafe {
+                libc::signal(libc::SIGSEGV, libc::SIG_DFL);
+                libc::raise(libc::SIGSEGV);
+            },
+            _ => {}
+        }
+    }
 }
 
 fn complete(buf: &[u8]) -> bool {
@@ -195,12 +229,17 @@ fn finish(r: Running<'_>, timeout: Duration) -> Vec<(Feature, Outcome)> {
         r.unit.features.iter().map(|&f| (f, o.clone())).collect()
     };
     if timed_out && !complete(&r.buf) {
-        return fail(format!("the probe did not finish within {} ms", timeout.as_millis()));
+        return fail(format!(
+            "the probe did not finish within {} ms",
+            timeout.as_millis()
+        ));
     }
     if !complete(&r.buf) {
         return fail(match exit {
             Ok(util::Exit::Signal(s)) => format!("the probe process died of signal {s}"),
-            Ok(util::Exit::Code(c)) => format!("the probe process exited with {c} without an answer"),
+            Ok(util::Exit::Code(c)) => {
+                format!("the probe process exited with {c} without an answer")
+            }
             Err(f) => f.detail,
         });
     }

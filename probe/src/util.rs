@@ -90,7 +90,7 @@ impl Fail {
     }
 
     /// Marks the failure as "missing".
-    pub fn as_missing(mut self) -> Self {
+    pub fn into_missing(mut self) -> Self {
         self.status = Status::Missing;
         self
     }
@@ -183,7 +183,10 @@ pub(crate) fn wait_readable(fd: std::os::fd::BorrowedFd, deadline: Instant) -> P
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
-            return Err(Fail::error("poll", "timed out waiting for a helper process"));
+            return Err(Fail::error(
+                "poll",
+                "timed out waiting for a helper process",
+            ));
         }
         let mut pfd = libc::pollfd {
             fd: fd.as_raw_fd(),
@@ -253,12 +256,18 @@ pub(crate) fn wait_exit(pid: i32, timeout: Duration) -> PResult<Exit> {
             kill_and_reap(pid);
             return Err(Fail::error(
                 "waitpid",
-                format!("helper process did not exit within {} ms", timeout.as_millis()),
+                format!(
+                    "helper process did not exit within {} ms",
+                    timeout.as_millis()
+                ),
             ));
         }
         match &pidfd {
             Some(fd) => {
-                let _ = wait_readable(fd.as_fd(), deadline.min(Instant::now() + Duration::from_millis(50)));
+                let _ = wait_readable(
+                    fd.as_fd(),
+                    deadline.min(Instant::now() + Duration::from_millis(50)),
+                );
             }
             None => std::thread::sleep(Duration::from_micros(200)),
         }
@@ -276,7 +285,10 @@ pub(crate) fn expect_exit_zero(
     match wait_exit(pid, timeout)? {
         Exit::Code(0) => Ok(()),
         Exit::Code(c) => Err(explain(c)),
-        Exit::Signal(s) => Err(Fail::error(what, format!("helper process killed by signal {s}"))),
+        Exit::Signal(s) => Err(Fail::error(
+            what,
+            format!("helper process killed by signal {s}"),
+        )),
     }
 }
 
@@ -317,7 +329,16 @@ pub(crate) struct Mapping {
 impl Mapping {
     pub fn anon(len: usize, prot: i32, flags: i32) -> PResult<Self> {
         // SAFETY: a fresh anonymous mapping chosen by the kernel.
-        let p = unsafe { libc::mmap(std::ptr::null_mut(), len, prot, flags | libc::MAP_ANONYMOUS, -1, 0) };
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                prot,
+                flags | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
         if p == libc::MAP_FAILED {
             return Err(Fail::call("mmap", Errno::last()));
         }

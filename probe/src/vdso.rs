@@ -10,7 +10,10 @@ pub const SPECIAL_NAMES: &[&str] = &["[vvar]", "[vvar_vclock]", "[vdso]", "[vsys
 /// Layouts of the vDSO block (contiguous, in address order) that stasis
 /// knows how to move back as one block: Linux 6.13+ split the clock pages
 /// into [vvar_vclock]; older kernels have [vvar] then [vdso].
-pub const KNOWN_LAYOUTS: &[&[&str]] = &[&["[vvar]", "[vvar_vclock]", "[vdso]"], &["[vvar]", "[vdso]"]];
+pub const KNOWN_LAYOUTS: &[&[&str]] = &[
+    &["[vvar]", "[vvar_vclock]", "[vdso]"],
+    &["[vvar]", "[vdso]"],
+];
 
 /// One special mapping.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -49,18 +52,29 @@ impl Layout {
             if !SPECIAL_NAMES.contains(&name) {
                 continue;
             }
-            let Some((s, e)) = range.split_once('-') else { continue };
-            let (Ok(start), Ok(end)) = (u64::from_str_radix(s, 16), u64::from_str_radix(e, 16)) else {
+            let Some((s, e)) = range.split_once('-') else {
                 continue;
             };
-            mappings.push(SpecialMapping { name: name.to_string(), start, end });
+            let (Ok(start), Ok(end)) = (u64::from_str_radix(s, 16), u64::from_str_radix(e, 16))
+            else {
+                continue;
+            };
+            mappings.push(SpecialMapping {
+                name: name.to_string(),
+                start,
+                end,
+            });
         }
         mappings.sort_by_key(|m| m.start);
         let block = Self::block_of(&mappings);
         let contiguous = block.windows(2).all(|w| w[0].end == w[1].start);
         let names: Vec<&str> = block.iter().map(|m| m.name.as_str()).collect();
-        let known = contiguous && KNOWN_LAYOUTS.iter().any(|k| *k == names.as_slice());
-        Layout { mappings, contiguous, known }
+        let known = contiguous && KNOWN_LAYOUTS.contains(&names.as_slice());
+        Layout {
+            mappings,
+            contiguous,
+            known,
+        }
     }
 
     fn block_of(mappings: &[SpecialMapping]) -> Vec<&SpecialMapping> {

@@ -88,7 +88,11 @@ fn list(json: bool) -> Result<()> {
         println!("{}", serde_json::to_string_pretty(&items)?);
         return Ok(());
     }
-    let width = probe::Feature::ALL.iter().map(|f| f.name().len()).max().unwrap_or(10);
+    let width = probe::Feature::ALL
+        .iter()
+        .map(|f| f.name().len())
+        .max()
+        .unwrap_or(10);
     for f in probe::Feature::ALL {
         let req = if f.required() { "required" } else { "optional" };
         println!("{:<width$}  {req}  {}", f.name(), f.description());

@@ -170,7 +170,11 @@ pub unsafe fn copy(uffd: BorrowedFd, dst: u64, src: *const u8, len: u64, mode: u
     };
     // SAFETY: `c` is a valid uffdio_copy; the caller guarantees `src`.
     check("ioctl(UFFDIO_COPY)", unsafe {
-        libc::ioctl(uffd.as_raw_fd(), UFFDIO_COPY as _, &mut c as *mut UffdioCopy) as libc::c_long
+        libc::ioctl(
+            uffd.as_raw_fd(),
+            UFFDIO_COPY as _,
+            &mut c as *mut UffdioCopy,
+        ) as libc::c_long
     })?;
     Ok(c.copy)
 }

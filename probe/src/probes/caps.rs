@@ -38,11 +38,13 @@ fn run() -> Vec<(Feature, Outcome)> {
         .map(|&(f, cap)| {
             let o = match (&eff, &bnd) {
                 (Ok(e), _) if e.contains(&cap) => Outcome::ok(format!("{cap} is effective")),
-                (Ok(_), Ok(b)) if !b.contains(&cap) => {
-                    Outcome::missing(format!("{cap} is not in the bounding set: nothing in this process tree can gain it"))
-                        .with_call("capget", None)
+                (Ok(_), Ok(b)) if !b.contains(&cap) => Outcome::missing(format!(
+                    "{cap} is not in the bounding set: nothing in this process tree can gain it"
+                ))
+                .with_call("capget", None),
+                (Ok(_), _) => {
+                    Outcome::missing(format!("{cap} is not effective")).with_call("capget", None)
                 }
-                (Ok(_), _) => Outcome::missing(format!("{cap} is not effective")).with_call("capget", None),
                 (Err(e), _) => Outcome::error(e.to_string()).with_call("capget", None),
             };
             (f, o)

@@ -48,7 +48,10 @@ fn mounts() -> Vec<(PathBuf, String, String)> {
 
 /// The cgroup2 mount point, if any.
 pub(crate) fn cgroup2_mount() -> Option<PathBuf> {
-    mounts().into_iter().find(|(_, t, _)| t == "cgroup2").map(|(p, _, _)| p)
+    mounts()
+        .into_iter()
+        .find(|(_, t, _)| t == "cgroup2")
+        .map(|(p, _, _)| p)
 }
 
 /// The v1 hierarchy carrying the freezer controller, if mounted.
@@ -98,27 +101,42 @@ fn proc_state(pid: i32) -> Option<char> {
 }
 
 fn freeze_v2() -> PResult<Outcome> {
-    let mount = cgroup2_mount().ok_or_else(|| Fail::missing("read /proc/self/mountinfo", "no cgroup2 mount"))?;
+    let mount = cgroup2_mount()
+        .ok_or_else(|| Fail::missing("read /proc/self/mountinfo", "no cgroup2 mount"))?;
     let dir = mount.join(probe_dir_name(std::process::id() as i32));
     std::fs::create_dir(&dir).call(&format!("mkdir {}", dir.display()))?;
     let result = (|| {
         if !dir.join("cgroup.freeze").exists() {
-            return Err(Fail::missing("stat cgroup.freeze", "this cgroup2 has no cgroup.freeze (Linux < 5.2)"));
+            return Err(Fail::missing(
+                "stat cgroup.freeze",
+                "this cgroup2 has no cgroup.freeze (Linux < 5.2)",
+            ));
         }
         let mut t = Tracee::plain()?;
         write(&dir.join("cgroup.procs"), &t.pid.to_string())?;
         write(&dir.join("cgroup.freeze"), "1")?;
         if !wait_until(STEP, || frozen_v2(&dir))? {
-            return Err(Fail::error("cgroup.events", "the cgroup did not report frozen 1"));
+            return Err(Fail::error(
+                "cgroup.events",
+                "the cgroup did not report frozen 1",
+            ));
         }
         write(&dir.join("cgroup.freeze"), "0")?;
         if !wait_until(STEP, || Ok(!frozen_v2(&dir)?))? {
-            return Err(Fail::error("cgroup.events", "the cgroup stayed frozen after thawing"));
+            return Err(Fail::error(
+                "cgroup.events",
+                "the cgroup stayed frozen after thawing",
+            ));
         }
         t.release()?;
         match t.wait()? {
             util::Exit::Code(0) => {}
-            other => return Err(Fail::error("thaw", format!("the helper ended with {other:?} after thawing"))),
+            other => {
+                return Err(Fail::error(
+                    "thaw",
+                    format!("the helper ended with {other:?} after thawing"),
+                ))
+            }
         }
         Ok(Outcome::ok(format!(
             "froze and thawed a helper in {}; cgroup.events reported frozen 1 and 0",
@@ -130,7 +148,12 @@ fn freeze_v2() -> PResult<Outcome> {
 }
 
 fn freeze_v1() -> PResult<Outcome> {
-    let mount = freezer_v1_mount().ok_or_else(|| Fail::missing("read /proc/self/mountinfo", "no v1 freezer hierarchy mounted"))?;
+    let mount = freezer_v1_mount().ok_or_else(|| {
+        Fail::missing(
+            "read /proc/self/mountinfo",
+            "no v1 freezer hierarchy mounted",
+        )
+    })?;
     let dir = mount.join(probe_dir_name(std::process::id() as i32));
     std::fs::create_dir(&dir).call(&format!("mkdir {}", dir.display()))?;
     let result = (|| {
@@ -138,19 +161,31 @@ fn freeze_v1() -> PResult<Outcome> {
         let mut t = Tracee::plain()?;
         write(&dir.join("cgroup.procs"), &t.pid.to_string())?;
         write(&state, "FROZEN")?;
-        let frozen = wait_until(STEP, || Ok(util::read_trim(&state.to_string_lossy())? == "FROZEN"))?;
+        let frozen = wait_until(STEP, || {
+            Ok(util::read_trim(&state.to_string_lossy())? == "FROZEN")
+        })?;
         if !frozen {
-            return Err(Fail::error("freezer.state", "the cgroup did not reach FROZEN"));
+            return Err(Fail::error(
+                "freezer.state",
+                "the cgroup did not reach FROZEN",
+            ));
         }
         let st = proc_state(t.pid);
         write(&state, "THAWED")?;
-        if !wait_until(STEP, || Ok(util::read_trim(&state.to_string_lossy())? == "THAWED"))? {
+        if !wait_until(STEP, || {
+            Ok(util::read_trim(&state.to_string_lossy())? == "THAWED")
+        })? {
             return Err(Fail::error("freezer.state", "the cgroup did not thaw"));
         }
         t.release()?;
         match t.wait()? {
             util::Exit::Code(0) => {}
-            other => return Err(Fail::error("thaw", format!("the helper ended with {other:?} after thawing"))),
+            other => {
+                return Err(Fail::error(
+                    "thaw",
+                    format!("the helper ended with {other:?} after thawing"),
+                ))
+            }
         }
         Ok(Outcome::ok(format!(
             "froze and thawed a helper in {} (state while frozen: {})",

@@ -14,7 +14,9 @@ use super::STEP;
 use crate::feature::Feature::{self, *};
 use crate::report::Outcome;
 use crate::runner::Unit;
-use crate::util::{self, page_size, read_exact_timeout, Call, Exit, Fail, Mapping, PResult, Shared};
+use crate::util::{
+    self, page_size, read_exact_timeout, Call, Exit, Fail, Mapping, PResult, Shared,
+};
 
 pub(crate) static SOFT_DIRTY_UNIT: Unit = Unit {
     name: "soft-dirty",
@@ -41,22 +43,35 @@ fn pagemap_entry(addr: u64) -> PResult<u64> {
 }
 
 fn soft_dirty() -> PResult<Outcome> {
-    let m = Mapping::anon(page_size(), libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE)?;
+    let m = Mapping::anon(
+        page_size(),
+        libc::PROT_READ | libc::PROT_WRITE,
+        libc::MAP_PRIVATE,
+    )?;
     m.touch(0, 1);
     std::fs::write("/proc/self/clear_refs", "4").map_err(|e| {
         let errno = Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
-        Fail::missing_call("write /proc/self/clear_refs (4)", errno, "soft-dirty bits cannot be cleared")
+        Fail::missing_call(
+            "write /proc/self/clear_refs (4)",
+            errno,
+            "soft-dirty bits cannot be cleared",
+        )
     })?;
     let cleared = pagemap_entry(m.addr)? & PM_SOFT_DIRTY == 0;
     m.touch(0, 2);
     let dirty = pagemap_entry(m.addr)? & PM_SOFT_DIRTY != 0;
     match (cleared, dirty) {
-        (true, true) => Ok(Outcome::ok("bit 55 cleared by clear_refs and set again by a write")),
+        (true, true) => Ok(Outcome::ok(
+            "bit 55 cleared by clear_refs and set again by a write",
+        )),
         (true, false) => Err(Fail::missing(
             "pread /proc/self/pagemap",
             "clear_refs is accepted, but bit 55 stays 0 after a write",
         )),
-        (false, _) => Err(Fail::error("write /proc/self/clear_refs (4)", "bit 55 not cleared")),
+        (false, _) => Err(Fail::error(
+            "write /proc/self/clear_refs (4)",
+            "bit 55 not cleared",
+        )),
     }
 }
 
@@ -80,17 +95,21 @@ fn run() -> Vec<(Feature, Outcome)> {
         Ok(f) => f,
         Err(e) => {
             let f = Fail::from(e);
-            let f = if matches!(e.errno, Errno::ENOSYS | Errno::EPERM | Errno::EINVAL) { f.as_missing() } else { f };
+            let f = if matches!(e.errno, Errno::ENOSYS | Errno::EPERM | Errno::EINVAL) {
+                f.into_missing()
+            } else {
+                f
+            };
             let o = f.into_outcome();
             return UFFD_UNIT.features.iter().map(|&f| (f, o.clone())).collect();
         }
     };
     let names = uffd::feature_names(features);
-    let missing_faults = util::outcome(serve_missing_fault())
-        .with("features", names.clone());
+    let missing_faults = util::outcome(serve_missing_fault()).with("features", names.clone());
     let want = uffd::UFFD_FEATURE_WP_ASYNC | uffd::UFFD_FEATURE_WP_UNPOPULATED;
     let wp_async = if features & uffd::UFFD_FEATURE_WP_ASYNC == 0 {
-        Outcome::missing("the kernel does not offer UFFD_FEATURE_WP_ASYNC").with_call("ioctl(UFFDIO_API)", None)
+        Outcome::missing("the kernel does not offer UFFD_FEATURE_WP_ASYNC")
+            .with_call("ioctl(UFFDIO_API)", None)
     } else {
         util::outcome(
             new_uffd()
@@ -104,7 +123,11 @@ fn run() -> Vec<(Feature, Outcome)> {
     } else {
         Outcome::missing("needs uffd-wp-async")
     };
-    vec![(Userfaultfd, missing_faults), (UffdWpAsync, wp_async), (DirtyTracking, tracking)]
+    vec![
+        (Userfaultfd, missing_faults),
+        (UffdWpAsync, wp_async),
+        (DirtyTracking, tracking),
+    ]
 }
 
 /// The helper registers a page for missing faults and touches it; the page
@@ -119,8 +142,14 @@ fn serve_missing_fault() -> PResult<Outcome> {
     let mut t = Tracee::spawn(
         || match new_uffd() {
             Ok(fd) => {
-                let r = uffd::api(fd.as_fd(), 0)
-                    .and_then(|_| uffd::register(fd.as_fd(), addr, ps as u64, uffd::UFFDIO_REGISTER_MODE_MISSING));
+                let r = uffd::api(fd.as_fd(), 0).and_then(|_| {
+                    uffd::register(
+                        fd.as_fd(),
+                        addr,
+                        ps as u64,
+                        uffd::UFFDIO_REGISTER_MODE_MISSING,
+                    )
+                });
                 if let Err(e) = r {
                     return e.errno as i32;
                 }
@@ -132,7 +161,11 @@ fn serve_missing_fault() -> PResult<Outcome> {
         || {
             // SAFETY: reading our own registered mapping; the fault is served from outside.
             let got = unsafe { std::slice::from_raw_parts(addr as *const u8, 16) };
-            if got == PATTERN { 0 } else { 1 }
+            if got == PATTERN {
+                0
+            } else {
+                1
+            }
         },
     )?;
     let pidfd = sys::pidfd::pidfd_open(t.pid)?;
@@ -140,18 +173,29 @@ fn serve_missing_fault() -> PResult<Outcome> {
     t.release()?;
     let msg = wait_msg(fd.as_fd(), Instant::now() + STEP)?;
     if msg.event != uffd::UFFD_EVENT_PAGEFAULT || msg.arg[1] & !(ps as u64 - 1) != addr {
-        return Err(Fail::error("read(userfaultfd)", format!("unexpected message {msg:?}")));
+        return Err(Fail::error(
+            "read(userfaultfd)",
+            format!("unexpected message {msg:?}"),
+        ));
     }
     let mut page = vec![0u8; ps];
     page[..16].copy_from_slice(PATTERN);
     // SAFETY: `page` is readable for ps bytes.
     let n = unsafe { uffd::copy(fd.as_fd(), addr, page.as_ptr(), ps as u64, 0) }?;
     if n != ps as i64 {
-        return Err(Fail::error("ioctl(UFFDIO_COPY)", format!("copied {n} bytes")));
+        return Err(Fail::error(
+            "ioctl(UFFDIO_COPY)",
+            format!("copied {n} bytes"),
+        ));
     }
     match t.wait()? {
-        Exit::Code(0) => Ok(Outcome::ok("a helper's page fault served from outside with UFFDIO_COPY")),
-        other => Err(Fail::error("ioctl(UFFDIO_COPY)", format!("the helper saw other data: {other:?}"))),
+        Exit::Code(0) => Ok(Outcome::ok(
+            "a helper's page fault served from outside with UFFDIO_COPY",
+        )),
+        other => Err(Fail::error(
+            "ioctl(UFFDIO_COPY)",
+            format!("the helper saw other data: {other:?}"),
+        )),
     }
 }
 
@@ -177,7 +221,10 @@ fn dirty_tracking() -> PResult<Outcome> {
     let mut t = Tracee::spawn(
         || {
             let setup = new_uffd().and_then(|fd| {
-                uffd::api(fd.as_fd(), uffd::UFFD_FEATURE_WP_ASYNC | uffd::UFFD_FEATURE_WP_UNPOPULATED)?;
+                uffd::api(
+                    fd.as_fd(),
+                    uffd::UFFD_FEATURE_WP_ASYNC | uffd::UFFD_FEATURE_WP_UNPOPULATED,
+                )?;
                 uffd::register(fd.as_fd(), addr, len as u64, uffd::UFFDIO_REGISTER_MODE_WP)?;
                 uffd::writeprotect(fd.as_fd(), addr, len as u64, true)?;
                 std::mem::forget(fd); // the registration lives as long as the fd
@@ -203,7 +250,8 @@ fn dirty_tracking() -> PResult<Outcome> {
         },
     )?;
     drop(done_wr);
-    let pm = std::fs::File::open(format!("/proc/{}/pagemap", t.pid)).call("open /proc/PID/pagemap")?;
+    let pm =
+        std::fs::File::open(format!("/proc/{}/pagemap", t.pid)).call("open /proc/PID/pagemap")?;
     let scan = |what: &str| -> PResult<Vec<(usize, usize)>> {
         let req = mm::ScanRequest {
             start: addr,
@@ -215,11 +263,21 @@ fn dirty_tracking() -> PResult<Outcome> {
         };
         let regions = mm::pagemap_scan_with(pm.as_fd(), &req).map_err(|e| {
             let f = Fail::from(e);
-            if matches!(e.errno, Errno::ENOTTY | Errno::EINVAL) { f.as_missing().because(format!("PAGEMAP_SCAN {what}: {}", e.errno.desc())) } else { f }
+            if matches!(e.errno, Errno::ENOTTY | Errno::EINVAL) {
+                f.into_missing()
+                    .because(format!("PAGEMAP_SCAN {what}: {}", e.errno.desc()))
+            } else {
+                f
+            }
         })?;
         Ok(regions
             .iter()
-            .map(|r| (((r.start - addr) / ps as u64) as usize, ((r.end - addr) / ps as u64) as usize))
+            .map(|r| {
+                (
+                    ((r.start - addr) / ps as u64) as usize,
+                    ((r.end - addr) / ps as u64) as usize,
+                )
+            })
             .collect())
     };
     let before = scan("before the writes")?;

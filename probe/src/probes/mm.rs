@@ -16,7 +16,12 @@ use crate::util::{self, hex, Call, Fail, PResult};
 pub(crate) static UNIT: Unit = Unit {
     name: "mm",
     features: &[MmSetMmMap, MmSetMmField],
-    run: || vec![(MmSetMmMap, util::outcome(set_mm_map())), (MmSetMmField, util::outcome(set_mm_field()))],
+    run: || {
+        vec![
+            (MmSetMmMap, util::outcome(set_mm_map())),
+            (MmSetMmField, util::outcome(set_mm_field())),
+        ]
+    },
     cleanup: None,
 };
 
@@ -31,7 +36,10 @@ fn stat_fields(pid: &str) -> PResult<Vec<u64>> {
         .1;
     // Field 3 (state) is the first after the comm.
     let mut v = vec![0, 0, 0];
-    v.extend(rest.split_whitespace().map(|f| f.parse::<u64>().unwrap_or(0)));
+    v.extend(
+        rest.split_whitespace()
+            .map(|f| f.parse::<u64>().unwrap_or(0)),
+    );
     if v.len() < 52 {
         return Err(Fail::error("read /proc/PID/stat", "too few fields"));
     }
@@ -54,7 +62,12 @@ fn set_mm_field() -> PResult<Outcome> {
 fn set_mm_map() -> PResult<Outcome> {
     match mm::prctl_mm_map_size() {
         Ok(104) => {}
-        Ok(n) => return Err(Fail::error("prctl(PR_SET_MM_MAP_SIZE)", format!("struct size {n}, expected 104"))),
+        Ok(n) => {
+            return Err(Fail::error(
+                "prctl(PR_SET_MM_MAP_SIZE)",
+                format!("struct size {n}, expected 104"),
+            ))
+        }
         Err(e) if e.errno == Errno::EINVAL => {
             return Err(Fail::missing_call(
                 "prctl(PR_SET_MM_MAP_SIZE)",
@@ -74,7 +87,10 @@ fn set_mm_map() -> PResult<Outcome> {
     let mut sc = |nr: i64, args: [u64; 6], what: &str| -> PResult<i64> {
         let r = inj.syscall(nr, args).map_err(ptrace_fail)?;
         if r < 0 {
-            return Err(Fail::call(format!("injected {what}"), Errno::from_raw(-r as i32)));
+            return Err(Fail::call(
+                format!("injected {what}"),
+                Errno::from_raw(-r as i32),
+            ));
         }
         Ok(r)
     };
@@ -106,7 +122,10 @@ fn set_mm_map() -> PResult<Outcome> {
     page[128..128 + auxv.len()].copy_from_slice(&auxv);
     page[2048..2048 + CMDLINE.len()].copy_from_slice(CMDLINE);
     let local = [std::io::IoSlice::new(&page)];
-    let remote = [nix::sys::uio::RemoteIoVec { base: scratch as usize, len: 4096 }];
+    let remote = [nix::sys::uio::RemoteIoVec {
+        base: scratch as usize,
+        len: 4096,
+    }];
     nix::sys::uio::process_vm_writev(nix::unistd::Pid::from_raw(pid), &local, &remote)
         .call("process_vm_writev")?;
 
@@ -119,28 +138,49 @@ fn set_mm_map() -> PResult<Outcome> {
         let cols: Vec<&str> = l.split_whitespace().collect();
         if cols.len() >= 6 && cols[5..].join(" ") == exe_path {
             let (s, e) = cols[0].split_once('-').unwrap_or(("0", "0"));
-            let (s, e) = (u64::from_str_radix(s, 16).unwrap_or(0), u64::from_str_radix(e, 16).unwrap_or(0));
+            let (s, e) = (
+                u64::from_str_radix(s, 16).unwrap_or(0),
+                u64::from_str_radix(e, 16).unwrap_or(0),
+            );
             sc(libc::SYS_munmap, [s, e - s, 0, 0, 0, 0], "munmap")?;
             unmapped += 1;
         }
     }
-    let r = inj.syscall(
-        libc::SYS_prctl,
-        [libc::PR_SET_MM as u64, mm::PR_SET_MM_MAP, scratch, 104, 0, 0],
-    ).map_err(ptrace_fail)?;
+    let r = inj
+        .syscall(
+            libc::SYS_prctl,
+            [
+                libc::PR_SET_MM as u64,
+                mm::PR_SET_MM_MAP,
+                scratch,
+                104,
+                0,
+                0,
+            ],
+        )
+        .map_err(ptrace_fail)?;
     if r < 0 {
-        return Err(Fail::call("injected prctl(PR_SET_MM, PR_SET_MM_MAP)", Errno::from_raw(-r as i32)));
+        return Err(Fail::call(
+            "injected prctl(PR_SET_MM, PR_SET_MM_MAP)",
+            Errno::from_raw(-r as i32),
+        ));
     }
     let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).call("read /proc/PID/cmdline")?;
     if cmdline != CMDLINE {
         return Err(Fail::error(
             "prctl(PR_SET_MM_MAP)",
-            format!("cmdline reads {:?} after the new arg area", String::from_utf8_lossy(&cmdline)),
+            format!(
+                "cmdline reads {:?} after the new arg area",
+                String::from_utf8_lossy(&cmdline)
+            ),
         ));
     }
     let exe_now = std::fs::read_link(format!("/proc/{pid}/exe")).call("readlink /proc/PID/exe")?;
     if exe_now.to_string_lossy() != exe_path {
-        return Err(Fail::error("prctl(PR_SET_MM_MAP)", "exe link points elsewhere"));
+        return Err(Fail::error(
+            "prctl(PR_SET_MM_MAP)",
+            "exe link points elsewhere",
+        ));
     }
     drop(inj);
     drop(t);

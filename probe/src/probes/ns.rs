@@ -70,40 +70,71 @@ fn enter(flags: CloneFlags, call: &str, ns: &str) -> PResult<(String, String)> {
     unshare(flags).call(call)?;
     let after = ns_link("self", ns)?;
     if before == after {
-        return Err(Fail::error(call, format!("still in {before} after unshare")));
+        return Err(Fail::error(
+            call,
+            format!("still in {before} after unshare"),
+        ));
     }
     Ok((before, after))
 }
 
 fn pid_ns() -> PResult<Outcome> {
     unshare(CloneFlags::CLONE_NEWPID).call("unshare(CLONE_NEWPID)")?;
-    let child = fork_fn(|| if nix::unistd::getpid().as_raw() == 1 { 0 } else { 1 })?;
+    let child = fork_fn(|| {
+        if nix::unistd::getpid().as_raw() == 1 {
+            0
+        } else {
+            1
+        }
+    })?;
     expect_exit_zero(child, STEP, "fork", |_| {
-        Fail::error("getpid", "the first process of the new PID namespace is not PID 1")
+        Fail::error(
+            "getpid",
+            "the first process of the new PID namespace is not PID 1",
+        )
     })?;
     let ns = ns_link("self", "pid_for_children")?;
-    Ok(Outcome::ok(format!("the first process of a new PID namespace ({ns}) is PID 1")))
+    Ok(Outcome::ok(format!(
+        "the first process of a new PID namespace ({ns}) is PID 1"
+    )))
 }
 
 fn mnt_ns() -> PResult<Outcome> {
     use nix::mount::{mount, MsFlags};
     let (_, ns) = enter(CloneFlags::CLONE_NEWNS, "unshare(CLONE_NEWNS)", "mnt")?;
-    mount(None::<&str>, "/", None::<&str>, MsFlags::MS_REC | MsFlags::MS_PRIVATE, None::<&str>)
-        .call("mount(/, MS_REC|MS_PRIVATE)")?;
+    mount(
+        None::<&str>,
+        "/",
+        None::<&str>,
+        MsFlags::MS_REC | MsFlags::MS_PRIVATE,
+        None::<&str>,
+    )
+    .call("mount(/, MS_REC|MS_PRIVATE)")?;
     let target = ["/tmp", "/run", "/mnt"]
         .into_iter()
         .find(|p| std::path::Path::new(p).is_dir())
         .ok_or_else(|| Fail::error("stat", "no /tmp, /run or /mnt to mount on"))?;
-    mount(Some("stasis-probe"), target, Some("tmpfs"), MsFlags::empty(), Some("size=64k"))
-        .call(&format!("mount(tmpfs, {target})"))?;
+    mount(
+        Some("stasis-probe"),
+        target,
+        Some("tmpfs"),
+        MsFlags::empty(),
+        Some("size=64k"),
+    )
+    .call(&format!("mount(tmpfs, {target})"))?;
     let info = util::read_trim("/proc/self/mountinfo")?;
     let seen = info
         .lines()
         .any(|l| l.split(' ').nth(4) == Some(target) && l.contains(" - tmpfs stasis-probe"));
     if !seen {
-        return Err(Fail::error("read /proc/self/mountinfo", "the new tmpfs is not listed"));
+        return Err(Fail::error(
+            "read /proc/self/mountinfo",
+            "the new tmpfs is not listed",
+        ));
     }
-    Ok(Outcome::ok(format!("private tmpfs mounted on {target} in {ns}")))
+    Ok(Outcome::ok(format!(
+        "private tmpfs mounted on {target} in {ns}"
+    )))
 }
 
 fn net_ns() -> PResult<Outcome> {
@@ -125,14 +156,20 @@ fn net_ns() -> PResult<Outcome> {
     // Loopback really works: a UDP datagram to ourselves.
     let sock = std::net::UdpSocket::bind("127.0.0.1:0").call("bind(127.0.0.1)")?;
     let addr = sock.local_addr().call("getsockname")?;
-    sock.set_read_timeout(Some(STEP)).call("setsockopt(SO_RCVTIMEO)")?;
+    sock.set_read_timeout(Some(STEP))
+        .call("setsockopt(SO_RCVTIMEO)")?;
     sock.send_to(b"stasis", addr).call("sendto(127.0.0.1)")?;
     let mut buf = [0u8; 16];
     let (n, _) = sock.recv_from(&mut buf).call("recvfrom(127.0.0.1)")?;
     if &buf[..n] != b"stasis" {
-        return Err(Fail::error("recvfrom", "loopback datagram came back altered"));
+        return Err(Fail::error(
+            "recvfrom",
+            "loopback datagram came back altered",
+        ));
     }
-    Ok(Outcome::ok(format!("{ns} with only lo; lo up and carrying traffic")))
+    Ok(Outcome::ok(format!(
+        "{ns} with only lo; lo up and carrying traffic"
+    )))
 }
 
 /// Sets IFF_UP on lo (SIOCGIFFLAGS/SIOCSIFFLAGS).
@@ -192,7 +229,11 @@ fn ipc_ns() -> PResult<Outcome> {
 }
 
 fn cgroup_ns() -> PResult<Outcome> {
-    let (_, ns) = enter(CloneFlags::CLONE_NEWCGROUP, "unshare(CLONE_NEWCGROUP)", "cgroup")?;
+    let (_, ns) = enter(
+        CloneFlags::CLONE_NEWCGROUP,
+        "unshare(CLONE_NEWCGROUP)",
+        "cgroup",
+    )?;
     let cg = util::read_trim("/proc/self/cgroup")?;
     if let Some(l) = cg.lines().find(|l| !l.ends_with(":/")) {
         return Err(Fail::error(
@@ -214,7 +255,8 @@ struct TimeResult {
 fn time_ns() -> Vec<(Feature, Outcome)> {
     let step = || -> PResult<(Outcome, Outcome)> {
         let parent_ns = ns_link("self", "time")?;
-        unshare(CloneFlags::from_bits_retain(libc::CLONE_NEWTIME)).call("unshare(CLONE_NEWTIME)")?;
+        unshare(CloneFlags::from_bits_retain(libc::CLONE_NEWTIME))
+            .call("unshare(CLONE_NEWTIME)")?;
         let offsets = std::fs::OpenOptions::new()
             .write(true)
             .open("/proc/self/timens_offsets")
@@ -230,10 +272,15 @@ fn time_ns() -> Vec<(Feature, Outcome)> {
             });
             0
         })?;
-        expect_exit_zero(child, STEP, "fork", |c| Fail::error("fork", format!("child exited {c}")))?;
+        expect_exit_zero(child, STEP, "fork", |c| {
+            Fail::error("fork", format!("child exited {c}"))
+        })?;
         let r = res.get();
         if !r.entered {
-            return Err(Fail::error("fork", "the child did not enter the new time namespace"));
+            return Err(Fail::error(
+                "fork",
+                "the child did not enter the new time namespace",
+            ));
         }
         let ns = ns_link("self", "time_for_children")?;
         let ns_ok = Outcome::ok(format!("children enter {ns}"));
@@ -243,8 +290,10 @@ fn time_ns() -> Vec<(Feature, Outcome)> {
                 let want = MONO_OFFSET_S * 1_000_000_000;
                 let delta = r.offset_ns - want;
                 if (0..5_000_000_000).contains(&delta) {
-                    Outcome::ok(format!("CLOCK_MONOTONIC shifted by {MONO_OFFSET_S} s in the child"))
-                        .with("offset_s", MONO_OFFSET_S)
+                    Outcome::ok(format!(
+                        "CLOCK_MONOTONIC shifted by {MONO_OFFSET_S} s in the child"
+                    ))
+                    .with("offset_s", MONO_OFFSET_S)
                 } else {
                     Outcome::error(format!(
                         "CLOCK_MONOTONIC moved by {} ms, expected {} s",
@@ -267,7 +316,10 @@ fn time_ns() -> Vec<(Feature, Outcome)> {
 }
 
 fn mono_ns() -> i64 {
-    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
     // SAFETY: clock_gettime writes one timespec.
     unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
     ts.tv_sec * 1_000_000_000 + ts.tv_nsec
@@ -294,7 +346,10 @@ fn user_ns() -> PResult<Outcome> {
     let (_, ns) = enter(CloneFlags::CLONE_NEWUSER, "unshare(CLONE_NEWUSER)", "user")?;
     write_maps(uid, gid).map_err(|(path, e)| Fail::call(format!("write {path}"), e))?;
     if nix::unistd::geteuid().as_raw() != 0 {
-        return Err(Fail::error("geteuid", "uid 0 is not mapped in the new user namespace"));
+        return Err(Fail::error(
+            "geteuid",
+            "uid 0 is not mapped in the new user namespace",
+        ));
     }
     Ok(Outcome::ok(format!("{ns} with uid {uid} mapped to 0")))
 }
@@ -305,7 +360,11 @@ struct StepErr {
     errno: i32,
 }
 
-const MAP_FILES: [&str; 3] = ["/proc/self/setgroups", "/proc/self/uid_map", "/proc/self/gid_map"];
+const MAP_FILES: [&str; 3] = [
+    "/proc/self/setgroups",
+    "/proc/self/uid_map",
+    "/proc/self/gid_map",
+];
 
 fn user_ns_unprivileged() -> PResult<Outcome> {
     const NOBODY: u32 = 65534;
@@ -344,7 +403,9 @@ fn user_ns_unprivileged() -> PResult<Outcome> {
         }
     })?;
     match util::wait_exit(child, STEP)? {
-        util::Exit::Code(0) => Ok(Outcome::ok("uid 65534 created a user namespace and became root in it")),
+        util::Exit::Code(0) => Ok(Outcome::ok(
+            "uid 65534 created a user namespace and became root in it",
+        )),
         util::Exit::Code(_) => {
             let r = res.get();
             let errno = Errno::from_raw(r.errno);
@@ -360,7 +421,10 @@ fn user_ns_unprivileged() -> PResult<Outcome> {
                     errno,
                     "unprivileged users cannot map their uid in a user namespace here",
                 )),
-                _ => Err(Fail::error("geteuid", "uid 0 is not mapped in the new user namespace")),
+                _ => Err(Fail::error(
+                    "geteuid",
+                    "uid 0 is not mapped in the new user namespace",
+                )),
             }
         }
         util::Exit::Signal(s) => Err(Fail::error("fork", format!("child killed by signal {s}"))),

@@ -72,7 +72,9 @@ fn in_fresh_namespace(seen: &Shared<Seen>) -> i32 {
     let mut s = seen.get();
     // A chosen PID that is not the next free one.
     // Exit codes are 8 bits: the grandchild answers 0 when it sees CHOSEN.
-    match clone3_fn(0, &[CHOSEN], || i32::from(nix::unistd::getpid().as_raw() != CHOSEN)) {
+    match clone3_fn(0, &[CHOSEN], || {
+        i32::from(nix::unistd::getpid().as_raw() != CHOSEN)
+    }) {
         Ok(pid) => {
             s.chosen = pid;
             s.chosen_self = if reap(pid) == 0 { CHOSEN } else { -1 };
@@ -147,7 +149,9 @@ fn run() -> Vec<(Feature, Outcome)> {
         }
     };
     let host_pid_max = read_trim("/proc/sys/kernel/pid_max");
-    let fresh = clone3_fn(libc::CLONE_NEWPID as u64, &[1], || in_fresh_namespace(&seen));
+    let fresh = clone3_fn(libc::CLONE_NEWPID as u64, &[1], || {
+        in_fresh_namespace(&seen)
+    });
     let fresh = match fresh {
         Ok(pid) => expect_exit_zero(pid, STEP * 2, "clone3", |c| {
             Fail::error("clone3", format!("helper exited {c}"))
@@ -157,90 +161,117 @@ fn run() -> Vec<(Feature, Outcome)> {
     let s = seen.get();
     let mut out = Vec::new();
 
-    out.push((Clone3SetTid, util::outcome(fresh.clone().and_then(|()| {
-        if s.chosen < 0 {
-            return Err(Fail::call(
-                format!("clone3(set_tid={{{CHOSEN}}})"),
-                Errno::from_raw(-s.chosen),
-            ));
-        }
-        if s.chosen != CHOSEN || s.chosen_self != CHOSEN {
-            return Err(Fail::error(
-                format!("clone3(set_tid={{{CHOSEN}}})"),
-                format!("got PID {} (the child saw {})", s.chosen, s.chosen_self),
-            ));
-        }
-        if s.taken_errno != Errno::EEXIST as i32 {
-            return Err(Fail::error(
-                "clone3(set_tid={1})",
-                format!("a taken PID gave errno {} instead of EEXIST", s.taken_errno),
-            ));
-        }
-        Ok(Outcome::ok(format!(
-            "PID {CHOSEN} chosen in a fresh PID namespace; a taken PID gives EEXIST"
-        )))
-    }))));
+    out.push((
+        Clone3SetTid,
+        util::outcome(fresh.clone().and_then(|()| {
+            if s.chosen < 0 {
+                return Err(Fail::call(
+                    format!("clone3(set_tid={{{CHOSEN}}})"),
+                    Errno::from_raw(-s.chosen),
+                ));
+            }
+            if s.chosen != CHOSEN || s.chosen_self != CHOSEN {
+                return Err(Fail::error(
+                    format!("clone3(set_tid={{{CHOSEN}}})"),
+                    format!("got PID {} (the child saw {})", s.chosen, s.chosen_self),
+                ));
+            }
+            if s.taken_errno != Errno::EEXIST as i32 {
+                return Err(Fail::error(
+                    "clone3(set_tid={1})",
+                    format!("a taken PID gave errno {} instead of EEXIST", s.taken_errno),
+                ));
+            }
+            Ok(Outcome::ok(format!(
+                "PID {CHOSEN} chosen in a fresh PID namespace; a taken PID gives EEXIST"
+            )))
+        })),
+    ));
 
     let nested_res = clone3_fn(libc::CLONE_NEWPID as u64, &[1], || nested(&seen))
         .map_err(|e| Fail::call("clone3(CLONE_NEWPID)", e))
         .and_then(|pid| {
-            expect_exit_zero(pid, STEP, "clone3", |c| Fail::error("clone3", format!("helper exited {c}")))
+            expect_exit_zero(pid, STEP, "clone3", |c| {
+                Fail::error("clone3", format!("helper exited {c}"))
+            })
         });
     let s = seen.get();
-    out.push((Clone3SetTidNested, util::outcome(nested_res.and_then(|()| {
-        let call = format!("clone3(CLONE_NEWPID, set_tid={{1, {NESTED_OUTER}}})");
-        if s.nested < 0 {
-            return Err(Fail::call(call, Errno::from_raw(-s.nested)));
-        }
-        if s.nested != NESTED_OUTER || s.nested_self != 1 {
-            return Err(Fail::error(
-                call,
-                format!("got PID {} outside and {} inside", s.nested, s.nested_self),
-            ));
-        }
-        Ok(Outcome::ok(format!(
-            "PID 1 in a second-level namespace and {NESTED_OUTER} in the first, in one call"
-        )))
-    }))));
+    out.push((
+        Clone3SetTidNested,
+        util::outcome(nested_res.and_then(|()| {
+            let call = format!("clone3(CLONE_NEWPID, set_tid={{1, {NESTED_OUTER}}})");
+            if s.nested < 0 {
+                return Err(Fail::call(call, Errno::from_raw(-s.nested)));
+            }
+            if s.nested != NESTED_OUTER || s.nested_self != 1 {
+                return Err(Fail::error(
+                    call,
+                    format!("got PID {} outside and {} inside", s.nested, s.nested_self),
+                ));
+            }
+            Ok(Outcome::ok(format!(
+                "PID 1 in a second-level namespace and {NESTED_OUTER} in the first, in one call"
+            )))
+        })),
+    ));
 
-    out.push((NsLastPid, util::outcome(fresh.clone().and_then(|()| {
-        if s.last_pid_errno != 0 {
-            let e = Errno::from_raw(s.last_pid_errno);
-            let f = Fail::call("write /proc/sys/kernel/ns_last_pid", e);
-            return Err(if e == Errno::ENOENT { f.as_missing() } else { f });
-        }
-        if s.last_pid_next != LAST_PID + 1 {
-            return Err(Fail::error(
-                "fork",
-                format!("after ns_last_pid={LAST_PID} fork gave PID {}", s.last_pid_next),
-            ));
-        }
-        Ok(Outcome::ok(format!("ns_last_pid={LAST_PID} made the next fork PID {}", LAST_PID + 1)))
-    }))));
+    out.push((
+        NsLastPid,
+        util::outcome(fresh.clone().and_then(|()| {
+            if s.last_pid_errno != 0 {
+                let e = Errno::from_raw(s.last_pid_errno);
+                let f = Fail::call("write /proc/sys/kernel/ns_last_pid", e);
+                return Err(if e == Errno::ENOENT {
+                    f.into_missing()
+                } else {
+                    f
+                });
+            }
+            if s.last_pid_next != LAST_PID + 1 {
+                return Err(Fail::error(
+                    "fork",
+                    format!(
+                        "after ns_last_pid={LAST_PID} fork gave PID {}",
+                        s.last_pid_next
+                    ),
+                ));
+            }
+            Ok(Outcome::ok(format!(
+                "ns_last_pid={LAST_PID} made the next fork PID {}",
+                LAST_PID + 1
+            )))
+        })),
+    ));
 
-    out.push((PidMax, util::outcome(fresh.and_then(|()| {
-        let host: i64 = host_pid_max?
-            .parse()
-            .map_err(|_| Fail::error("read /proc/sys/kernel/pid_max", "not a number"))?;
-        let ns = i64::from(s.pid_max_ns);
-        if s.at_max_minus_1 != s.pid_max_ns - 1 {
-            return Err(Fail::error(
-                format!("clone3(set_tid={{{}}})", ns - 1),
-                format!("the largest PID was refused ({})", s.at_max_minus_1),
-            ));
-        }
-        if s.at_max_errno != Errno::EINVAL as i32 {
-            return Err(Fail::error(
-                format!("clone3(set_tid={{{ns}}})"),
-                format!("a PID at pid_max gave errno {} instead of EINVAL", s.at_max_errno),
-            ));
-        }
-        Ok(Outcome::ok(format!(
+    out.push((
+        PidMax,
+        util::outcome(fresh.and_then(|()| {
+            let host: i64 = host_pid_max?
+                .parse()
+                .map_err(|_| Fail::error("read /proc/sys/kernel/pid_max", "not a number"))?;
+            let ns = i64::from(s.pid_max_ns);
+            if s.at_max_minus_1 != s.pid_max_ns - 1 {
+                return Err(Fail::error(
+                    format!("clone3(set_tid={{{}}})", ns - 1),
+                    format!("the largest PID was refused ({})", s.at_max_minus_1),
+                ));
+            }
+            if s.at_max_errno != Errno::EINVAL as i32 {
+                return Err(Fail::error(
+                    format!("clone3(set_tid={{{ns}}})"),
+                    format!(
+                        "a PID at pid_max gave errno {} instead of EINVAL",
+                        s.at_max_errno
+                    ),
+                ));
+            }
+            Ok(Outcome::ok(format!(
             "pid_max {host} on the host, {ns} in a fresh PID namespace: PIDs up to {} restorable",
             ns - 1
         ))
-        .with("host", host)
-        .with("fresh_namespace", ns))
-    }))));
+            .with("host", host)
+            .with("fresh_namespace", ns))
+        })),
+    ));
     out
 }

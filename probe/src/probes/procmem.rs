@@ -93,11 +93,18 @@ fn sequence() -> PResult<Vec<(Feature, Outcome)>> {
     out.push((
         PidfdOpen,
         util::outcome(pidfd.as_ref().map_err(|e| Fail::from(*e)).and_then(|fd| {
-            let mut p = libc::pollfd { fd: fd.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+            let mut p = libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            };
             // SAFETY: one valid pollfd.
             let n = unsafe { libc::poll(&mut p, 1, 0) };
             if n != 0 {
-                return Err(Fail::error("poll(pidfd)", "readable while the process runs"));
+                return Err(Fail::error(
+                    "poll(pidfd)",
+                    "readable while the process runs",
+                ));
             }
             Ok(Outcome::ok("pidfd of a live process, not yet readable"))
         })),
@@ -124,18 +131,38 @@ fn sequence() -> PResult<Vec<(Feature, Outcome)>> {
     out.push((
         Kcmp,
         util::outcome((|| {
-            let same = kcmp(me, pid, KcmpType::File, k_rd.as_raw_fd() as u64, k_rd.as_raw_fd() as u64)?;
+            let same = kcmp(
+                me,
+                pid,
+                KcmpType::File,
+                k_rd.as_raw_fd() as u64,
+                k_rd.as_raw_fd() as u64,
+            )?;
             let vm = kcmp(me, pid, KcmpType::Vm, 0, 0)?;
             if !same.is_equal() || vm.is_equal() {
-                return Err(Fail::error("kcmp", "wrong answer for a shared file or separate memory"));
+                return Err(Fail::error(
+                    "kcmp",
+                    "wrong answer for a shared file or separate memory",
+                ));
             }
             if let Ok(d) = &dup {
-                let d = kcmp(me, me, KcmpType::File, d.as_raw_fd() as u64, k_rd.as_raw_fd() as u64)?;
+                let d = kcmp(
+                    me,
+                    me,
+                    KcmpType::File,
+                    d.as_raw_fd() as u64,
+                    k_rd.as_raw_fd() as u64,
+                )?;
                 if !d.is_equal() {
-                    return Err(Fail::error("kcmp", "a pidfd_getfd duplicate is not the same file"));
+                    return Err(Fail::error(
+                        "kcmp",
+                        "a pidfd_getfd duplicate is not the same file",
+                    ));
                 }
             }
-            Ok(Outcome::ok("tells a shared open file from separate address spaces"))
+            Ok(Outcome::ok(
+                "tells a shared open file from separate address spaces",
+            ))
         })()),
     ));
 
@@ -143,9 +170,16 @@ fn sequence() -> PResult<Vec<(Feature, Outcome)>> {
     let vm = (|| {
         let mut buf = [0u8; 16];
         let local = [std::io::IoSliceMut::new(&mut buf)];
-        let remote = [nix::sys::uio::RemoteIoVec { base: p_addr as usize, len: 16 }];
-        let n = nix::sys::uio::process_vm_readv(nix::unistd::Pid::from_raw(pid), &mut { local }, &remote)
-            .call("process_vm_readv")?;
+        let remote = [nix::sys::uio::RemoteIoVec {
+            base: p_addr as usize,
+            len: 16,
+        }];
+        let n = nix::sys::uio::process_vm_readv(
+            nix::unistd::Pid::from_raw(pid),
+            &mut { local },
+            &remote,
+        )
+        .call("process_vm_readv")?;
         if n != 16 || buf[0] != 0x5a || buf[1..].iter().any(|&b| b != 0) {
             return Err(Fail::error("process_vm_readv", "read back other data"));
         }
@@ -171,14 +205,24 @@ fn sequence() -> PResult<Vec<(Feature, Outcome)>> {
             .call("open /proc/PID/mem")?;
         f.write_all_at(MEM_PATTERN, r_addr).map_err(|e| {
             let errno = Errno::from_raw(e.raw_os_error().unwrap_or(libc::EIO));
-            Fail::missing_call("pwrite /proc/PID/mem", errno, "writes to a read-only page are refused")
+            Fail::missing_call(
+                "pwrite /proc/PID/mem",
+                errno,
+                "writes to a read-only page are refused",
+            )
         })?;
         let mut back = [0u8; 16];
-        f.read_exact_at(&mut back, r_addr).call("pread /proc/PID/mem")?;
+        f.read_exact_at(&mut back, r_addr)
+            .call("pread /proc/PID/mem")?;
         if &back != MEM_PATTERN {
-            return Err(Fail::error("pwrite /proc/PID/mem", "the write did not land"));
+            return Err(Fail::error(
+                "pwrite /proc/PID/mem",
+                "the write did not land",
+            ));
         }
-        Ok(Outcome::ok("wrote into a read-only private page of the helper"))
+        Ok(Outcome::ok(
+            "wrote into a read-only private page of the helper",
+        ))
     })();
 
     // map_files: the helper's shared mapping is the same object as ours.
@@ -193,7 +237,10 @@ fn sequence() -> PResult<Vec<(Feature, Outcome)>> {
                 .call("open /proc/self/map_files")?;
             let (a, b) = (a.metadata().call("fstat")?, b.metadata().call("fstat")?);
             if (a.dev(), a.ino()) != (b.dev(), b.ino()) {
-                return Err(Fail::error("open map_files", "shared memory seen as two objects"));
+                return Err(Fail::error(
+                    "open map_files",
+                    "shared memory seen as two objects",
+                ));
             }
             Ok(Outcome::ok(format!(
                 "opened the helper's shared mapping ({}), same object as ours",
@@ -207,8 +254,12 @@ fn sequence() -> PResult<Vec<(Feature, Outcome)>> {
     let pm = std::fs::File::open(&pm_path).call(&format!("open {pm_path}"));
     let entries = pm.as_ref().map_err(Clone::clone).and_then(|f| {
         let mut buf = vec![0u8; 8 * 8];
-        f.read_exact_at(&mut buf, p_addr / ps as u64 * 8).call(&format!("pread {pm_path}"))?;
-        Ok(buf.chunks(8).map(|c| u64::from_ne_bytes(c.try_into().unwrap())).collect::<Vec<_>>())
+        f.read_exact_at(&mut buf, p_addr / ps as u64 * 8)
+            .call(&format!("pread {pm_path}"))?;
+        Ok(buf
+            .chunks(8)
+            .map(|c| u64::from_ne_bytes(c.try_into().unwrap()))
+            .collect::<Vec<_>>())
     });
     out.push((
         Pagemap,
@@ -220,7 +271,9 @@ fn sequence() -> PResult<Vec<(Feature, Outcome)>> {
                     format!("present pages {present:?}, expected {PRESENT_PAGES:?}"),
                 ));
             }
-            Ok(Outcome::ok("present bits match the pages the helper touched"))
+            Ok(Outcome::ok(
+                "present bits match the pages the helper touched",
+            ))
         })),
     ));
     out.push((
@@ -229,7 +282,10 @@ fn sequence() -> PResult<Vec<(Feature, Outcome)>> {
             if PRESENT_PAGES.iter().all(|&i| e[i] & PM_PFN_MASK != 0) {
                 Ok(Outcome::ok("page frame numbers visible"))
             } else {
-                Err(Fail::missing(format!("pread {pm_path}"), "page frame numbers read as 0"))
+                Err(Fail::missing(
+                    format!("pread {pm_path}"),
+                    "page frame numbers read as 0",
+                ))
             }
         })),
     ));
@@ -237,24 +293,42 @@ fn sequence() -> PResult<Vec<(Feature, Outcome)>> {
     out.push((
         PagemapScan,
         util::outcome(pm.and_then(|f| {
-            let regions = mm::pagemap_scan(f.as_fd(), p_addr, p_addr + 8 * ps as u64, mm::PAGE_IS_PRESENT, mm::PAGE_IS_PRESENT)
-                .map_err(|e| {
-                    let fl = Fail::from(e);
-                    if matches!(e.errno, Errno::ENOTTY | Errno::EINVAL) { fl.as_missing() } else { fl }
-                })?;
+            let regions = mm::pagemap_scan(
+                f.as_fd(),
+                p_addr,
+                p_addr + 8 * ps as u64,
+                mm::PAGE_IS_PRESENT,
+                mm::PAGE_IS_PRESENT,
+            )
+            .map_err(|e| {
+                let fl = Fail::from(e);
+                if matches!(e.errno, Errno::ENOTTY | Errno::EINVAL) {
+                    fl.into_missing()
+                } else {
+                    fl
+                }
+            })?;
             let p = ps as u64;
             let want = [(p_addr, p_addr + 4 * p), (p_addr + 5 * p, p_addr + 6 * p)];
             let got: Vec<(u64, u64)> = regions.iter().map(|r| (r.start, r.end)).collect();
             if got != want {
-                return Err(Fail::error("ioctl(PAGEMAP_SCAN)", format!("ranges {got:x?}, expected {want:x?}")));
+                return Err(Fail::error(
+                    "ioctl(PAGEMAP_SCAN)",
+                    format!("ranges {got:x?}, expected {want:x?}"),
+                ));
             }
             let cats: Vec<&str> = mm::PAGE_CATEGORIES
                 .iter()
-                .filter(|(bit, _)| mm::pagemap_scan(f.as_fd(), p_addr, p_addr + p, *bit, *bit).is_ok())
+                .filter(|(bit, _)| {
+                    mm::pagemap_scan(f.as_fd(), p_addr, p_addr + p, *bit, *bit).is_ok()
+                })
                 .map(|(_, n)| *n)
                 .collect();
-            Ok(Outcome::ok(format!("present pages as 2 ranges in one call; categories: {}", cats.join(", ")))
-                .with("categories", cats))
+            Ok(Outcome::ok(format!(
+                "present pages as 2 ranges in one call; categories: {}",
+                cats.join(", ")
+            ))
+            .with("categories", cats))
         })),
     ));
 
@@ -263,12 +337,18 @@ fn sequence() -> PResult<Vec<(Feature, Outcome)>> {
     let (vm, mem) = match verdict {
         Ok(Exit::Code(0)) => (vm, mem),
         Ok(Exit::Code(1)) => (
-            vm.and(Err(Fail::error("process_vm_writev", "the helper does not see the write"))),
+            vm.and(Err(Fail::error(
+                "process_vm_writev",
+                "the helper does not see the write",
+            ))),
             mem,
         ),
         Ok(Exit::Code(2)) => (
             vm,
-            mem.and(Err(Fail::error("pwrite /proc/PID/mem", "the helper does not see the write"))),
+            mem.and(Err(Fail::error(
+                "pwrite /proc/PID/mem",
+                "the helper does not see the write",
+            ))),
         ),
         Ok(other) => {
             let f = Fail::error("helper", format!("ended with {other:?}"));
@@ -280,7 +360,9 @@ fn sequence() -> PResult<Vec<(Feature, Outcome)>> {
     out.push((ProcMemWrite, util::outcome(mem)));
 
     out.push((PidfdSendSignal, util::outcome(send_signal())));
-    debug_assert!(out.iter().all(|(_, o)| o.status != Status::Ok || o.detail.is_some()));
+    debug_assert!(out
+        .iter()
+        .all(|(_, o)| o.status != Status::Ok || o.detail.is_some()));
     Ok(out)
 }
 
@@ -290,6 +372,9 @@ fn send_signal() -> PResult<Outcome> {
     sys::pidfd::pidfd_send_signal(fd.as_fd(), libc::SIGKILL)?;
     match u.wait()? {
         Exit::Signal(libc::SIGKILL) => Ok(Outcome::ok("SIGKILL through a pidfd ended the helper")),
-        other => Err(Fail::error("pidfd_send_signal", format!("the helper ended with {other:?}"))),
+        other => Err(Fail::error(
+            "pidfd_send_signal",
+            format!("the helper ended with {other:?}"),
+        )),
     }
 }

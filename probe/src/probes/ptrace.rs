@@ -117,9 +117,15 @@ fn core_sequence(r: &mut Results) -> PResult<()> {
             pt::set_regs(pid, &regs).map_err(ptrace_fail)?;
             let again = pt::get_regs(pid).map_err(ptrace_fail)?;
             if again.rip != regs.rip || again.rsp != regs.rsp {
-                return Err(Fail::error("ptrace(PTRACE_SETREGSET, NT_PRSTATUS)", "registers changed"));
+                return Err(Fail::error(
+                    "ptrace(PTRACE_SETREGSET, NT_PRSTATUS)",
+                    "registers changed",
+                ));
             }
-            Ok(Outcome::ok(format!("NT_PRSTATUS {} bytes", pt::PRSTATUS_SIZE)))
+            Ok(Outcome::ok(format!(
+                "NT_PRSTATUS {} bytes",
+                pt::PRSTATUS_SIZE
+            )))
         }),
     );
 
@@ -136,7 +142,11 @@ fn core_sequence(r: &mut Results) -> PResult<()> {
             if expected.is_some_and(|e| e as usize != x.len()) {
                 return Err(Fail::error(
                     "ptrace(PTRACE_GETREGSET, NT_X86_XSTATE)",
-                    format!("{} bytes, CPUID 0xd says {}", x.len(), expected.unwrap_or(0)),
+                    format!(
+                        "{} bytes, CPUID 0xd says {}",
+                        x.len(),
+                        expected.unwrap_or(0)
+                    ),
                 ));
             }
             Ok(Outcome::ok(format!(
@@ -179,11 +189,17 @@ fn core_sequence(r: &mut Results) -> PResult<()> {
         PtracePeeksiginfo,
         (|| {
             if !mask_ok {
-                return Err(Fail::error("ptrace(PTRACE_SETSIGMASK)", "needs ptrace-sigmask"));
+                return Err(Fail::error(
+                    "ptrace(PTRACE_SETSIGMASK)",
+                    "needs ptrace-sigmask",
+                ));
             }
             // SAFETY: kill and tgkill with integer arguments, on our own child.
             unsafe {
-                util::cvt("kill(SIGWINCH)", libc::kill(pid, libc::SIGWINCH) as libc::c_long)?;
+                util::cvt(
+                    "kill(SIGWINCH)",
+                    libc::kill(pid, libc::SIGWINCH) as libc::c_long,
+                )?;
                 util::cvt(
                     "tgkill(SIGURG)",
                     libc::syscall(libc::SYS_tgkill, pid, pid, libc::SIGURG),
@@ -193,14 +209,19 @@ fn core_sequence(r: &mut Results) -> PResult<()> {
             let thread = pt::peek_siginfo(pid, false).map_err(ptrace_fail)?;
             let me = std::process::id() as i32;
             // SAFETY: kill(2) siginfos carry si_pid.
-            let from_us = |i: &libc::siginfo_t, sig| i.si_signo == sig && unsafe { i.si_pid() } == me;
-            if !shared.iter().any(|i| from_us(i, libc::SIGWINCH)) || !thread.iter().any(|i| from_us(i, libc::SIGURG)) {
+            let from_us =
+                |i: &libc::siginfo_t, sig| i.si_signo == sig && unsafe { i.si_pid() } == me;
+            if !shared.iter().any(|i| from_us(i, libc::SIGWINCH))
+                || !thread.iter().any(|i| from_us(i, libc::SIGURG))
+            {
                 return Err(Fail::error(
                     "ptrace(PTRACE_PEEKSIGINFO)",
                     "queued signals not reported with their sender",
                 ));
             }
-            Ok(Outcome::ok("process and thread queues read without dequeuing"))
+            Ok(Outcome::ok(
+                "process and thread queues read without dequeuing",
+            ))
         })(),
     );
     if let Ok(m) = old_mask {
@@ -225,41 +246,64 @@ fn core_sequence(r: &mut Results) -> PResult<()> {
 
     let info_ok = r.set_r(
         PtraceSyscallInfo,
-        pt::get_syscall_info(pid).map_err(ptrace_fail).and_then(|i| {
-            let rip = regs.as_ref().map(|r| r.rip).unwrap_or(i.instruction_pointer);
-            if i.op != pt::SyscallOp::None || i.arch != AUDIT_ARCH_X86_64 || i.instruction_pointer != rip {
-                return Err(Fail::error(
-                    "ptrace(PTRACE_GET_SYSCALL_INFO)",
-                    format!("unexpected answer at an interrupt stop: {i:?}"),
-                ));
-            }
-            Ok(Outcome::ok("describes stops; entry and exit stops drive syscall injection"))
-        }),
+        pt::get_syscall_info(pid)
+            .map_err(ptrace_fail)
+            .and_then(|i| {
+                let rip = regs
+                    .as_ref()
+                    .map(|r| r.rip)
+                    .unwrap_or(i.instruction_pointer);
+                if i.op != pt::SyscallOp::None
+                    || i.arch != AUDIT_ARCH_X86_64
+                    || i.instruction_pointer != rip
+                {
+                    return Err(Fail::error(
+                        "ptrace(PTRACE_GET_SYSCALL_INFO)",
+                        format!("unexpected answer at an interrupt stop: {i:?}"),
+                    ));
+                }
+                Ok(Outcome::ok(
+                    "describes stops; entry and exit stops drive syscall injection",
+                ))
+            }),
     );
 
     // Injection, then the tracee must resume exactly where it was.
     let inject = (|| {
         if !regs_ok || !info_ok {
-            return Err(Fail::error("inject", "needs ptrace-regs and ptrace-syscall-info"));
+            return Err(Fail::error(
+                "inject",
+                "needs ptrace-regs and ptrace-syscall-info",
+            ));
         }
         let regs = regs.clone()?;
         let gadget = sys::inject::find_syscall_gadget(pid)?;
         let mut inj = sys::inject::Injector::new(pid, gadget).map_err(ptrace_fail)?;
         let got = inj.syscall(libc::SYS_getpid, [0; 6]).map_err(ptrace_fail)?;
         if got != i64::from(pid) {
-            return Err(Fail::error("injected getpid", format!("returned {got}, not {pid}")));
+            return Err(Fail::error(
+                "injected getpid",
+                format!("returned {got}, not {pid}"),
+            ));
         }
         let prot = (libc::PROT_READ | libc::PROT_WRITE) as u64;
         let flags = (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64;
-        let addr = inj.syscall(libc::SYS_mmap, [0, 4096, prot, flags, u64::MAX, 0]).map_err(ptrace_fail)?;
+        let addr = inj
+            .syscall(libc::SYS_mmap, [0, 4096, prot, flags, u64::MAX, 0])
+            .map_err(ptrace_fail)?;
         if addr <= 0 {
             return Err(Fail::call("injected mmap", Errno::from_raw(-addr as i32)));
         }
         let maps = util::read_trim(&format!("/proc/{pid}/maps"))?;
         if !maps.lines().any(|l| l.starts_with(&format!("{addr:x}-"))) {
-            return Err(Fail::error("injected mmap", "the mapping is not in /proc/PID/maps"));
+            return Err(Fail::error(
+                "injected mmap",
+                "the mapping is not in /proc/PID/maps",
+            ));
         }
-        let un = inj.syscall(libc::SYS_munmap, [addr as u64, 4096, 0, 0, 0, 0]).map_err(ptrace_fail)?;
+        let un = inj
+            .syscall(libc::SYS_munmap, [addr as u64, 4096, 0, 0, 0, 0])
+            .map_err(ptrace_fail)?;
         if un != 0 {
             return Err(Fail::error("injected munmap", format!("returned {un}")));
         }
@@ -268,7 +312,13 @@ fn core_sequence(r: &mut Results) -> PResult<()> {
         sys::inject::apply_syscall_restart(&mut expected);
         let now = pt::get_regs(pid).map_err(ptrace_fail)?;
         if (now.rip, now.rsp, now.rax, now.rdi, now.orig_rax)
-            != (expected.rip, expected.rsp, expected.rax, expected.rdi, expected.orig_rax)
+            != (
+                expected.rip,
+                expected.rsp,
+                expected.rax,
+                expected.rdi,
+                expected.orig_rax,
+            )
         {
             return Err(Fail::error("inject", "registers not restored"));
         }
@@ -292,14 +342,37 @@ fn core_sequence(r: &mut Results) -> PResult<()> {
 
 /// The filter: getppid() fails with EPERM, everything else is allowed.
 fn filter() -> Vec<libc::sock_filter> {
-    let stmt = |code: u32, k: u32| libc::sock_filter { code: code as u16, jt: 0, jf: 0, k };
-    let jump = |code: u32, k: u32, jt: u8, jf: u8| libc::sock_filter { code: code as u16, jt, jf, k };
+    let stmt = |code: u32, k: u32| libc::sock_filter {
+        code: code as u16,
+        jt: 0,
+        jf: 0,
+        k,
+    };
+    let jump = |code: u32, k: u32, jt: u8, jf: u8| libc::sock_filter {
+        code: code as u16,
+        jt,
+        jf,
+        k,
+    };
     vec![
         stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 4),
-        jump(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K, AUDIT_ARCH_X86_64, 0, 3),
+        jump(
+            libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
+            AUDIT_ARCH_X86_64,
+            0,
+            3,
+        ),
         stmt(libc::BPF_LD | libc::BPF_W | libc::BPF_ABS, 0),
-        jump(libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K, libc::SYS_getppid as u32, 0, 1),
-        stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ERRNO | libc::EPERM as u32),
+        jump(
+            libc::BPF_JMP | libc::BPF_JEQ | libc::BPF_K,
+            libc::SYS_getppid as u32,
+            0,
+            1,
+        ),
+        stmt(
+            libc::BPF_RET | libc::BPF_K,
+            libc::SECCOMP_RET_ERRNO | libc::EPERM as u32,
+        ),
         stmt(libc::BPF_RET | libc::BPF_K, libc::SECCOMP_RET_ALLOW),
     ]
 }
@@ -313,7 +386,11 @@ fn install_filter() -> i32 {
     // SAFETY: prctl with integers, then with a valid sock_fprog.
     unsafe {
         if libc::prctl(libc::PR_SET_NO_NEW_PRIVS, 1, 0, 0, 0) != 0
-            || libc::prctl(libc::PR_SET_SECCOMP, libc::SECCOMP_MODE_FILTER, &prog as *const libc::sock_fprog) != 0
+            || libc::prctl(
+                libc::PR_SET_SECCOMP,
+                libc::SECCOMP_MODE_FILTER,
+                &prog as *const libc::sock_fprog,
+            ) != 0
         {
             return util::last_errno();
         }
@@ -324,7 +401,9 @@ fn install_filter() -> i32 {
 fn inject_getppid(pid: i32) -> PResult<i64> {
     let gadget = sys::inject::find_syscall_gadget(pid)?;
     let mut inj = sys::inject::Injector::new(pid, gadget).map_err(ptrace_fail)?;
-    let v = inj.syscall(libc::SYS_getppid, [0; 6]).map_err(ptrace_fail)?;
+    let v = inj
+        .syscall(libc::SYS_getppid, [0; 6])
+        .map_err(ptrace_fail)?;
     inj.finish().map_err(ptrace_fail)?;
     Ok(v)
 }
@@ -341,23 +420,43 @@ fn seccomp_sequence(r: &mut Results) -> PResult<()> {
             1
         }
     })
-    .map_err(|f| f.as_missing().because("cannot install a seccomp filter in a helper process"))?;
+    .map_err(|f| {
+        f.into_missing()
+            .because("cannot install a seccomp filter in a helper process")
+    })?;
     let pid = t.pid;
     t.seize_stop(OPTS)?;
 
     let want = filter();
-    let read_back = pt::seccomp_get_filter(pid, 0).map_err(ptrace_fail).and_then(|p| {
-        let p = p.ok_or_else(|| Fail::error("ptrace(PTRACE_SECCOMP_GET_FILTER)", "no filter 0"))?;
-        let same = p.len() == want.len()
-            && p.iter().zip(&want).all(|(a, b)| (a.code, a.jt, a.jf, a.k) == (b.code, b.jt, b.jf, b.k));
-        if !same {
-            return Err(Fail::error("ptrace(PTRACE_SECCOMP_GET_FILTER)", "the program read back differs"));
-        }
-        if pt::seccomp_get_filter(pid, 1).map_err(ptrace_fail)?.is_some() {
-            return Err(Fail::error("ptrace(PTRACE_SECCOMP_GET_FILTER)", "a second filter appeared"));
-        }
-        Ok(Outcome::ok(format!("the {}-instruction filter read back exactly", want.len())))
-    });
+    let read_back = pt::seccomp_get_filter(pid, 0)
+        .map_err(ptrace_fail)
+        .and_then(|p| {
+            let p =
+                p.ok_or_else(|| Fail::error("ptrace(PTRACE_SECCOMP_GET_FILTER)", "no filter 0"))?;
+            let same = p.len() == want.len()
+                && p.iter()
+                    .zip(&want)
+                    .all(|(a, b)| (a.code, a.jt, a.jf, a.k) == (b.code, b.jt, b.jf, b.k));
+            if !same {
+                return Err(Fail::error(
+                    "ptrace(PTRACE_SECCOMP_GET_FILTER)",
+                    "the program read back differs",
+                ));
+            }
+            if pt::seccomp_get_filter(pid, 1)
+                .map_err(ptrace_fail)?
+                .is_some()
+            {
+                return Err(Fail::error(
+                    "ptrace(PTRACE_SECCOMP_GET_FILTER)",
+                    "a second filter appeared",
+                ));
+            }
+            Ok(Outcome::ok(format!(
+                "the {}-instruction filter read back exactly",
+                want.len()
+            )))
+        });
     r.set_r(PtraceSeccompFilter, read_back);
 
     let suspend = (|| {
@@ -384,7 +483,10 @@ fn seccomp_sequence(r: &mut Results) -> PResult<()> {
                 "an injected syscall the filter refuses ran while seccomp was suspended; \
                  the filter holds again after detach",
             )),
-            other => Err(Fail::error("detach", format!("the tracee ended badly: {other:?}"))),
+            other => Err(Fail::error(
+                "detach",
+                format!("the tracee ended badly: {other:?}"),
+            )),
         }
     })();
     r.set_r(PtraceSuspendSeccomp, suspend);

@@ -10,7 +10,6 @@ use nix::errno::Errno;
 use super::STEP;
 use crate::util::{self, fork_fn, read_exact_timeout, write_all, Fail, PResult};
 
-
 /// Exit codes of the helper.
 pub(crate) const EXIT_SETUP_FAILED: i32 = 90;
 pub(crate) const EXIT_READ_EINTR: i32 = 91;
@@ -48,15 +47,13 @@ impl Tracee {
                 return EXIT_SETUP_FAILED;
             }
             let mut b = [0u8; 1];
-            loop {
-                // SAFETY: read into a 1-byte buffer we own.
-                let n = unsafe { libc::read(go_rd_raw, b.as_mut_ptr().cast(), 1) };
-                match n {
-                    1 => break,
-                    0 => return EXIT_READ_EOF,
-                    _ if Errno::last() == Errno::EINTR => return EXIT_READ_EINTR,
-                    _ => return EXIT_READ_ERROR,
-                }
+            // SAFETY: read into a 1-byte buffer we own.
+            let n = unsafe { libc::read(go_rd_raw, b.as_mut_ptr().cast(), 1) };
+            match n {
+                1 => {}
+                0 => return EXIT_READ_EOF,
+                _ if Errno::last() == Errno::EINTR => return EXIT_READ_EINTR,
+                _ => return EXIT_READ_ERROR,
             }
             verify()
         })?;
@@ -83,7 +80,10 @@ impl Tracee {
 
     /// Lets the helper leave its read(2) and run its check.
     pub fn release(&mut self) -> PResult<()> {
-        let fd = self.go.take().ok_or_else(|| Fail::error("write", "helper already released"))?;
+        let fd = self
+            .go
+            .take()
+            .ok_or_else(|| Fail::error("write", "helper already released"))?;
         write_all(fd.as_fd(), b"g")
     }
 
@@ -122,7 +122,10 @@ pub(crate) fn wait_stop(pid: i32, timeout: Duration) -> PResult<i32> {
             if libc::WIFSTOPPED(status) {
                 return Ok(status);
             }
-            return Err(Fail::error("waitpid", "the tracee exited instead of stopping"));
+            return Err(Fail::error(
+                "waitpid",
+                "the tracee exited instead of stopping",
+            ));
         }
         if r == -1 && Errno::last() != Errno::EINTR {
             return Err(Fail::call("waitpid", Errno::last()));
@@ -139,7 +142,7 @@ pub(crate) fn wait_stop(pid: i32, timeout: Duration) -> PResult<i32> {
 pub(crate) fn ptrace_fail(e: sys::Error) -> Fail {
     let f = Fail::call(e.call, e.errno);
     if matches!(e.errno, Errno::EIO | Errno::EINVAL) {
-        f.as_missing()
+        f.into_missing()
     } else {
         f
     }

@@ -31,9 +31,12 @@ fn run() -> Vec<(Feature, Outcome)> {
                     if l.contiguous { "" } else { ", not contiguous" }
                 ))
             };
-            o.with("mappings", serde_json::to_value(&l.mappings).unwrap_or_default())
-                .with("contiguous", l.contiguous)
-                .with("known", l.known)
+            o.with(
+                "mappings",
+                serde_json::to_value(&l.mappings).unwrap_or_default(),
+            )
+            .with("contiguous", l.contiguous)
+            .with("known", l.known)
         }
     };
     let remap = match layout {
@@ -54,7 +57,11 @@ fn arch_map_vdso(before: &Layout) -> PResult<Outcome> {
         Err(e) if e.errno == Errno::EEXIST => {}
         Err(e) => {
             let f = Fail::from(e);
-            return Err(if matches!(e.errno, Errno::EINVAL | Errno::ENOSYS) { f.as_missing() } else { f });
+            return Err(if matches!(e.errno, Errno::EINVAL | Errno::ENOSYS) {
+                f.into_missing()
+            } else {
+                f
+            });
         }
         Ok(()) => {
             return Err(Fail::error(

@@ -534,6 +534,19 @@ impl Capability {
         }
     }
 
+    /// Features one might expect this capability to need, which it does
+    /// without (reported when they are missing, to explain why it still works).
+    pub fn not_needed(self) -> &'static [Feature] {
+        use Feature::*;
+        match self {
+            // Restore sets the mm with PR_SET_MM_MAP (CAP_CHECKPOINT_RESTORE).
+            Capability::RestoreExactPids => &[MmSetMmField, CapSysResource, NsLastPid],
+            Capability::Dump => &[PagemapScan, SoftDirty],
+            Capability::Sandbox => &[NsUser],
+            _ => &[],
+        }
+    }
+
     /// All groups must be satisfied; a group is satisfied when any of its
     /// features works.
     pub fn requirements(self) -> &'static [&'static [Feature]] {

@@ -155,6 +155,10 @@ pub struct CapabilityResult {
     /// Features whose absence makes it unsupported.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub blocked_by: Vec<Feature>,
+    /// Features that are not available but that this capability does without
+    /// (e.g. single-field PR_SET_MM for restore, which uses PR_SET_MM_MAP).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub missing_not_needed: Vec<Feature>,
 }
 
 /// Kernel identity the results belong to.
@@ -347,6 +351,12 @@ impl Report {
             if !c.blocked_by.is_empty() {
                 note.push_str(&format!(" (needs {})", join(&c.blocked_by)));
             }
+            if !c.missing_not_needed.is_empty() && c.supported == Support::Yes {
+                note.push_str(&format!(
+                    " (works without {})",
+                    join(&c.missing_not_needed)
+                ));
+            }
             out.push_str(&format!("  {word} {:<cwidth$}  {note}\n", c.name.name()));
         }
         let failed_required: Vec<_> = self
@@ -395,6 +405,12 @@ fn summarize(features: &[FeatureResult]) -> Vec<CapabilityResult> {
                 via: Vec::new(),
                 unavailable_alternatives: Vec::new(),
                 blocked_by: Vec::new(),
+                missing_not_needed: c
+                    .not_needed()
+                    .iter()
+                    .copied()
+                    .filter(|f| status(*f).is_some_and(|s| s != Status::Ok))
+                    .collect(),
             };
             let mut unknown = false;
             for group in c.requirements() {

@@ -50,6 +50,8 @@ pub(crate) fn single_threaded() -> bool {
 struct Running<'a> {
     unit: &'a Unit,
     pid: i32,
+    started: Instant,
+    finished: Option<Instant>,
     fd: OwnedFd,
     buf: Vec<u8>,
     done: bool,
@@ -106,6 +108,7 @@ pub(crate) fn run_units(units: &[&Unit], timeout: Duration) -> Vec<(Feature, Out
                     r.buf.extend_from_slice(&chunk[..n]);
                     if complete(&r.buf) {
                         r.done = true;
+                        r.finished = Some(Instant::now());
                     }
                 }
                 Err(Errno::EINTR) | Err(Errno::EAGAIN) => {}
@@ -141,6 +144,8 @@ fn spawn<'a>(unit: &'a Unit, parent: i32) -> Result<Running<'a>, Fail> {
     Ok(Running {
         unit,
         pid,
+        started: Instant::now(),
+        finished: None,
         fd: rd,
         buf: Vec::new(),
         done: false,
@@ -215,6 +220,9 @@ fn complete(buf: &[u8]) -> bool {
 
 fn finish(r: Running<'_>, timeout: Duration) -> Vec<(Feature, Outcome)> {
     let timed_out = !r.done;
+    if let Some(t) = r.finished {
+        tracing::debug!(unit = r.unit.name, ms = (t - r.started).as_secs_f64() * 1000.0, "probe unit answered");
+    }
     // Kill everything the unit left behind (tracees, victims), then reap the
     // unit. Its PID, and so its process group, cannot be reused before that.
     // SAFETY: kill with integer arguments, on a process group we created.

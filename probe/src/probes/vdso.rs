@@ -31,12 +31,21 @@ fn run() -> Vec<(Feature, Outcome)> {
                     if l.contiguous { "" } else { ", not contiguous" }
                 ))
             };
-            o.with(
-                "mappings",
-                serde_json::to_value(&l.mappings).unwrap_or_default(),
-            )
-            .with("contiguous", l.contiguous)
-            .with("known", l.known)
+            let maps: Vec<serde_json::Value> = l
+                .mappings
+                .iter()
+                .map(|m| {
+                    serde_json::json!({
+                        "name": m.name,
+                        "start": hex(m.start),
+                        "end": hex(m.end),
+                        "pages": m.pages(),
+                    })
+                })
+                .collect();
+            o.with("mappings", maps)
+                .with("contiguous", l.contiguous)
+                .with("known", l.known)
         }
     };
     let remap = match layout {

@@ -363,7 +363,12 @@ fn verify_ok(name: &str, f: &Value) -> bool {
                 .as_array()
                 .unwrap()
                 .iter()
-                .map(|m| (m["name"].as_str().unwrap().to_string(), m["pages"].as_u64().unwrap()))
+                .map(|m| {
+                    (
+                        m["name"].as_str().unwrap().to_string(),
+                        m["pages"].as_u64().unwrap(),
+                    )
+                })
                 .collect();
             assert_eq!(mine, reported, "special mappings: names, sizes and order");
         }
@@ -665,7 +670,10 @@ fn capability_summary_follows_the_features() {
         needs.iter().all(|n| ok(n)) && ok("ns-pid")
     );
     if restore["supported"] == "yes" && !ok("mm-set-mm-field") {
-        assert!(restore["missing_not_needed"].as_array().unwrap().contains(&Value::from("mm-set-mm-field")));
+        assert!(restore["missing_not_needed"]
+            .as_array()
+            .unwrap()
+            .contains(&Value::from("mm-set-mm-field")));
     }
     // The single-field PR_SET_MM ops are not what restore depends on.
     assert!(!feats["mm-set-mm-field"]["capabilities"]

@@ -357,7 +357,8 @@ impl Feature {
             SockDiagPacket => info(
                 "sock_diag reports packet sockets",
                 false,
-                "kernel option CONFIG_PACKET_DIAG (modprobe af_packet_diag)",
+                "kernel option CONFIG_PACKET_DIAG (modprobe af_packet_diag); \
+                 the probe's packet socket needs CAP_NET_RAW",
             ),
             SockDiagNetlink => info(
                 "sock_diag reports netlink sockets",

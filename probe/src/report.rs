@@ -352,10 +352,7 @@ impl Report {
                 note.push_str(&format!(" (needs {})", join(&c.blocked_by)));
             }
             if !c.missing_not_needed.is_empty() && c.supported == Support::Yes {
-                note.push_str(&format!(
-                    " (works without {})",
-                    join(&c.missing_not_needed)
-                ));
+                note.push_str(&format!(" (works without {})", join(&c.missing_not_needed)));
             }
             out.push_str(&format!("  {word} {:<cwidth$}  {note}\n", c.name.name()));
         }

@@ -163,6 +163,17 @@ fn unit_main(unit: &Unit, wr: OwnedFd, parent: i32) -> ! {
             libc::_exit(1);
         }
     }
+    // Probes wait for their own children and rely on default signal
+    // handling: undo what the caller may have set (SIGCHLD ignored, signals
+    // blocked), which fork would otherwise pass on.
+    // SAFETY: resetting SIGCHLD to its default and unblocking all signals
+    // in this new single-threaded process.
+    unsafe {
+        libc::signal(libc::SIGCHLD, libc::SIG_DFL);
+        let mut none: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut none);
+        libc::sigprocmask(libc::SIG_SETMASK, &none, std::ptr::null_mut());
+    }
     inject_fault(unit);
     let raw: RawFd = std::os::fd::IntoRawFd::into_raw_fd(wr);
     RESULT_FD.store(raw, Ordering::SeqCst);
@@ -221,7 +232,11 @@ fn complete(buf: &[u8]) -> bool {
 fn finish(r: Running<'_>, timeout: Duration) -> Vec<(Feature, Outcome)> {
     let timed_out = !r.done;
     if let Some(t) = r.finished {
-        tracing::debug!(unit = r.unit.name, ms = (t - r.started).as_secs_f64() * 1000.0, "probe unit answered");
+        tracing::debug!(
+            unit = r.unit.name,
+            ms = (t - r.started).as_secs_f64() * 1000.0,
+            "probe unit answered"
+        );
     }
     // Kill everything the unit left behind (tracees, victims), then reap the
     // unit. Its PID, and so its process group, cannot be reused before that.

@@ -342,6 +342,10 @@ impl Mapping {
         if p == libc::MAP_FAILED {
             return Err(Fail::call("mmap", Errno::last()));
         }
+        // Probes count pages one by one: no (multi-size) transparent huge
+        // pages that would populate neighbours of a touched page.
+        // SAFETY: advice on the mapping just created.
+        unsafe { libc::madvise(p, len, libc::MADV_NOHUGEPAGE) };
         Ok(Self {
             addr: p as u64,
             len,

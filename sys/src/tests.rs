@@ -175,6 +175,44 @@ fn inject_getpid_mmap_munmap_and_restore() {
 }
 
 #[test]
+fn a_signal_arriving_during_injection_is_kept_for_the_tracee() {
+    let child = spawn_sleep("30");
+    let pid = child.id() as i32;
+    seize_and_stop(pid);
+    let mask = ptrace::get_sigmask(pid).unwrap();
+    let gadget = find_syscall_gadget(pid).unwrap();
+    let mut inj = Injector::new(pid, gadget).unwrap();
+    // SAFETY: kill with integer arguments, on our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0);
+    assert_eq!(
+        inj.syscall(libc::SYS_getpid, [0; 6]).unwrap(),
+        i64::from(pid)
+    );
+    inj.finish().unwrap();
+    assert_eq!(ptrace::get_sigmask(pid).unwrap(), mask);
+    let queued = ptrace::peek_siginfo(pid, true).unwrap();
+    assert!(
+        queued.iter().any(|i| i.si_signo == libc::SIGUSR1),
+        "SIGUSR1 lost"
+    );
+    // Released, the tracee receives it: sleep dies of SIGUSR1 (reported to
+    // us first as a signal-delivery stop, which we pass on).
+    ptrace::cont(pid, 0).unwrap();
+    let st = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::__WALL)).unwrap();
+    assert_eq!(
+        st,
+        WaitStatus::Stopped(Pid::from_raw(pid), nix::sys::signal::Signal::SIGUSR1)
+    );
+    ptrace::detach(pid, libc::SIGUSR1).unwrap();
+    let st = waitpid(Pid::from_raw(pid), None).unwrap();
+    assert_eq!(
+        st,
+        WaitStatus::Signaled(Pid::from_raw(pid), nix::sys::signal::Signal::SIGUSR1, false)
+    );
+    drop(child);
+}
+
+#[test]
 fn regsets_sigmask_siginfo_rseq_syscall_info() {
     let child = spawn_sleep("30");
     let pid = child.id() as i32;

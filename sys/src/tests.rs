@@ -8,20 +8,39 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use nix::errno::Errno;
-use nix::sys::signal::Signal;
 use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
 use nix::unistd::Pid;
 
 use crate::inject::{apply_syscall_restart, find_syscall_gadget, Injector};
 use crate::{clone3, cpu, kcmp, mm, pidfd, ptrace, uffd};
 
+/// A `sleep` that has finished exec'ing and sleeps (spawn can return while
+/// the kernel is still building the new image).
+/// Callers reap it with waitpid (it is a ptrace tracee), not Child::wait.
+#[allow(clippy::zombie_processes)]
 fn spawn_sleep(secs: &str) -> Child {
-    Command::new("sleep")
+    let mut child = Command::new("sleep")
         .arg(secs)
         .stdin(Stdio::null())
         .process_group(0)
         .spawn()
-        .expect("spawn sleep")
+        .expect("spawn sleep");
+    let stat = format!("/proc/{}/stat", child.id());
+    let deadline = Instant::now() + Duration::from_secs(5);
+    loop {
+        let s = std::fs::read_to_string(&stat).unwrap_or_default();
+        if s.rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with('S'))
+        {
+            return child;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("sleep did not start");
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
 }
 
 /// Seizes `pid`, interrupts it and waits for the PTRACE_EVENT_STOP.
@@ -156,6 +175,44 @@ fn inject_getpid_mmap_munmap_and_restore() {
 }
 
 #[test]
+fn a_signal_arriving_during_injection_is_kept_for_the_tracee() {
+    let child = spawn_sleep("30");
+    let pid = child.id() as i32;
+    seize_and_stop(pid);
+    let mask = ptrace::get_sigmask(pid).unwrap();
+    let gadget = find_syscall_gadget(pid).unwrap();
+    let mut inj = Injector::new(pid, gadget).unwrap();
+    // SAFETY: kill with integer arguments, on our own child.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0);
+    assert_eq!(
+        inj.syscall(libc::SYS_getpid, [0; 6]).unwrap(),
+        i64::from(pid)
+    );
+    inj.finish().unwrap();
+    assert_eq!(ptrace::get_sigmask(pid).unwrap(), mask);
+    let queued = ptrace::peek_siginfo(pid, true).unwrap();
+    assert!(
+        queued.iter().any(|i| i.si_signo == libc::SIGUSR1),
+        "SIGUSR1 lost"
+    );
+    // Released, the tracee receives it: sleep dies of SIGUSR1 (reported to
+    // us first as a signal-delivery stop, which we pass on).
+    ptrace::cont(pid, 0).unwrap();
+    let st = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::__WALL)).unwrap();
+    assert_eq!(
+        st,
+        WaitStatus::Stopped(Pid::from_raw(pid), nix::sys::signal::Signal::SIGUSR1)
+    );
+    ptrace::detach(pid, libc::SIGUSR1).unwrap();
+    let st = waitpid(Pid::from_raw(pid), None).unwrap();
+    assert_eq!(
+        st,
+        WaitStatus::Signaled(Pid::from_raw(pid), nix::sys::signal::Signal::SIGUSR1, false)
+    );
+    drop(child);
+}
+
+#[test]
 fn regsets_sigmask_siginfo_rseq_syscall_info() {
     let child = spawn_sleep("30");
     let pid = child.id() as i32;
@@ -240,19 +297,30 @@ fn pidfd_and_kcmp() {
     );
 }
 
-/// Forks with clone3 and returns the child's exit code. The child only makes
-/// raw syscalls before `_exit`, which is sound in a multithreaded process.
-fn clone3_exit_code(
-    flags: u64,
-    set_tid: &[i32],
-    child: fn() -> i32,
-) -> Result<(i32, i32), crate::Error> {
-    // SAFETY: the child runs `child`, which only issues raw syscalls, then _exit.
+/// clone3 followed at once by execve of `sh -c script` in the child (the
+/// fork+exec pattern, sound in a multithreaded test process: the child only
+/// calls execve and _exit, with everything allocated beforehand). Returns
+/// the child's PID as the parent sees it and its exit code.
+fn clone3_exec_sh(flags: u64, set_tid: &[i32], script: &str) -> Result<(i32, i32), crate::Error> {
+    use std::ffi::CString;
+    let sh = CString::new("/bin/sh").unwrap();
+    let args = [
+        sh.clone(),
+        CString::new("-c").unwrap(),
+        CString::new(script).unwrap(),
+    ];
+    let mut argv: Vec<*const libc::c_char> = args.iter().map(|a| a.as_ptr()).collect();
+    argv.push(std::ptr::null());
+    let envp: [*const libc::c_char; 1] = [std::ptr::null()];
+    // SAFETY: the child only calls execve and _exit (async-signal-safe) on
+    // memory prepared before the clone.
     let pid = unsafe { clone3::clone3(flags, libc::SIGCHLD as u64, set_tid) }?;
     if pid == 0 {
-        let code = child();
-        // SAFETY: _exit is async-signal-safe and never returns.
-        unsafe { libc::_exit(code) };
+        // SAFETY: execve with NUL-terminated argv/envp arrays; _exit never returns.
+        unsafe {
+            libc::execve(sh.as_ptr(), argv.as_ptr(), envp.as_ptr());
+            libc::_exit(127);
+        }
     }
     match waitpid(Pid::from_raw(pid), None).unwrap() {
         WaitStatus::Exited(_, code) => Ok((pid, code)),
@@ -260,46 +328,31 @@ fn clone3_exit_code(
     }
 }
 
-fn raw_getpid() -> i32 {
-    // SAFETY: getpid has no arguments.
-    unsafe { libc::syscall(libc::SYS_getpid) as i32 }
-}
-
 #[test]
 fn clone3_set_tid_in_new_pid_namespace() {
     // PID 1 in a fresh PID namespace, chosen through set_tid.
-    let (_, code) = clone3_exit_code(libc::CLONE_NEWPID as u64, &[1], raw_getpid).unwrap();
-    assert_eq!(code, 1, "getpid() in the new namespace");
+    let (_, code) = clone3_exec_sh(libc::CLONE_NEWPID as u64, &[1], "test $$ -eq 1").unwrap();
+    assert_eq!(code, 0, "$$ in the new namespace is 1");
 
-    // Nested: the child is PID 1 in its namespace, then creates a grandchild
-    // with set_tid {1, 7}: PID 1 in a second new namespace, 7 in the first.
-    let (_, code) = clone3_exit_code(libc::CLONE_NEWPID as u64, &[], || {
-        let set_tid = [1i32, 7];
-        // SAFETY: the grandchild only issues raw syscalls before _exit.
-        match unsafe { clone3::clone3(libc::CLONE_NEWPID as u64, libc::SIGCHLD as u64, &set_tid) } {
-            Ok(0) => {
-                // SAFETY: _exit is async-signal-safe.
-                unsafe { libc::_exit(raw_getpid()) }
-            }
-            Ok(pid) => {
-                let mut status = 0;
-                // SAFETY: wait4 writes one int into `status`.
-                unsafe { libc::syscall(libc::SYS_wait4, pid, &mut status as *mut i32, 0, 0usize) };
-                if pid == 7 && libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 1 {
-                    0
-                } else {
-                    2
-                }
-            }
-            Err(e) => 100 + e.errno as i32 % 100,
-        }
-    })
-    .unwrap();
-    assert_eq!(code, 0, "nested set_tid");
-
-    // A PID that is taken: EEXIST.
+    // Two levels at once: 1 in a new namespace and a chosen PID in ours.
     let me = std::process::id() as i32;
-    let e = clone3_exit_code(0, &[me], || 0).unwrap_err();
+    let mut done = false;
+    for candidate in (0..50).map(|i| 20_000 + (me * 7 + i * 131) % 10_000) {
+        match clone3_exec_sh(libc::CLONE_NEWPID as u64, &[1, candidate], "test $$ -eq 1") {
+            Ok((pid, code)) => {
+                assert_eq!(pid, candidate, "PID in the parent namespace");
+                assert_eq!(code, 0, "PID 1 in the new namespace");
+                done = true;
+                break;
+            }
+            Err(e) if e.errno == Errno::EEXIST => continue,
+            Err(e) => panic!("nested set_tid: {e}"),
+        }
+    }
+    assert!(done, "no free PID found for the nested set_tid test");
+
+    // A PID that is taken: EEXIST, and no child is created.
+    let e = clone3_exec_sh(0, &[me], "exit 0").unwrap_err();
     assert_eq!(e.errno, Errno::EEXIST);
 }
 
@@ -409,5 +462,4 @@ fn error_names_call_and_errno() {
     let e = pidfd::pidfd_open(-5).unwrap_err();
     assert_eq!(e.call, "pidfd_open");
     assert_eq!(e.to_string(), format!("pidfd_open: {}", Errno::EINVAL));
-    let _ = Signal::SIGKILL;
 }

@@ -139,3 +139,105 @@ pub fn writeprotect(uffd: BorrowedFd, start: u64, len: u64, wp: bool) -> Result<
     })?;
     Ok(())
 }
+
+/// `_IOWR(UFFDIO, 0x03, struct uffdio_copy)`.
+pub const UFFDIO_COPY: u64 = 0xc028_aa03;
+/// `UFFD_EVENT_PAGEFAULT` (include/uapi/linux/userfaultfd.h).
+pub const UFFD_EVENT_PAGEFAULT: u8 = 0x12;
+
+#[repr(C)]
+struct UffdioCopy {
+    dst: u64,
+    src: u64,
+    len: u64,
+    mode: u64,
+    copy: i64,
+}
+
+/// `UFFDIO_COPY`: fills `[dst, dst+len)` of the registered address space with
+/// `len` bytes from `src` in the calling process and wakes the faulting
+/// thread; returns the number of bytes copied.
+///
+/// # Safety
+/// `src` must be readable for `len` bytes in the calling process.
+pub unsafe fn copy(uffd: BorrowedFd, dst: u64, src: *const u8, len: u64, mode: u64) -> Result<i64> {
+    let mut c = UffdioCopy {
+        dst,
+        src: src as u64,
+        len,
+        mode,
+        copy: 0,
+    };
+    // SAFETY: `c` is a valid uffdio_copy; the caller guarantees `src`.
+    check("ioctl(UFFDIO_COPY)", unsafe {
+        libc::ioctl(
+            uffd.as_raw_fd(),
+            UFFDIO_COPY as _,
+            &mut c as *mut UffdioCopy,
+        ) as libc::c_long
+    })?;
+    Ok(c.copy)
+}
+
+/// `struct uffd_msg` (include/uapi/linux/userfaultfd.h), 32 bytes. For a
+/// page fault `arg[0]` holds the flags and `arg[1]` the address.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+pub struct UffdMsg {
+    pub event: u8,
+    reserved1: u8,
+    reserved2: u16,
+    reserved3: u32,
+    pub arg: [u64; 3],
+}
+
+const _: () = assert!(std::mem::size_of::<UffdMsg>() == 32);
+
+/// Reads one message; `Ok(None)` when none is queued (non-blocking fd).
+pub fn read_msg(uffd: BorrowedFd) -> Result<Option<UffdMsg>> {
+    let mut m = UffdMsg::default();
+    // SAFETY: reading at most 32 bytes into `m`, a plain-data struct.
+    let n = unsafe {
+        libc::read(
+            uffd.as_raw_fd(),
+            (&mut m as *mut UffdMsg).cast(),
+            std::mem::size_of::<UffdMsg>(),
+        )
+    };
+    if n == -1 {
+        let e = crate::Error::last("read(userfaultfd)");
+        if e.errno == nix::errno::Errno::EAGAIN {
+            return Ok(None);
+        }
+        return Err(e);
+    }
+    Ok(Some(m))
+}
+
+/// Names of the `UFFD_FEATURE_*` bits set in `features`.
+pub fn feature_names(features: u64) -> Vec<&'static str> {
+    const NAMES: &[(u64, &str)] = &[
+        (UFFD_FEATURE_PAGEFAULT_FLAG_WP, "pagefault_flag_wp"),
+        (UFFD_FEATURE_EVENT_FORK, "event_fork"),
+        (UFFD_FEATURE_EVENT_REMAP, "event_remap"),
+        (UFFD_FEATURE_EVENT_REMOVE, "event_remove"),
+        (UFFD_FEATURE_MISSING_HUGETLBFS, "missing_hugetlbfs"),
+        (UFFD_FEATURE_MISSING_SHMEM, "missing_shmem"),
+        (UFFD_FEATURE_EVENT_UNMAP, "event_unmap"),
+        (UFFD_FEATURE_SIGBUS, "sigbus"),
+        (UFFD_FEATURE_THREAD_ID, "thread_id"),
+        (UFFD_FEATURE_MINOR_HUGETLBFS, "minor_hugetlbfs"),
+        (UFFD_FEATURE_MINOR_SHMEM, "minor_shmem"),
+        (UFFD_FEATURE_EXACT_ADDRESS, "exact_address"),
+        (UFFD_FEATURE_WP_HUGETLBFS_SHMEM, "wp_hugetlbfs_shmem"),
+        (UFFD_FEATURE_WP_UNPOPULATED, "wp_unpopulated"),
+        (UFFD_FEATURE_POISON, "poison"),
+        (UFFD_FEATURE_WP_ASYNC, "wp_async"),
+        (UFFD_FEATURE_MOVE, "move"),
+    ];
+    NAMES
+        .iter()
+        .filter(|(b, _)| features & b != 0)
+        .map(|(_, n)| *n)
+        .collect()
+}

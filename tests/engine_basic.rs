@@ -6,8 +6,9 @@ mod common;
 use common::*;
 
 /// The counter goes on from where it was dumped: DIR/count, rewritten by the
-/// workload every 32 steps, goes past its value at the dump, and the
-/// workload's own checks (counter against its shadow copy, memory map) pass.
+/// workload every 32 steps, goes past its value at the dump; the workload's
+/// own checks (counter against its shadow copy, memory map, mounts) pass; and
+/// what it prints after the restore is in the restored sandbox's log.
 #[test]
 fn counter_loop() {
     let h = Harness::new("counter");
@@ -23,6 +24,12 @@ fn counter_loop() {
     assert!(
         final_count >= after && after > at_dump,
         "the counter went {at_dump} (dump) -> {after} -> {final_count} (verdict)"
+    );
+    // Its stdout still goes to its sandbox's log.
+    let logs = h.logs(&restored);
+    assert!(
+        logs.contains(&format!("counter: stopping at {final_count}")),
+        "the restored workload's stdout is not in its log:\n{logs}"
     );
 }
 

@@ -65,6 +65,36 @@ fn refuses_io_uring() {
     refused_dump("io_uring", &["anon_inode", "io_uring", "fd 9"]);
 }
 
+/// A dump into a directory that holds a file is refused, leaves the file
+/// alone, and leaves the workload running.
+#[test]
+fn refuses_dump_into_non_empty_dir() {
+    let h = Harness::new("nonempty");
+    let sb = h.start_c("counter", &[]);
+    let image = h.image_path();
+    fs::create_dir(&image).unwrap();
+    fs::write(image.join("precious"), "keep me").unwrap();
+    let out = h.dump_raw(&sb, &image, &[]);
+    assert!(
+        !out.status.success(),
+        "dump into a non-empty directory succeeded: {}",
+        describe(&out)
+    );
+    assert_eq!(
+        fs::read_to_string(image.join("precious")).unwrap(),
+        "keep me"
+    );
+    assert_eq!(
+        fs::read_dir(&image).unwrap().count(),
+        1,
+        "the dump wrote into {}",
+        image.display()
+    );
+    let now = read_number(&h.path("count")).unwrap_or(0);
+    h.wait_count_above(&sb, now);
+    h.expect_pass(&sb);
+}
+
 /// A counter image, dumped for a refusal test; the workload is gone after it.
 fn counter_image(h: &Harness) -> PathBuf {
     let sb = h.start_c("counter", &[]);
@@ -80,6 +110,7 @@ fn refused_restore(tag: &str, damage: impl FnOnce(&Path), words: &[&str]) {
     copy_image(&image, &copy);
     damage(&copy);
     let name = h.new_name("damaged");
+    let before = h.ps_json();
     let out = h.restore_raw(&copy, &name);
     let err = text(&out.stderr);
     assert!(
@@ -94,10 +125,14 @@ fn refused_restore(tag: &str, damage: impl FnOnce(&Path), words: &[&str]) {
             describe(&out)
         );
     }
+    let after = h.ps_json();
     assert!(
-        !h.ps_lists(&name),
-        "a refused restore left sandbox {name}: {}",
-        h.ps_json()
+        !json_has_string(&after, &name),
+        "a refused restore left sandbox {name}: {after}"
+    );
+    assert_eq!(
+        before, after,
+        "stasis ps --json before and after a refused restore"
     );
     // The intact image still restores: the refusal was about the damage.
     let restored = h.restore(&image);

@@ -7,7 +7,9 @@
  * answers with DIR/ack-<token>: two restored copies of one image must each
  * keep their own token. On SIGTERM it checks that the counter and its
  * complement agree, that the counter went past its value at ready, that both
- * copies of the token agree and that the memory map is the one it had. */
+ * copies of the token agree, that the memory map is the one it had, and that
+ * /, /proc, /tmp and /dev/shm are mounted with the file system types they
+ * had. */
 #include "wl.h"
 
 #include <sys/mman.h>
@@ -15,6 +17,34 @@
 static volatile uint64_t counter;
 static volatile sig_atomic_t got_usr1;
 static struct wl_map maps_before[WL_MAPS_MAX], maps_after[WL_MAPS_MAX];
+
+/* File system type of the last mount at `dir` in /proc/self/mounts ("" if none). */
+static void mount_type(const char *dir, char *out, size_t size)
+{
+	static char buf[1 << 16];
+	out[0] = 0;
+	int fd = open("/proc/self/mounts", O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return;
+	size_t len = 0;
+	ssize_t r;
+	while ((r = read(fd, buf + len, sizeof(buf) - 1 - len)) > 0)
+		len += (size_t)r;
+	close(fd);
+	buf[len] = 0;
+	for (char *line = buf; line && *line;) {
+		char *next = strchr(line, '\n');
+		if (next)
+			*next++ = 0;
+		char src[256], at[256], type[64];
+		if (sscanf(line, "%255s %255s %63s", src, at, type) == 3 && !strcmp(at, dir))
+			snprintf(out, size, "%s", type);
+		line = next;
+	}
+}
+
+static const char *mounts[] = { "/", "/proc", "/tmp", "/dev/shm" };
+static char mount_types[4][64];
 
 static void on_usr1(int sig)
 {
@@ -46,6 +76,8 @@ int main(int argc, char **argv)
 	}
 	uint64_t at_ready = counter;
 	int nmaps = wl_maps_read(maps_before, WL_MAPS_MAX);
+	for (int m = 0; m < 4; m++)
+		mount_type(mounts[m], mount_types[m], sizeof(mount_types[m]));
 	wl_write("count", "%llu\n", (unsigned long long)counter);
 	wl_write("ready", "%llu\n", (unsigned long long)at_ready);
 
@@ -71,6 +103,13 @@ int main(int argc, char **argv)
 	if (wl_corrupt())
 		*shadow ^= 1;
 	wl_maps_expect_same(maps_before, nmaps, maps_after, wl_maps_read(maps_after, WL_MAPS_MAX));
+	for (int m = 0; m < 4; m++) {
+		char now[64];
+		mount_type(mounts[m], now, sizeof(now));
+		if (strcmp(now, mount_types[m]) != 0)
+			wl_fail("%s is mounted as %s, it was %s", mounts[m], now[0] ? now : "nothing",
+				mount_types[m][0] ? mount_types[m] : "nothing");
+	}
 	if (*shadow != ~counter)
 		wl_fail("counter is %llu but its shadow copy says %llu", (unsigned long long)counter,
 			(unsigned long long)~*shadow);
@@ -80,5 +119,7 @@ int main(int argc, char **argv)
 	if (strcmp(heap_token, shm_token) != 0)
 		wl_fail("token in the heap is %s but in the shared anonymous page it is %s", heap_token, shm_token);
 	wl_pass_note("count=%llu token=%s", (unsigned long long)counter, heap_token);
+	/* On stdout, that is in the sandbox's log, before the verdict. */
+	dprintf(1, "counter: stopping at %llu\n", (unsigned long long)counter);
 	return wl_finish();
 }

@@ -52,17 +52,17 @@ fn refused_dump(kind: &str, words: &[&str]) {
 
 #[test]
 fn refuses_socket() {
-    refused_dump("socket", &["socket", "fd 7"]);
+    refused_dump("socket", &["process 2", "socket", "fd 7"]);
 }
 
 #[test]
 fn refuses_second_thread() {
-    refused_dump("thread", &["thread"]);
+    refused_dump("thread", &["process 2", "thread"]);
 }
 
 #[test]
 fn refuses_io_uring() {
-    refused_dump("io_uring", &["anon_inode", "io_uring", "fd 9"]);
+    refused_dump("io_uring", &["process 2", "anon_inode", "io_uring", "fd 9"]);
 }
 
 /// A dump into a directory that holds a file is refused, leaves the file

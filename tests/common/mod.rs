@@ -8,6 +8,8 @@
 //! on an explicit file with a bounded deadline. Every test has its own state
 //! directory (`STASIS_STATE_DIR`) and its own sandbox names, so the tests run
 //! in parallel; sandboxes are removed in `Drop`, even when a test fails.
+//! `stasis kill` signals the workload's root process (PID 2 of its sandbox);
+//! workloads with children forward SIGTERM to them themselves.
 #![allow(dead_code)]
 
 use std::collections::HashMap;

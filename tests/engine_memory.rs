@@ -1,0 +1,35 @@
+//! Memory of every kind across a dump and restore.
+
+mod common;
+
+use std::time::Instant;
+
+use common::*;
+
+/// Private and shared anonymous memory, private (copy-on-write) and shared
+/// file mappings, heap, stack, PROT_NONE, MAP_GROWSDOWN and never-touched
+/// memory, each checked from inside the restored workload (patterns, memory
+/// map, program break, pages that must still not exist).
+#[test]
+fn memory_of_every_kind() {
+    let h = Harness::new("memory");
+    let sb = h.start_c("memory", &[]);
+    let (_image, restored) = h.dump_and_restore(&sb);
+    h.expect_pass(&restored);
+}
+
+/// A 1 GiB anonymous area, every word of every page checked after restore.
+#[test]
+fn one_gib_anonymous_area() {
+    let h = Harness::new("gib");
+    let sb = h.start_c("bigmem", &[]);
+    let t = Instant::now();
+    let image = h.dump(&sb, &[]);
+    let dumped = t.elapsed();
+    let t = Instant::now();
+    let restored = h.restore(&image);
+    let restored_in = t.elapsed();
+    let v = h.expect_pass(&restored);
+    assert_eq!(verdict_field(&v, "pages"), Some("262144"), "{v}");
+    eprintln!("1 GiB: dump {dumped:?}, restore {restored_in:?}");
+}

@@ -1,0 +1,197 @@
+//! The workloads' own checks, without stasis: run directly, signalled with
+//! SIGTERM, every workload must say PASS; with STASIS_TEST_CORRUPT=1 (one byte
+//! or value of its state changed before the checks) it must say FAIL. This
+//! proves that a PASS after a restore means something.
+
+mod common;
+
+use std::ffi::OsString;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use common::*;
+
+const EXIT_TIMEOUT: Duration = Duration::from_secs(20);
+
+fn wait_exit(child: &mut Child, what: &str) -> std::process::ExitStatus {
+    let deadline = Instant::now() + EXIT_TIMEOUT;
+    loop {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            return st;
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            panic!("{what} did not exit within {EXIT_TIMEOUT:?} of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Runs `argv` (whose last argument is the workload directory `dir`)
+/// directly, waits for ready, sends SIGTERM and returns (verdict, exit code).
+fn run_direct(argv: &[OsString], dir: &Path, corrupt: bool) -> (String, Option<i32>) {
+    let what = format!("{argv:?} (corrupt: {corrupt})");
+    let mut cmd = Command::new(&argv[0]);
+    cmd.args(&argv[1..])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null());
+    if corrupt {
+        cmd.env("STASIS_TEST_CORRUPT", "1");
+    } else {
+        cmd.env_remove("STASIS_TEST_CORRUPT");
+    }
+    let mut child = cmd
+        .spawn()
+        .unwrap_or_else(|e| panic!("starting {what}: {e}"));
+    let ready = dir.join("ready");
+    let deadline = Instant::now() + READY_TIMEOUT;
+    while !ready.exists() {
+        if let Some(st) = child.try_wait().expect("try_wait") {
+            panic!("{what} exited ({st}) before it was ready");
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} was not ready within {READY_TIMEOUT:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let pid = child.id() as libc::pid_t;
+    // SAFETY: kill() with a live child's PID (not yet reaped, so not reused)
+    // and a valid signal number touches no memory of ours.
+    let rc = unsafe { libc::kill(pid, libc::SIGTERM) };
+    assert_eq!(
+        rc,
+        0,
+        "kill({pid}, SIGTERM): {}",
+        std::io::Error::last_os_error()
+    );
+    let status = wait_exit(&mut child, &what);
+    let verdict = read_trimmed(&dir.join("verdict"))
+        .unwrap_or_else(|| panic!("{what} wrote no verdict ({status})"));
+    (verdict, status.code())
+}
+
+/// Checks the PASS and the FAIL path of one workload, each in a fresh directory.
+fn selfcheck(tag: &str, argv: impl Fn(&Path) -> Vec<OsString>) {
+    for corrupt in [false, true] {
+        let h = Harness::new(&format!("self-{tag}"));
+        let (v, code) = run_direct(&argv(&h.dir), &h.dir, corrupt);
+        if corrupt {
+            assert!(
+                v.starts_with("FAIL: "),
+                "{tag} with its state corrupted says: {v}"
+            );
+            assert_eq!(
+                code,
+                Some(1),
+                "{tag} with its state corrupted: exit code ({v})"
+            );
+        } else {
+            assert!(v == "PASS" || v.starts_with("PASS "), "{tag} says: {v}");
+            assert_eq!(code, Some(0), "{tag}: exit code ({v})");
+        }
+        eprintln!("{tag} (corrupt: {corrupt}): {v}");
+    }
+}
+
+fn c_workload(name: &str, args: &[&str]) -> impl Fn(&Path) -> Vec<OsString> {
+    let bin = workload(name).into_os_string();
+    let args: Vec<OsString> = args.iter().map(OsString::from).collect();
+    move |dir| {
+        let mut v = vec![bin.clone()];
+        v.extend(args.iter().cloned());
+        v.push(dir.as_os_str().to_owned());
+        v
+    }
+}
+
+#[test]
+fn selfcheck_counter() {
+    selfcheck("counter", c_workload("counter", &[]));
+}
+
+#[test]
+fn selfcheck_memory() {
+    selfcheck("memory", c_workload("memory", &[]));
+}
+
+#[test]
+fn selfcheck_bigmem() {
+    // 64 MiB: the same code path as the 1 GiB test, quicker.
+    selfcheck("bigmem", c_workload("bigmem", &["64"]));
+}
+
+#[test]
+fn selfcheck_pipe() {
+    selfcheck("pipe", c_workload("pipe", &[]));
+}
+
+#[test]
+fn selfcheck_files() {
+    selfcheck("files", c_workload("files", &[]));
+}
+
+#[test]
+fn selfcheck_tree() {
+    selfcheck("tree", c_workload("tree", &[]));
+}
+
+#[test]
+fn selfcheck_signals() {
+    selfcheck("signals", c_workload("signals", &[]));
+}
+
+#[test]
+fn selfcheck_avx512() {
+    if !cpu_has("avx512f") {
+        eprintln!("skipping selfcheck_avx512: this CPU has no avx512f (see /proc/cpuinfo)");
+        return;
+    }
+    selfcheck("avx512", c_workload("vecregs", &["avx512"]));
+}
+
+#[test]
+fn selfcheck_avx2() {
+    if !cpu_has("avx2") {
+        eprintln!("skipping selfcheck_avx2: this CPU has no avx2 (see /proc/cpuinfo)");
+        return;
+    }
+    selfcheck("avx2", c_workload("vecregs", &["avx2"]));
+}
+
+#[test]
+fn selfcheck_refuse_socket() {
+    selfcheck("socket", c_workload("refuse", &["socket"]));
+}
+
+#[test]
+fn selfcheck_refuse_thread() {
+    selfcheck("thread", c_workload("refuse", &["thread"]));
+}
+
+#[test]
+fn selfcheck_refuse_io_uring() {
+    selfcheck("io_uring", c_workload("refuse", &["io_uring"]));
+}
+
+#[test]
+fn selfcheck_shell_loop() {
+    selfcheck("shloop", |dir| {
+        vec![
+            "/bin/sh".into(),
+            "-c".into(),
+            SHELL_LOOP.into(),
+            "sh".into(),
+            dir.into(),
+        ]
+    });
+}
+
+#[test]
+fn selfcheck_python() {
+    selfcheck("python", |dir| {
+        vec![python3().into(), python_workload().into(), dir.into()]
+    });
+}

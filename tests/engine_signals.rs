@@ -1,0 +1,45 @@
+//! Signal state and vector registers across a dump and restore.
+
+mod common;
+
+use common::*;
+
+/// Handlers with their flags and masks, blocked pending signals (process and
+/// thread queues, realtime order and values), the alternate stack, an
+/// ignored signal.
+#[test]
+fn handlers_pending_signals_altstack() {
+    let h = Harness::new("signals");
+    let sb = h.start_c("signals", &[]);
+    let (_image, restored) = h.dump_and_restore(&sb);
+    h.expect_pass(&restored);
+}
+
+/// zmm0-zmm31, k1-k7 and r12-r15 hold known values in a busy loop while the
+/// workload is dumped and restored.
+#[test]
+fn avx512_registers() {
+    if !cpu_has("avx512f") {
+        eprintln!("skipping avx512_registers: this CPU has no avx512f (see /proc/cpuinfo)");
+        return;
+    }
+    let h = Harness::new("avx512");
+    let sb = h.start_c("vecregs", &["avx512"]);
+    let (_image, restored) = h.dump_and_restore(&sb);
+    h.expect_pass(&restored);
+}
+
+/// ymm0-ymm15 and r12-r15 hold known values in a busy loop while the
+/// workload is dumped and restored (AVX2: the vector state of CPUs without
+/// AVX-512).
+#[test]
+fn avx2_registers() {
+    if !cpu_has("avx2") {
+        eprintln!("skipping avx2_registers: this CPU has no avx2 (see /proc/cpuinfo)");
+        return;
+    }
+    let h = Harness::new("avx2");
+    let sb = h.start_c("vecregs", &["avx2"]);
+    let (_image, restored) = h.dump_and_restore(&sb);
+    h.expect_pass(&restored);
+}

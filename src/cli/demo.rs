@@ -154,6 +154,26 @@ pub fn run(state_dir: &Path) -> Result<u8> {
 }
 
 fn kernel_check(out: &mut impl Write) -> Result<()> {
-    writeln!(out, "[1/4] kernel check")?;
+    let report = probe::check(&[]).context("probing the kernel")?;
+    let missing: Vec<String> = report
+        .features
+        .iter()
+        .filter(|r| r.required && !r.outcome.is_ok())
+        .map(|r| r.name.name().to_string())
+        .collect();
+    writeln!(
+        out,
+        "[1/4] kernel check: {} features probed in {:.0} ms, {}",
+        report.features.len(),
+        report.duration_ms,
+        if missing.is_empty() {
+            "every required one works".to_string()
+        } else {
+            format!("missing: {}", missing.join(", "))
+        }
+    )?;
+    if !missing.is_empty() {
+        bail!("this kernel lacks features stasis needs; `stasis check` tells what each gap disables and how to fix it");
+    }
     Ok(())
 }

@@ -56,11 +56,6 @@ fn refuses_socket() {
 }
 
 #[test]
-fn refuses_second_thread() {
-    refused_dump("thread", &["process 2", "thread"]);
-}
-
-#[test]
 fn refuses_io_uring() {
     refused_dump("io_uring", &["process 2", "anon_inode", "io_uring", "fd 9"]);
 }

@@ -167,8 +167,8 @@ fn selfcheck_refuse_socket() {
 }
 
 #[test]
-fn selfcheck_refuse_thread() {
-    selfcheck("thread", c_workload("refuse", &["thread"]));
+fn selfcheck_threads() {
+    selfcheck("threads", c_workload("threads", &["8"]));
 }
 
 #[test]

@@ -230,9 +230,10 @@ pub fn restore(m: &MountsImage, blobs: &File) -> std::result::Result<(), String>
             };
             let c = cstr(&p)?;
             match &e.kind {
-                // SAFETY: mkdir of a path we built; EEXIST for the root is fine.
                 EntryKind::Dir if !e.path.is_empty() => {
-                    check(unsafe { libc::mkdir(c.as_ptr(), 0o700) }, "mkdir", &p)?
+                    // SAFETY: mkdir of a path we built.
+                    let rc = unsafe { libc::mkdir(c.as_ptr(), 0o700) };
+                    check(rc, "mkdir", &p)?
                 }
                 EntryKind::Dir => {}
                 EntryKind::File { data } => {
@@ -262,11 +263,8 @@ pub fn restore(m: &MountsImage, blobs: &File) -> std::result::Result<(), String>
                     let tc = CString::new(target.as_bytes())
                         .map_err(|_| format!("bad link target for {}", p.display()))?;
                     // SAFETY: symlink between two C strings.
-                    check(
-                        unsafe { libc::symlink(tc.as_ptr(), c.as_ptr()) },
-                        "symlink",
-                        &p,
-                    )?;
+                    let rc = unsafe { libc::symlink(tc.as_ptr(), c.as_ptr()) };
+                    check(rc, "symlink", &p)?;
                 }
                 // SAFETY: mkfifo of a path we built.
                 EntryKind::Fifo => check(unsafe { libc::mkfifo(c.as_ptr(), 0o600) }, "mkfifo", &p)?,

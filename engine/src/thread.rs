@@ -186,45 +186,6 @@ pub fn restore_cpu(tid: i32, t: &ThreadImage) -> Result<()> {
     Ok(())
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn restart_rules() {
-        let base = Regs {
-            orig_rax: 35,
-            rip: 0x1002,
-            ..Default::default()
-        };
-        let r = Regs {
-            rax: ERESTARTNOHAND as u64,
-            ..base
-        };
-        let (f, s) = resume_regs(&r, false);
-        assert_eq!((f.rax, f.rip, f.orig_rax), (35, 0x1000, u64::MAX));
-        assert_eq!(s.unwrap().action, "restart");
-
-        let r = Regs {
-            rax: ERESTART_RESTARTBLOCK as u64,
-            ..base
-        };
-        let (f, _) = resume_regs(&r, false);
-        assert_eq!(f.rax as i64, -(libc::EINTR as i64));
-        assert_eq!(f.rip, 0x1002);
-        let (f, _) = resume_regs(&r, true);
-        assert_eq!(f.rax, libc::SYS_restart_syscall as u64);
-        assert_eq!(f.rip, 0x1000);
-
-        let r = Regs {
-            orig_rax: u64::MAX,
-            rax: 7,
-            ..base
-        };
-        assert_eq!(resume_regs(&r, false), (r, None));
-    }
-}
-
 const CLONE_THREAD_FLAGS: u64 = (libc::CLONE_VM
     | libc::CLONE_FS
     | libc::CLONE_FILES
@@ -279,22 +240,54 @@ pub fn clone_thread(r: &mut Remote, pid: i32, ns_tid: i32, scratch: u64) -> Resu
             reason: format!("thread {ns_tid} not found after its clone"),
         })?;
     use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-    loop {
-        match waitpid(nix::unistd::Pid::from_raw(host), Some(WaitPidFlag::__WALL)) {
-            Ok(WaitStatus::PtraceEvent(..)) | Ok(WaitStatus::Stopped(..)) => break,
-            Ok(other) => {
-                return Err(Error::Process {
-                    pid,
-                    reason: format!("new thread {ns_tid}: unexpected wait status {other:?}"),
-                })
-            }
-            Err(e) => {
-                return Err(Error::Process {
-                    pid,
-                    reason: format!("waiting for new thread {ns_tid}: {e}"),
-                })
-            }
-        }
+    match waitpid(nix::unistd::Pid::from_raw(host), Some(WaitPidFlag::__WALL)) {
+        Ok(WaitStatus::PtraceEvent(..)) | Ok(WaitStatus::Stopped(..)) => Ok(host),
+        Ok(other) => Err(Error::Process {
+            pid,
+            reason: format!("new thread {ns_tid}: unexpected wait status {other:?}"),
+        }),
+        Err(e) => Err(Error::Process {
+            pid,
+            reason: format!("waiting for new thread {ns_tid}: {e}"),
+        }),
     }
-    Ok(host)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn restart_rules() {
+        let base = Regs {
+            orig_rax: 35,
+            rip: 0x1002,
+            ..Default::default()
+        };
+        let r = Regs {
+            rax: ERESTARTNOHAND as u64,
+            ..base
+        };
+        let (f, s) = resume_regs(&r, false);
+        assert_eq!((f.rax, f.rip, f.orig_rax), (35, 0x1000, u64::MAX));
+        assert_eq!(s.unwrap().action, "restart");
+
+        let r = Regs {
+            rax: ERESTART_RESTARTBLOCK as u64,
+            ..base
+        };
+        let (f, _) = resume_regs(&r, false);
+        assert_eq!(f.rax as i64, -(libc::EINTR as i64));
+        assert_eq!(f.rip, 0x1002);
+        let (f, _) = resume_regs(&r, true);
+        assert_eq!(f.rax, libc::SYS_restart_syscall as u64);
+        assert_eq!(f.rip, 0x1000);
+
+        let r = Regs {
+            orig_rax: u64::MAX,
+            rax: 7,
+            ..base
+        };
+        assert_eq!(resume_regs(&r, false), (r, None));
+    }
 }

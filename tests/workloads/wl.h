@@ -295,6 +295,10 @@ WL_FN int wl_maps_read(struct wl_map *m, int max)
 		if (sscanf(line, "%lx-%lx %7s %lx %31s %lu %n", &cur.start, &cur.end, cur.perms, &cur.off, dev, &cur.ino,
 			   &used) >= 6) {
 			snprintf(cur.path, sizeof(cur.path), "%s", line + used);
+			/* Shared anonymous memory is a new kernel object after a
+			 * restore: the inode number the kernel gives it is not state. */
+			if (!strncmp(cur.path, "/dev/zero (deleted)", 19))
+				cur.ino = 0;
 			struct wl_map *prev = n ? &m[n - 1] : NULL;
 			int anon = cur.ino == 0;
 			if (prev && prev->end == cur.start && !strcmp(prev->perms, cur.perms) &&

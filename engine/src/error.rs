@@ -5,12 +5,10 @@ use std::path::PathBuf;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{what}: {source}")]
-    Io {
-        what: String,
-        #[source]
-        source: std::io::Error,
-    },
+    // The cause is part of the message (not a `source`), so that error
+    // chains do not print it twice.
+    #[error("{what}: {cause}")]
+    Io { what: String, cause: std::io::Error },
     #[error("{0}")]
     Sys(#[from] sys::Error),
     #[error("image {path}: {reason}")]
@@ -36,7 +34,7 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Wraps an I/O error with what was being done.
 pub fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> Error {
     let what = what.into();
-    move |source| Error::Io { what, source }
+    move |cause| Error::Io { what, cause }
 }
 
 /// Wraps a nix errno with what was being done.
@@ -44,6 +42,6 @@ pub fn errno(what: impl Into<String>) -> impl FnOnce(nix::errno::Errno) -> Error
     let what = what.into();
     move |e| Error::Io {
         what,
-        source: std::io::Error::from_raw_os_error(e as i32),
+        cause: std::io::Error::from_raw_os_error(e as i32),
     }
 }

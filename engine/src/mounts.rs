@@ -73,7 +73,7 @@ pub fn private_tmpfs(profile: &sandbox::Profile) -> Vec<&'static str> {
 }
 
 fn io_err(what: String) -> impl FnOnce(std::io::Error) -> Error {
-    move |source| Error::Io { what, source }
+    move |cause| Error::Io { what, cause }
 }
 
 /// Saves the contents of each private tmpfs, seen through init's root.

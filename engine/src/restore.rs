@@ -145,7 +145,7 @@ fn move_high(fd: OwnedFd, min: i32) -> Result<OwnedFd> {
     if n < 0 {
         return Err(Error::Io {
             what: format!("moving an fd above {min}"),
-            source: std::io::Error::last_os_error(),
+            cause: std::io::Error::last_os_error(),
         });
     }
     // SAFETY: `n` is a new fd we own.
@@ -344,7 +344,7 @@ fn pipe() -> Result<(OwnedFd, OwnedFd)> {
     if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } < 0 {
         return Err(Error::Io {
             what: "pipe2".into(),
-            source: std::io::Error::last_os_error(),
+            cause: std::io::Error::last_os_error(),
         });
     }
     // SAFETY: both fds are new and ours.

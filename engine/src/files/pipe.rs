@@ -11,7 +11,7 @@ use crate::error::{Error, Result};
 use crate::image::{limits, Blob, PageSink, PipeImage};
 
 fn io_err(what: String) -> impl FnOnce(std::io::Error) -> Error {
-    move |source| Error::Io { what, source }
+    move |cause| Error::Io { what, cause }
 }
 
 fn pipe2(flags: i32) -> std::io::Result<(OwnedFd, OwnedFd)> {

@@ -112,7 +112,7 @@ pub fn open(f: &FileDesc, blobs: Option<&File>) -> Result<OwnedFd> {
     } else {
         open_raw(path, flags, 0).map_err(|e| Error::Io {
             what: format!("reopening {path}"),
-            source: e,
+            cause: e,
         })?
     };
     let st = nix::sys::stat::fstat(&fd).map_err(|e| Error::Other(format!("fstat {path}: {e}")))?;
@@ -129,7 +129,7 @@ pub fn open(f: &FileDesc, blobs: Option<&File>) -> Result<OwnedFd> {
         if r < 0 {
             return Err(Error::Io {
                 what: format!("seeking {path} to {pos}"),
-                source: std::io::Error::last_os_error(),
+                cause: std::io::Error::last_os_error(),
             });
         }
     }
@@ -158,7 +158,7 @@ fn recreate_deleted(path: &str, blob: Blob, flags: i32, blobs: Option<&File>) ->
             Err(e) => {
                 return Err(Error::Io {
                     what: format!("recreating deleted file {path}"),
-                    source: e,
+                    cause: e,
                 })
             }
         }
@@ -175,13 +175,13 @@ fn recreate_deleted(path: &str, blob: Blob, flags: i32, blobs: Option<&File>) ->
                 .and_then(|_| w.write_all_at(&buf[..k], done))
                 .map_err(|e| Error::Io {
                     what: format!("recreating deleted file {path}"),
-                    source: e,
+                    cause: e,
                 })?;
             done += k as u64;
         }
         open_raw(&name, flags, 0).map_err(|e| Error::Io {
             what: format!("reopening recreated file {name}"),
-            source: e,
+            cause: e,
         })
     })();
     let c = cpath(&name)?;
@@ -198,7 +198,7 @@ pub fn dup_log(log_fd: std::os::fd::RawFd) -> Result<OwnedFd> {
     if fd < 0 {
         return Err(Error::Io {
             what: "duplicating the sandbox log".into(),
-            source: std::io::Error::last_os_error(),
+            cause: std::io::Error::last_os_error(),
         });
     }
     // SAFETY: `fd` is new and owned by nobody else.

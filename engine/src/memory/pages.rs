@@ -129,59 +129,92 @@ pub fn scan(pid: i32, vmas: &mut [Vma]) -> Result<()> {
 }
 
 /// Copies the scanned pages of every area into `sink`, setting each run's
-/// offset. Returns the number of pages written.
+/// offset. The page file is filled in place, window by window, by
+/// process_vm_readv straight from the task (one copy); areas without read
+/// permission go through /proc/PID/mem. Returns the number of pages written.
 pub fn dump(pid: i32, vmas: &mut [Vma], sink: &mut PageSink) -> Result<u64> {
-    let mut buf = vec![0u8; CHUNK];
-    let mut mem: Option<File> = None;
-    let mut total = 0u64;
+    // Lay out the runs: offsets in file order.
+    let base = sink.position();
+    let mut off = base;
+    let mut segs: Vec<(u64, u64, bool)> = Vec::new(); // (addr, len, readable)
     for v in vmas.iter_mut() {
         let readable = v.prot & libc::PROT_READ as u32 != 0;
         for run in v.pages.iter_mut() {
-            run.offset = sink.position();
-            let mut addr = run.addr;
-            let end = run.addr + run.npages * PAGE_SIZE;
-            while addr < end {
-                let n = ((end - addr) as usize).min(CHUNK);
-                let chunk = &mut buf[..n];
-                let got = if readable {
-                    let remote = [RemoteIoVec {
-                        base: addr as usize,
-                        len: n,
-                    }];
-                    process_vm_readv(Pid::from_raw(pid), &mut [IoSliceMut::new(chunk)], &remote)
-                        .ok()
-                        .filter(|&got| got == n)
-                } else {
-                    None
-                };
-                if got.is_none() {
-                    // No read permission (or a partial read): /proc/PID/mem reads through it.
-                    if mem.is_none() {
-                        mem = Some(File::open(format!("/proc/{pid}/mem")).map_err(|e| {
-                            Error::Process {
-                                pid,
-                                reason: format!("opening /proc/{pid}/mem: {e}"),
-                            }
-                        })?);
-                    }
-                    let m = mem.as_ref().expect("opened above");
-                    m.read_exact_at(chunk, addr).map_err(|e| Error::Process {
-                        pid,
-                        reason: format!(
-                            "reading memory {addr:#x}-{:#x} of area {:#x}-{:#x}: {e}",
-                            addr + n as u64,
-                            v.start,
-                            v.end
-                        ),
-                    })?;
-                }
-                sink.write_all(chunk)?;
-                addr += n as u64;
-            }
-            total += run.npages;
+            run.offset = off;
+            let len = run.npages * PAGE_SIZE;
+            segs.push((run.addr, len, readable));
+            off += len;
         }
     }
-    Ok(total)
+    let total = off - base;
+    let mut mem: Option<File> = None;
+    let mut seg = 0usize; // first segment not fully copied
+    let mut seg_done = 0u64; // bytes of it already copied
+    sink.append_in_place(total, CHUNK, |_, window| {
+        let mut filled = 0usize;
+        while filled < window.len() {
+            // Gather as many (parts of) readable segments as fit, for one call.
+            let mut remote: Vec<RemoteIoVec> = Vec::new();
+            let mut want = 0usize;
+            let (mut s, mut sd) = (seg, seg_done);
+            while s < segs.len() && filled + want < window.len() && remote.len() < 1024 {
+                let (addr, len, readable) = segs[s];
+                if !readable {
+                    break;
+                }
+                let n = ((len - sd) as usize).min(window.len() - filled - want);
+                remote.push(RemoteIoVec {
+                    base: (addr + sd) as usize,
+                    len: n,
+                });
+                want += n;
+                sd += n as u64;
+                if sd == len {
+                    s += 1;
+                    sd = 0;
+                }
+            }
+            if want > 0 {
+                let dst = &mut window[filled..filled + want];
+                let got =
+                    process_vm_readv(Pid::from_raw(pid), &mut [IoSliceMut::new(dst)], &remote)
+                        .unwrap_or(0);
+                if got == want {
+                    filled += want;
+                    seg = s;
+                    seg_done = sd;
+                    continue;
+                }
+                // A partial read: fall through to /proc/PID/mem for one segment.
+            }
+            let (addr, len, _) = segs[seg];
+            let n = ((len - seg_done) as usize).min(window.len() - filled);
+            if mem.is_none() {
+                mem = Some(
+                    File::open(format!("/proc/{pid}/mem")).map_err(|e| Error::Process {
+                        pid,
+                        reason: format!("opening /proc/{pid}/mem: {e}"),
+                    })?,
+                );
+            }
+            let at = addr + seg_done;
+            mem.as_ref()
+                .expect("opened above")
+                .read_exact_at(&mut window[filled..filled + n], at)
+                .map_err(|e| Error::Process {
+                    pid,
+                    reason: format!("reading memory {at:#x}-{:#x}: {e}", at + n as u64),
+                })?;
+            filled += n;
+            seg_done += n as u64;
+            if seg_done == len {
+                seg += 1;
+                seg_done = 0;
+            }
+        }
+        Ok(())
+    })?;
+    Ok(total / PAGE_SIZE)
 }
 
 /// Checks that every run lies inside its area and inside the page file.

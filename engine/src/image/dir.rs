@@ -72,7 +72,7 @@ impl PageSink {
             return Ok(());
         }
         let page = super::PAGE_SIZE;
-        debug_assert!(self.size % page == 0 && window as u64 % page == 0);
+        debug_assert!(self.size.is_multiple_of(page) && (window as u64).is_multiple_of(page));
         let start = self.size;
         self.file
             .set_len(start + len)

@@ -18,6 +18,8 @@ use crate::{memory, signals, task, thread, tree};
 pub struct DumpOptions {
     /// Let the workload run on after the dump.
     pub leave_running: bool,
+    /// Called as page data is written: (process, bytes done, bytes in all).
+    pub progress: Option<fn(i32, u64, u64)>,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -73,6 +75,7 @@ pub fn dump(state_dir: &Path, name: &str, dir: &Path, opts: &DumpOptions) -> Res
         workload_ns,
         &mut writer,
         &mut stats,
+        opts,
     )?;
     let t_collected = Instant::now();
     stats.collect_ms = ms(t_collected - t_frozen) - stats.memory_ms;
@@ -126,6 +129,7 @@ fn collect_all(
     workload_ns: i32,
     writer: &mut ImageWriter,
     stats: &mut DumpStats,
+    opts: &DumpOptions,
 ) -> Result<()> {
     let mut files = FileTable::new(log_path);
     let mut blobs = writer.create_file("blobs.img")?;
@@ -133,7 +137,7 @@ fn collect_all(
         if p.zombie.is_some() {
             continue;
         }
-        let img = collect_process(p, &mut files, &mut blobs, writer, stats)?;
+        let img = collect_process(p, &mut files, &mut blobs, writer, stats, opts)?;
         writer.write_json(&format!("proc-{}.json", p.ns_pid), &img)?;
         stats.processes += 1;
         stats.threads += img.threads.len();
@@ -166,6 +170,7 @@ fn collect_process(
     blobs: &mut crate::image::PageSink,
     writer: &mut ImageWriter,
     stats: &mut DumpStats,
+    opts: &DumpOptions,
 ) -> Result<ProcessImage> {
     let main = &p.threads[0];
     let gadget = sys::inject::find_syscall_gadget(p.pid)?;
@@ -215,7 +220,11 @@ fn collect_process(
     let mut vmas = memory::collect(p.pid)?;
     memory::pages::scan(p.pid, &mut vmas)?;
     let mut sink = writer.create_file(&format!("pages-{}.img", p.ns_pid))?;
-    let pages = memory::pages::dump(p.pid, &mut vmas, &mut sink)?;
+    let ns_pid = p.ns_pid;
+    let progress = opts
+        .progress
+        .map(|f| move |done, total| f(ns_pid, done, total));
+    let pages = memory::pages::dump(p.pid, &mut vmas, &mut sink, progress)?;
     writer.commit_file(sink)?;
     stats.memory_ms += ms(tm.elapsed());
     stats.pages += pages;

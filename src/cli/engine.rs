@@ -50,8 +50,10 @@ fn mib(bytes: u64) -> f64 {
 }
 
 pub fn dump(state_dir: &Path, a: DumpArgs) -> Result<u8> {
+    let tty = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let opts = engine::DumpOptions {
         leave_running: a.leave_running,
+        progress: (tty && !a.json).then_some(progress as fn(i32, u64, u64)),
     };
     let st = engine::dump(state_dir, &a.name, &a.dir, &opts)
         .with_context(|| format!("dump of sandbox {} failed", a.name))?;
@@ -73,6 +75,26 @@ pub fn dump(state_dir: &Path, a: DumpArgs) -> Result<u8> {
         );
     }
     Ok(0)
+}
+
+/// A progress line on the terminal while a large memory image is written.
+fn progress(pid: i32, done: u64, total: u64) {
+    const LARGE: u64 = 256 << 20;
+    if total < LARGE {
+        return;
+    }
+    let width = 30;
+    let filled = (done * width / total.max(1)) as usize;
+    eprint!(
+        "\rprocess {pid}: memory [{}{}] {:.0}/{:.0} MiB",
+        "#".repeat(filled),
+        " ".repeat(width as usize - filled),
+        mib(done),
+        mib(total)
+    );
+    if done == total {
+        eprintln!();
+    }
 }
 
 pub fn restore(state_dir: &Path, a: RestoreArgs) -> Result<u8> {

@@ -132,7 +132,12 @@ pub fn scan(pid: i32, vmas: &mut [Vma]) -> Result<()> {
 /// offset. The page file is filled in place, window by window, by
 /// process_vm_readv straight from the task (one copy); areas without read
 /// permission go through /proc/PID/mem. Returns the number of pages written.
-pub fn dump(pid: i32, vmas: &mut [Vma], sink: &mut PageSink) -> Result<u64> {
+pub fn dump(
+    pid: i32,
+    vmas: &mut [Vma],
+    sink: &mut PageSink,
+    progress: Option<impl Fn(u64, u64)>,
+) -> Result<u64> {
     // Lay out the runs: offsets in file order.
     let base = sink.position();
     let mut off = base;
@@ -150,7 +155,10 @@ pub fn dump(pid: i32, vmas: &mut [Vma], sink: &mut PageSink) -> Result<u64> {
     let mut mem: Option<File> = None;
     let mut seg = 0usize; // first segment not fully copied
     let mut seg_done = 0u64; // bytes of it already copied
-    sink.append_in_place(total, CHUNK, |_, window| {
+    sink.append_in_place(total, CHUNK, |at, window| {
+        if let Some(p) = &progress {
+            p(at, total);
+        }
         let mut filled = 0usize;
         while filled < window.len() {
             // Gather as many (parts of) readable segments as fit, for one call.
@@ -214,6 +222,9 @@ pub fn dump(pid: i32, vmas: &mut [Vma], sink: &mut PageSink) -> Result<u64> {
         }
         Ok(())
     })?;
+    if let Some(p) = &progress {
+        p(total, total);
+    }
     Ok(total / PAGE_SIZE)
 }
 

@@ -269,6 +269,7 @@ pub fn restore(state_dir: &Path, dir: &Path, opts: &RestoreOptions) -> Result<Re
         .unwrap_or_else(|| img.inventory.sandbox.clone());
     let mut sb = sandbox::Sandbox::create(state_dir, Some(&name), &profile, launch)?;
     let sandbox_ms = ms(t1.elapsed());
+    tracing::debug!(ms = sandbox_ms, "sandbox created");
 
     let t2 = Instant::now();
     let result = (|| -> Result<RestoreStats> {
@@ -322,9 +323,11 @@ pub fn restore(state_dir: &Path, dir: &Path, opts: &RestoreOptions) -> Result<Re
         }
         tracing::debug!(ms = ms(tm.elapsed()), "tree rebuilt");
         seized.release()?;
+        tracing::debug!(ms = ms(tm.elapsed()), "tree released");
         if let Some(&h) = host.get(&workload) {
             sb.set_workload_pid(h)?;
         }
+        tracing::debug!(ms = ms(tm.elapsed()), "sandbox state updated");
         Ok(RestoreStats {
             verify_ms,
             sandbox_ms,

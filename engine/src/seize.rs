@@ -194,9 +194,10 @@ impl Seized {
     /// Waits for every thread's ptrace stop (after the thaw under cgroup v1).
     pub fn wait_stops(&mut self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
+        let events = ChildEvents::new();
         for p in &mut self.procs {
             for t in &mut p.threads {
-                wait_stop(t, deadline)
+                wait_stop(t, deadline, events.as_ref())
                     .map_err(|e| proc_err(p.pid, &format!("stopping thread {}", t.tid), e))?;
             }
         }
@@ -295,7 +296,68 @@ impl Drop for Seized {
     }
 }
 
-fn wait_stop(t: &mut SeizedThread, deadline: Instant) -> std::result::Result<(), String> {
+/// SIGCHLD as a file descriptor: a tracer is sent SIGCHLD whenever a tracee
+/// stops, so waiting for stops is a poll with a deadline, not a sleep loop.
+/// SIGCHLD stays blocked while it exists; the old mask comes back on drop.
+struct ChildEvents {
+    fd: OwnedFd,
+    old: libc::sigset_t,
+}
+
+impl ChildEvents {
+    fn new() -> Option<Self> {
+        // SAFETY: sigset operations on local sets, sigprocmask on this
+        // (single) thread, and signalfd creating a new fd we own.
+        unsafe {
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            let mut old: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGCHLD);
+            if libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old) != 0 {
+                return None;
+            }
+            let fd = libc::signalfd(-1, &set, libc::SFD_CLOEXEC | libc::SFD_NONBLOCK);
+            if fd < 0 {
+                libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());
+                return None;
+            }
+            Some(ChildEvents {
+                fd: std::os::fd::FromRawFd::from_raw_fd(fd),
+                old,
+            })
+        }
+    }
+
+    /// Waits until a SIGCHLD arrives or `until`, then drains what arrived.
+    fn wait(&self, until: Instant) {
+        use std::os::fd::AsRawFd;
+        let left = until.saturating_duration_since(Instant::now());
+        let mut pfd = libc::pollfd {
+            fd: self.fd.as_raw_fd(),
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        let mut buf = [0u8; 128 * 8];
+        // SAFETY: poll on one pollfd we own; read drains into our buffer.
+        unsafe {
+            libc::poll(&mut pfd, 1, left.as_millis().clamp(1, 100) as i32);
+            while libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) > 0 {}
+        }
+    }
+}
+
+impl Drop for ChildEvents {
+    fn drop(&mut self) {
+        // SAFETY: restoring the mask saved in `new`.
+        unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &self.old, std::ptr::null_mut()) };
+    }
+}
+
+fn wait_stop(
+    t: &mut SeizedThread,
+    deadline: Instant,
+    events: Option<&ChildEvents>,
+) -> std::result::Result<(), String> {
     loop {
         let st = waitpid(
             Pid::from_raw(t.tid),
@@ -320,7 +382,10 @@ fn wait_stop(t: &mut SeizedThread, deadline: Instant) -> std::result::Result<(),
                 if Instant::now() > deadline {
                     return Err("did not stop in time".into());
                 }
-                std::thread::sleep(Duration::from_micros(200));
+                match events {
+                    Some(ev) => ev.wait(deadline),
+                    None => std::thread::sleep(Duration::from_micros(200)),
+                }
             }
             other => return Err(format!("unexpected wait status {other:?}")),
         }

@@ -67,7 +67,11 @@ impl Remote {
 
     /// Runs a syscall; a failure becomes an error naming `what`.
     pub fn call(&mut self, what: &str, nr: i64, args: [u64; 6]) -> Result<u64> {
-        let r = self.syscall_raw(nr, args)?;
+        let tid = self.tid;
+        let r = self.syscall_raw(nr, args).map_err(|e| Error::Process {
+            pid: tid,
+            reason: format!("{what}: {e}"),
+        })?;
         if (-4095..0).contains(&r) {
             return Err(Error::Process {
                 pid: self.tid,
@@ -140,12 +144,21 @@ impl Remote {
         Ok(buf)
     }
 
-    /// Switches to another `syscall` instruction (the restore trampoline).
+    /// Runs later syscalls at `gadget` stopping at syscall entry and exit
+    /// (needed for a syscall that unmaps the trampoline it runs from).
     pub fn set_gadget(&mut self, gadget: u64) {
         self.inj
             .as_mut()
             .expect("injector present until finish")
             .set_gadget(gadget);
+    }
+
+    /// Switches to the restore trampoline: `syscall; int3` at `gadget`.
+    pub fn set_trap_gadget(&mut self, gadget: u64) {
+        self.inj
+            .as_mut()
+            .expect("injector present until finish")
+            .set_trap_gadget(gadget);
     }
 
     /// Unmaps the scratch area and gives the task its registers back.

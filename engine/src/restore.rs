@@ -469,6 +469,7 @@ fn rebuild_process(pid: i32, tid: i32, p: &ProcessImage, pages: &File) -> Result
         for t2 in &p.threads[1..] {
             let host = thread::clone_thread(&mut r, pid, t2.tid, scratch)?;
             let mut r2 = Remote::new(host, rb.trampoline)?;
+            r2.set_trap_gadget(rb.trampoline);
             r2.adopt_scratch(scratch, (TRAMPOLINE_PAGES - 1) * PAGE_SIZE);
             others.push((host, r2, t2));
         }
@@ -493,6 +494,8 @@ fn rebuild_process(pid: i32, tid: i32, p: &ProcessImage, pages: &File) -> Result
     signals::restore_pending(&mut r, p.pid, t.tid, &p.shared_pending, true, scratch)?;
     task::restore_creds(&mut r, &p.creds, &p.core, scratch)?;
     r.drop_scratch();
+    // The breakpoint goes with the page: stop at the syscall's exit instead.
+    r.set_gadget(rb.trampoline);
     r.call(
         "munmap(trampoline)",
         libc::SYS_munmap,

@@ -148,6 +148,8 @@ pub struct Injector {
     /// Stop signals (SIGSTOP, SIGTSTP, ...) that arrived during injection, sent
     /// again after the registers are restored.
     deferred: Vec<i32>,
+    /// The gadget is `syscall; int3`: one stop per syscall instead of two.
+    trap_after: bool,
     done: bool,
 }
 
@@ -164,6 +166,7 @@ impl Injector {
             saved,
             saved_mask,
             deferred: Vec::new(),
+            trap_after: false,
             done: false,
         })
     }
@@ -182,6 +185,15 @@ impl Injector {
     /// trampoline mapped after the old one went away).
     pub fn set_gadget(&mut self, gadget: u64) {
         self.gadget = gadget;
+        self.trap_after = false;
+    }
+
+    /// Runs later syscalls at `gadget`, which must hold `syscall` followed
+    /// by `int3` (bytes 0f 05 cc): the thread runs to the breakpoint, one
+    /// ptrace stop per syscall instead of the entry and exit stops.
+    pub fn set_trap_gadget(&mut self, gadget: u64) {
+        self.gadget = gadget;
+        self.trap_after = true;
     }
 
     /// The thread this injector drives.
@@ -203,6 +215,9 @@ impl Injector {
         regs.r8 = args[4];
         regs.r9 = args[5];
         ptrace::set_regs(self.tid, &regs)?;
+        if self.trap_after {
+            return self.run_to_trap();
+        }
 
         let mut entered = false;
         ptrace::syscall(self.tid, 0)?;
@@ -262,6 +277,44 @@ impl Injector {
                     return Err(Error::new("injected syscall: thread exited", Errno::ESRCH));
                 }
                 _ => ptrace::syscall(self.tid, 0)?,
+            }
+        }
+    }
+
+    /// Runs from the gadget to the `int3` after its `syscall` and reads the result.
+    fn run_to_trap(&mut self) -> Result<i64> {
+        let trap_ip = self.gadget + 3;
+        ptrace::cont(self.tid, 0)?;
+        loop {
+            let status = waitpid(Pid::from_raw(self.tid), Some(WaitPidFlag::__WALL))
+                .map_err(|e| Error::new("waitpid(injected syscall)", e))?;
+            match status {
+                WaitStatus::Stopped(_, Signal::SIGTRAP) => {
+                    let regs = ptrace::get_regs(self.tid)?;
+                    if regs.rip == trap_ip {
+                        // The breakpoint's SIGTRAP is dropped: the next resume
+                        // passes no signal.
+                        return Ok(regs.rax as i64);
+                    }
+                    ptrace::cont(self.tid, libc::SIGTRAP)?;
+                }
+                WaitStatus::Stopped(_, sig) => {
+                    let signo = sig as i32;
+                    if matches!(
+                        sig,
+                        Signal::SIGSTOP | Signal::SIGTSTP | Signal::SIGTTIN | Signal::SIGTTOU
+                    ) {
+                        self.deferred.push(signo);
+                        ptrace::cont(self.tid, 0)?;
+                    } else {
+                        ptrace::cont(self.tid, signo)?;
+                    }
+                }
+                WaitStatus::Exited(..) | WaitStatus::Signaled(..) => {
+                    self.done = true;
+                    return Err(Error::new("injected syscall: thread exited", Errno::ESRCH));
+                }
+                _ => ptrace::cont(self.tid, 0)?,
             }
         }
     }

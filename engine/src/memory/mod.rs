@@ -235,7 +235,7 @@ impl Rebuild {
             });
         }
         r.write_mem(at, &TRAMPOLINE_CODE)?;
-        r.set_gadget(at);
+        r.set_trap_gadget(at);
         r.adopt_scratch(at + PAGE_SIZE, len - PAGE_SIZE);
         // Everything below and above the trampoline goes.
         if at > LOW_LIMIT {

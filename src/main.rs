@@ -44,6 +44,10 @@ pub enum Command {
     Kill(cli::sandbox::KillArgs),
     /// Remove a sandbox's state.
     Rm(cli::sandbox::RmArgs),
+    /// Freeze every process of a sandbox (cgroup freezer).
+    Freeze(cli::sandbox::NameArgs),
+    /// Thaw a frozen sandbox (also one left frozen by an interrupted dump).
+    Thaw(cli::sandbox::NameArgs),
     /// Run a command inside a sandbox's namespaces and cgroup.
     Exec(cli::sandbox::ExecArgs),
     /// Checkpoint a sandbox's process tree into an image directory.
@@ -83,6 +87,8 @@ fn main() -> ExitCode {
         Command::Logs(a) => cli::sandbox::logs(&cli.state_dir, a),
         Command::Kill(a) => cli::sandbox::kill(&cli.state_dir, a),
         Command::Rm(a) => cli::sandbox::rm(&cli.state_dir, a),
+        Command::Freeze(a) => cli::sandbox::freeze(&cli.state_dir, a, true),
+        Command::Thaw(a) => cli::sandbox::freeze(&cli.state_dir, a, false),
         Command::Exec(a) => cli::sandbox::exec(&cli.state_dir, a),
         Command::Dump(a) => cli::engine::dump(&cli.state_dir, a),
         Command::Restore(a) => cli::engine::restore(&cli.state_dir, a),

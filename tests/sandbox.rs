@@ -367,6 +367,12 @@ fn tmp_and_dev_shm_are_private() {
 }
 
 fn freeze_stops_and_thaw_resumes(freezer: &str) {
+    freeze_and_thaw(freezer, false)
+}
+
+/// `via_cli`: through `stasis freeze` and `stasis thaw` instead of the
+/// cgroup files.
+fn freeze_and_thaw(freezer: &str, via_cli: bool) {
     let t = Env::new("frz");
     let name = unique("frz");
     let p = t.profile("p", &format!("[cgroup]\nfreezer = \"{freezer}\"\n"));
@@ -423,7 +429,12 @@ fn freeze_stops_and_thaw_resumes(freezer: &str) {
             "THAWED",
         )
     };
-    fs::write(&ctl, if freezer == "v2" { "1" } else { "FROZEN" }).unwrap();
+    if via_cli {
+        let o = t.stasis(&["freeze", &name]);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+    } else {
+        fs::write(&ctl, if freezer == "v2" { "1" } else { "FROZEN" }).unwrap();
+    }
     wait_until("the kernel to report frozen", || {
         fs::read_to_string(&frozen_file)
             .unwrap()
@@ -435,7 +446,12 @@ fn freeze_stops_and_thaw_resumes(freezer: &str) {
     std::thread::sleep(Duration::from_millis(300));
     let b = read();
     assert_eq!(a, b, "the counter moved while frozen");
-    fs::write(&ctl, thaw_val).unwrap();
+    if via_cli {
+        let o = t.stasis(&["thaw", &name]);
+        assert!(o.status.success(), "{}", text(&o.stderr));
+    } else {
+        fs::write(&ctl, thaw_val).unwrap();
+    }
     wait_until("the counter to move again", || read() > b);
     assert_eq!(t.ps_entry(&name)["state"], "running");
     let o = t.stasis(&["rm", "--force", &name]);
@@ -445,6 +461,18 @@ fn freeze_stops_and_thaw_resumes(freezer: &str) {
         "{:?}",
         t.leftover_cgroups()
     );
+}
+
+#[test]
+fn freeze_and_thaw_commands() {
+    if !cgroup_roots()
+        .iter()
+        .any(|r| r.join("cgroup.controllers").exists())
+    {
+        eprintln!("skipping freeze_and_thaw_commands: no cgroup2 hierarchy mounted");
+        return;
+    }
+    freeze_and_thaw("v2", true);
 }
 
 #[test]

@@ -60,6 +60,11 @@ pub struct RmArgs {
 }
 
 #[derive(Args, Debug)]
+pub struct NameArgs {
+    pub name: String,
+}
+
+#[derive(Args, Debug)]
 pub struct ExecArgs {
     pub name: String,
     #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
@@ -260,6 +265,26 @@ pub fn kill(state_dir: &Path, args: KillArgs) -> Result<u8> {
     let sb = Sandbox::open(state_dir, &args.name)?;
     sb.signal(sig)
         .with_context(|| format!("cannot signal sandbox `{}`", args.name))?;
+    Ok(0)
+}
+
+pub fn freeze(state_dir: &Path, args: NameArgs, freeze: bool) -> Result<u8> {
+    let sb = Sandbox::open(state_dir, &args.name)?;
+    if !sb.is_running() {
+        anyhow::bail!("sandbox `{}` is not running", args.name);
+    }
+    if freeze {
+        sb.cgroup().freeze()
+    } else {
+        sb.cgroup().thaw()
+    }
+    .with_context(|| {
+        format!(
+            "cannot {} sandbox `{}`",
+            if freeze { "freeze" } else { "thaw" },
+            args.name
+        )
+    })?;
     Ok(0)
 }
 

@@ -19,8 +19,10 @@
  *             F_SEAL_SHRINK|F_SEAL_GROW), fd 11 memfd "plain" (no sealing,
  *             1 MiB sparse with "hello" at 512 KiB), fd 12 a second
  *             description of fd 10's memfd (read-only, offset 5), fd 13 memfd
- *             "mapped" also mapped shared; memfd "maponly" only mapped shared;
- *             memfd "private" only mapped private with its first page changed
+ *             "mapped" also mapped shared; memfd "maponly" only mapped shared
+ *             (and shared with a child, which writes into it when asked
+ *             through fd 20 and answers on fd 21); memfd "private" only
+ *             mapped private with its first page changed
  *   locks     fd 10 flock LOCK_EX, fd 11 flock LOCK_SH, fd 12 OFD write lock
  *             on bytes 0-99 and read lock from 200 to EOF, fd 13 POSIX write
  *             lock on bytes 10-19 and read lock from 100 to EOF; a child
@@ -436,6 +438,7 @@ static void epoll_check(void)
 #define PRIV_BYTES (8 * 1024)
 
 static unsigned char *mapped, *maponly, *priv;
+static pid_t memchild;
 static unsigned char mbuf[PLAIN_BYTES];
 
 static void memfd_setup(void)
@@ -468,6 +471,27 @@ static void memfd_setup(void)
 	must(priv != MAP_FAILED, "mmap private");
 	close(f);
 	priv[0] = 0xab;
+	/* A child sharing the mappings writes into "maponly" when asked. */
+	int req[2], ack[2];
+	must(pipe(req) == 0 && pipe(ack) == 0, "pipe");
+	pid_t ch = fork();
+	must(ch >= 0, "fork");
+	if (ch == 0) {
+		char c;
+		close(req[1]);
+		close(ack[0]);
+		while (read(req[0], &c, 1) == 1) {
+			maponly[200] = (unsigned char)c;
+			if (write(ack[1], &c, 1) != 1)
+				_exit(2);
+		}
+		_exit(0);
+	}
+	close(req[0]);
+	close(ack[1]);
+	at(20, req[1]);
+	at(21, ack[0]);
+	memchild = ch;
 }
 
 static int maps_has(const void *addr, const char *path)
@@ -545,6 +569,11 @@ static void memfd_check(void)
 	wl_expect("shared mapping of memfd \"maponly\"", maponly, MAPONLY_BYTES, 34);
 	if (!maps_has(maponly, "/memfd:maponly (deleted)"))
 		wl_fail("the mapping at %p is not /memfd:maponly", (void *)maponly);
+	char ask = 0x77;
+	if (write(20, &ask, 1) != 1 || read(21, &ask, 1) != 1 || maponly[200] != 0x77)
+		wl_fail("the child's write into memfd \"maponly\" is not seen: the mapping is not shared any more");
+	close(20);
+	waitpid(memchild, NULL, 0);
 	if (priv[0] != 0xab)
 		wl_fail("private memfd mapping: the changed byte is %#x", priv[0]);
 	wl_expect_from("private memfd mapping", priv + 1, PRIV_BYTES - 1, 35, 1);

@@ -128,6 +128,8 @@ pub fn collect(
         size,
         mode: st.st_mode & 0o7777,
         seals: seals as u32,
+        uid: st.st_uid,
+        gid: st.st_gid,
         extents,
     })
 }
@@ -211,6 +213,10 @@ pub fn create(m: &MemfdImage, blobs: Option<&File>) -> Result<OwnedFd> {
                 done += k as u64;
             }
         }
+    }
+    // SAFETY: fchown of our memfd.
+    if unsafe { libc::fchown(fd.as_raw_fd(), m.uid, m.gid) } != 0 {
+        return Err(last_os_error(what("setting the owner of")));
     }
     // SAFETY: fchmod of our memfd.
     if unsafe { libc::fchmod(fd.as_raw_fd(), m.mode & 0o7777) } != 0 {

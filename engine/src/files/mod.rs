@@ -160,6 +160,7 @@ impl FileTable {
     ) -> Result<()> {
         for v in vmas.iter_mut() {
             let (start, end) = (v.start, v.end);
+            let shared_writable = v.shared && v.prot & libc::PROT_WRITE as u32 != 0;
             if let VmaKind::File {
                 path,
                 dev,
@@ -172,8 +173,22 @@ impl FileTable {
                 if memfd.is_none() && path.starts_with("/memfd:") {
                     let open = format!("/proc/{host_pid}/map_files/{start:x}-{end:x}");
                     let what = format!("mapping {start:#x}-{end:#x}");
-                    *memfd =
-                        Some(self.memfd_object(pid, &what, (*dev, *ino), &open, path, blobs)?);
+                    let id = self.memfd_object(pid, &what, (*dev, *ino), &open, path, blobs)?;
+                    *memfd = Some(id);
+                }
+                // The seals are put back before the memory: a writable shared
+                // mapping made before F_SEAL_FUTURE_WRITE could not be.
+                let seals = memfd.map_or(0, |m| self.image.memfds[m as usize].seals);
+                if shared_writable
+                    && seals & (libc::F_SEAL_WRITE | libc::F_SEAL_FUTURE_WRITE) as u32 != 0
+                {
+                    return Err(Error::Unsupported {
+                        pid,
+                        what: format!(
+                            "writable shared mapping {start:#x}-{end:#x} of a write-sealed memfd"
+                        ),
+                        detail: path.clone(),
+                    });
                 }
             }
         }

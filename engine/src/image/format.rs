@@ -415,6 +415,10 @@ pub struct MemfdImage {
     pub mode: u32,
     /// F_GET_SEALS.
     pub seals: u32,
+    #[serde(default)]
+    pub uid: u32,
+    #[serde(default)]
+    pub gid: u32,
     /// The data, extent by extent (holes are not saved).
     pub extents: Vec<MemfdExtent>,
 }

@@ -14,7 +14,9 @@
  *   epoll     fd 10 epoll watching fd 11 (eventfd, ready), 12 (pipe read end
  *             with data, edge-triggered), 13 (pipe write end, EPOLLOUT),
  *             14 (eventfd, EPOLLONESHOT, already reported), 15 (another epoll
- *             watching fd 11), 16 (eventfd, not ready); each with its data
+ *             watching fd 11), 16 (eventfd, not ready); each with its data;
+ *             a thread blocked in epoll_wait on fd 17 (epoll of the eventfd
+ *             at fd 18), woken by a write after the restore
  *   memfd     fd 10 memfd "stasis data" (3 pages + 100 bytes, offset 777,
  *             F_SEAL_SHRINK|F_SEAL_GROW), fd 11 memfd "plain" (no sealing,
  *             1 MiB sparse with "hello" at 512 KiB), fd 12 a second
@@ -44,6 +46,7 @@
 
 #include <linux/userfaultfd.h>
 #include <poll.h>
+#include <pthread.h>
 #include <sys/epoll.h>
 #include <sys/eventfd.h>
 #include <sys/file.h>
@@ -345,6 +348,26 @@ static void epoll_add(int ep, int fd, unsigned events, unsigned long long data)
 	must(epoll_ctl(ep, EPOLL_CTL_ADD, fd, &ev) == 0, "epoll_ctl ADD");
 }
 
+static volatile int waiter_done;
+static volatile unsigned long long waiter_data;
+static pthread_t waiter;
+static volatile pid_t waiter_tid;
+
+/* Blocks in epoll_wait on fd 17 until the eventfd at fd 18 is written. */
+static void *epoll_waiter(void *arg)
+{
+	(void)arg;
+	struct epoll_event ev;
+	int n;
+	waiter_tid = (pid_t)syscall(SYS_gettid);
+	do
+		n = epoll_wait(17, &ev, 1, -1);
+	while (n < 0 && errno == EINTR);
+	waiter_data = n == 1 ? ev.data.u64 : 0;
+	waiter_done = n == 1 ? 1 : -1;
+	return NULL;
+}
+
 static void epoll_setup(void)
 {
 	at(11, eventfd(1, 0));
@@ -371,6 +394,25 @@ static void epoll_setup(void)
 	must(n == 5, "first epoll_wait");
 	nwatches_before = read_watches(10, watches_before, 16);
 	must(nwatches_before == 6, "reading the watches");
+	at(18, eventfd(0, 0));
+	at(17, epoll_create1(0));
+	epoll_add(17, 18, EPOLLIN, 0x1818);
+	must(pthread_create(&waiter, NULL, epoll_waiter, NULL) == 0, "pthread_create");
+	/* Ready once the thread sleeps in epoll_wait. */
+	for (int i = 0;; i++) {
+		char path[64], buf[64] = "";
+		snprintf(path, sizeof(path), "/proc/self/task/%d/syscall", (int)waiter_tid);
+		int f = waiter_tid ? open(path, O_RDONLY | O_CLOEXEC) : -1;
+		if (f >= 0) {
+			(void)!read(f, buf, sizeof(buf) - 1);
+			close(f);
+		}
+		long nr = strtol(buf, NULL, 10);
+		if (buf[0] && (nr == SYS_epoll_wait || nr == SYS_epoll_pwait))
+			break;
+		must(i < 5000, "waiting for the thread to block in epoll_wait");
+		wl_sleep_ms(1);
+	}
 }
 
 /* The data of the events epoll_wait reports now, as a bit set of known values. */
@@ -426,6 +468,18 @@ static void epoll_check(void)
 	struct epoll_event evs[4];
 	if (epoll_wait(15, evs, 4, 0) != 1 || evs[0].data.u64 != 0x15)
 		wl_fail("fd 15: the nested epoll does not report fd 11");
+	if (waiter_done)
+		wl_fail("the thread blocked in epoll_wait on fd 17 returned before its eventfd was written");
+	v = 1;
+	if (write(18, &v, 8) != 8)
+		wl_fail("fd 18: write failed: %s", strerror(errno));
+	for (int i = 0; i < 5000 && !waiter_done; i++)
+		wl_sleep_ms(1);
+	if (waiter_done != 1 || waiter_data != 0x1818)
+		wl_fail("the thread blocked in epoll_wait on fd 17 did not wake with data 0x1818 (state %d, data %llx)",
+			waiter_done, waiter_data);
+	else
+		pthread_join(waiter, NULL);
 	wl_pass_note("watches=%d", n);
 }
 

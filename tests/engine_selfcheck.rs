@@ -177,6 +177,26 @@ fn selfcheck_refuse_io_uring() {
 }
 
 #[test]
+fn selfcheck_fds() {
+    for mode in [
+        "eventfd",
+        "timerfd",
+        "signalfd",
+        "epoll",
+        "memfd",
+        "locks",
+        "inotify",
+        "pidfd",
+        "refuse-pidfd",
+        "refuse-epoll",
+        "refuse-uffd",
+        "refuse-inotify",
+    ] {
+        selfcheck(&format!("fds-{mode}"), c_workload("fds", &[mode]));
+    }
+}
+
+#[test]
 fn selfcheck_shell_loop() {
     selfcheck("shloop", |dir| {
         vec![

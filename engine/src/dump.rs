@@ -132,6 +132,10 @@ fn collect_all(
     opts: &DumpOptions,
 ) -> Result<()> {
     let mut files = FileTable::new(log_path);
+    files.set_tree(
+        sb.init_pid(),
+        seized.procs.iter().map(|p| (p.pid, p.ns_pid)).collect(),
+    );
     let mut blobs = writer.create_file("blobs.img")?;
     for p in &seized.procs {
         if p.zombie.is_some() {
@@ -218,6 +222,7 @@ fn collect_process(
     fin?;
     let tm = Instant::now();
     let mut vmas = memory::collect(p.pid)?;
+    files.attach_memfds(p.pid, p.ns_pid, &mut vmas, blobs)?;
     memory::pages::scan(p.pid, &mut vmas)?;
     let mut sink = writer.create_file(&format!("pages-{}.img", p.ns_pid))?;
     let ns_pid = p.ns_pid;

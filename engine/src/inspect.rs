@@ -141,6 +141,7 @@ pub fn inspect(dir: &Path) -> Result<ImageSummary> {
                             format!("pipe {pipe} ({bytes} bytes queued)")
                         }
                     },
+                    Some(other) => crate::files::describe(&img.files, other),
                     None => "?".into(),
                 };
                 FdSummary {

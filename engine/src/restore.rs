@@ -93,6 +93,7 @@ pub fn load(dir: &Path) -> Result<LoadedImage> {
         procs.insert(e.pid, p);
     }
     tree::check_rebuildable(&inventory.processes)?;
+    files::validate_links(&files, &procs.values().collect::<Vec<_>>())?;
     Ok(LoadedImage {
         reader,
         inventory,
@@ -184,7 +185,16 @@ pub fn restore(state_dir: &Path, dir: &Path, opts: &RestoreOptions) -> Result<Re
         .flat_map(|p| p.fds.iter().map(|f| f.fd))
         .max()
         .unwrap_or(2);
-    let base = (max_target + 1).max(64);
+    // Fds passed to a process only for the rebuild of its memory (memfds it
+    // maps) go right above the tree's fd numbers, below every source fd.
+    let slots: BTreeMap<i32, Vec<(u32, u32)>> = img
+        .procs
+        .iter()
+        .map(|(pid, p)| (*pid, files::memfd_slots(p, &img.files)))
+        .collect();
+    let extra = slots.values().map(Vec::len).max().unwrap_or(0) as i32;
+    let slot_base = max_target + 1;
+    let base = (slot_base + extra).max(64);
     let blobs = img.reader.open_checked("blobs.img")?;
     let blobs = File::from(move_high(blobs.into(), base)?);
     let mut pages: BTreeMap<i32, File> = BTreeMap::new();
@@ -227,7 +237,16 @@ pub fn restore(state_dir: &Path, dir: &Path, opts: &RestoreOptions) -> Result<Re
         .map(|(pid, p)| {
             (
                 *pid,
-                p.fds.iter().map(|f| (f.fd, f.file, f.cloexec)).collect(),
+                p.fds
+                    .iter()
+                    .map(|f| (f.fd, f.file, f.cloexec))
+                    .chain(
+                        slots[pid]
+                            .iter()
+                            .enumerate()
+                            .map(|(k, &(_, held))| (slot_base + k as i32, held, true)),
+                    )
+                    .collect(),
             )
         })
         .collect();
@@ -317,7 +336,14 @@ pub fn restore(state_dir: &Path, dir: &Path, opts: &RestoreOptions) -> Result<Re
             .collect();
         for (host_pid, ns_pid, main_tid) in held {
             let p = &img.procs[&ns_pid];
-            let (n, threads) = rebuild_process(host_pid, main_tid, p, &pages[&ns_pid])?;
+            let (n, threads) = rebuild_process(
+                host_pid,
+                main_tid,
+                p,
+                &pages[&ns_pid],
+                &img.files,
+                (slot_base, &slots[&ns_pid]),
+            )?;
             pages_total += n;
             seized.adopt_threads(host_pid, &threads);
         }
@@ -428,13 +454,25 @@ fn wait_ready(r: &OwnedFd, n: usize, sb: &sandbox::Sandbox) -> Result<()> {
 /// Turns a restored process (stopped, running stasis code) into the dumped
 /// one. Returns the number of pages filled and the host TIDs of the threads
 /// it created (traced, to be released with the rest).
-fn rebuild_process(pid: i32, tid: i32, p: &ProcessImage, pages: &File) -> Result<(u64, Vec<i32>)> {
+/// `slots` gives the fd number of the first memfd it maps and the memfds
+/// (`files::memfd_slots`).
+fn rebuild_process(
+    pid: i32,
+    tid: i32,
+    p: &ProcessImage,
+    pages: &File,
+    files_img: &FilesImage,
+    slots: (i32, &[(u32, u32)]),
+) -> Result<(u64, Vec<i32>)> {
     let gadget = sys::inject::find_syscall_gadget(pid)?;
     let mut r = Remote::new(tid, gadget)?;
     let t = &p.threads[0];
     thread::unregister_rseq(&mut r)?;
     let mut rb = Rebuild::start(&mut r, &p.vmas)?;
     let scratch = rb.scratch();
+    for (k, &(memfd, _)) in slots.1.iter().enumerate() {
+        rb.add_memfd(memfd, (slots.0 + k as i32) as u64);
+    }
     for v in &p.vmas {
         rb.map_area(&mut r, v)?;
     }
@@ -459,6 +497,7 @@ fn rebuild_process(pid: i32, tid: i32, p: &ProcessImage, pages: &File) -> Result
     memory::mm::restore_mm(&mut r, &p.mm, exe_fd, scratch)?;
     r.call("close(exe)", libc::SYS_close, [exe_fd, 0, 0, 0, 0, 0])?;
     rb.close_files(&mut r)?;
+    files::restore_in_task(&mut r, p, files_img, scratch)?;
     signals::restore_actions(&mut r, &p.sigactions, scratch)?;
     task::restore_core(&mut r, &p.core, scratch)?;
     task::restore_rlimits(pid, &p.rlimits)?;

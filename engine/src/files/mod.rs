@@ -1,20 +1,31 @@
 //! Open files: every fd of every process, pointing at open file descriptions
 //! that are recorded once however many fds and processes share them (kcmp
 //! tells which fds share one). `regular` handles files reopened by path,
-//! `pipe` pipes and FIFOs with their unread data.
+//! `pipe` pipes and FIFOs with their unread data, `memfd` memfds (also when
+//! mapped), `eventfd`, `timerfd`, `signalfd`, `epoll`, `inotify` and `pidfd`
+//! the anonymous kinds, `locks` flock, POSIX and OFD locks.
 //!
 //! Restore opens every description once, in the sandbox's init before the
 //! tree is forked, moves them above every fd number the tree uses, and each
 //! restored process then puts its fds in place with dup3.
 
+pub mod epoll;
+pub mod eventfd;
+pub mod inotify;
+pub mod locks;
+pub mod memfd;
+pub mod pidfd;
 pub mod pipe;
 pub mod regular;
+pub mod signalfd;
+pub mod timerfd;
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use crate::error::{Error, Result};
-use crate::image::{FdEntry, FileDesc, FileKind, FilesImage, PageSink};
+use crate::image::{FdEntry, FileDesc, FileKind, FilesImage, PageSink, ProcessImage, Vma, VmaKind};
+use crate::remote::Remote;
 
 /// Builds `files.json` while the tree is dumped.
 pub struct FileTable {
@@ -24,12 +35,40 @@ pub struct FileTable {
     by_inode: HashMap<(u64, u64), Vec<usize>>,
     pipes: HashMap<u64, u32>,
     log_id: (u64, u64),
+    /// memfd objects by (dev, ino).
+    memfds: HashMap<(u64, u64), u32>,
+    /// Host PID of every process of the tree -> its PID in the sandbox.
+    tree: HashMap<i32, i32>,
+    /// Host PID of the sandbox's init (its view of paths and mounts).
+    init: i32,
 }
 
 /// fdinfo fields.
 pub struct FdInfo {
     pub pos: u64,
     pub flags: u32,
+    /// The whole of fdinfo, for the fields of each kind.
+    pub text: String,
+}
+
+/// The value of a `key:` line of fdinfo, trimmed.
+pub fn fdinfo_field<'a>(text: &'a str, key: &str) -> Option<&'a str> {
+    text.lines()
+        .find_map(|l| l.strip_prefix(key))
+        .map(str::trim)
+}
+
+/// The value of a `key:value` word of one fdinfo line.
+pub fn fdinfo_word<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace().find_map(|w| w.strip_prefix(key))
+}
+
+/// An error from errno, naming what was being done.
+pub(crate) fn last_os_error(what: String) -> Error {
+    Error::Io {
+        what,
+        source: std::io::Error::last_os_error(),
+    }
 }
 
 pub fn read_fdinfo(pid: i32, fd: i32) -> Result<FdInfo> {
@@ -39,7 +78,11 @@ pub fn read_fdinfo(pid: i32, fd: i32) -> Result<FdInfo> {
             reason: format!("reading fdinfo of fd {fd}: {e}"),
         }
     })?;
-    let mut info = FdInfo { pos: 0, flags: 0 };
+    let mut info = FdInfo {
+        pos: 0,
+        flags: 0,
+        text: String::new(),
+    };
     for line in text.lines() {
         if let Some(v) = line.strip_prefix("pos:") {
             info.pos = v.trim().parse().unwrap_or(0);
@@ -47,6 +90,7 @@ pub fn read_fdinfo(pid: i32, fd: i32) -> Result<FdInfo> {
             info.flags = u32::from_str_radix(v.trim(), 8).unwrap_or(0);
         }
     }
+    info.text = text;
     Ok(info)
 }
 
@@ -71,7 +115,84 @@ impl FileTable {
             by_inode: HashMap::new(),
             pipes: HashMap::new(),
             log_id,
+            memfds: HashMap::new(),
+            tree: HashMap::new(),
+            init: 0,
         }
+    }
+
+    /// The sandbox's init (host PID) and the processes of the tree (host
+    /// PID -> PID in the sandbox), for pidfds and inotify paths.
+    pub fn set_tree(&mut self, init: i32, tree: HashMap<i32, i32>) {
+        self.init = init;
+        self.tree = tree;
+    }
+
+    /// The id of the memfd object (dev, ino), saved on first sight through
+    /// `path` (a /proc link that opens it).
+    fn memfd_object(
+        &mut self,
+        pid: i32,
+        what: &str,
+        key: (u64, u64),
+        path: &str,
+        link: &str,
+        blobs: &mut PageSink,
+    ) -> Result<u32> {
+        if let Some(&id) = self.memfds.get(&key) {
+            return Ok(id);
+        }
+        let id = self.image.memfds.len() as u32;
+        let img = memfd::collect(pid, what, path, link, id, blobs)?;
+        self.image.memfds.push(img);
+        self.memfds.insert(key, id);
+        Ok(id)
+    }
+
+    /// Gives every memfd mapping of process `pid` (host PID `host_pid`) its
+    /// memfd object, saved through /proc/PID/map_files when no fd showed it.
+    pub fn attach_memfds(
+        &mut self,
+        host_pid: i32,
+        pid: i32,
+        vmas: &mut [Vma],
+        blobs: &mut PageSink,
+    ) -> Result<()> {
+        for v in vmas.iter_mut() {
+            let (start, end) = (v.start, v.end);
+            let shared_writable = v.shared && v.prot & libc::PROT_WRITE as u32 != 0;
+            if let VmaKind::File {
+                path,
+                dev,
+                ino,
+                deleted: true,
+                memfd,
+                ..
+            } = &mut v.kind
+            {
+                if memfd.is_none() && path.starts_with("/memfd:") {
+                    let open = format!("/proc/{host_pid}/map_files/{start:x}-{end:x}");
+                    let what = format!("mapping {start:#x}-{end:#x}");
+                    let id = self.memfd_object(pid, &what, (*dev, *ino), &open, path, blobs)?;
+                    *memfd = Some(id);
+                }
+                // The seals are put back before the memory: a writable shared
+                // mapping made before F_SEAL_FUTURE_WRITE could not be.
+                let seals = memfd.map_or(0, |m| self.image.memfds[m as usize].seals);
+                if shared_writable
+                    && seals & (libc::F_SEAL_WRITE | libc::F_SEAL_FUTURE_WRITE) as u32 != 0
+                {
+                    return Err(Error::Unsupported {
+                        pid,
+                        what: format!(
+                            "writable shared mapping {start:#x}-{end:#x} of a write-sealed memfd"
+                        ),
+                        detail: path.clone(),
+                    });
+                }
+            }
+        }
+        Ok(())
     }
 
     /// Records every fd of `pid`. Unsupported kinds stop the dump with an
@@ -95,6 +216,8 @@ impl FileTable {
             .collect();
         fds.sort_unstable();
         let mut out = Vec::with_capacity(fds.len());
+        // Epolls first seen here: their watches name fds of this process.
+        let mut epolls: Vec<(i32, usize)> = Vec::new();
         for fd in fds {
             let link = std::fs::read_link(format!("/proc/{host_pid}/fd/{fd}"))
                 .map_err(|e| Error::Process {
@@ -117,6 +240,7 @@ impl FileTable {
                     .iter()
                     .find(|&&i| kcmp_same(self.reps[i].2.as_raw_fd(), dup.as_raw_fd()))
                 {
+                    locks::collect(pid, fd, i as u32, false, &info.text, &mut self.image.locks)?;
                     out.push(FdEntry {
                         fd,
                         cloexec,
@@ -138,8 +262,21 @@ impl FileTable {
                 }
                 let fifo = (!link.starts_with("pipe:")).then(|| link.clone());
                 FileKind::Pipe { pipe: id, fifo }
+            } else if memfd::is_memfd(&link, &st) {
+                let open = format!("/proc/{host_pid}/fd/{fd}");
+                let what = format!("fd {fd}");
+                let memfd = self.memfd_object(pid, &what, key, &open, &link, blobs)?;
+                FileKind::Memfd {
+                    memfd,
+                    pos: info.pos,
+                }
             } else if fmt == libc::S_IFREG || fmt == libc::S_IFDIR || fmt == libc::S_IFCHR {
                 regular::collect(pid, fd, &link, &dup, &st, info.pos, blobs)?
+            } else if let Some(kind) = self.collect_anon(pid, fd, &link, &dup, &info.text)? {
+                if matches!(kind, FileKind::Epoll { .. }) {
+                    epolls.push((fd, self.image.files.len()));
+                }
+                kind
             } else {
                 let what = if fmt == libc::S_IFSOCK {
                     "socket"
@@ -155,6 +292,7 @@ impl FileTable {
                 });
             };
             let id = self.image.files.len() as u32;
+            locks::collect(pid, fd, id, true, &info.text, &mut self.image.locks)?;
             self.image.files.push(FileDesc { id, flags, kind });
             self.reps.push((key.0, key.1, dup));
             self.by_inode.entry(key).or_default().push(id as usize);
@@ -164,7 +302,32 @@ impl FileTable {
                 file: id,
             });
         }
+        for (efd, i) in epolls {
+            if let FileKind::Epoll { watches, .. } = &mut self.image.files[i].kind {
+                epoll::resolve(host_pid, pid, efd, watches, &out)?;
+            }
+        }
         Ok(out)
+    }
+
+    /// The kinds behind anon_inode links (and pidfds). None: not supported.
+    fn collect_anon(
+        &self,
+        pid: i32,
+        fd: i32,
+        link: &str,
+        dup: &OwnedFd,
+        fdinfo: &str,
+    ) -> Result<Option<FileKind>> {
+        Ok(Some(match link {
+            "anon_inode:[eventfd]" => eventfd::collect(pid, fd, fdinfo)?,
+            "anon_inode:[timerfd]" => timerfd::collect(pid, fd, dup)?,
+            "anon_inode:[signalfd]" => signalfd::collect(pid, fd, fdinfo)?,
+            "anon_inode:[eventpoll]" => epoll::collect(pid, fd, fdinfo)?,
+            "anon_inode:inotify" => inotify::collect(pid, fd, dup, fdinfo, self.init)?,
+            "anon_inode:[pidfd]" => pidfd::collect(pid, fd, fdinfo, &self.tree)?,
+            _ => return Ok(None),
+        }))
     }
 }
 
@@ -184,7 +347,12 @@ pub fn open_all(
     log_fd: RawFd,
 ) -> Result<OpenFiles> {
     let mut pipes = pipe::PipeSet::create(&files.pipes, blobs)?;
-    let mut fds = Vec::with_capacity(files.files.len());
+    let memfds = files
+        .memfds
+        .iter()
+        .map(|m| memfd::create(m, blobs))
+        .collect::<Result<Vec<_>>>()?;
+    let mut fds = Vec::with_capacity(files.files.len() + memfds.len());
     for (i, f) in files.files.iter().enumerate() {
         if f.id as usize != i {
             return Err(Error::Other(format!(
@@ -196,13 +364,132 @@ pub fn open_all(
             FileKind::SandboxLog => regular::dup_log(log_fd)?,
             FileKind::Path { .. } => regular::open(f, blobs)?,
             FileKind::Pipe { pipe, fifo } => pipes.open_end(*pipe, fifo.as_deref(), f.flags)?,
+            FileKind::Memfd { memfd, pos } => {
+                let m = *memfd as usize;
+                memfd::open_desc(&files.memfds[m], &memfds[m], f.flags, *pos)?
+            }
+            FileKind::Eventfd { count, semaphore } => {
+                set_status_flags(f, eventfd::open(f.id, *count, *semaphore)?)?
+            }
+            FileKind::Timerfd { .. } => set_status_flags(f, timerfd::open(f.id, &f.kind)?)?,
+            FileKind::Signalfd { sigmask } => set_status_flags(f, signalfd::open(f.id, *sigmask)?)?,
+            FileKind::Epoll { .. } => set_status_flags(f, epoll::open(f.id)?)?,
+            FileKind::Inotify { watches } => set_status_flags(f, inotify::open(f.id, watches)?)?,
+            // The process opens the pidfd itself once the tree exists
+            // (`restore_in_task`); until then its fds hold /dev/null.
+            FileKind::Pidfd { .. } => pidfd::open_placeholder()?,
         };
         fds.push(fd);
     }
+    locks::restore_desc(files, &fds)?;
+    // The memfds themselves, after the descriptions: passed to the
+    // processes that map them (`memfd_slots`).
+    fds.extend(memfds);
     Ok(OpenFiles {
         fds,
         holders: pipes.into_holders(),
     })
+}
+
+/// Sets the status flags of a new description as recorded (O_NONBLOCK, ...).
+fn set_status_flags(f: &FileDesc, fd: OwnedFd) -> Result<OwnedFd> {
+    let fl = f.flags as i32 & (libc::O_NONBLOCK | libc::O_APPEND | libc::O_NOATIME);
+    // SAFETY: F_SETFL on an fd we own.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, fl) } < 0 {
+        return Err(last_os_error(format!("setting the flags of file {}", f.id)));
+    }
+    Ok(fd)
+}
+
+/// The fds a restored process needs only while its memory is rebuilt: the
+/// memfds it maps, as (memfd id, index of the fd in `OpenFiles::fds`), to be
+/// put at fd numbers above all of the tree's, in this order.
+pub fn memfd_slots(p: &ProcessImage, files: &FilesImage) -> Vec<(u32, u32)> {
+    memfd::mapped(p)
+        .into_iter()
+        .map(|id| (id, files.files.len() as u32 + id))
+        .collect()
+}
+
+/// What a restored process does from inside, once all its fds are in place
+/// and nothing will close an fd in it any more: opens its pidfds, adds the
+/// watches of the epolls it owns, takes its POSIX locks.
+pub fn restore_in_task(
+    r: &mut Remote,
+    p: &ProcessImage,
+    files: &FilesImage,
+    scratch: u64,
+) -> Result<()> {
+    pidfd::restore(r, p, files)?;
+    epoll::restore_watches(r, p, files, scratch)?;
+    locks::restore_posix(r, p, files, scratch)
+}
+
+/// Checks what links processes and descriptions: epoll owners and targets,
+/// pidfd targets, memfds, locks.
+pub fn validate_links(files: &FilesImage, procs: &[&ProcessImage]) -> Result<()> {
+    for (i, m) in files.memfds.iter().enumerate() {
+        memfd::validate(m, i)?;
+    }
+    for f in &files.files {
+        match &f.kind {
+            FileKind::Memfd { memfd, .. } if *memfd as usize >= files.memfds.len() => {
+                return Err(Error::Other(format!(
+                    "image: file {} is memfd {memfd}, which does not exist",
+                    f.id
+                )))
+            }
+            FileKind::Inotify { watches } => inotify::validate(f.id, watches)?,
+            _ => {}
+        }
+    }
+    for p in procs {
+        for v in &p.vmas {
+            if let VmaKind::File {
+                deleted: true,
+                memfd,
+                path,
+                ..
+            } = &v.kind
+            {
+                if !memfd.is_some_and(|m| (m as usize) < files.memfds.len()) {
+                    return Err(Error::Other(format!(
+                        "image of process {}: area {:#x}-{:#x} maps deleted file {path}, which is not a saved memfd",
+                        p.pid, v.start, v.end
+                    )));
+                }
+            }
+        }
+    }
+    let pids = procs.iter().map(|p| p.pid).collect();
+    pidfd::validate(files, &pids)?;
+    epoll::validate(files, procs)?;
+    locks::validate(files, procs)
+}
+
+/// A short description of a kind handled here, for `stasis inspect`.
+pub fn describe(files: &FilesImage, kind: &FileKind) -> String {
+    match kind {
+        FileKind::Eventfd { count, semaphore } => format!(
+            "eventfd (count {count}{})",
+            if *semaphore { ", semaphore" } else { "" }
+        ),
+        FileKind::Timerfd {
+            clockid,
+            value_ns,
+            interval_ns,
+            ..
+        } => format!("timerfd (clock {clockid}, {value_ns} ns left, interval {interval_ns} ns)"),
+        FileKind::Signalfd { sigmask } => format!("signalfd (mask {sigmask:#x})"),
+        FileKind::Epoll { watches, .. } => format!("epoll ({} watches)", watches.len()),
+        FileKind::Inotify { watches } => format!("inotify ({} watches)", watches.len()),
+        FileKind::Memfd { memfd, pos } => match files.memfds.get(*memfd as usize) {
+            Some(m) => format!("memfd {} ({} bytes) at {pos}", m.name, m.size),
+            None => format!("memfd {memfd}"),
+        },
+        FileKind::Pidfd { pid } => format!("pidfd of process {pid}"),
+        other => format!("{other:?}"),
+    }
 }
 
 /// Checks every fd entry points at a description that exists.

@@ -168,6 +168,10 @@ pub enum VmaKind {
         /// The file was deleted while mapped: its contents are in `deleted_blob`.
         #[serde(default)]
         deleted: bool,
+        /// A memfd (`/memfd:NAME (deleted)`): index into `files.json`'s
+        /// `memfds`; mapped from the restored memfd.
+        #[serde(default)]
+        memfd: Option<u32>,
     },
     /// One of the kernel's special mappings: [vvar], [vvar_vclock], [vdso].
     Special { name: String },
@@ -305,6 +309,12 @@ pub struct FdEntry {
 pub struct FilesImage {
     pub files: Vec<FileDesc>,
     pub pipes: Vec<PipeImage>,
+    /// memfd objects (an inode each), shared by descriptions and mappings.
+    #[serde(default)]
+    pub memfds: Vec<MemfdImage>,
+    /// File locks: flock and OFD locks of a description, POSIX locks of a process.
+    #[serde(default)]
+    pub locks: Vec<LockImage>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -339,6 +349,112 @@ pub enum FileKind {
         #[serde(default)]
         fifo: Option<String>,
     },
+    /// An eventfd.
+    Eventfd {
+        count: u64,
+        /// EFD_SEMAPHORE.
+        semaphore: bool,
+    },
+    /// A timerfd; `value_ns` is the time left at dump (0: disarmed).
+    Timerfd {
+        clockid: i32,
+        /// Expirations not read yet.
+        ticks: u64,
+        /// TFD_TIMER_ABSTIME | TFD_TIMER_CANCEL_ON_SET as last set.
+        settime_flags: u32,
+        value_ns: u64,
+        interval_ns: u64,
+        /// Absolute expiry (ns since the epoch) of a TFD_TIMER_ABSTIME timer
+        /// on a real-time clock, restored as such.
+        #[serde(default)]
+        deadline_ns: Option<u64>,
+    },
+    /// A signalfd and the signals it accepts.
+    Signalfd { sigmask: u64 },
+    /// An epoll instance. Its watches name their targets by fd number in
+    /// process `owner`, which adds them again at restore.
+    Epoll {
+        owner: i32,
+        watches: Vec<EpollWatch>,
+    },
+    /// An inotify instance and its watches, in wd order.
+    Inotify { watches: Vec<InotifyWatch> },
+    /// A description of a memfd (index into `memfds`).
+    Memfd { memfd: u32, pos: u64 },
+    /// A pidfd of process (or thread, with PIDFD_THREAD) `pid` of the tree.
+    Pidfd { pid: i32 },
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EpollWatch {
+    /// fd number of the target in the owning process.
+    pub tfd: i32,
+    /// Target description (index into `files`).
+    pub file: u32,
+    pub events: u32,
+    pub data: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InotifyWatch {
+    pub wd: i32,
+    pub mask: u32,
+    /// Path of the watched inode, seen from inside the sandbox.
+    pub path: String,
+    pub dev: u64,
+    pub ino: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MemfdImage {
+    pub id: u32,
+    /// The name given to memfd_create (without the `memfd:` prefix).
+    pub name: String,
+    pub size: u64,
+    /// Permission bits (07777).
+    pub mode: u32,
+    /// F_GET_SEALS.
+    pub seals: u32,
+    #[serde(default)]
+    pub uid: u32,
+    #[serde(default)]
+    pub gid: u32,
+    /// The data, extent by extent (holes are not saved).
+    pub extents: Vec<MemfdExtent>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MemfdExtent {
+    /// Offset in the memfd.
+    pub offset: u64,
+    pub data: Blob,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum LockKind {
+    /// flock(2): belongs to the open file description.
+    Flock,
+    /// F_OFD_SETLK: belongs to the open file description.
+    Ofd,
+    /// F_SETLK: belongs to the process.
+    Posix,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct LockImage {
+    pub kind: LockKind,
+    /// The description locked (index into `files`).
+    pub file: u32,
+    /// POSIX locks: owning process and the fd it reacquires the lock through.
+    #[serde(default)]
+    pub pid: i32,
+    #[serde(default)]
+    pub fd: i32,
+    pub write: bool,
+    pub start: u64,
+    /// Bytes from `start`; 0 reaches to the end of the file, however far.
+    pub len: u64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -98,7 +98,10 @@ pub fn collect(pid: i32) -> Result<Vec<Vma>> {
                     (VmaKind::Anon, String::new())
                 } else {
                     let deleted = s.ends_with(" (deleted)");
-                    if deleted {
+                    // A memfd is restored as an object of its own
+                    // (`files::FileTable::attach_memfds` fills `memfd`).
+                    let memfd = deleted && s.starts_with("/memfd:");
+                    if deleted && !memfd {
                         return Err(Error::Unsupported {
                             pid,
                             what: format!("mapping of a deleted file at {start:#x}-{end:#x}"),
@@ -112,6 +115,7 @@ pub fn collect(pid: i32) -> Result<Vec<Vma>> {
                             dev: libc::makedev(m.dev.0 as u32, m.dev.1 as u32),
                             ino: m.inode,
                             deleted,
+                            memfd: None,
                         },
                         s,
                     )
@@ -318,6 +322,23 @@ impl Rebuild {
                 flags |= libc::MAP_ANONYMOUS as u64;
                 (u64::MAX, 0)
             }
+            VmaKind::File {
+                memfd: Some(id),
+                offset,
+                ..
+            } => {
+                let fd = self
+                    .files
+                    .get(&format!("memfd:{id}"))
+                    .ok_or_else(|| Error::Process {
+                        pid: r.tid,
+                        reason: format!(
+                            "area {:#x}-{:#x} maps memfd {id}, which was not passed to the task",
+                            v.start, v.end
+                        ),
+                    })?;
+                (*fd, *offset)
+            }
             VmaKind::File { path, offset, .. } => {
                 let oflags = if v.shared && v.prot & libc::PROT_WRITE as u32 != 0 {
                     libc::O_RDWR
@@ -361,6 +382,12 @@ impl Rebuild {
             }
         }
         Ok(())
+    }
+
+    /// Maps areas of memfd `id` through `fd`, open in the task (closed by
+    /// `close_files`).
+    pub fn add_memfd(&mut self, id: u32, fd: u64) {
+        self.files.insert(format!("memfd:{id}"), fd);
     }
 
     /// Closes the fds opened for file mappings.

@@ -1,0 +1,194 @@
+//! eventfd, timerfd, signalfd, epoll, memfd, file locks, inotify and pidfd
+//! across a dump and restore (the `fds` workload checks each from inside),
+//! and the fds a dump must still refuse.
+
+mod common;
+
+use std::fs;
+
+use common::*;
+
+/// Dumps and restores the `fds MODE` workload; it must say PASS.
+fn round_trip(mode: &str) -> (Harness, std::path::PathBuf) {
+    let h = Harness::new(&format!("fds-{mode}"));
+    let sb = h.start_c("fds", &[mode]);
+    let (image, restored) = h.dump_and_restore(&sb);
+    h.expect_pass(&restored);
+    (h, image)
+}
+
+/// The descriptions of `files.json` of kind `kind`.
+fn files_of_kind(image: &std::path::Path, kind: &str) -> Vec<serde_json::Value> {
+    let text = fs::read_to_string(image.join("files.json")).expect("files.json");
+    let v: serde_json::Value = serde_json::from_str(&text).expect("files.json is JSON");
+    v["files"]
+        .as_array()
+        .expect("files.json has files")
+        .iter()
+        .filter(|f| f["kind"] == kind)
+        .cloned()
+        .collect()
+}
+
+/// Counters (one beyond 32 bits), semaphore mode, O_NONBLOCK, an fd shared by dup.
+#[test]
+fn eventfd_counters_and_semaphore() {
+    let (_h, image) = round_trip("eventfd");
+    let e = files_of_kind(&image, "eventfd");
+    assert_eq!(e.len(), 3, "three eventfds (fd 13 shares fd 10's): {e:?}");
+    assert!(e.iter().any(|f| f["count"] == (1u64 << 40) + 7));
+    assert!(e.iter().any(|f| f["semaphore"] == true && f["count"] == 3));
+}
+
+/// One-shot, periodic, absolute real-time and expired-unread timers.
+#[test]
+fn timerfd_remaining_interval_ticks() {
+    let (_h, image) = round_trip("timerfd");
+    let t = files_of_kind(&image, "timerfd");
+    assert_eq!(t.len(), 4, "{t:?}");
+    assert!(
+        t.iter().any(|f| f["deadline_ns"].is_u64()),
+        "the absolute real-time timer is saved with its deadline: {t:?}"
+    );
+    assert!(t.iter().any(|f| f["ticks"] == 1 && f["value_ns"] == 0));
+}
+
+/// Masks, a pending and a queued signal read through the restored signalfds.
+#[test]
+fn signalfd_masks() {
+    round_trip("signalfd");
+}
+
+/// Watched set with events and data, a disarmed one-shot watch, an
+/// edge-triggered one and a nested epoll; watches keyed by their fd numbers;
+/// a thread blocked in epoll_wait wakes on an event after the restore.
+#[test]
+fn epoll_watched_set() {
+    let (_h, image) = round_trip("epoll");
+    let e = files_of_kind(&image, "epoll");
+    let watches: usize = e
+        .iter()
+        .map(|f| f["watches"].as_array().unwrap().len())
+        .sum();
+    assert_eq!(
+        watches, 8,
+        "6 watches of fd 10, 1 of fd 15, 1 of fd 17: {e:?}"
+    );
+}
+
+/// memfds with data, holes, seals, two descriptions of one memfd, and
+/// memfds mapped shared (with and without an fd) and private.
+#[test]
+fn memfd_contents_seals_mappings() {
+    let (_h, image) = round_trip("memfd");
+    let text = fs::read_to_string(image.join("files.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let memfds = v["memfds"].as_array().expect("memfds");
+    assert_eq!(memfds.len(), 5, "{memfds:?}");
+    let plain = memfds.iter().find(|m| m["name"] == "plain").unwrap();
+    let saved: u64 = plain["extents"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["data"]["len"].as_u64().unwrap())
+        .sum();
+    assert!(
+        saved < 64 * 1024,
+        "the 1 MiB sparse memfd saved {saved} bytes: holes are not data"
+    );
+}
+
+/// flock (exclusive and shared), OFD locks and POSIX locks of two processes.
+#[test]
+fn file_locks_flock_posix_ofd() {
+    let (_h, image) = round_trip("locks");
+    let text = fs::read_to_string(image.join("files.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let locks = v["locks"].as_array().expect("locks");
+    let count = |k: &str| locks.iter().filter(|l| l["kind"] == k).count();
+    assert_eq!(
+        (count("flock"), count("ofd"), count("posix")),
+        (2, 2, 3),
+        "{locks:?}"
+    );
+    assert!(
+        locks.iter().any(|l| l["kind"] == "posix" && l["pid"] == 3),
+        "the child's POSIX lock belongs to it: {locks:?}"
+    );
+}
+
+/// Watches with their wds (a gap left by a removed watch included), on the
+/// host file system and on the sandbox's private /tmp; a one-shot watch.
+#[test]
+fn inotify_watches_and_wds() {
+    let (_h, image) = round_trip("inotify");
+    let i = files_of_kind(&image, "inotify");
+    let w = i[0]["watches"].as_array().unwrap();
+    let wds: Vec<u64> = w.iter().map(|x| x["wd"].as_u64().unwrap()).collect();
+    assert_eq!(wds, vec![1, 2, 4, 5]);
+    assert!(
+        w.iter().any(|x| x["path"]
+            .as_str()
+            .unwrap()
+            .starts_with("/tmp/stasis-inotify-")),
+        "{w:?}"
+    );
+}
+
+/// pidfds of a child and of the process itself, one shared by dup.
+#[test]
+fn pidfd_of_tree_processes() {
+    let (_h, image) = round_trip("pidfd");
+    let p = files_of_kind(&image, "pidfd");
+    assert_eq!(p.len(), 2, "{p:?}");
+}
+
+/// A dump of `fds MODE` must fail naming the process, fd 9 and `words`, write
+/// no image, and leave the workload running with its state intact.
+fn refused(mode: &str, words: &[&str]) {
+    let h = Harness::new(&format!("fds-{mode}"));
+    let sb = h.start_c("fds", &[mode]);
+    let image = h.image_path();
+    let out = h.dump_raw(&sb, &image, &[]);
+    assert!(
+        !out.status.success(),
+        "dump of {mode} succeeded: {}",
+        describe(&out)
+    );
+    let err = text(&out.stderr);
+    for w in ["process 2", "fd 9"].iter().chain(words) {
+        assert!(
+            err.contains(w),
+            "the refusal does not mention {w:?}: {}",
+            describe(&out)
+        );
+    }
+    assert!(
+        !image.join("manifest.json").exists(),
+        "a refused dump left an image"
+    );
+    assert!(h.ps_lists(&sb), "sandbox {sb} is gone after a refused dump");
+    let now = read_number(&h.path("count")).unwrap_or(0);
+    h.wait_count_above(&sb, now);
+    h.expect_pass(&sb);
+}
+
+#[test]
+fn refuses_pidfd_outside_tree() {
+    refused("refuse-pidfd", &["pidfd", "outside the dumped tree"]);
+}
+
+#[test]
+fn refuses_epoll_watch_of_closed_fd() {
+    refused("refuse-epoll", &["epoll watch of fd 5", "closed"]);
+}
+
+#[test]
+fn refuses_userfaultfd() {
+    refused("refuse-uffd", &["anon_inode:[userfaultfd]"]);
+}
+
+#[test]
+fn refuses_inotify_with_unread_events() {
+    refused("refuse-inotify", &["inotify", "unread events"]);
+}

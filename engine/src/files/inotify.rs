@@ -244,7 +244,7 @@ pub fn open(id: u32, watches: &[InotifyWatch]) -> Result<OwnedFd> {
             )
             .map_err(|source| Error::Io {
                 what: format!("inotify {id}: filling the gap before watch {}", w.wd),
-                source,
+                cause: source,
             })?;
             if got != next {
                 return Err(Error::Other(format!(
@@ -257,7 +257,7 @@ pub fn open(id: u32, watches: &[InotifyWatch]) -> Result<OwnedFd> {
         let mask = w.mask & !(IN_MASK_ADD | IN_MASK_CREATE);
         let got = add_watch(&fd, &w.path, mask).map_err(|source| Error::Io {
             what: format!("inotify {id}: watching {} (wd {})", w.path, w.wd),
-            source,
+            cause: source,
         })?;
         if got != w.wd {
             return Err(Error::Other(format!(
@@ -296,7 +296,7 @@ fn drain_ignored(id: u32, fd: &OwnedFd) -> Result<()> {
             }
             return Err(Error::Io {
                 what: format!("inotify {id}: reading gap events"),
-                source: e,
+                cause: e,
             });
         }
         let mut at = 0usize;

@@ -208,7 +208,7 @@ pub fn create(m: &MemfdImage, blobs: Option<&File>) -> Result<OwnedFd> {
                     .and_then(|_| w.write_all_at(&buf[..k], e.offset + done))
                     .map_err(|source| Error::Io {
                         what: what("filling"),
-                        source,
+                        cause: source,
                     })?;
                 done += k as u64;
             }

@@ -67,7 +67,7 @@ pub fn fdinfo_word<'a>(line: &'a str, key: &str) -> Option<&'a str> {
 pub(crate) fn last_os_error(what: String) -> Error {
     Error::Io {
         what,
-        source: std::io::Error::last_os_error(),
+        cause: std::io::Error::last_os_error(),
     }
 }
 

@@ -264,6 +264,9 @@ const POPULATE_MIN: u64 = 256 << 10;
 const MADV_POPULATE_WRITE: u64 = 23;
 /// Most iovecs per process_vm_writev.
 const IOV_BATCH: usize = 512;
+/// Most bytes per batch of process_vm_writev calls.
+const BATCH_BYTES: usize = 32 << 20;
+const MADV_POPULATE_READ: i32 = 22;
 
 /// Fills the pages of every area from the page file, mapped here read-only
 /// (page cache, no copy), with process_vm_writev straight into the task: one
@@ -284,7 +287,7 @@ pub fn restore(r: &mut Remote, vmas: &[Vma], pages: &File) -> Result<u64> {
             std::ptr::null_mut(),
             size as usize,
             libc::PROT_READ,
-            libc::MAP_PRIVATE | libc::MAP_POPULATE,
+            libc::MAP_PRIVATE,
             pages.as_raw_fd(),
             0,
         )
@@ -340,10 +343,21 @@ pub fn restore(r: &mut Remote, vmas: &[Vma], pages: &File) -> Result<u64> {
             }
             done += n;
         }
+        // Our view of what was copied goes: stasis's memory stays bounded by
+        // one batch whatever the image's size (the page cache keeps the data).
+        for a in local.iter() {
+            let start = (a.as_ptr() as usize) & !(PAGE_SIZE as usize - 1);
+            let end = a.as_ptr() as usize + a.len();
+            // SAFETY: dropping the page table entries of our own read-only
+            // private file mapping; the pages are read again from the file if
+            // touched.
+            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
+        }
         local.clear();
         remote.clear();
         Ok(())
     };
+    let mut batch_bytes = 0usize;
     for v in vmas {
         for run in &v.pages {
             let len = run.npages * PAGE_SIZE;
@@ -361,15 +375,27 @@ pub fn restore(r: &mut Remote, vmas: &[Vma], pages: &File) -> Result<u64> {
                     len as usize,
                 )
             };
-            // Large runs in pieces, so one iovec never exceeds what a call moves.
-            for (i, piece) in src.chunks(1 << 30).enumerate() {
+            // In pieces of at most one batch, each mapped in bulk on our side
+            // (MADV_POPULATE_READ) rather than faulted page by page.
+            for (i, piece) in src.chunks(BATCH_BYTES).enumerate() {
+                // SAFETY: advice on a range of our own file mapping; failure
+                // only costs speed.
+                unsafe {
+                    libc::madvise(
+                        piece.as_ptr() as *mut libc::c_void,
+                        piece.len(),
+                        MADV_POPULATE_READ,
+                    )
+                };
                 local.push(std::io::IoSlice::new(piece));
                 remote.push(RemoteIoVec {
-                    base: (run.addr + (i as u64) * (1 << 30)) as usize,
+                    base: (run.addr + (i * BATCH_BYTES) as u64) as usize,
                     len: piece.len(),
                 });
-                if local.len() == IOV_BATCH {
+                batch_bytes += piece.len();
+                if local.len() == IOV_BATCH || batch_bytes >= BATCH_BYTES {
                     flush(&mut local, &mut remote)?;
+                    batch_bytes = 0;
                 }
             }
             total += run.npages;

@@ -40,12 +40,13 @@ fn eventfd_counters_and_semaphore() {
     assert!(e.iter().any(|f| f["semaphore"] == true && f["count"] == 3));
 }
 
-/// One-shot, periodic, absolute real-time and expired-unread timers.
+/// One-shot, periodic, absolute real-time, absolute monotonic and
+/// expired-unread timers.
 #[test]
 fn timerfd_remaining_interval_ticks() {
     let (_h, image) = round_trip("timerfd");
     let t = files_of_kind(&image, "timerfd");
-    assert_eq!(t.len(), 4, "{t:?}");
+    assert_eq!(t.len(), 5, "{t:?}");
     assert!(
         t.iter().any(|f| f["deadline_ns"].is_u64()),
         "the absolute real-time timer is saved with its deadline: {t:?}"
@@ -135,12 +136,13 @@ fn inotify_watches_and_wds() {
     );
 }
 
-/// pidfds of a child and of the process itself, one shared by dup.
+/// pidfds of a child, of the process itself and of a zombie child, one
+/// shared by dup.
 #[test]
 fn pidfd_of_tree_processes() {
     let (_h, image) = round_trip("pidfd");
     let p = files_of_kind(&image, "pidfd");
-    assert_eq!(p.len(), 2, "{p:?}");
+    assert_eq!(p.len(), 3, "{p:?}");
 }
 
 /// A dump of `fds MODE` must fail naming the process, fd 9 and `words`, write

@@ -93,7 +93,11 @@ pub fn load(dir: &Path) -> Result<LoadedImage> {
         procs.insert(e.pid, p);
     }
     tree::check_rebuildable(&inventory.processes)?;
-    files::validate_links(&files, &procs.values().collect::<Vec<_>>())?;
+    files::validate_links(
+        &files,
+        &procs.values().collect::<Vec<_>>(),
+        &inventory.processes.iter().map(|e| e.pid).collect(),
+    )?;
     Ok(LoadedImage {
         reader,
         inventory,

@@ -426,8 +426,13 @@ pub fn restore_in_task(
 }
 
 /// Checks what links processes and descriptions: epoll owners and targets,
-/// pidfd targets, memfds, locks.
-pub fn validate_links(files: &FilesImage, procs: &[&ProcessImage]) -> Result<()> {
+/// pidfd targets, memfds, locks. `procs` are the live processes, `pids`
+/// every process of the image (zombies too).
+pub fn validate_links(
+    files: &FilesImage,
+    procs: &[&ProcessImage],
+    pids: &std::collections::HashSet<i32>,
+) -> Result<()> {
     for (i, m) in files.memfds.iter().enumerate() {
         memfd::validate(m, i)?;
     }
@@ -461,8 +466,7 @@ pub fn validate_links(files: &FilesImage, procs: &[&ProcessImage]) -> Result<()>
             }
         }
     }
-    let pids = procs.iter().map(|p| p.pid).collect();
-    pidfd::validate(files, &pids)?;
+    pidfd::validate(files, pids)?;
     epoll::validate(files, procs)?;
     locks::validate(files, procs)
 }

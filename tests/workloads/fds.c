@@ -43,7 +43,9 @@
  *   refuse-epoll    fd 9 epoll watching an eventfd added as fd 5, then moved
  *                   to fd 6 (fd 5 closed: the watch lives on)
  *   refuse-uffd     fd 9 userfaultfd
- *   refuse-inotify  fd 9 inotify with an unread event */
+ *   refuse-inotify  fd 9 inotify with an unread event
+ *   refuse-maplock  a flock LOCK_EX on DIR/maplock.dat whose description
+ *                   lives on only in a shared mapping (its fd closed) */
 #include "wl.h"
 
 #include <linux/userfaultfd.h>
@@ -973,6 +975,8 @@ static void pidfd_check(void)
 
 /* ---- refusals --------------------------------------------------------- */
 
+static unsigned char *maplock;
+
 static void refuse_setup(const char *kind)
 {
 	if (!strcmp(kind, "refuse-pidfd")) {
@@ -995,6 +999,13 @@ static void refuse_setup(const char *kind)
 		must(f >= 0, "creating w1/pending");
 		close(f);
 		at(9, 10);
+	} else if (!strcmp(kind, "refuse-maplock")) {
+		int f = open_in_dir("maplock.dat", O_RDWR | O_CREAT);
+		must(f >= 0 && ftruncate(f, 4096) == 0 && flock(f, LOCK_EX) == 0, "maplock.dat");
+		maplock = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, f, 0);
+		must(maplock != MAP_FAILED, "mmap maplock.dat");
+		close(f);
+		memcpy(maplock, "locked", 6);
 	} else {
 		dprintf(2, "unknown mode %s\n", kind);
 		exit(2);
@@ -1012,6 +1023,12 @@ static void refuse_check(const char *kind)
 			wl_fail("fd 9: the epoll no longer reports its eventfd");
 	} else if (!strcmp(kind, "refuse-uffd")) {
 		expect_link(9, "anon_inode:[userfaultfd]");
+	} else if (!strcmp(kind, "refuse-maplock")) {
+		int f = open_in_dir("maplock.dat", O_RDWR);
+		if (f < 0 || flock(f, LOCK_EX | LOCK_NB) == 0 || errno != EWOULDBLOCK)
+			wl_fail("maplock.dat: the flock held through the mapping is gone");
+		if (f >= 0)
+			close(f);
 	} else {
 		struct inotify_event e[4];
 		if (read(9, e, sizeof(e)) < (ssize_t)sizeof(e[0]) || e[0].wd != 1 || !(e[0].mask & IN_CREATE))
@@ -1088,6 +1105,8 @@ int main(int argc, char **argv)
 			must(read(6, &one, 8) == 8, "corrupting");
 		else if (!strcmp(mode, "refuse-inotify"))
 			drain(9);
+		else if (!strcmp(mode, "refuse-maplock"))
+			munmap(maplock, 4096);
 	}
 
 	if (!strcmp(mode, "eventfd"))

@@ -101,6 +101,22 @@ pub fn collect(
     Ok(())
 }
 
+/// One line of /proc/locks: (kind, holder PID as seen here, (major, minor,
+/// inode), start, len); None for waiters and kinds not taken up here.
+pub fn parse_proc_line(line: &str) -> Option<(&str, i32, (u32, u32, u64), u64, u64)> {
+    let t: Vec<&str> = line.split_whitespace().collect();
+    if t.len() < 8 || t[1] == "->" {
+        return None;
+    }
+    let pid: i32 = t[4].parse().ok()?;
+    let mut id = t[5].split(':');
+    let major = u32::from_str_radix(id.next()?, 16).ok()?;
+    let minor = u32::from_str_radix(id.next()?, 16).ok()?;
+    let ino: u64 = id.next()?.parse().ok()?;
+    let (_, _, start, len) = parse(line).ok()?;
+    Some((t[1], pid, (major, minor, ino), start, len))
+}
+
 /// Checks every lock names a description, and every POSIX lock an fd of
 /// that description in its process.
 pub fn validate(files: &FilesImage, procs: &[&ProcessImage]) -> Result<()> {

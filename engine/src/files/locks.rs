@@ -101,9 +101,20 @@ pub fn collect(
     Ok(())
 }
 
-/// One line of /proc/locks: (kind, holder PID as seen here, (major, minor,
-/// inode), start, len); None for waiters and kinds not taken up here.
-pub fn parse_proc_line(line: &str) -> Option<(&str, i32, (u32, u32, u64), u64, u64)> {
+/// A lock of /proc/locks.
+pub struct ProcLock<'a> {
+    pub kind: &'a str,
+    /// Holder, as a PID seen here.
+    pub pid: i32,
+    pub major: u32,
+    pub minor: u32,
+    pub ino: u64,
+    pub start: u64,
+    pub len: u64,
+}
+
+/// One line of /proc/locks; None for waiters and kinds not taken up here.
+pub fn parse_proc_line(line: &str) -> Option<ProcLock<'_>> {
     let t: Vec<&str> = line.split_whitespace().collect();
     if t.len() < 8 || t[1] == "->" {
         return None;
@@ -114,7 +125,15 @@ pub fn parse_proc_line(line: &str) -> Option<(&str, i32, (u32, u32, u64), u64, u
     let minor = u32::from_str_radix(id.next()?, 16).ok()?;
     let ino: u64 = id.next()?.parse().ok()?;
     let (_, _, start, len) = parse(line).ok()?;
-    Some((t[1], pid, (major, minor, ino), start, len))
+    Some(ProcLock {
+        kind: t[1],
+        pid,
+        major,
+        minor,
+        ino,
+        start,
+        len,
+    })
 }
 
 /// Checks every lock names a description, and every POSIX lock an fd of

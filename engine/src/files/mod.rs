@@ -322,7 +322,15 @@ impl FileTable {
             source: e,
         })?;
         for line in text.lines() {
-            let Some((kind, host, (major, minor, ino), start, len)) = locks::parse_proc_line(line)
+            let Some(locks::ProcLock {
+                kind,
+                pid: host,
+                major,
+                minor,
+                ino,
+                start,
+                len,
+            }) = locks::parse_proc_line(line)
             else {
                 let t: Vec<&str> = line.split_whitespace().collect();
                 let holder = t.get(4).and_then(|p| p.parse::<i32>().ok());

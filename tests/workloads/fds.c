@@ -378,6 +378,10 @@ static void *epoll_waiter(void *arg)
 	(void)arg;
 	struct epoll_event ev;
 	int n;
+	sigset_t term;
+	sigemptyset(&term);
+	sigaddset(&term, SIGTERM);
+	pthread_sigmask(SIG_BLOCK, &term, NULL); /* SIGTERM is the main thread's */
 	waiter_tid = (pid_t)syscall(SYS_gettid);
 	do
 		n = epoll_wait(17, &ev, 1, -1);

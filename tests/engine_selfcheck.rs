@@ -191,6 +191,7 @@ fn selfcheck_fds() {
         "refuse-epoll",
         "refuse-uffd",
         "refuse-inotify",
+        "refuse-maplock",
     ] {
         selfcheck(&format!("fds-{mode}"), c_workload("fds", &[mode]));
     }

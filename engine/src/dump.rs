@@ -147,6 +147,7 @@ fn collect_all(
         stats.threads += img.threads.len();
         stats.vmas += img.vmas.len();
     }
+    files.check_locks()?;
     let mounts = crate::mounts::collect(
         sb.init_pid(),
         &crate::mounts::private_tmpfs(sb.profile()),

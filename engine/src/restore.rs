@@ -93,7 +93,11 @@ pub fn load(dir: &Path) -> Result<LoadedImage> {
         procs.insert(e.pid, p);
     }
     tree::check_rebuildable(&inventory.processes)?;
-    files::validate_links(&files, &procs.values().collect::<Vec<_>>())?;
+    files::validate_links(
+        &files,
+        &procs.values().collect::<Vec<_>>(),
+        &inventory.processes.iter().map(|e| e.pid).collect(),
+    )?;
     Ok(LoadedImage {
         reader,
         inventory,
@@ -295,9 +299,24 @@ pub fn restore(state_dir: &Path, dir: &Path, opts: &RestoreOptions) -> Result<Re
         wait_ready(&ready_r, live, &sb)?;
         let fork_ms = ms(t2.elapsed());
         let tm = Instant::now();
-        let found = seize::discover(sb.init_pid())?;
+        // Zombies report nothing: a process whose last child reports ready
+        // may still be on its way out. Wait (bounded) until each is one.
+        let deadline = Instant::now() + Duration::from_secs(10);
+        let (found, host) = loop {
+            let found = seize::discover(sb.init_pid())?;
+            let host: BTreeMap<i32, i32> = found.iter().map(|p| (p.ns_pid, p.pid)).collect();
+            let exiting = entries.iter().filter(|e| e.zombie.is_some()).any(|e| {
+                let state = host
+                    .get(&e.pid)
+                    .and_then(|&h| procfs::process::Process::new(h).ok()?.stat().ok());
+                !matches!(state, Some(s) if s.state == 'Z')
+            });
+            if !exiting || Instant::now() >= deadline {
+                break (found, host);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
         tracing::debug!(ms = ms(tm.elapsed()), "tree found");
-        let host: BTreeMap<i32, i32> = found.iter().map(|p| (p.ns_pid, p.pid)).collect();
         for e in &entries {
             let Some(&h) = host.get(&e.pid) else {
                 return Err(Error::Other(format!("process {} did not come back", e.pid)));

@@ -7,7 +7,8 @@
  *   timerfd   fd 10 CLOCK_MONOTONIC one-shot 60 s, fd 11 CLOCK_MONOTONIC every
  *             20 ms (O_NONBLOCK), fd 12 CLOCK_REALTIME absolute (now + 120 s,
  *             TFD_TIMER_CANCEL_ON_SET), fd 13 CLOCK_BOOTTIME one-shot that
- *             expired once and was not read
+ *             expired once and was not read, fd 14 CLOCK_MONOTONIC absolute
+ *             (now + 90 s, interval 1 s)
  *   signalfd  SIGUSR1, SIGUSR2, SIGRTMIN+2 blocked; fd 10 signalfd of
  *             SIGUSR1|SIGUSR2 (O_NONBLOCK) with SIGUSR1 pending, fd 11
  *             signalfd of SIGRTMIN+2 with one queued (value 4242)
@@ -33,7 +34,8 @@
  *             wd 2 (DIR/w2/file, IN_MODIFY), wd 3 removed, wd 4 (a directory
  *             in /tmp, IN_CREATE), wd 5 (DIR/w3, IN_CREATE|IN_ONESHOT)
  *   pidfd     a child; fd 10 pidfd of the child, fd 11 pidfd of the process
- *             itself (PIDFD_NONBLOCK), fd 12 a dup of fd 10
+ *             itself (PIDFD_NONBLOCK), fd 12 a dup of fd 10, fd 13 pidfd of
+ *             a zombie child (exit status 7)
  *
  * Modes whose dump must be refused, counting every millisecond into DIR/count
  * until SIGTERM, then checking the resource still works:
@@ -41,7 +43,9 @@
  *   refuse-epoll    fd 9 epoll watching an eventfd added as fd 5, then moved
  *                   to fd 6 (fd 5 closed: the watch lives on)
  *   refuse-uffd     fd 9 userfaultfd
- *   refuse-inotify  fd 9 inotify with an unread event */
+ *   refuse-inotify  fd 9 inotify with an unread event
+ *   refuse-maplock  a flock LOCK_EX on DIR/maplock.dat whose description
+ *                   lives on only in a shared mapping (its fd closed) */
 #include "wl.h"
 
 #include <linux/userfaultfd.h>
@@ -189,7 +193,7 @@ static void eventfd_check(void)
 
 /* ---- timerfd ---------------------------------------------------------- */
 
-static int64_t timer_set_at, timer_ready_at, rt_deadline;
+static int64_t timer_set_at, timer_ready_at, rt_deadline, mono_deadline;
 
 static void timerfd_setup(void)
 {
@@ -209,6 +213,10 @@ static void timerfd_setup(void)
 	must(timerfd_settime(13, 0, &shot, NULL) == 0, "timerfd 13");
 	struct pollfd p = { 13, POLLIN, 0 };
 	must(poll(&p, 1, 5000) == 1, "waiting for timerfd 13");
+	at(14, timerfd_create(CLOCK_MONOTONIC, 0));
+	mono_deadline = now_ns(CLOCK_MONOTONIC) + 90 * 1000000000LL;
+	struct itimerspec mabs = { { 1, 0 }, { mono_deadline / 1000000000, mono_deadline % 1000000000 } };
+	must(timerfd_settime(14, TFD_TIMER_ABSTIME, &mabs, NULL) == 0, "timerfd 14");
 	/* Let time pass, so that a timer re-armed with its full time is caught. */
 	wl_sleep_ms(300);
 	timer_ready_at = now_ns(CLOCK_MONOTONIC);
@@ -263,7 +271,18 @@ static void timerfd_check(void)
 	if (read(13, &ticks, 8) != 8 || ticks != 1)
 		wl_fail("fd 13: read %llu expirations (%s), expected the 1 unread one", (unsigned long long)ticks,
 			strerror(errno));
-	wl_pass_note("timerfds=4");
+	/* Absolute on CLOCK_MONOTONIC: the time left is kept (the clock may
+	 * differ after a restore); the flag too. */
+	if (fdinfo_num(14, "settime flags:", 8) != 1)
+		wl_fail("fd 14: TFD_TIMER_ABSTIME is lost");
+	if (timerfd_gettime(14, &cur) != 0 || ts_ns(cur.it_interval) != 1000000000LL)
+		wl_fail("fd 14: interval is not 1 s");
+	else {
+		int64_t left = ts_ns(cur.it_value), most = mono_deadline - timer_ready_at;
+		if (left <= 0 || left > most || left < most - elapsed - 1000000000LL)
+			wl_fail("fd 14: %lld ns left, expected at most %lld", (long long)left, (long long)most);
+	}
+	wl_pass_note("timerfds=5");
 }
 
 /* ---- signalfd --------------------------------------------------------- */
@@ -359,6 +378,10 @@ static void *epoll_waiter(void *arg)
 	(void)arg;
 	struct epoll_event ev;
 	int n;
+	sigset_t term;
+	sigemptyset(&term);
+	sigaddset(&term, SIGTERM);
+	pthread_sigmask(SIG_BLOCK, &term, NULL); /* SIGTERM is the main thread's */
 	waiter_tid = (pid_t)syscall(SYS_gettid);
 	do
 		n = epoll_wait(17, &ev, 1, -1);
@@ -895,7 +918,7 @@ static void inotify_check(void)
 
 /* ---- pidfd ------------------------------------------------------------ */
 
-static pid_t pchild;
+static pid_t pchild, zchild;
 
 static int pidfd_open(pid_t pid, unsigned flags)
 {
@@ -913,6 +936,14 @@ static void pidfd_setup(void)
 	at(10, pidfd_open(pchild, 0));
 	at(11, pidfd_open(getpid(), PIDFD_NONBLOCK));
 	at(12, dup(10));
+	zchild = fork();
+	must(zchild >= 0, "fork");
+	if (zchild == 0)
+		_exit(7);
+	siginfo_t si;
+	memset(&si, 0, sizeof(si));
+	must(waitid(P_PID, (id_t)zchild, &si, WEXITED | WNOWAIT) == 0, "waiting for the zombie");
+	at(13, pidfd_open(zchild, 0));
 }
 
 static void pidfd_check(void)
@@ -937,10 +968,18 @@ static void pidfd_check(void)
 	if (waitid((idtype_t)P_PIDFD, 10, &si, WEXITED) != 0 || si.si_pid != pchild || si.si_code != CLD_KILLED)
 		wl_fail("fd 10: waitid(P_PIDFD) gave pid %d code %d, expected %d killed", si.si_pid, si.si_code,
 			(int)pchild);
-	wl_pass_note("pidfds=3");
+	memset(&si, 0, sizeof(si));
+	if (fdinfo_num(13, "Pid:", 10) != zchild ||
+	    waitid((idtype_t)P_PIDFD, 13, &si, WEXITED) != 0 || si.si_pid != zchild || si.si_code != CLD_EXITED ||
+	    si.si_status != 7)
+		wl_fail("fd 13: waitid(P_PIDFD) on the zombie gave pid %d code %d status %d, expected %d exited 7",
+			si.si_pid, si.si_code, si.si_status, (int)zchild);
+	wl_pass_note("pidfds=4");
 }
 
 /* ---- refusals --------------------------------------------------------- */
+
+static unsigned char *maplock;
 
 static void refuse_setup(const char *kind)
 {
@@ -964,6 +1003,13 @@ static void refuse_setup(const char *kind)
 		must(f >= 0, "creating w1/pending");
 		close(f);
 		at(9, 10);
+	} else if (!strcmp(kind, "refuse-maplock")) {
+		int f = open_in_dir("maplock.dat", O_RDWR | O_CREAT);
+		must(f >= 0 && ftruncate(f, 4096) == 0 && flock(f, LOCK_EX) == 0, "maplock.dat");
+		maplock = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, f, 0);
+		must(maplock != MAP_FAILED, "mmap maplock.dat");
+		close(f);
+		memcpy(maplock, "locked", 6);
 	} else {
 		dprintf(2, "unknown mode %s\n", kind);
 		exit(2);
@@ -981,6 +1027,12 @@ static void refuse_check(const char *kind)
 			wl_fail("fd 9: the epoll no longer reports its eventfd");
 	} else if (!strcmp(kind, "refuse-uffd")) {
 		expect_link(9, "anon_inode:[userfaultfd]");
+	} else if (!strcmp(kind, "refuse-maplock")) {
+		int f = open_in_dir("maplock.dat", O_RDWR);
+		if (f < 0 || flock(f, LOCK_EX | LOCK_NB) == 0 || errno != EWOULDBLOCK)
+			wl_fail("maplock.dat: the flock held through the mapping is gone");
+		if (f >= 0)
+			close(f);
 	} else {
 		struct inotify_event e[4];
 		if (read(9, e, sizeof(e)) < (ssize_t)sizeof(e[0]) || e[0].wd != 1 || !(e[0].mask & IN_CREATE))
@@ -1057,6 +1109,8 @@ int main(int argc, char **argv)
 			must(read(6, &one, 8) == 8, "corrupting");
 		else if (!strcmp(mode, "refuse-inotify"))
 			drain(9);
+		else if (!strcmp(mode, "refuse-maplock"))
+			munmap(maplock, 4096);
 	}
 
 	if (!strcmp(mode, "eventfd"))

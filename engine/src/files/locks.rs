@@ -101,6 +101,41 @@ pub fn collect(
     Ok(())
 }
 
+/// A lock of /proc/locks.
+pub struct ProcLock<'a> {
+    pub kind: &'a str,
+    /// Holder, as a PID seen here.
+    pub pid: i32,
+    pub major: u32,
+    pub minor: u32,
+    pub ino: u64,
+    pub start: u64,
+    pub len: u64,
+}
+
+/// One line of /proc/locks; None for waiters and kinds not taken up here.
+pub fn parse_proc_line(line: &str) -> Option<ProcLock<'_>> {
+    let t: Vec<&str> = line.split_whitespace().collect();
+    if t.len() < 8 || t[1] == "->" {
+        return None;
+    }
+    let pid: i32 = t[4].parse().ok()?;
+    let mut id = t[5].split(':');
+    let major = u32::from_str_radix(id.next()?, 16).ok()?;
+    let minor = u32::from_str_radix(id.next()?, 16).ok()?;
+    let ino: u64 = id.next()?.parse().ok()?;
+    let (_, _, start, len) = parse(line).ok()?;
+    Some(ProcLock {
+        kind: t[1],
+        pid,
+        major,
+        minor,
+        ino,
+        start,
+        len,
+    })
+}
+
 /// Checks every lock names a description, and every POSIX lock an fd of
 /// that description in its process.
 pub fn validate(files: &FilesImage, procs: &[&ProcessImage]) -> Result<()> {

@@ -24,7 +24,9 @@ use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
 
 use crate::error::{Error, Result};
-use crate::image::{FdEntry, FileDesc, FileKind, FilesImage, PageSink, ProcessImage, Vma, VmaKind};
+use crate::image::{
+    FdEntry, FileDesc, FileKind, FilesImage, LockKind, PageSink, ProcessImage, Vma, VmaKind,
+};
 use crate::remote::Remote;
 
 /// Builds `files.json` while the tree is dumped.
@@ -310,6 +312,72 @@ impl FileTable {
         Ok(out)
     }
 
+    /// Cross-checks /proc/locks once every process is collected: a POSIX or
+    /// flock lock held by a process of the tree must have been seen through
+    /// one of the tree's fds (a description reachable only through a memory
+    /// mapping, for one, shows its locks nowhere else); leases are refused.
+    pub fn check_locks(&self) -> Result<()> {
+        let text = std::fs::read_to_string("/proc/locks").map_err(|e| Error::Io {
+            what: "reading /proc/locks".into(),
+            source: e,
+        })?;
+        for line in text.lines() {
+            let Some(locks::ProcLock {
+                kind,
+                pid: host,
+                major,
+                minor,
+                ino,
+                start,
+                len,
+            }) = locks::parse_proc_line(line)
+            else {
+                let t: Vec<&str> = line.split_whitespace().collect();
+                let holder = t.get(4).and_then(|p| p.parse::<i32>().ok());
+                if let Some(&pid) = holder.and_then(|h| self.tree.get(&h)) {
+                    if t.get(1) != Some(&"->") {
+                        return Err(Error::Unsupported {
+                            pid,
+                            what: "a file lease or lock of this kind".into(),
+                            detail: line.trim().to_string(),
+                        });
+                    }
+                }
+                continue;
+            };
+            let Some(&pid) = self.tree.get(&host) else {
+                continue;
+            };
+            let kind = match kind {
+                "POSIX" => LockKind::Posix,
+                "FLOCK" => LockKind::Flock,
+                _ => continue,
+            };
+            let seen = self.image.locks.iter().any(|l| {
+                let (dev, lino) = (self.reps[l.file as usize].0, self.reps[l.file as usize].1);
+                l.kind == kind
+                    && (libc::major(dev), libc::minor(dev), lino) == (major, minor, ino)
+                    && (l.start, l.len) == (start, len)
+                    && (kind != LockKind::Posix || l.pid == pid)
+            });
+            if !seen {
+                return Err(Error::Unsupported {
+                    pid,
+                    what: format!(
+                        "a {} lock on inode {major:x}:{minor:x}:{ino} that none of its fds shows",
+                        if kind == LockKind::Posix {
+                            "POSIX"
+                        } else {
+                            "flock"
+                        }
+                    ),
+                    detail: line.trim().to_string(),
+                });
+            }
+        }
+        Ok(())
+    }
+
     /// The kinds behind anon_inode links (and pidfds). None: not supported.
     fn collect_anon(
         &self,
@@ -426,8 +494,13 @@ pub fn restore_in_task(
 }
 
 /// Checks what links processes and descriptions: epoll owners and targets,
-/// pidfd targets, memfds, locks.
-pub fn validate_links(files: &FilesImage, procs: &[&ProcessImage]) -> Result<()> {
+/// pidfd targets, memfds, locks. `procs` are the live processes, `pids`
+/// every process of the image (zombies too).
+pub fn validate_links(
+    files: &FilesImage,
+    procs: &[&ProcessImage],
+    pids: &std::collections::HashSet<i32>,
+) -> Result<()> {
     for (i, m) in files.memfds.iter().enumerate() {
         memfd::validate(m, i)?;
     }
@@ -461,8 +534,7 @@ pub fn validate_links(files: &FilesImage, procs: &[&ProcessImage]) -> Result<()>
             }
         }
     }
-    let pids = procs.iter().map(|p| p.pid).collect();
-    pidfd::validate(files, &pids)?;
+    pidfd::validate(files, pids)?;
     epoll::validate(files, procs)?;
     locks::validate(files, procs)
 }

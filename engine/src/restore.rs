@@ -321,28 +321,14 @@ pub fn restore(state_dir: &Path, dir: &Path, opts: &RestoreOptions) -> Result<Re
             let Some(&h) = host.get(&e.pid) else {
                 return Err(Error::Other(format!("process {} did not come back", e.pid)));
             };
-            if e.zombie.is_some() {
-                // It exits right after its fork: wait until the kernel shows it dead.
-                let deadline = Instant::now() + Duration::from_secs(10);
-                loop {
-                    let state = procfs::process::Process::new(h)
-                        .and_then(|p| p.stat())
-                        .map(|s| s.state);
-                    if matches!(state, Ok('Z')) {
-                        break;
-                    }
-                    if Instant::now() > deadline {
-                        return Err(Error::Other(format!(
-                            "process {} did not become a zombie",
-                            e.pid
-                        )));
-                    }
-                    std::thread::sleep(Duration::from_millis(1));
-                }
+            let zombie = found.iter().any(|p| p.pid == h && p.zombie.is_some());
+            if e.zombie.is_some() && !zombie {
+                return Err(Error::Other(format!(
+                    "process {} did not become a zombie",
+                    e.pid
+                )));
             }
         }
-        // Looked at again now that every zombie is one.
-        let found = seize::discover(sb.init_pid())?;
         let live_found: Vec<_> = found.into_iter().filter(|p| p.zombie.is_none()).collect();
         let mut seized = Seized::seize(live_found)?;
         seized.wait_stops(Duration::from_secs(10))?;

@@ -319,7 +319,7 @@ impl FileTable {
     pub fn check_locks(&self) -> Result<()> {
         let text = std::fs::read_to_string("/proc/locks").map_err(|e| Error::Io {
             what: "reading /proc/locks".into(),
-            source: e,
+            cause: e,
         })?;
         for line in text.lines() {
             let Some(locks::ProcLock {

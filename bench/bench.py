@@ -34,6 +34,16 @@ def log(msg):
     print(f"bench: {msg}", file=sys.stderr, flush=True)
 
 
+def kill_group(pid):
+    """SIGKILL to process group `pid` (a session leader's tree), or to `pid` alone."""
+    for f in (os.killpg, os.kill):
+        try:
+            f(pid, signal.SIGKILL)
+            return
+        except ProcessLookupError:
+            continue
+
+
 class Result:
     """What one command did: wall time (s), exit status, output, peak RSS (KiB)."""
 
@@ -66,7 +76,7 @@ class Bench:
         for d in (self.work, self.state, self.bin, self.files):
             os.makedirs(d, exist_ok=True)
         os.chmod(self.work, 0o755)
-        for prog in ("memwork", "bw"):
+        for prog in ("memwork", "bw", "reaper"):
             src = os.path.join(HERE, f"{prog}.c")
             out = os.path.join(self.bin, prog)
             r = subprocess.run(["gcc", "-O2", "-Wall", "-o", out, src], capture_output=True, text=True)
@@ -94,17 +104,9 @@ class Bench:
             subprocess.run([self.stasis, "rm", "--force", name], env=self.env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
         for pid in list(self.criu_pids):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-        for p in self.outside.values():
-            if p.poll() is None:
-                try:
-                    os.killpg(p.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                p.wait()
+            kill_group(pid)
+        for p, wpid in list(self.outside.values()):
+            self.stop_outside(p, wpid)
         if self.mounted:
             subprocess.run(["umount", self.mounted], stderr=subprocess.DEVNULL)
         elif getattr(self, "images", None):
@@ -239,20 +241,32 @@ class Bench:
         return v
 
     def start_outside(self, cmd, ready, mib):
-        p = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             start_new_session=True)
-        self.outside[p.pid] = p
-        self.wait_file(ready, self.deadline(mib), f"workload {p.pid}", alive=lambda: p.poll() is None)
-        return p
+        """Starts a workload outside stasis, under bench/reaper (its parent and
+        subreaper), and returns (reaper Popen, workload PID)."""
+        pidfile = self.paths("outside")[0] + ".pid"
+        p = subprocess.Popen([os.path.join(self.bin, "reaper"), pidfile, *cmd], stdin=subprocess.DEVNULL,
+                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+        self.outside[p.pid] = (p, None)
+        alive = lambda: p.poll() is None  # noqa: E731
+        self.wait_file(pidfile, self.args.timeout, f"reaper {p.pid}", alive=alive)
+        with open(pidfile) as f:
+            pid = int(f.read())
+        self.outside[p.pid] = (p, pid)
+        self.wait_file(ready, self.deadline(mib), f"workload {pid}", alive=alive)
+        return p, pid
 
     def criu_dump_restore(self, cmd, ready, verdict, mib, key):
         """The same workload, started outside stasis, dumped and restored by CRIU."""
-        p = self.start_outside(cmd, ready, mib)
+        p, wpid = self.start_outside(cmd, ready, mib)
         img = os.path.join(self.images, self.unique("criu"))
         os.makedirs(img)
         try:
-            r = self.must([self.criu, "dump", "-t", str(p.pid), "-D", img, "--shell-job"], f"criu dump {p.pid}")
-            p.wait()
+            r = self.must([self.criu, "dump", "-t", str(wpid), "-D", img, "--shell-job"], f"criu dump {wpid}")
+            # The dump killed the tree: once the reaper has reaped all of it, its PIDs are free again.
+            try:
+                p.wait(timeout=self.args.timeout)
+            except subprocess.TimeoutExpired:
+                raise BenchError(f"the tree of workload {wpid} did not end after criu dump") from None
             self.outside.pop(p.pid, None)
             self.add(f"{key}.criu.dump", r.wall)
             pidfile = os.path.join(img, "restored.pid")
@@ -266,11 +280,17 @@ class Bench:
             self.check_verdict(verdict, f"CRIU-restored workload {pid}", mib)
             self.criu_pids.discard(pid)
         finally:
-            if p.poll() is None:
-                os.killpg(p.pid, signal.SIGKILL)
-                p.wait()
-            self.outside.pop(p.pid, None)
+            self.stop_outside(p, wpid)
             shutil.rmtree(img, ignore_errors=True)
+
+    def stop_outside(self, p, wpid):
+        """Ends a workload started by start_outside (its process group, then its reaper)."""
+        if p.poll() is None:
+            if wpid:
+                kill_group(wpid)
+            kill_group(p.pid)
+            p.wait()
+        self.outside.pop(p.pid, None)
 
     # ---- the measurements ----------------------------------------------------
 
@@ -348,14 +368,14 @@ class Bench:
 
     def check(self, i):
         r = self.run(self.stasis_cmd("check"))
+        if self.criu:
+            self.add("check.criu", self.must([self.criu, "check"], "criu check").wall)
         if r.rc != 0 and "not implemented" in (r.err + r.out):
             self.check_missing = (r.err or r.out).strip()
             return
         if r.rc not in (0, 1):
             raise BenchError(f"stasis check failed (exit {r.rc}): {(r.err or r.out).strip()[-300:]}")
         self.add("check.wall", r.wall)
-        if self.criu:
-            self.add("check.criu", self.must([self.criu, "check"], "criu check").wall)
 
     def guarded(self, group, fn, *a):
         try:
@@ -511,8 +531,10 @@ class Bench:
                          fmt(c, "ms", 1000) if criu else "", rfmt(ratio(w, c))))
         rows.append(("", "", "/bin/true", fmt(tru, "ms", 1000), "", "", "", ""))
         if self.check_missing:
+            cc = self.stat("check.criu")
             rows.append(("stasis check: CLI start to exit", "NOT AVAILABLE (" + self.check_missing.splitlines()[-1][:70]
-                         + ")", "stasis --version", fmt(ver, "ms", 1000), "—", "", "", ""))
+                         + ")", "stasis --version", fmt(ver, "ms", 1000), "—", "", fmt(cc, "ms", 1000) if criu else "",
+                         "—"))
         else:
             cw, cc = self.stat("check.wall"), self.stat("check.criu")
             rows.append(("stasis check: CLI start to exit", fmt(cw, "ms", 1000), "stasis --version",
@@ -595,8 +617,9 @@ def main():
     print()
     print(b.report())
     print()
-    print("GB/s = 10^9 bytes/s of the nominal size (256 MiB = 268,435,456 bytes); wall times are from the fork of the")
-    print("command to its exit; every restored workload checked all its pages and wrote PASS before a run counted.")
+    print("GB/s = 10^9 bytes/s of the nominal size (1 GiB = 1,073,741,824 bytes); wall times run from the fork of the")
+    print("command to its exit; every restored workload checked all its pages and wrote PASS before a run counted;")
+    print("phases and frozen time are stasis's own figures (--json); peak RSS is ru_maxrss of the stasis process.")
     if b.errors:
         print("\nerrors (those runs do not count):")
         for g, e in b.errors:

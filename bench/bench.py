@@ -67,6 +67,7 @@ class Bench:
         self.samples = {}  # key -> list of floats
         self.errors = []  # (group, message)
         self.counter = 0
+        self.cleaned = False
         self.env = dict(os.environ, STASIS_STATE_DIR=self.state)
         self.env.pop("STASIS_LOG", None)
 
@@ -100,6 +101,11 @@ class Bench:
             log(f"warning: images dir {self.images} is on {fstype}, not tmpfs")
 
     def cleanup(self):
+        if self.cleaned:
+            return
+        self.cleaned = True
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(sig, signal.SIG_IGN)
         for name in sorted(self.sandboxes):
             subprocess.run([self.stasis, "rm", "--force", name], env=self.env,
                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -108,7 +114,8 @@ class Bench:
         for p, wpid in list(self.outside.values()):
             self.stop_outside(p, wpid)
         if self.mounted:
-            subprocess.run(["umount", self.mounted], stderr=subprocess.DEVNULL)
+            if subprocess.run(["umount", self.mounted], stderr=subprocess.DEVNULL).returncode != 0:
+                subprocess.run(["umount", "--lazy", self.mounted], stderr=subprocess.DEVNULL)
         elif getattr(self, "images", None):
             shutil.rmtree(self.images, ignore_errors=True)
         shutil.rmtree(self.work, ignore_errors=True)
@@ -141,12 +148,16 @@ class Bench:
                 ready, _, _ = select.select([fd], [], [], timeout)
                 t1 = time.perf_counter()
                 if not ready:
-                    p.kill()
-                    os.wait4(p.pid, 0)
-                    p.returncode = -9
                     raise BenchError(f"{' '.join(cmd)}: no exit within {timeout:.0f} s")
                 _, status, ru = os.wait4(p.pid, 0)
                 p.returncode = os.waitstatus_to_exitcode(status)
+            except BaseException:
+                # Timed out or interrupted: the command does not outlive the bench.
+                if p.returncode is None:
+                    p.kill()
+                    os.wait4(p.pid, 0)
+                    p.returncode = -9
+                raise
             finally:
                 os.close(fd)
         with open(out_path, errors="replace") as f:
@@ -220,7 +231,7 @@ class Bench:
             raise BenchError(f"{what}: verdict {v!r}")
         return v
 
-    def stasis_dump(self, name, img, leave_running=False, prefix=None):
+    def stasis_dump(self, name, img, leave_running=False):
         cmd = ["dump", name, "-D", img, "--json"] + (["--leave-running"] if leave_running else [])
         r = self.must(self.stasis_cmd(*cmd), f"stasis dump {name}")
         st = json.loads(r.out)
@@ -294,7 +305,7 @@ class Bench:
 
     # ---- the measurements ----------------------------------------------------
 
-    def large(self, mib, i):
+    def large(self, mib):
         key = f"mem{mib}"
         # Baselines first, in the same run.
         r = self.must([os.path.join(self.bin, "bw"), "write", os.path.join(self.images, "bw.dat"), str(mib)],
@@ -339,11 +350,11 @@ class Bench:
             finally:
                 shutil.rmtree(img, ignore_errors=True)
 
-    def large_criu(self, mib, i):
+    def large_criu(self, mib):
         ready, verdict = self.paths(f"criu{mib}")
         self.criu_dump_restore(self.mem_cmd(mib, ready, verdict), ready, verdict, mib, f"mem{mib}")
 
-    def small(self, i):
+    def small(self):
         self.add("small.version", self.must(self.stasis_cmd("--version"), "stasis --version").wall)
         self.add("small.true", self.must(["/bin/true"], "/bin/true").wall)
         ready, verdict = self.paths("loop")
@@ -362,11 +373,11 @@ class Bench:
         finally:
             shutil.rmtree(img, ignore_errors=True)
 
-    def small_criu(self, i):
+    def small_criu(self):
         ready, verdict = self.paths("criuloop")
         self.criu_dump_restore(self.loop_cmd(ready, verdict), ready, verdict, 0, "small")
 
-    def check(self, i):
+    def check(self):
         r = self.run(self.stasis_cmd("check"))
         if self.criu:
             self.add("check.criu", self.must([self.criu, "check"], "criu check").wall)
@@ -390,13 +401,13 @@ class Bench:
         for i in range(n):
             log(f"run {i + 1}/{n}")
             for mib in self.sizes():
-                self.guarded(f"{mib} MiB", self.large, mib, i)
+                self.guarded(f"{mib} MiB", self.large, mib)
                 if self.criu:
-                    self.guarded(f"{mib} MiB (CRIU)", self.large_criu, mib, i)
-            self.guarded("small", self.small, i)
+                    self.guarded(f"{mib} MiB (CRIU)", self.large_criu, mib)
+            self.guarded("small", self.small)
             if self.criu:
-                self.guarded("small (CRIU)", self.small_criu, i)
-            self.guarded("check", self.check, i)
+                self.guarded("small (CRIU)", self.small_criu)
+            self.guarded("check", self.check)
 
     # ---- perf profiles -------------------------------------------------------------
 
@@ -597,8 +608,8 @@ def main():
     def stop(signum, _frame):
         raise KeyboardInterrupt(f"signal {signum}")
 
-    signal.signal(signal.SIGTERM, stop)
-    signal.signal(signal.SIGHUP, stop)
+    for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, stop)
     t0 = time.monotonic()
     try:
         b.setup()
@@ -612,6 +623,12 @@ def main():
         b.measure()
         if args.perf:
             b.guarded("perf", b.profile, os.path.abspath(args.perf))
+    except KeyboardInterrupt as e:
+        b.cleanup()
+        sys.exit(f"bench: interrupted ({e or 'SIGINT'}); sandboxes, images and {b.work} removed")
+    except BenchError as e:
+        b.cleanup()
+        sys.exit(f"bench: {e}")
     finally:
         b.cleanup()
     print()

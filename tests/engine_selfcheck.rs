@@ -195,3 +195,8 @@ fn selfcheck_python() {
         vec![python3().into(), python_workload().into(), dir.into()]
     });
 }
+
+#[test]
+fn selfcheck_unix() {
+    selfcheck("unix", c_workload("unix", &[]));
+}

@@ -18,6 +18,8 @@ use crate::{memory, signals, task, thread, tree};
 pub struct DumpOptions {
     /// Let the workload run on after the dump.
     pub leave_running: bool,
+    /// Dump established TCP connections (TCP_REPAIR) instead of refusing them.
+    pub tcp_established: bool,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -66,11 +68,16 @@ pub fn dump(state_dir: &Path, name: &str, dir: &Path, opts: &DumpOptions) -> Res
         .find(|p| p.pid == workload)
         .map(|p| p.ns_pid)
         .unwrap_or(0);
-    collect_all(
+    let net_opts = crate::net::NetOptions {
+        tcp_established: opts.tcp_established,
+        veth_host: sb.veth_host().map(str::to_string),
+    };
+    let repair = collect_all(
         &seized,
         &sb,
         &log_path,
         workload_ns,
+        &net_opts,
         &mut writer,
         &mut stats,
     )?;
@@ -84,6 +91,8 @@ pub fn dump(state_dir: &Path, name: &str, dir: &Path, opts: &DumpOptions) -> Res
         let total = writer.finish(cpu_features())?;
         stats.write_ms = ms(tw.elapsed());
         stats.image_bytes = total;
+        // Connections leave repair mode before the workload goes on.
+        drop(repair);
         seized.release()?;
         stats.frozen_ms = ms(t0.elapsed());
     } else {
@@ -96,6 +105,8 @@ pub fn dump(state_dir: &Path, name: &str, dir: &Path, opts: &DumpOptions) -> Res
         drop(lock);
         sb.kill()?;
         sb.remove()?;
+        // The sandbox's network is gone: connections close without a word.
+        repair.close_in_repair();
     }
     stats.total_ms = ms(t0.elapsed());
     // The image already holds the stats of the collection; the final figures
@@ -124,10 +135,12 @@ fn collect_all(
     sb: &sandbox::Sandbox,
     log_path: &Path,
     workload_ns: i32,
+    net_opts: &crate::net::NetOptions,
     writer: &mut ImageWriter,
     stats: &mut DumpStats,
-) -> Result<()> {
+) -> Result<crate::net::tcp_repair::RepairGuard> {
     let mut files = FileTable::new(log_path);
+    files.net.opts = net_opts.clone();
     let mut blobs = writer.create_file("blobs.img")?;
     for p in &seized.procs {
         if p.zombie.is_some() {
@@ -144,8 +157,12 @@ fn collect_all(
         &crate::mounts::private_tmpfs(sb.profile()),
         &mut blobs,
     )?;
+    files.finish_sockets(&mut blobs)?;
     writer.commit_file(blobs)?;
     writer.write_json("files.json", &files.image)?;
+    if sb.profile().namespaces.net {
+        writer.write_json("net.json", &crate::net::netns::collect(sb.init_pid())?)?;
+    }
     writer.write_json("mounts.json", &mounts)?;
     let inv = Inventory {
         sandbox: sb.name().to_string(),
@@ -157,7 +174,7 @@ fn collect_all(
         stats: stats.clone(),
     };
     writer.write_json("inventory.json", &inv)?;
-    Ok(())
+    Ok(files.net.take_repair())
 }
 
 fn collect_process(

@@ -24,6 +24,8 @@ pub struct FileTable {
     by_inode: HashMap<(u64, u64), Vec<usize>>,
     pipes: HashMap<u64, u32>,
     log_id: (u64, u64),
+    /// Sockets (see `crate::net`).
+    pub net: crate::net::SocketTable,
 }
 
 /// fdinfo fields.
@@ -71,6 +73,7 @@ impl FileTable {
             by_inode: HashMap::new(),
             pipes: HashMap::new(),
             log_id,
+            net: Default::default(),
         }
     }
 
@@ -138,12 +141,12 @@ impl FileTable {
                 }
                 let fifo = (!link.starts_with("pipe:")).then(|| link.clone());
                 FileKind::Pipe { pipe: id, fifo }
+            } else if fmt == libc::S_IFSOCK {
+                self.net.collect(host_pid, pid, fd, &dup, st.st_ino)?
             } else if fmt == libc::S_IFREG || fmt == libc::S_IFDIR || fmt == libc::S_IFCHR {
                 regular::collect(pid, fd, &link, &dup, &st, info.pos, blobs)?
             } else {
-                let what = if fmt == libc::S_IFSOCK {
-                    "socket"
-                } else if link.starts_with("anon_inode:") {
+                let what = if link.starts_with("anon_inode:") {
                     link.as_str()
                 } else {
                     "file of this type"
@@ -166,6 +169,14 @@ impl FileTable {
         }
         Ok(out)
     }
+
+    /// Completes the socket records once every process was collected.
+    pub fn finish_sockets(&mut self, blobs: &mut PageSink) -> Result<()> {
+        let (sockets, unix_files) = self.net.finish(blobs)?;
+        self.image.sockets = sockets;
+        self.image.unix_files = unix_files;
+        Ok(())
+    }
 }
 
 /// The open descriptions of a restore, held by init until the tree is forked.
@@ -184,6 +195,15 @@ pub fn open_all(
     log_fd: RawFd,
 ) -> Result<OpenFiles> {
     let mut pipes = pipe::PipeSet::create(&files.pipes, blobs)?;
+    let mut sockets = if files.sockets.is_empty() {
+        None
+    } else {
+        Some(crate::net::SocketSet::create(
+            &files.sockets,
+            &files.unix_files,
+            blobs,
+        )?)
+    };
     let mut fds = Vec::with_capacity(files.files.len());
     for (i, f) in files.files.iter().enumerate() {
         if f.id as usize != i {
@@ -196,6 +216,10 @@ pub fn open_all(
             FileKind::SandboxLog => regular::dup_log(log_fd)?,
             FileKind::Path { .. } => regular::open(f, blobs)?,
             FileKind::Pipe { pipe, fifo } => pipes.open_end(*pipe, fifo.as_deref(), f.flags)?,
+            FileKind::Socket { socket } => sockets
+                .as_mut()
+                .ok_or_else(|| Error::Other(format!("image: file {i} is a socket of none")))?
+                .open(*socket, f.flags)?,
         };
         fds.push(fd);
     }

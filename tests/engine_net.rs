@@ -23,3 +23,135 @@ fn unix_sockets() {
     );
     h.expect_pass(&restored);
 }
+
+use std::io::{Read, Write};
+use std::net::{Ipv4Addr, SocketAddr, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
+
+const IO_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// A profile with a veth on a /30 of its own (10.X.Y.0/30, X from this
+/// process, Y from a counter): returns the profile's path, the sandbox's
+/// address and the host's.
+fn veth_profile(h: &Harness) -> (PathBuf, Ipv4Addr, Ipv4Addr) {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let x = 200 + (std::process::id() % 50) as u8;
+    let y = ((n * 4) % 256) as u8;
+    let host = Ipv4Addr::new(10, x, y, 1);
+    let inside = Ipv4Addr::new(10, x, y, 2);
+    let path = h.root.join("veth.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[network.veth]\naddress = \"{inside}/30\"\nhost_address = \"{host}/30\"\n\
+             routes = [{{ destination = \"default\", gateway = \"{host}\" }}]\n"
+        ),
+    )
+    .expect("writing the profile");
+    (path, inside, host)
+}
+
+/// `stasis run -d --profile PROFILE -- ARGV`, then waits for ready.
+fn start_with_profile<S: AsRef<std::ffi::OsStr>>(
+    h: &Harness,
+    profile: &Path,
+    argv: &[S],
+) -> String {
+    let name = h.new_name("run");
+    let out = h
+        .command()
+        .args(["run", "-d", "--name", &name, "--profile"])
+        .arg(profile)
+        .arg("--")
+        .args(argv)
+        .output()
+        .expect("running stasis run");
+    assert!(
+        out.status.success(),
+        "stasis run failed: {}",
+        describe(&out)
+    );
+    h.wait_ready(&name);
+    name
+}
+
+/// GET `path` from `addr` over HTTP/1.0; returns the body of a 200 answer.
+fn http_get(addr: SocketAddr, path: &str) -> String {
+    let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)
+        .unwrap_or_else(|e| panic!("connecting to {addr}: {e}"));
+    s.set_read_timeout(Some(IO_TIMEOUT)).expect("read timeout");
+    write!(s, "GET {path} HTTP/1.0\r\nHost: sandbox\r\n\r\n").expect("sending a request");
+    let mut reply = String::new();
+    s.read_to_string(&mut reply)
+        .unwrap_or_else(|e| panic!("reading the answer to GET {path} from {addr}: {e}"));
+    let (head, body) = reply
+        .split_once("\r\n\r\n")
+        .unwrap_or_else(|| panic!("GET {path}: no HTTP answer: {reply:?}"));
+    assert!(
+        head.starts_with("HTTP/1.0 200"),
+        "GET {path} from {addr}: {head}"
+    );
+    body.to_string()
+}
+
+/// TCP listeners (IPv4, IPv6-only, dual-stack) with their options and
+/// backlog, UDP sockets bound and connected, a bound TCP socket and an
+/// unbound one: addresses and options survive, and every one works.
+#[test]
+fn tcp_listeners_and_udp() {
+    let h = Harness::new("inet");
+    let sb = h.start_c("inet", &[]);
+    let (_image, restored) = h.dump_and_restore(&sb);
+    h.expect_pass(&restored);
+}
+
+/// A threaded Python HTTP server (http.server's ThreadingHTTPServer) on the
+/// sandbox's veth answers the host before the dump and, with the same data
+/// and counter, after the restore.
+#[test]
+fn python_http_server() {
+    let h = Harness::new("pyhttp");
+    let (profile, inside, _) = veth_profile(&h);
+    let port = 8080;
+    let script = Path::new(WORKLOADS).join("httpserver.py");
+    let argv: Vec<std::ffi::OsString> = vec![
+        python3().into(),
+        script.into(),
+        port.to_string().into(),
+        h.dir.clone().into(),
+    ];
+    let sb = start_with_profile(&h, &profile, &argv);
+    let addr = SocketAddr::from((inside, port));
+    assert_eq!(http_get(addr, "/hits"), "1");
+    assert_eq!(http_get(addr, "/hits"), "2");
+    let item = http_get(addr, "/item/1999");
+    let seed = http_get(addr, "/seed");
+    let (_image, restored) = h.dump_and_restore(&sb);
+    assert_eq!(
+        http_get(addr, "/seed"),
+        seed,
+        "the restored server has another seed"
+    );
+    assert_eq!(http_get(addr, "/item/1999"), item);
+    assert_eq!(
+        http_get(addr, "/hits"),
+        "3",
+        "the hit counter did not go on"
+    );
+    // A few at once: one thread each.
+    let answers: Vec<String> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..8)
+            .map(|i| s.spawn(move || http_get(addr, &format!("/item/{}", i * 100))))
+            .collect();
+        hs.into_iter()
+            .map(|t| t.join().expect("a request thread"))
+            .collect()
+    });
+    assert_eq!(answers.len(), 8);
+    assert!(answers.iter().all(|a| a.len() == 64), "{answers:?}");
+    let v = h.expect_pass(&restored);
+    assert_eq!(verdict_field(&v, "hits"), Some("3"), "{v}");
+}

@@ -200,3 +200,20 @@ fn selfcheck_python() {
 fn selfcheck_unix() {
     selfcheck("unix", c_workload("unix", &[]));
 }
+
+#[test]
+fn selfcheck_inet() {
+    selfcheck("inet", c_workload("inet", &[]));
+}
+
+#[test]
+fn selfcheck_httpserver() {
+    selfcheck("httpserver", |dir| {
+        vec![
+            python3().into(),
+            std::path::Path::new(WORKLOADS).join("httpserver.py").into(),
+            "0".into(),
+            dir.into(),
+        ]
+    });
+}

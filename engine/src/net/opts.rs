@@ -94,7 +94,7 @@ pub fn collect(fd: RawFd, family: i32, sock_type: i32) -> std::io::Result<SockOp
         keepalive: flag(libc::SO_KEEPALIVE)?,
         broadcast: flag(libc::SO_BROADCAST)?,
         oobinline: flag(libc::SO_OOBINLINE)?,
-        passcred: flag(libc::SO_PASSCRED)?,
+        passcred: family == libc::AF_UNIX && flag(libc::SO_PASSCRED)?,
         priority: get_int(fd, sol, libc::SO_PRIORITY)?,
         rcvlowat: get_int(fd, sol, libc::SO_RCVLOWAT)?,
         mark: get_int(fd, sol, libc::SO_MARK)? as u32,
@@ -160,7 +160,7 @@ pub fn restore(fd: RawFd, o: &SockOpts, family: i32, sock_type: i32) -> Result<(
     if o.oobinline {
         set_int(fd, sol, libc::SO_OOBINLINE, 1).map_err(ctx("SO_OOBINLINE"))?;
     }
-    if o.passcred {
+    if o.passcred && family == libc::AF_UNIX {
         set_int(fd, sol, libc::SO_PASSCRED, 1).map_err(ctx("SO_PASSCRED"))?;
     }
     if o.priority != 0 {

@@ -60,6 +60,13 @@ fn start_with_profile<S: AsRef<std::ffi::OsStr>>(
     profile: &Path,
     argv: &[S],
 ) -> String {
+    let name = run_with_profile(h, profile, argv);
+    h.wait_ready(&name);
+    name
+}
+
+/// `stasis run -d --profile PROFILE -- ARGV`.
+fn run_with_profile<S: AsRef<std::ffi::OsStr>>(h: &Harness, profile: &Path, argv: &[S]) -> String {
     let name = h.new_name("run");
     let out = h
         .command()
@@ -74,7 +81,6 @@ fn start_with_profile<S: AsRef<std::ffi::OsStr>>(
         "stasis run failed: {}",
         describe(&out)
     );
-    h.wait_ready(&name);
     name
 }
 
@@ -154,4 +160,90 @@ fn python_http_server() {
     assert!(answers.iter().all(|a| a.len() == 64), "{answers:?}");
     let v = h.expect_pass(&restored);
     assert_eq!(verdict_field(&v, "hits"), Some("3"), "{v}");
+}
+
+/// Established TCP connections inside the sandbox (IPv4 and IPv6 over
+/// loopback, between two processes), with data queued both ways: refused
+/// without --tcp-established (naming the connection, the workload going on),
+/// carried with it.
+#[test]
+fn tcp_established_inside() {
+    let h = Harness::new("tcp-inside");
+    let sb = h.start_c("tcp", &["loopback"]);
+    let image = h.image_path();
+    let out = h.dump_raw(&sb, &image, &[]);
+    let err = text(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "dump without --tcp-established: {}",
+        describe(&out)
+    );
+    for w in [
+        "established TCP connection",
+        "127.0.0.1:",
+        "--tcp-established",
+        "process ",
+    ] {
+        assert!(err.contains(w), "the refusal does not mention {w:?}: {err}");
+    }
+    assert!(h.ps_lists(&sb), "the workload is gone after a refused dump");
+    let image = h.dump(&sb, &["--tcp-established"]);
+    let restored = h.restore(&image);
+    h.expect_pass(&restored);
+}
+
+fn ready_number(h: &Harness) -> usize {
+    read_number(&h.path("ready")).expect("the ready file holds a number") as usize
+}
+
+/// A client on the host keeps its TCP connection to a server in the
+/// sandbox across a dump (--tcp-established) and restore: what the server
+/// had written and what the client had sent are all delivered, in order,
+/// and the connection goes on; the client never sees a reset.
+#[test]
+fn tcp_established_host_client() {
+    let h = Harness::new("tcp-host");
+    let (profile, inside, _) = veth_profile(&h);
+    let port = 7000;
+    let argv = h.c_argv("tcp", &["server", &port.to_string()]);
+    let sb = run_with_profile(&h, &profile, &argv);
+    let mut client = tcp_client::TcpClient::connect(SocketAddr::from((inside, port)));
+    h.wait_ready(&sb);
+    let wrote = ready_number(&h);
+    let image = h.dump(&sb, &["--tcp-established"]);
+    let shown = h.inspect_json(&image).to_string();
+    assert!(shown.contains("established ("), "inspect: {shown}");
+    let restored = h.restore(&image);
+    client.go_on(wrote);
+    h.signal(&restored, "TERM");
+    let line = client.last_line();
+    assert_eq!(
+        line,
+        format!("OK {}", tcp_client::CLIENT_BYTES + tcp_client::MORE_BYTES)
+    );
+    let v = h.verdict(&restored);
+    assert!(v.starts_with("PASS"), "{v}\n{}", h.logs(&restored));
+}
+
+/// With --leave-running the connection is taken out of repair mode and the
+/// workload goes on with it.
+#[test]
+fn tcp_established_leave_running() {
+    let h = Harness::new("tcp-leave");
+    let (profile, inside, _) = veth_profile(&h);
+    let port = 7001;
+    let argv = h.c_argv("tcp", &["server", &port.to_string()]);
+    let sb = run_with_profile(&h, &profile, &argv);
+    let mut client = tcp_client::TcpClient::connect(SocketAddr::from((inside, port)));
+    h.wait_ready(&sb);
+    let wrote = ready_number(&h);
+    let _image = h.dump(&sb, &["--tcp-established", "--leave-running"]);
+    client.go_on(wrote);
+    h.signal(&sb, "TERM");
+    assert_eq!(
+        client.last_line(),
+        format!("OK {}", tcp_client::CLIENT_BYTES + tcp_client::MORE_BYTES)
+    );
+    let v = h.verdict(&sb);
+    assert!(v.starts_with("PASS"), "{v}\n{}", h.logs(&sb));
 }

@@ -267,6 +267,14 @@ impl SocketSet {
                 fds[s.id as usize] = Some(inet::restore(s, blobs)?);
             }
         }
+        // Established connections leave repair mode once all exist.
+        for s in sockets {
+            if let (Some(i), Some(fd)) = (&s.inet, &fds[s.id as usize]) {
+                if let Some(t) = &i.tcp {
+                    tcp_repair::go_live(s, i, t, fd, blobs)?;
+                }
+            }
+        }
         Ok(SocketSet { fds })
     }
 

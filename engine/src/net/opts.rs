@@ -186,11 +186,15 @@ pub fn restore(fd: RawFd, o: &SockOpts, family: i32, sock_type: i32) -> Result<(
     }
     if family == libc::AF_INET || family == libc::AF_INET6 {
         if family == libc::AF_INET6 {
-            // Only settable before bind: set when it differs.
+            // Only settable before bind, and binding to a specific IPv6
+            // address sets it: a bound socket keeps what it has.
             let cur = get_int(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY).unwrap_or(0) != 0;
             if cur != o.v6only {
-                set_int(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, b(o.v6only))
-                    .map_err(ctx("IPV6_V6ONLY"))?;
+                if let Err(e) = set_int(fd, libc::IPPROTO_IPV6, libc::IPV6_V6ONLY, b(o.v6only)) {
+                    if e.raw_os_error() != Some(libc::EINVAL) {
+                        return Err(format!("IPV6_V6ONLY: {e}"));
+                    }
+                }
             }
             if o.tos != 0 {
                 set_int(fd, libc::IPPROTO_IPV6, libc::IPV6_TCLASS, o.tos)

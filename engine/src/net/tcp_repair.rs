@@ -279,7 +279,10 @@ fn send_queue(fd: RawFd, data: &[u8], what: &str) -> Result<()> {
     Ok(())
 }
 
-/// Recreates an established connection.
+/// Recreates an established connection, left in repair mode: every
+/// connection of the image is made before any leaves repair mode (`go_live`),
+/// so that the window probe one end sends on leaving it finds the other end
+/// (a connection inside the sandbox) instead of drawing a reset.
 pub(crate) fn restore(
     s: &SocketImage,
     i: &InetSocketImage,
@@ -366,13 +369,34 @@ pub(crate) fn restore(
         win.extend_from_slice(&v.to_ne_bytes());
     }
     opts::set_bytes(raw, tcp, TCP_REPAIR_WINDOW, &win).map_err(|e| ctx("TCP_REPAIR_WINDOW", e))?;
-    opts::set_int(raw, tcp, TCP_REPAIR, TCP_REPAIR_OFF)
-        .map_err(|e| ctx("leaving TCP_REPAIR", e))?;
+    Ok(fd)
+}
+
+/// Takes a connection made by `restore` out of repair mode: it is live.
+pub(crate) fn go_live(
+    s: &SocketImage,
+    i: &InetSocketImage,
+    t: &TcpConnImage,
+    fd: &OwnedFd,
+    blobs: Option<&std::fs::File>,
+) -> Result<()> {
+    let what = format!(
+        "TCP connection {} -> {}",
+        i.local.as_deref().unwrap_or("?"),
+        i.peer.as_deref().unwrap_or("?")
+    );
+    let raw = fd.as_raw_fd();
+    opts::set_int(raw, libc::IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF).map_err(|e| Error::Io {
+        what: format!("{what}: leaving TCP_REPAIR"),
+        source: e,
+    })?;
     // What had not been sent yet goes out as new data.
+    let send = super::read_blob(blobs, t.send_queue, &format!("the send queue of {what}"))?;
+    let sent = send.len() - (t.unsent as usize).min(send.len());
     send_queue(raw, &send[sent..], &format!("the unsent data of {what}"))?;
     opts::restore(raw, &s.opts, s.family, s.sock_type)
         .map_err(|e| Error::Other(format!("{what}: {e}")))?;
     opts::restore_late(raw, &s.opts, s.sock_type, true)
         .map_err(|e| Error::Other(format!("{what}: {e}")))?;
-    Ok(fd)
+    Ok(())
 }

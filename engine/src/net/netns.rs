@@ -115,3 +115,57 @@ pub fn check_profile(profile: &sandbox::Profile, sockets: &[SocketImage]) -> Res
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::InetSocketImage;
+
+    fn bound(id: u32, local: &str) -> SocketImage {
+        SocketImage {
+            id,
+            ino: 0,
+            family: libc::AF_INET,
+            sock_type: libc::SOCK_STREAM,
+            protocol: libc::IPPROTO_TCP,
+            state: 10,
+            shutdown: 0,
+            opts: Default::default(),
+            unix: None,
+            inet: Some(InetSocketImage {
+                local: Some(local.into()),
+                ..Default::default()
+            }),
+        }
+    }
+
+    #[test]
+    fn profile_must_give_bound_addresses() {
+        let mut p = sandbox::Profile::default();
+        let socks = [
+            bound(0, "0.0.0.0:80"),
+            bound(1, "127.0.0.1:81"),
+            bound(2, "[::1]:82"),
+        ];
+        check_profile(&p, &socks).unwrap();
+        let veth = [bound(0, "10.9.8.2:80")];
+        let err = check_profile(&p, &veth).unwrap_err().to_string();
+        assert!(
+            err.contains("10.9.8.2:80") && err.contains("only the loopback"),
+            "{err}"
+        );
+        p.network.veth = Some(
+            serde_json::from_value::<sandbox::profile::Veth>(serde_json::json!({
+                "address": "10.9.8.2/30"
+            }))
+            .unwrap(),
+        );
+        check_profile(&p, &veth).unwrap();
+        let other = [bound(0, "10.9.8.3:80")];
+        let err = check_profile(&p, &other).unwrap_err().to_string();
+        assert!(
+            err.contains("10.9.8.3:80") && err.contains("10.9.8.2"),
+            "{err}"
+        );
+    }
+}

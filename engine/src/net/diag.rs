@@ -224,7 +224,7 @@ pub fn unix_sockets(nl: &mut Netlink) -> Result<HashMap<u64, UnixDiag>> {
     req.extend_from_slice(&u32::MAX.to_ne_bytes());
     req.extend_from_slice(&u32::MAX.to_ne_bytes());
     let replies = nl.request(
-        "sock_diag of unix sockets",
+        "sock_diag of unix sockets (feature: sock-diag-unix)",
         SOCK_DIAG_BY_FAMILY,
         NLM_F_DUMP,
         &req,

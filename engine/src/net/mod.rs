@@ -262,9 +262,14 @@ impl SocketSet {
         validate(sockets, unix_files)?;
         let mut fds: Vec<Option<OwnedFd>> = sockets.iter().map(|_| None).collect();
         unix::restore_all(sockets, unix_files, blobs, &mut fds)?;
-        for s in sockets {
-            if s.family != libc::AF_UNIX {
-                fds[s.id as usize] = Some(inet::restore(s, blobs)?);
+        // Listeners before connections: a connection binds its port in
+        // repair mode, which may share it with anything; a listener may not.
+        let established = |s: &SocketImage| s.inet.as_ref().is_some_and(|i| i.tcp.is_some());
+        for pass in [false, true] {
+            for s in sockets {
+                if s.family != libc::AF_UNIX && established(s) == pass {
+                    fds[s.id as usize] = Some(inet::restore(s, blobs)?);
+                }
             }
         }
         // Established connections leave repair mode once all exist.

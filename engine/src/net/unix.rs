@@ -318,7 +318,7 @@ fn peek_queue(s: &Seen, stream: bool) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let old = opts::get_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF).unwrap_or(-1);
     opts::set_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0).map_err(|e| Error::Process {
         pid: s.pid,
-        reason: format!("fd {}: SO_PEEK_OFF: {e}", s.fd),
+        reason: format!("fd {}: SO_PEEK_OFF: {e} (feature: so-peek-off)", s.fd),
     })?;
     let res = (|| -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let mut out = Vec::new();

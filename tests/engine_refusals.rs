@@ -52,7 +52,7 @@ fn refused_dump(kind: &str, words: &[&str]) {
 
 #[test]
 fn refuses_socket() {
-    refused_dump("socket", &["process 2", "socket", "fd 7"]);
+    refused_dump("socket", &["process 2", "socket", "fd 7", "SCM_RIGHTS"]);
 }
 
 #[test]

@@ -216,3 +216,85 @@ fn selfcheck_python() {
         vec![python3().into(), python_workload().into(), dir.into()]
     });
 }
+
+#[test]
+fn selfcheck_unix() {
+    selfcheck("unix", c_workload("unix", &[]));
+}
+
+#[test]
+fn selfcheck_inet() {
+    selfcheck("inet", c_workload("inet", &[]));
+}
+
+#[test]
+fn selfcheck_httpserver() {
+    selfcheck("httpserver", |dir| {
+        vec![
+            python3().into(),
+            std::path::Path::new(WORKLOADS).join("httpserver.py").into(),
+            "0".into(),
+            dir.into(),
+        ]
+    });
+}
+
+#[test]
+fn selfcheck_tcp_loopback() {
+    selfcheck("tcp", c_workload("tcp", &["loopback"]));
+}
+
+/// `tcp server` needs its client: the steps of the tests, without a dump.
+#[test]
+fn selfcheck_tcp_server() {
+    use common::tcp_client::{TcpClient, CLIENT_BYTES, MORE_BYTES};
+    for corrupt in [false, true] {
+        let h = Harness::new("self-tcp-server");
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .expect("a free port")
+            .port();
+        let mut cmd = Command::new(workload("tcp"));
+        cmd.args(["server", &port.to_string()])
+            .arg(&h.dir)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null());
+        if corrupt {
+            cmd.env("STASIS_TEST_CORRUPT", "1");
+        } else {
+            cmd.env_remove("STASIS_TEST_CORRUPT");
+        }
+        let mut child = cmd.spawn().expect("starting tcp server");
+        let mut client = TcpClient::connect(([127, 0, 0, 1], port).into());
+        let ready = h.path("ready");
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while !ready.exists() {
+            assert!(
+                child.try_wait().expect("try_wait").is_none(),
+                "tcp server exited before it was ready"
+            );
+            assert!(
+                Instant::now() < deadline,
+                "tcp server was not ready in time"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        let wrote = read_number(&ready).expect("ready holds a number") as usize;
+        client.go_on(wrote);
+        // SAFETY: kill() with a live child's PID and a valid signal.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGTERM) }, 0);
+        assert_eq!(
+            client.last_line(),
+            format!("OK {}", CLIENT_BYTES + MORE_BYTES)
+        );
+        let status = wait_exit(&mut child, "tcp server");
+        let v = read_trimmed(&h.path("verdict")).expect("a verdict");
+        if corrupt {
+            assert!(v.starts_with("FAIL: "), "corrupted tcp server says: {v}");
+            assert_eq!(status.code(), Some(1));
+        } else {
+            assert!(v.starts_with("PASS"), "tcp server says: {v}");
+            assert_eq!(status.code(), Some(0));
+        }
+    }
+}

@@ -20,6 +20,8 @@ pub struct DumpOptions {
     pub leave_running: bool,
     /// Called as page data is written: (process, bytes done, bytes in all).
     pub progress: Option<fn(i32, u64, u64)>,
+    /// Dump established TCP connections (TCP_REPAIR) instead of refusing them.
+    pub tcp_established: bool,
 }
 
 fn ms(d: Duration) -> f64 {
@@ -68,7 +70,7 @@ pub fn dump(state_dir: &Path, name: &str, dir: &Path, opts: &DumpOptions) -> Res
         .find(|p| p.pid == workload)
         .map(|p| p.ns_pid)
         .unwrap_or(0);
-    collect_all(
+    let repair = collect_all(
         &seized,
         &sb,
         &log_path,
@@ -87,6 +89,8 @@ pub fn dump(state_dir: &Path, name: &str, dir: &Path, opts: &DumpOptions) -> Res
         let total = writer.finish(cpu_features())?;
         stats.write_ms = ms(tw.elapsed());
         stats.image_bytes = total;
+        // Connections leave repair mode before the workload goes on.
+        drop(repair);
         seized.release()?;
         stats.frozen_ms = ms(t0.elapsed());
     } else {
@@ -99,6 +103,8 @@ pub fn dump(state_dir: &Path, name: &str, dir: &Path, opts: &DumpOptions) -> Res
         drop(lock);
         sb.kill()?;
         sb.remove()?;
+        // The sandbox's network is gone: connections close without a word.
+        repair.close_in_repair();
     }
     stats.total_ms = ms(t0.elapsed());
     // The image already holds the stats of the collection; the final figures
@@ -130,12 +136,16 @@ fn collect_all(
     writer: &mut ImageWriter,
     stats: &mut DumpStats,
     opts: &DumpOptions,
-) -> Result<()> {
+) -> Result<crate::net::tcp_repair::RepairGuard> {
     let mut files = FileTable::new(log_path);
     files.set_tree(
         sb.init_pid(),
         seized.procs.iter().map(|p| (p.pid, p.ns_pid)).collect(),
     );
+    files.net.opts = crate::net::NetOptions {
+        tcp_established: opts.tcp_established,
+        veth_host: sb.veth_host().map(str::to_string),
+    };
     let mut blobs = writer.create_file("blobs.img")?;
     for p in &seized.procs {
         if p.zombie.is_some() {
@@ -153,8 +163,12 @@ fn collect_all(
         &crate::mounts::private_tmpfs(sb.profile()),
         &mut blobs,
     )?;
+    files.finish_sockets(&mut blobs)?;
     writer.commit_file(blobs)?;
     writer.write_json("files.json", &files.image)?;
+    if sb.profile().namespaces.net {
+        writer.write_json("net.json", &crate::net::netns::collect(sb.init_pid())?)?;
+    }
     writer.write_json("mounts.json", &mounts)?;
     let inv = Inventory {
         sandbox: sb.name().to_string(),
@@ -166,7 +180,7 @@ fn collect_all(
         stats: stats.clone(),
     };
     writer.write_json("inventory.json", &inv)?;
-    Ok(())
+    Ok(files.net.take_repair())
 }
 
 fn collect_process(

@@ -141,6 +141,9 @@ pub fn inspect(dir: &Path) -> Result<ImageSummary> {
                             format!("pipe {pipe} ({bytes} bytes queued)")
                         }
                     },
+                    Some(FileKind::Socket { socket }) => {
+                        crate::net::describe(img.files.sockets.get(*socket as usize))
+                    }
                     Some(other) => crate::files::describe(&img.files, other),
                     None => "?".into(),
                 };

@@ -8,7 +8,9 @@
 //! - `signals`: handlers, masks, pending signals, alternate stacks;
 //! - `files` (+ `files::regular`, `files::pipe`): fds and open file descriptions;
 //! - `task`: comm, personality, umask, cwd, rlimits, credentials;
-//! - `mounts`: the sandbox's private tmpfs contents (/tmp, /dev/shm).
+//! - `mounts`: the sandbox's private tmpfs contents (/tmp, /dev/shm);
+//! - `net` (+ `net::unix`, `net::inet`, `net::tcp_repair`, ...): sockets and
+//!   the sandbox's network namespace.
 //!
 //! `seize` stops and releases the tree, `remote` runs syscalls inside a
 //! stopped task, `image` is the on-disk format; `dump` and `restore` are the
@@ -21,6 +23,7 @@ pub mod image;
 pub mod inspect;
 pub mod memory;
 pub mod mounts;
+pub mod net;
 pub mod remote;
 pub mod restore;
 pub mod seize;

@@ -52,6 +52,8 @@ pub struct LoadedImage {
     pub inventory: Inventory,
     pub files: FilesImage,
     pub mounts: crate::mounts::MountsImage,
+    /// The network namespace at dump (absent in images without one).
+    pub netns: Option<crate::net::netns::NetnsImage>,
     pub procs: BTreeMap<i32, ProcessImage>,
 }
 
@@ -80,6 +82,11 @@ pub fn load(dir: &Path) -> Result<LoadedImage> {
     let files: FilesImage = reader.read_json("files.json")?;
     let mounts: crate::mounts::MountsImage = reader.read_json("mounts.json")?;
     crate::mounts::validate(&mounts)?;
+    crate::net::validate(&files.sockets, &files.unix_files)?;
+    let netns = match reader.file_size("net.json") {
+        Some(_) => Some(reader.read_json("net.json")?),
+        None => None,
+    };
     let mut procs = BTreeMap::new();
     for e in &inventory.processes {
         if e.pid <= 1 || e.pid > 4 * 1024 * 1024 {
@@ -103,6 +110,7 @@ pub fn load(dir: &Path) -> Result<LoadedImage> {
         inventory,
         files,
         mounts,
+        netns,
         procs,
     })
 }
@@ -180,6 +188,7 @@ pub fn restore(state_dir: &Path, dir: &Path, opts: &RestoreOptions) -> Result<Re
             path: dir.to_path_buf(),
             reason: format!("profile: {e}"),
         })?;
+    crate::net::netns::check_profile(&profile, &img.files.sockets)?;
 
     // Everything the tree needs is opened here and inherited by init.
     raise_nofile();
@@ -235,6 +244,7 @@ pub fn restore(state_dir: &Path, dir: &Path, opts: &RestoreOptions) -> Result<Re
     let live = entries.iter().filter(|e| e.zombie.is_none()).count();
     let files_img = img.files.clone();
     let mounts_img = img.mounts.clone();
+    let netns_img = img.netns.clone();
     let fd_tables: BTreeMap<i32, Vec<(i32, u32, bool)>> = img
         .procs
         .iter()
@@ -260,6 +270,9 @@ pub fn restore(state_dir: &Path, dir: &Path, opts: &RestoreOptions) -> Result<Re
         // Held open until the tree is forked.
         let _keep = &ready_w;
         crate::mounts::restore(&mounts_img, &blobs)?;
+        if let Some(n) = &netns_img {
+            crate::net::netns::check(n, &files_img.sockets).map_err(|e| e.to_string())?;
+        }
         let files::OpenFiles { fds, holders } =
             files::open_all(&files_img, Some(&blobs), ctx.log_fd).map_err(|e| e.to_string())?;
         let mut held = Vec::new();

@@ -15,6 +15,9 @@ pub struct DumpArgs {
     /// Let the workload run on after the dump instead of killing it.
     #[arg(long)]
     pub leave_running: bool,
+    /// Dump established TCP connections (with TCP_REPAIR) instead of refusing them.
+    #[arg(long)]
+    pub tcp_established: bool,
     /// Print phase times and sizes as JSON.
     #[arg(long)]
     pub json: bool,
@@ -54,6 +57,7 @@ pub fn dump(state_dir: &Path, a: DumpArgs) -> Result<u8> {
     let opts = engine::DumpOptions {
         leave_running: a.leave_running,
         progress: (tty && !a.json).then_some(progress as fn(i32, u64, u64)),
+        tcp_established: a.tcp_established,
     };
     let st = engine::dump(state_dir, &a.name, &a.dir, &opts)
         .with_context(|| format!("dump of sandbox {} failed", a.name))?;

@@ -12,6 +12,8 @@
 //! workloads with children forward SIGTERM to them themselves.
 #![allow(dead_code)]
 
+pub mod tcp_client;
+
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::fs;

@@ -1,7 +1,8 @@
 /* refuse socket|thread|io_uring DIR: a workload holding something a dump
  * must refuse, and that must go on running untouched after the refusal.
  *
- *   socket    a socketpair at fds 7 and 8, with 5 bytes queued on fd 8
+ *   socket    a socketpair at fds 7 and 8, with 5 bytes queued for fd 7 that
+ *             carry an fd (SCM_RIGHTS): fds in flight are refused
  *   thread    a second thread counting every millisecond
  *   io_uring  an io_uring instance at fd 9 (raw io_uring_setup)
  *
@@ -91,7 +92,21 @@ int main(int argc, char **argv)
 		}
 		close(sv[0]);
 		close(sv[1]);
-		if (send(8, "hello", 5, 0) != 5)
+		/* "hello" with fd 0 attached. */
+		union {
+			char buf[CMSG_SPACE(sizeof(int))];
+			struct cmsghdr align;
+		} ctl;
+		struct iovec iov = { .iov_base = "hello", .iov_len = 5 };
+		struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = ctl.buf,
+				      .msg_controllen = sizeof(ctl.buf) };
+		struct cmsghdr *c = CMSG_FIRSTHDR(&msg);
+		c->cmsg_level = SOL_SOCKET;
+		c->cmsg_type = SCM_RIGHTS;
+		c->cmsg_len = CMSG_LEN(sizeof(int));
+		int zero = 0;
+		memcpy(CMSG_DATA(c), &zero, sizeof(int));
+		if (sendmsg(8, &msg, 0) != 5)
 			return 2;
 	} else if (!strcmp(kind, "thread")) {
 		if (pthread_create(&thread, NULL, count_thread, NULL) != 0)

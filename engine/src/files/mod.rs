@@ -43,6 +43,8 @@ pub struct FileTable {
     tree: HashMap<i32, i32>,
     /// Host PID of the sandbox's init (its view of paths and mounts).
     init: i32,
+    /// Sockets (see `crate::net`).
+    pub net: crate::net::SocketTable,
 }
 
 /// fdinfo fields.
@@ -120,6 +122,7 @@ impl FileTable {
             memfds: HashMap::new(),
             tree: HashMap::new(),
             init: 0,
+            net: Default::default(),
         }
     }
 
@@ -272,6 +275,8 @@ impl FileTable {
                     memfd,
                     pos: info.pos,
                 }
+            } else if fmt == libc::S_IFSOCK {
+                self.net.collect(host_pid, pid, fd, &dup, st.st_ino)?
             } else if fmt == libc::S_IFREG || fmt == libc::S_IFDIR || fmt == libc::S_IFCHR {
                 regular::collect(pid, fd, &link, &dup, &st, info.pos, blobs)?
             } else if let Some(kind) = self.collect_anon(pid, fd, &link, &dup, &info.text)? {
@@ -280,9 +285,7 @@ impl FileTable {
                 }
                 kind
             } else {
-                let what = if fmt == libc::S_IFSOCK {
-                    "socket"
-                } else if link.starts_with("anon_inode:") {
+                let what = if link.starts_with("anon_inode:") {
                     link.as_str()
                 } else {
                     "file of this type"
@@ -397,6 +400,13 @@ impl FileTable {
             _ => return Ok(None),
         }))
     }
+    /// Completes the socket records once every process was collected.
+    pub fn finish_sockets(&mut self, blobs: &mut PageSink) -> Result<()> {
+        let (sockets, unix_files) = self.net.finish(blobs)?;
+        self.image.sockets = sockets;
+        self.image.unix_files = unix_files;
+        Ok(())
+    }
 }
 
 /// The open descriptions of a restore, held by init until the tree is forked.
@@ -421,6 +431,15 @@ pub fn open_all(
         .map(|m| memfd::create(m, blobs))
         .collect::<Result<Vec<_>>>()?;
     let mut fds = Vec::with_capacity(files.files.len() + memfds.len());
+    let mut sockets = if files.sockets.is_empty() {
+        None
+    } else {
+        Some(crate::net::SocketSet::create(
+            &files.sockets,
+            &files.unix_files,
+            blobs,
+        )?)
+    };
     for (i, f) in files.files.iter().enumerate() {
         if f.id as usize != i {
             return Err(Error::Other(format!(
@@ -446,6 +465,10 @@ pub fn open_all(
             // The process opens the pidfd itself once the tree exists
             // (`restore_in_task`); until then its fds hold /dev/null.
             FileKind::Pidfd { .. } => pidfd::open_placeholder()?,
+            FileKind::Socket { socket } => sockets
+                .as_mut()
+                .ok_or_else(|| Error::Other(format!("image: file {i} is a socket of none")))?
+                .open(*socket, f.flags)?,
         };
         fds.push(fd);
     }

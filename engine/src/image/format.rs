@@ -315,6 +315,13 @@ pub struct FilesImage {
     /// File locks: flock and OFD locks of a description, POSIX locks of a process.
     #[serde(default)]
     pub locks: Vec<LockImage>,
+    /// Every socket of the tree (those reached through an fd, and the
+    /// clients of connections waiting to be accepted).
+    #[serde(default)]
+    pub sockets: Vec<SocketImage>,
+    /// Files at the path names of unix sockets, as they were at dump.
+    #[serde(default)]
+    pub unix_files: Vec<UnixFile>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -383,6 +390,8 @@ pub enum FileKind {
     Memfd { memfd: u32, pos: u64 },
     /// A pidfd of process (or thread, with PIDFD_THREAD) `pid` of the tree.
     Pidfd { pid: i32 },
+    /// A socket: index into `FilesImage::sockets`.
+    Socket { socket: u32 },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -455,6 +464,166 @@ pub struct LockImage {
     pub start: u64,
     /// Bytes from `start`; 0 reaches to the end of the file, however far.
     pub len: u64,
+}
+
+/// One socket: unix, TCP or UDP.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SocketImage {
+    pub id: u32,
+    /// Inode number at dump (for inspection and error messages).
+    pub ino: u64,
+    /// AF_UNIX, AF_INET or AF_INET6.
+    pub family: i32,
+    /// SOCK_STREAM, SOCK_DGRAM or SOCK_SEQPACKET.
+    pub sock_type: i32,
+    pub protocol: i32,
+    /// Kernel state in TCP numbering (unix sockets use it too):
+    /// 1 established, 7 close, 10 listen.
+    pub state: u8,
+    /// Shutdown bits: 1 receive side, 2 send side.
+    #[serde(default)]
+    pub shutdown: u8,
+    #[serde(default)]
+    pub opts: SockOpts,
+    #[serde(default)]
+    pub unix: Option<UnixSocketImage>,
+    #[serde(default)]
+    pub inet: Option<InetSocketImage>,
+}
+
+/// Socket options a program may have set.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct SockOpts {
+    pub reuseaddr: bool,
+    pub reuseport: bool,
+    pub keepalive: bool,
+    pub broadcast: bool,
+    pub oobinline: bool,
+    pub passcred: bool,
+    pub priority: i32,
+    pub rcvlowat: i32,
+    pub mark: u32,
+    /// SO_SNDBUF / SO_RCVBUF as the kernel reports them (doubled).
+    pub sndbuf: i32,
+    pub rcvbuf: i32,
+    /// SO_BUF_LOCK: 1 send buffer set by the program, 2 receive buffer.
+    pub buf_lock: i32,
+    /// SO_LINGER: seconds when lingering is on.
+    pub linger: Option<i32>,
+    pub rcvtimeo_us: u64,
+    pub sndtimeo_us: u64,
+    /// SO_PEEK_OFF (-1 off).
+    pub peek_off: i32,
+    /// TCP_NODELAY, TCP_CORK, keepalive timing, user timeout, congestion control.
+    pub tcp_nodelay: bool,
+    pub tcp_cork: bool,
+    pub tcp_keepidle: i32,
+    pub tcp_keepintvl: i32,
+    pub tcp_keepcnt: i32,
+    pub tcp_user_timeout: u32,
+    pub tcp_congestion: Option<String>,
+    /// TCP_DEFER_ACCEPT (seconds) of a listening socket.
+    pub tcp_defer_accept: i32,
+    /// IPV6_V6ONLY.
+    pub v6only: bool,
+    /// IP_TOS / IPV6_TCLASS.
+    pub tos: i32,
+    pub freebind: bool,
+}
+
+/// Unix socket specifics.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct UnixSocketImage {
+    /// Bound name as the kernel holds it: a path (with its terminating NUL)
+    /// or an abstract name (leading NUL); empty when unbound.
+    #[serde(with = "hex_bytes")]
+    pub name: Vec<u8>,
+    /// For a relative path name: the directory it was bound in.
+    pub bind_dir: Option<String>,
+    /// The connected peer (a socket id).
+    pub peer: Option<u32>,
+    /// A stream or seqpacket socket whose peer has closed.
+    pub peer_gone: bool,
+    /// A client whose connection waits in this listener's queue (socket id).
+    pub connecting_to: Option<u32>,
+    /// Listening: backlog and the clients waiting to be accepted, in order.
+    pub backlog: u32,
+    pub waiting: Vec<u32>,
+    /// Bytes queued for reading (stream sockets).
+    pub stream_queue: Blob,
+    /// Records or datagrams queued for reading, in order (datagram and
+    /// seqpacket sockets), each with the sender's name.
+    pub packets: Vec<UnixPacket>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UnixPacket {
+    #[serde(with = "hex_bytes")]
+    pub sender: Vec<u8>,
+    pub data: Blob,
+}
+
+/// A file at a unix socket's path name, as it was at dump.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UnixFile {
+    /// Absolute path in the sandbox (relative names joined to their directory).
+    pub path: String,
+    /// Whether a socket file was there at dump, and its attributes.
+    pub present: bool,
+    /// The socket (id) whose file it is; None for the file of a closed socket.
+    pub owner: Option<u32>,
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+}
+
+/// TCP and UDP specifics.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct InetSocketImage {
+    /// Bound address (ip:port, [ip6]:port); None when unbound.
+    pub local: Option<String>,
+    /// Connected peer.
+    pub peer: Option<String>,
+    /// Listening backlog.
+    pub backlog: u32,
+    /// UDP: datagrams that were queued at dump and are not carried.
+    pub dropped_datagrams: u64,
+    /// An established TCP connection, restored with TCP_REPAIR.
+    pub tcp: Option<TcpConnImage>,
+}
+
+/// What TCP_REPAIR needs to recreate a connection.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(default)]
+pub struct TcpConnImage {
+    /// Sequence number of the first byte of the send queue (snd_una) and of
+    /// the receive queue.
+    pub snd_seq: u32,
+    pub rcv_seq: u32,
+    /// Send queue (sent but unacknowledged, then not yet sent) and receive
+    /// queue (received, not yet read).
+    pub send_queue: Blob,
+    /// Bytes at the end of the send queue not sent yet.
+    pub unsent: u64,
+    pub recv_queue: Blob,
+    /// Options negotiated: MSS, window scales, SACK, timestamps.
+    pub mss: u32,
+    pub snd_wscale: u8,
+    pub rcv_wscale: u8,
+    pub wscale_ok: bool,
+    pub sack_ok: bool,
+    pub timestamps_ok: bool,
+    /// TCP_TIMESTAMP (the connection's timestamp clock).
+    pub timestamp: u32,
+    /// TCP_REPAIR_WINDOW.
+    pub snd_wl1: u32,
+    pub snd_wnd: u32,
+    pub max_window: u32,
+    pub rcv_wnd: u32,
+    pub rcv_wup: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

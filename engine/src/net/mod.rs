@@ -1,0 +1,420 @@
+//! Sockets and the sandbox's network namespace.
+//!
+//! - `unix`: unix sockets (stream, datagram, seqpacket): names, peers,
+//!   listening sockets with their waiting connections, queued data, shutdown;
+//! - `inet`: TCP and UDP sockets (bound, listening, connected UDP, closed);
+//! - `tcp_repair`: established TCP connections through TCP_REPAIR;
+//! - `opts`: the socket options programs set;
+//! - `netns`: the namespace's links, addresses and routes;
+//! - `diag`: netlink by hand (sock_diag, rtnetlink).
+//!
+//! Dump: `SocketTable::collect` records each socket reached through an fd
+//! (called by `files`), `SocketTable::finish` resolves what needs the whole
+//! tree (peers, listen queues, queued data). Restore: `SocketSet::create`
+//! makes every socket in the sandbox's init (inside its network and mount
+//! namespaces) before the tree is forked; `files::open_all` hands the
+//! descriptions out.
+
+pub mod diag;
+pub mod inet;
+pub mod netns;
+pub mod opts;
+pub mod tcp_repair;
+pub mod unix;
+
+use std::collections::HashMap;
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+use crate::error::{Error, Result};
+use crate::image::{FileKind, PageSink, SocketImage, UnixFile};
+
+/// Dump options that concern sockets.
+#[derive(Debug, Clone, Default)]
+pub struct NetOptions {
+    /// Dump established TCP connections (TCP_REPAIR) instead of refusing them.
+    pub tcp_established: bool,
+    /// Host end of the sandbox's veth: set down while established
+    /// connections are dumped, so that nothing arrives after their queues
+    /// were read.
+    pub veth_host: Option<String>,
+}
+
+/// A socket seen through an fd at dump.
+pub(crate) struct Seen {
+    pub img: SocketImage,
+    /// Our duplicate of the socket.
+    pub dup: Option<OwnedFd>,
+    /// Sandbox PID and fd that reached it first (for messages).
+    pub pid: i32,
+    pub fd: i32,
+    /// Host PID of that process (for /proc paths).
+    pub host_pid: i32,
+    /// Unix: inode of the socket file it was bound to (sock_diag VFS).
+    pub unix_vfs: Option<u64>,
+}
+
+impl Seen {
+    pub fn unsupported(&self, what: impl Into<String>, detail: impl Into<String>) -> Error {
+        Error::Unsupported {
+            pid: self.pid,
+            what: format!("fd {}: {}", self.fd, what.into()),
+            detail: detail.into(),
+        }
+    }
+
+    pub fn raw(&self) -> RawFd {
+        self.dup.as_ref().map(|d| d.as_raw_fd()).unwrap_or(-1)
+    }
+}
+
+/// Builds the socket part of `files.json` while the tree is dumped.
+#[derive(Default)]
+pub struct SocketTable {
+    pub opts: NetOptions,
+    netns: Option<u64>,
+    diag: Option<diag::Netlink>,
+    unix_diag: Option<HashMap<u64, diag::UnixDiag>>,
+    pub(crate) seen: Vec<Seen>,
+    by_ino: HashMap<u64, u32>,
+    /// TCP sockets in repair mode: taken out of it unless the dump goes on
+    /// to kill the tree.
+    pub(crate) repair: tcp_repair::RepairGuard,
+}
+
+fn netns_ino(host_pid: i32) -> Result<u64> {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(format!("/proc/{host_pid}/ns/net"))
+        .map(|m| m.ino())
+        .map_err(|e| Error::Io {
+            what: format!("network namespace of process {host_pid}"),
+            cause: e,
+        })
+}
+
+impl SocketTable {
+    pub fn new(opts: NetOptions) -> Self {
+        SocketTable {
+            opts,
+            ..Default::default()
+        }
+    }
+
+    /// Every unix socket of the sandbox's namespace, as sock_diag reports
+    /// them (read once: the tree is stopped).
+    pub(crate) fn unix_diag(&mut self, host_pid: i32) -> Result<&HashMap<u64, diag::UnixDiag>> {
+        if self.diag.is_none() {
+            self.diag = Some(diag::in_netns(host_pid, diag::Netlink::sock_diag)?);
+        }
+        if self.unix_diag.is_none() {
+            let nl = self.diag.as_mut().expect("opened above");
+            self.unix_diag = Some(diag::unix_sockets(nl)?);
+        }
+        Ok(self.unix_diag.as_ref().expect("read above"))
+    }
+
+    /// Records the socket at fd `fd` of process `pid` (host PID `host_pid`);
+    /// `dup` is our duplicate of it.
+    pub fn collect(
+        &mut self,
+        host_pid: i32,
+        pid: i32,
+        fd: i32,
+        dup: &OwnedFd,
+        ino: u64,
+    ) -> Result<FileKind> {
+        let ns = netns_ino(host_pid)?;
+        match self.netns {
+            None => self.netns = Some(ns),
+            Some(n) if n != ns => {
+                return Err(Error::Unsupported {
+                    pid,
+                    what: format!(
+                        "fd {fd}: a socket of a process in a network namespace of its own"
+                    ),
+                    detail: format!("socket:[{ino}]"),
+                })
+            }
+            Some(_) => {}
+        }
+        if let Some(&id) = self.by_ino.get(&ino) {
+            return Ok(FileKind::Socket { socket: id });
+        }
+        let raw = dup.as_raw_fd();
+        let int = |opt| opts::get_int(raw, libc::SOL_SOCKET, opt);
+        let (family, sock_type, protocol) = match (
+            int(libc::SO_DOMAIN),
+            int(libc::SO_TYPE),
+            int(libc::SO_PROTOCOL),
+        ) {
+            (Ok(f), Ok(t), Ok(p)) => (f, t, p),
+            (Err(e), _, _) | (_, Err(e), _) | (_, _, Err(e)) => {
+                return Err(Error::Process {
+                    pid,
+                    reason: format!("fd {fd}: reading the socket's domain and type: {e}"),
+                })
+            }
+        };
+        let id = self.seen.len() as u32;
+        let dup = dup.try_clone().map_err(|e| Error::Io {
+            what: format!("process {pid}: duplicating socket fd {fd}"),
+            cause: e,
+        })?;
+        let mut s = Seen {
+            img: SocketImage {
+                id,
+                ino,
+                family,
+                sock_type,
+                protocol,
+                state: 0,
+                shutdown: 0,
+                opts: Default::default(),
+                unix: None,
+                inet: None,
+            },
+            dup: Some(dup),
+            pid,
+            fd,
+            host_pid,
+            unix_vfs: None,
+        };
+        let kind_name = match (family, sock_type) {
+            (libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_DGRAM | libc::SOCK_SEQPACKET) => None,
+            (libc::AF_INET | libc::AF_INET6, libc::SOCK_STREAM)
+                if protocol == libc::IPPROTO_TCP =>
+            {
+                None
+            }
+            (libc::AF_INET | libc::AF_INET6, libc::SOCK_DGRAM) if protocol == libc::IPPROTO_UDP => {
+                None
+            }
+            (libc::AF_NETLINK, _) => Some("a netlink socket".to_string()),
+            (libc::AF_PACKET, _) => Some("a packet socket".to_string()),
+            (libc::AF_INET | libc::AF_INET6, libc::SOCK_RAW) => Some("a raw IP socket".to_string()),
+            _ => Some(format!(
+                "a socket of family {family}, type {sock_type}, protocol {protocol}"
+            )),
+        };
+        if let Some(k) = kind_name {
+            return Err(s.unsupported(k, format!("socket:[{ino}]")));
+        }
+        s.img.opts = opts::collect(raw, family, sock_type).map_err(|e| Error::Process {
+            pid,
+            reason: format!("fd {fd}: reading socket options: {e}"),
+        })?;
+        if family == libc::AF_UNIX {
+            let d = self
+                .unix_diag(host_pid)?
+                .get(&ino)
+                .cloned()
+                .ok_or_else(|| {
+                    s.unsupported(
+                        "a unix socket sock_diag does not report",
+                        format!("socket:[{ino}]"),
+                    )
+                })?;
+            unix::collect(&mut s, &d)?;
+        } else {
+            inet::collect(&mut s, &self.opts, &mut self.repair)?;
+        }
+        self.by_ino.insert(ino, id);
+        self.seen.push(s);
+        Ok(FileKind::Socket { socket: id })
+    }
+
+    /// Resolves what needs every socket of the tree and reads the queues.
+    pub fn finish(&mut self, blobs: &mut PageSink) -> Result<(Vec<SocketImage>, Vec<UnixFile>)> {
+        let files = if self.seen.iter().any(|s| s.img.family == libc::AF_UNIX) {
+            let host_pid = self
+                .seen
+                .iter()
+                .find(|s| s.img.family == libc::AF_UNIX)
+                .map(|s| s.host_pid)
+                .expect("a unix socket");
+            let d = self.unix_diag(host_pid)?.clone();
+            unix::finish(&mut self.seen, &self.by_ino, &d, blobs)?
+        } else {
+            Vec::new()
+        };
+        tcp_repair::finish(&mut self.seen, blobs)?;
+        Ok((self.seen.iter().map(|s| s.img.clone()).collect(), files))
+    }
+
+    /// Hands over the TCP sockets held in repair mode (see `RepairGuard`).
+    pub fn take_repair(&mut self) -> tcp_repair::RepairGuard {
+        std::mem::take(&mut self.repair)
+    }
+}
+
+/// Restore: the sockets of an image, made in the sandbox's init.
+pub struct SocketSet {
+    fds: Vec<Option<OwnedFd>>,
+}
+
+impl SocketSet {
+    /// Creates every socket of `sockets` (run inside the sandbox's network
+    /// and mount namespaces, before the tree is forked).
+    pub fn create(
+        sockets: &[SocketImage],
+        unix_files: &[UnixFile],
+        blobs: Option<&std::fs::File>,
+    ) -> Result<SocketSet> {
+        validate(sockets, unix_files)?;
+        let mut fds: Vec<Option<OwnedFd>> = sockets.iter().map(|_| None).collect();
+        unix::restore_all(sockets, unix_files, blobs, &mut fds)?;
+        // Listeners before connections: a connection binds its port in
+        // repair mode, which may share it with anything; a listener may not.
+        let established = |s: &SocketImage| s.inet.as_ref().is_some_and(|i| i.tcp.is_some());
+        for pass in [false, true] {
+            for s in sockets {
+                if s.family != libc::AF_UNIX && established(s) == pass {
+                    fds[s.id as usize] = Some(inet::restore(s, blobs)?);
+                }
+            }
+        }
+        // Established connections leave repair mode once all exist.
+        for s in sockets {
+            if let (Some(i), Some(fd)) = (&s.inet, &fds[s.id as usize]) {
+                if let Some(t) = &i.tcp {
+                    tcp_repair::go_live(s, i, t, fd, blobs)?;
+                }
+            }
+        }
+        Ok(SocketSet { fds })
+    }
+
+    /// The description of socket `id`, with status flags `flags`.
+    pub fn open(&mut self, id: u32, flags: u32) -> Result<OwnedFd> {
+        let fd = self
+            .fds
+            .get_mut(id as usize)
+            .and_then(|f| f.take())
+            .ok_or_else(|| Error::Other(format!("image: socket {id} is missing or used twice")))?;
+        let fl = flags as i32 & (libc::O_NONBLOCK | libc::O_ASYNC);
+        // SAFETY: F_SETFL on an fd we own.
+        if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, fl) } < 0 {
+            return Err(Error::Io {
+                what: format!("setting the flags of socket {id}"),
+                cause: std::io::Error::last_os_error(),
+            });
+        }
+        Ok(fd)
+    }
+}
+
+/// One line about a socket, for `stasis inspect`.
+pub fn describe(s: Option<&SocketImage>) -> String {
+    let Some(s) = s else { return "socket ?".into() };
+    let ty = match s.sock_type {
+        libc::SOCK_STREAM => "stream",
+        libc::SOCK_DGRAM => "datagram",
+        libc::SOCK_SEQPACKET => "seqpacket",
+        _ => "?",
+    };
+    if let Some(u) = &s.unix {
+        let mut d = format!("unix {ty} socket {}", unix::show_name(&u.name));
+        if s.state == inet::TCP_LISTEN {
+            d.push_str(&format!(", listening ({} waiting)", u.waiting.len()));
+        }
+        if let Some(p) = u.peer {
+            d.push_str(&format!(", peer socket {p}"));
+        }
+        let queued = u.stream_queue.len + u.packets.iter().map(|p| p.data.len).sum::<u64>();
+        if queued > 0 {
+            d.push_str(&format!(", {queued} bytes queued"));
+        }
+        return d;
+    }
+    let i = s.inet.clone().unwrap_or_default();
+    let proto = if s.sock_type == libc::SOCK_STREAM {
+        "TCP"
+    } else {
+        "UDP"
+    };
+    let mut d = format!(
+        "{proto} socket {}",
+        i.local.as_deref().unwrap_or("(unbound)")
+    );
+    if let Some(p) = &i.peer {
+        d.push_str(&format!(" -> {p}"));
+    }
+    if s.state == inet::TCP_LISTEN && s.sock_type == libc::SOCK_STREAM {
+        d.push_str(&format!(", listening (backlog {})", i.backlog));
+    }
+    if let Some(t) = &i.tcp {
+        d.push_str(&format!(
+            ", established ({} bytes to send, {} to read)",
+            t.send_queue.len, t.recv_queue.len
+        ));
+    }
+    d
+}
+
+/// Bounds and cross-references of the socket records.
+pub fn validate(sockets: &[SocketImage], unix_files: &[UnixFile]) -> Result<()> {
+    let n = sockets.len() as u32;
+    let bad = |why: String| Err(Error::Other(format!("image: {why}")));
+    for (i, s) in sockets.iter().enumerate() {
+        if s.id as usize != i {
+            return bad(format!("socket id {} out of order", s.id));
+        }
+        if let Some(u) = &s.unix {
+            let refs = u
+                .peer
+                .iter()
+                .chain(u.connecting_to.iter())
+                .chain(u.waiting.iter());
+            for &r in refs {
+                if r >= n {
+                    return bad(format!("socket {i} refers to socket {r} of {n}"));
+                }
+            }
+            if u.name.len() > 108 {
+                return bad(format!("socket {i}: unix name of {} bytes", u.name.len()));
+            }
+            if u.packets.len() > 1 << 20 {
+                return bad(format!("socket {i}: {} packets", u.packets.len()));
+            }
+        }
+        let big = |len: u64| len > unix::MAX_QUEUE_BYTES;
+        if let Some(u) = &s.unix {
+            if big(u.stream_queue.len) || u.packets.iter().any(|p| big(p.data.len)) {
+                return bad(format!("socket {i}: queue larger than the limit"));
+            }
+        }
+        if let Some(t) = s.inet.as_ref().and_then(|i| i.tcp.as_ref()) {
+            if big(t.send_queue.len) || big(t.recv_queue.len) {
+                return bad(format!("socket {i}: TCP queue larger than the limit"));
+            }
+        }
+    }
+    for f in unix_files {
+        if f.owner.is_some_and(|o| o >= n) || !f.path.starts_with('/') {
+            return bad(format!("unix socket file {}", f.path));
+        }
+    }
+    Ok(())
+}
+
+/// Reads `len` bytes at `blob` of blobs.img.
+pub(crate) fn read_blob(
+    blobs: Option<&std::fs::File>,
+    blob: crate::image::Blob,
+    what: &str,
+) -> Result<Vec<u8>> {
+    use std::os::unix::fs::FileExt;
+    if blob.len == 0 {
+        return Ok(Vec::new());
+    }
+    if blob.len > unix::MAX_QUEUE_BYTES {
+        return Err(Error::Other(format!("image: {what} of {} bytes", blob.len)));
+    }
+    let f = blobs.ok_or_else(|| Error::Other("image: blobs.img missing".into()))?;
+    let mut buf = vec![0u8; blob.len as usize];
+    f.read_exact_at(&mut buf, blob.offset)
+        .map_err(|e| Error::Io {
+            what: format!("reading {what}"),
+            cause: e,
+        })?;
+    Ok(buf)
+}

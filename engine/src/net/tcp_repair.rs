@@ -1,0 +1,402 @@
+//! Established TCP connections, through TCP_REPAIR (opt-in with
+//! `stasis dump --tcp-established`).
+//!
+//! Dump: our duplicate of the socket is put in repair mode (the connection
+//! then neither sends nor answers on its own behalf when closed: no FIN, no
+//! RST); we read the sequence numbers of both queues, their contents
+//! (MSG_PEEK on the chosen queue), the negotiated options (MSS, window
+//! scales, SACK, timestamps), the timestamp clock and the window. While any
+//! connection is in repair mode the host end of the sandbox's veth is down,
+//! so that nothing arrives after the queues were read. A dump that kills the
+//! tree closes the sockets still in repair mode, after the sandbox's veth is
+//! gone; a dump that fails, or one with --leave-running, takes them out of
+//! repair mode and sets the veth up again.
+//!
+//! Restore, in the sandbox's init: a new socket in repair mode takes the
+//! sequence numbers, binds (repair mode may reuse a port a listener holds)
+//! and "connects" without a handshake, gets the options, the queues (the
+//! part of the send queue that had not been sent is sent normally after
+//! repair mode), the timestamp clock and the window, and leaves repair mode.
+
+use std::os::fd::{AsRawFd, OwnedFd, RawFd};
+
+use super::{diag, inet, opts, Seen};
+use crate::error::{Error, Result};
+use crate::image::{Blob, InetSocketImage, PageSink, SocketImage, TcpConnImage};
+
+const TCP_REPAIR: i32 = 19;
+const TCP_REPAIR_QUEUE: i32 = 20;
+const TCP_QUEUE_SEQ: i32 = 21;
+const TCP_REPAIR_OPTIONS: i32 = 22;
+const TCP_TIMESTAMP: i32 = 24;
+const TCP_REPAIR_WINDOW: i32 = 29;
+const TCP_REPAIR_ON: i32 = 1;
+const TCP_REPAIR_OFF: i32 = 0;
+const TCP_REPAIR_OFF_NO_WP: i32 = -1;
+const TCP_NO_QUEUE: i32 = 0;
+const TCP_RECV_QUEUE: i32 = 1;
+const TCP_SEND_QUEUE: i32 = 2;
+const TCPOPT_MSS: u32 = 2;
+const TCPOPT_WINDOW: u32 = 3;
+const TCPOPT_SACK_PERM: u32 = 4;
+const TCPOPT_TIMESTAMP: u32 = 8;
+const TCPI_OPT_TIMESTAMPS: u8 = 1;
+const TCPI_OPT_SACK: u8 = 2;
+const TCPI_OPT_WSCALE: u8 = 4;
+const SIOCOUTQNSD: libc::c_ulong = 0x894B;
+
+/// Sockets in repair mode and the network lock, undone on drop unless the
+/// dump kills the tree (`close_in_repair`).
+#[derive(Default)]
+pub struct RepairGuard {
+    socks: Vec<OwnedFd>,
+    /// Host interface set down, by name.
+    locked: Option<String>,
+}
+
+impl RepairGuard {
+    /// Sets the host end of the veth down (once).
+    pub fn lock_network(&mut self, host_if: &str) -> Result<()> {
+        if self.locked.is_some() {
+            return Ok(());
+        }
+        let index = diag::if_index(host_if).ok_or_else(|| {
+            Error::Other(format!("the sandbox's host interface {host_if} is missing"))
+        })?;
+        let mut nl = diag::Netlink::route()?;
+        diag::set_link_up(&mut nl, index, false)?;
+        self.locked = Some(host_if.to_string());
+        Ok(())
+    }
+
+    /// Puts the socket of `s` in repair mode.
+    pub(crate) fn enter(&mut self, s: &Seen) -> Result<()> {
+        let dup = s
+            .dup
+            .as_ref()
+            .expect("a socket seen through an fd")
+            .try_clone()
+            .map_err(|e| Error::Io {
+                what: "duplicating a TCP socket".into(),
+                cause: e,
+            })?;
+        opts::set_int(
+            dup.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            TCP_REPAIR,
+            TCP_REPAIR_ON,
+        )
+        .map_err(|e| Error::Process {
+            pid: s.pid,
+            reason: format!("fd {}: TCP_REPAIR: {e}", s.fd),
+        })?;
+        self.socks.push(dup);
+        Ok(())
+    }
+
+    /// The dump killed the tree and removed its network: close the sockets
+    /// still in repair mode (no FIN, no RST).
+    pub fn close_in_repair(mut self) {
+        self.socks.clear();
+        self.locked = None;
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.socks.is_empty() && self.locked.is_none()
+    }
+}
+
+impl Drop for RepairGuard {
+    fn drop(&mut self) {
+        for s in self.socks.drain(..) {
+            let _ = opts::set_int(
+                s.as_raw_fd(),
+                libc::IPPROTO_TCP,
+                TCP_REPAIR,
+                TCP_REPAIR_OFF_NO_WP,
+            );
+        }
+        if let Some(h) = self.locked.take() {
+            if let (Some(index), Ok(mut nl)) = (diag::if_index(&h), diag::Netlink::route()) {
+                if let Err(e) = diag::set_link_up(&mut nl, index, true) {
+                    tracing::warn!("setting {h} up again: {e}");
+                }
+            }
+        }
+    }
+}
+
+fn ioctl_int(fd: RawFd, req: libc::c_ulong) -> std::io::Result<u32> {
+    let mut v: libc::c_int = 0;
+    // SAFETY: the ioctl writes one int into `v`.
+    if unsafe { libc::ioctl(fd, req, &mut v) } < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(v as u32)
+}
+
+fn peek(fd: RawFd, len: usize) -> std::io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; len];
+    let mut got = 0;
+    if len > 0 {
+        // SAFETY: peeking into our buffer.
+        let n = unsafe {
+            libc::recv(
+                fd,
+                buf.as_mut_ptr().cast(),
+                len,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        got = n as usize;
+    }
+    buf.truncate(got);
+    Ok(buf)
+}
+
+/// Reads the repair state of every established connection (already in
+/// repair mode: every one of them before any is read).
+pub(crate) fn finish(seen: &mut [Seen], blobs: &mut PageSink) -> Result<()> {
+    for s in seen.iter_mut() {
+        let established = s.img.sock_type == libc::SOCK_STREAM
+            && s.img.family != libc::AF_UNIX
+            && s.img.state == inet::TCP_ESTABLISHED;
+        if !established {
+            continue;
+        }
+        let t = collect(s, blobs)?;
+        s.img.inet.as_mut().expect("inet").tcp = Some(t);
+    }
+    Ok(())
+}
+
+fn collect(s: &Seen, blobs: &mut PageSink) -> Result<TcpConnImage> {
+    let fd = s.raw();
+    let err = |what: &str, e: std::io::Error| Error::Process {
+        pid: s.pid,
+        reason: format!("fd {}: TCP connection: {what}: {e}", s.fd),
+    };
+    let tcp = libc::IPPROTO_TCP;
+    let info = inet::TcpInfo::get(fd).map_err(|e| err("TCP_INFO", e))?;
+    if info.state() != inet::TCP_ESTABLISHED {
+        return Err(s.unsupported(
+            format!(
+                "TCP connection that left ESTABLISHED for {} while being dumped",
+                inet::state_name(info.state())
+            ),
+            format!("socket:[{}]", s.img.ino),
+        ));
+    }
+    let mss = opts::get_int(fd, tcp, libc::TCP_MAXSEG).map_err(|e| err("TCP_MAXSEG", e))?;
+    let timestamp = opts::get_int(fd, tcp, TCP_TIMESTAMP).map_err(|e| err("TCP_TIMESTAMP", e))?;
+    let mut win = [0u8; 20];
+    opts::get_bytes(fd, tcp, TCP_REPAIR_WINDOW, &mut win)
+        .map_err(|e| err("TCP_REPAIR_WINDOW", e))?;
+    let w = |i: usize| u32::from_ne_bytes(win[i * 4..i * 4 + 4].try_into().expect("4"));
+
+    opts::set_int(fd, tcp, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE)
+        .map_err(|e| err("TCP_REPAIR_QUEUE", e))?;
+    let rcv_nxt =
+        opts::get_int(fd, tcp, TCP_QUEUE_SEQ).map_err(|e| err("TCP_QUEUE_SEQ", e))? as u32;
+    let inq = ioctl_int(fd, libc::FIONREAD).map_err(|e| err("SIOCINQ", e))?;
+    let recv = peek(fd, inq as usize).map_err(|e| err("reading the receive queue", e))?;
+
+    opts::set_int(fd, tcp, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)
+        .map_err(|e| err("TCP_REPAIR_QUEUE", e))?;
+    let write_seq =
+        opts::get_int(fd, tcp, TCP_QUEUE_SEQ).map_err(|e| err("TCP_QUEUE_SEQ", e))? as u32;
+    let outq = ioctl_int(fd, libc::TIOCOUTQ).map_err(|e| err("SIOCOUTQ", e))?;
+    let unsent = ioctl_int(fd, SIOCOUTQNSD).map_err(|e| err("SIOCOUTQNSD", e))?;
+    let send = peek(fd, outq as usize).map_err(|e| err("reading the send queue", e))?;
+    opts::set_int(fd, tcp, TCP_REPAIR_QUEUE, TCP_NO_QUEUE)
+        .map_err(|e| err("TCP_REPAIR_QUEUE", e))?;
+
+    if recv.len() != inq as usize || send.len() != outq as usize {
+        return Err(s.unsupported(
+            format!(
+                "TCP connection whose queues could not be read whole (receive {} of {inq}, send {} of {outq} bytes)",
+                recv.len(),
+                send.len()
+            ),
+            format!("socket:[{}]", s.img.ino),
+        ));
+    }
+    let rq = Blob {
+        offset: blobs.position(),
+        len: recv.len() as u64,
+    };
+    blobs.write_all(&recv)?;
+    let sq = Blob {
+        offset: blobs.position(),
+        len: send.len() as u64,
+    };
+    blobs.write_all(&send)?;
+    let o = info.options();
+    Ok(TcpConnImage {
+        snd_seq: write_seq.wrapping_sub(outq),
+        rcv_seq: rcv_nxt.wrapping_sub(inq),
+        send_queue: sq,
+        unsent: unsent.min(outq) as u64,
+        recv_queue: rq,
+        mss: mss as u32,
+        snd_wscale: info.snd_wscale(),
+        rcv_wscale: info.rcv_wscale(),
+        wscale_ok: o & TCPI_OPT_WSCALE != 0,
+        sack_ok: o & TCPI_OPT_SACK != 0,
+        timestamps_ok: o & TCPI_OPT_TIMESTAMPS != 0,
+        timestamp: timestamp as u32,
+        snd_wl1: w(0),
+        snd_wnd: w(1),
+        max_window: w(2),
+        rcv_wnd: w(3),
+        rcv_wup: w(4),
+    })
+}
+
+fn send_queue(fd: RawFd, data: &[u8], what: &str) -> Result<()> {
+    let mut done = 0;
+    while done < data.len() {
+        // SAFETY: sending from our buffer on our socket.
+        let n = unsafe {
+            libc::send(
+                fd,
+                data[done..].as_ptr().cast(),
+                data.len() - done,
+                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
+            )
+        };
+        if n <= 0 {
+            return Err(Error::Io {
+                what: format!("refilling {what}"),
+                cause: std::io::Error::last_os_error(),
+            });
+        }
+        done += n as usize;
+    }
+    Ok(())
+}
+
+/// Recreates an established connection, left in repair mode: every
+/// connection of the image is made before any leaves repair mode (`go_live`),
+/// so that the window probe one end sends on leaving it finds the other end
+/// (a connection inside the sandbox) instead of drawing a reset.
+pub(crate) fn restore(
+    s: &SocketImage,
+    i: &InetSocketImage,
+    t: &TcpConnImage,
+    blobs: Option<&std::fs::File>,
+) -> Result<OwnedFd> {
+    let local = inet::parse(i.local.as_deref().unwrap_or(""), "local")?;
+    let peer = inet::parse(i.peer.as_deref().unwrap_or(""), "peer")?;
+    let what = format!("TCP connection {local} -> {peer}");
+    let ctx = |step: &str, e: std::io::Error| Error::Io {
+        what: format!("{what}: {step}"),
+        cause: e,
+    };
+    let fd = inet::new_socket(s.family, libc::SOCK_STREAM)?;
+    let raw = fd.as_raw_fd();
+    let tcp = libc::IPPROTO_TCP;
+    opts::set_int(raw, tcp, TCP_REPAIR, TCP_REPAIR_ON).map_err(|e| ctx("TCP_REPAIR", e))?;
+    for (q, seq) in [(TCP_RECV_QUEUE, t.rcv_seq), (TCP_SEND_QUEUE, t.snd_seq)] {
+        opts::set_int(raw, tcp, TCP_REPAIR_QUEUE, q).map_err(|e| ctx("TCP_REPAIR_QUEUE", e))?;
+        opts::set_int(raw, tcp, TCP_QUEUE_SEQ, seq as i32).map_err(|e| ctx("TCP_QUEUE_SEQ", e))?;
+    }
+    if s.family == libc::AF_INET6 {
+        opts::set_int(
+            raw,
+            libc::IPPROTO_IPV6,
+            libc::IPV6_V6ONLY,
+            s.opts.v6only as i32,
+        )
+        .map_err(|e| ctx("IPV6_V6ONLY", e))?;
+    }
+    inet::bind(raw, &local, s.family, &what)?;
+    inet::connect(raw, &peer, s.family, &what)?;
+    let mut ropts: Vec<(u32, u32)> = vec![(TCPOPT_MSS, t.mss)];
+    if t.wscale_ok {
+        ropts.push((
+            TCPOPT_WINDOW,
+            t.snd_wscale as u32 | (t.rcv_wscale as u32) << 16,
+        ));
+    }
+    if t.sack_ok {
+        ropts.push((TCPOPT_SACK_PERM, 0));
+    }
+    if t.timestamps_ok {
+        ropts.push((TCPOPT_TIMESTAMP, 0));
+    }
+    let bytes: Vec<u8> = ropts
+        .iter()
+        .flat_map(|(c, v)| c.to_ne_bytes().into_iter().chain(v.to_ne_bytes()))
+        .collect();
+    opts::set_bytes(raw, tcp, TCP_REPAIR_OPTIONS, &bytes)
+        .map_err(|e| ctx("TCP_REPAIR_OPTIONS", e))?;
+    opts::set_int(raw, tcp, TCP_TIMESTAMP, t.timestamp as i32)
+        .map_err(|e| ctx("TCP_TIMESTAMP", e))?;
+    let send = super::read_blob(blobs, t.send_queue, &format!("the send queue of {what}"))?;
+    let recv = super::read_blob(blobs, t.recv_queue, &format!("the receive queue of {what}"))?;
+    // Room for the queues whatever the buffer sizes were.
+    let room = |n: usize| ((n * 2 + (1 << 20)).min(i32::MAX as usize / 2)) as i32;
+    opts::set_int(
+        raw,
+        libc::SOL_SOCKET,
+        libc::SO_SNDBUFFORCE,
+        room(send.len()),
+    )
+    .map_err(|e| ctx("SO_SNDBUFFORCE", e))?;
+    opts::set_int(
+        raw,
+        libc::SOL_SOCKET,
+        libc::SO_RCVBUFFORCE,
+        room(recv.len()),
+    )
+    .map_err(|e| ctx("SO_RCVBUFFORCE", e))?;
+    let unsent = (t.unsent as usize).min(send.len());
+    let sent = send.len() - unsent;
+    opts::set_int(raw, tcp, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)
+        .map_err(|e| ctx("TCP_REPAIR_QUEUE", e))?;
+    send_queue(raw, &send[..sent], &format!("the send queue of {what}"))?;
+    opts::set_int(raw, tcp, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE)
+        .map_err(|e| ctx("TCP_REPAIR_QUEUE", e))?;
+    send_queue(raw, &recv, &format!("the receive queue of {what}"))?;
+    opts::set_int(raw, tcp, TCP_REPAIR_QUEUE, TCP_NO_QUEUE)
+        .map_err(|e| ctx("TCP_REPAIR_QUEUE", e))?;
+    let mut win = Vec::with_capacity(20);
+    for v in [t.snd_wl1, t.snd_wnd, t.max_window, t.rcv_wnd, t.rcv_wup] {
+        win.extend_from_slice(&v.to_ne_bytes());
+    }
+    opts::set_bytes(raw, tcp, TCP_REPAIR_WINDOW, &win).map_err(|e| ctx("TCP_REPAIR_WINDOW", e))?;
+    Ok(fd)
+}
+
+/// Takes a connection made by `restore` out of repair mode: it is live.
+pub(crate) fn go_live(
+    s: &SocketImage,
+    i: &InetSocketImage,
+    t: &TcpConnImage,
+    fd: &OwnedFd,
+    blobs: Option<&std::fs::File>,
+) -> Result<()> {
+    let what = format!(
+        "TCP connection {} -> {}",
+        i.local.as_deref().unwrap_or("?"),
+        i.peer.as_deref().unwrap_or("?")
+    );
+    let raw = fd.as_raw_fd();
+    opts::set_int(raw, libc::IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF).map_err(|e| Error::Io {
+        what: format!("{what}: leaving TCP_REPAIR"),
+        cause: e,
+    })?;
+    // What had not been sent yet goes out as new data.
+    let send = super::read_blob(blobs, t.send_queue, &format!("the send queue of {what}"))?;
+    let sent = send.len() - (t.unsent as usize).min(send.len());
+    send_queue(raw, &send[sent..], &format!("the unsent data of {what}"))?;
+    opts::restore(raw, &s.opts, s.family, s.sock_type)
+        .map_err(|e| Error::Other(format!("{what}: {e}")))?;
+    opts::restore_late(raw, &s.opts, s.sock_type, true)
+        .map_err(|e| Error::Other(format!("{what}: {e}")))?;
+    Ok(())
+}

@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, Result};
 use crate::files::FileTable;
 use crate::image::{
-    CpuFeatures, DumpStats, ImageWriter, Inventory, ProcessEntry, ProcessImage, PAGE_SIZE,
+    Clocks, CpuFeatures, DumpStats, ImageWriter, Inventory, ProcessEntry, ProcessImage, PAGE_SIZE,
 };
 use crate::remote::Remote;
 use crate::seize::{self, Seized, SeizedProcess};
-use crate::{memory, signals, task, thread, tree};
+use crate::{memory, seccomp, signals, task, thread, timers, tree};
 
 #[derive(Debug, Clone, Default)]
 pub struct DumpOptions {
@@ -52,6 +52,14 @@ pub fn dump(state_dir: &Path, name: &str, dir: &Path, opts: &DumpOptions) -> Res
     let mut seized = seized?;
     thawed?;
     seized.wait_stops(Duration::from_secs(10))?;
+    // The clocks as the workload last saw them: restore goes on from here.
+    let live: Vec<i32> = seized
+        .procs
+        .iter()
+        .filter(|p| p.zombie.is_none())
+        .map(|p| p.pid)
+        .collect();
+    let clocks = timers::clocks(&live)?;
     let t_frozen = Instant::now();
     let freeze_ms = ms(t_frozen - t0);
 
@@ -71,6 +79,7 @@ pub fn dump(state_dir: &Path, name: &str, dir: &Path, opts: &DumpOptions) -> Res
         &sb,
         &log_path,
         workload_ns,
+        clocks,
         &mut writer,
         &mut stats,
     )?;
@@ -124,16 +133,27 @@ fn collect_all(
     sb: &sandbox::Sandbox,
     log_path: &Path,
     workload_ns: i32,
+    clocks: Option<Clocks>,
     writer: &mut ImageWriter,
     stats: &mut DumpStats,
 ) -> Result<()> {
     let mut files = FileTable::new(log_path);
     let mut blobs = writer.create_file("blobs.img")?;
+    let mut shared = memory::shared::Table::new();
+    let mut shmem = writer.create_file("shmem.img")?;
     for p in &seized.procs {
         if p.zombie.is_some() {
             continue;
         }
-        let img = collect_process(p, &mut files, &mut blobs, writer, stats)?;
+        let img = collect_process(
+            p,
+            &mut files,
+            &mut blobs,
+            &mut shared,
+            &mut shmem,
+            writer,
+            stats,
+        )?;
         writer.write_json(&format!("proc-{}.json", p.ns_pid), &img)?;
         stats.processes += 1;
         stats.threads += img.threads.len();
@@ -144,6 +164,23 @@ fn collect_all(
         &crate::mounts::private_tmpfs(sb.profile()),
         &mut blobs,
     )?;
+    let ipc = crate::ipc::collect(sb.init_pid(), &mut shmem, &mut blobs)?;
+    for shmid in shared.segments() {
+        let known = ipc
+            .as_ref()
+            .is_some_and(|i| i.shm.iter().any(|s| s.perm.id == shmid));
+        if !known {
+            let pid = seized.procs.first().map(|p| p.ns_pid).unwrap_or(0);
+            return Err(Error::Unsupported {
+                pid,
+                what: format!("SysV shared memory segment {shmid}"),
+                detail: "it is not in the sandbox's own IPC namespace".into(),
+            });
+        }
+    }
+    writer.commit_file(shmem)?;
+    writer.write_json("shmem.json", &shared.image)?;
+    writer.write_json("ipc.json", &ipc.unwrap_or_default())?;
     writer.commit_file(blobs)?;
     writer.write_json("files.json", &files.image)?;
     writer.write_json("mounts.json", &mounts)?;
@@ -155,6 +192,7 @@ fn collect_all(
         workload_pid: workload_ns,
         processes: seized.procs.iter().map(entry).collect(),
         stats: stats.clone(),
+        clocks,
     };
     writer.write_json("inventory.json", &inv)?;
     Ok(())
@@ -164,6 +202,8 @@ fn collect_process(
     p: &SeizedProcess,
     files: &mut FileTable,
     blobs: &mut crate::image::PageSink,
+    shared: &mut memory::shared::Table,
+    shmem: &mut crate::image::PageSink,
     writer: &mut ImageWriter,
     stats: &mut DumpStats,
 ) -> Result<ProcessImage> {
@@ -194,6 +234,9 @@ fn collect_process(
             .ok_or_else(|| Error::Other("no pidfd".into()))?;
         let fds = files.collect(p.pid, p.ns_pid, pidfd, blobs)?;
         let rlimits = task::collect_rlimits(p.pid)?;
+        let tids: Vec<(i32, i32)> = p.threads.iter().map(|t| (t.tid, t.ns_tid)).collect();
+        let timers = timers::collect(p.pid, &mut r, &tids)?;
+        let seccomp = seccomp::collect(p.pid, &tids)?;
         Ok(ProcessImage {
             pid: p.ns_pid,
             core,
@@ -205,6 +248,8 @@ fn collect_process(
             shared_pending,
             fds,
             rlimits,
+            timers,
+            seccomp,
         })
     })();
     // The scratch page goes before the memory is read, so it is not in the image.
@@ -213,6 +258,7 @@ fn collect_process(
     fin?;
     let tm = Instant::now();
     let mut vmas = memory::collect(p.pid)?;
+    shared.collect(p.pid, &mut vmas, shmem)?;
     memory::pages::scan(p.pid, &mut vmas)?;
     let mut sink = writer.create_file(&format!("pages-{}.img", p.ns_pid))?;
     let pages = memory::pages::dump(p.pid, &mut vmas, &mut sink)?;

@@ -44,7 +44,10 @@ pub struct Seized {
     released: bool,
 }
 
-const SEIZE_OPTIONS: i32 = libc::PTRACE_O_TRACESYSGOOD;
+/// Options of every seized thread. PTRACE_O_SUSPEND_SECCOMP: the syscalls
+/// stasis injects are not subject to the workload's seccomp filters (at dump
+/// while they are in force, at restore once they are installed again).
+pub const SEIZE_OPTIONS: i32 = libc::PTRACE_O_TRACESYSGOOD | sys::ptrace::PTRACE_O_SUSPEND_SECCOMP;
 
 /// Reads the last element of an NS* line of /proc/PID/status (the value in
 /// the innermost namespace).

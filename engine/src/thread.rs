@@ -199,7 +199,7 @@ const CLONE_THREAD_FLAGS: u64 = (libc::CLONE_VM
 pub fn clone_thread(r: &mut Remote, pid: i32, ns_tid: i32, scratch: u64) -> Result<i32> {
     sys::ptrace::set_options(
         r.tid,
-        libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_TRACECLONE,
+        crate::seize::SEIZE_OPTIONS | libc::PTRACE_O_TRACECLONE,
     )?;
     let set_tid_at = scratch + 128;
     let mut args = [0u64; 11];

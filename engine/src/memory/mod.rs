@@ -83,6 +83,15 @@ pub fn collect(pid: i32) -> Result<Vec<Vma>> {
                 let n = format!("[{}]", s.trim_matches(['[', ']']));
                 (VmaKind::Special { name: n.clone() }, n)
             }
+            MMapPath::Vsys(key) if shared => {
+                // A SysV shared memory segment ("/SYSV<key> (deleted)").
+                shared_object = Some(SharedRef {
+                    object: u32::MAX,
+                    offset: m.offset,
+                });
+                let label = format!("/SYSV{key:08x} (deleted)");
+                (VmaKind::Anon, label)
+            }
             MMapPath::Heap => (VmaKind::Anon, "[heap]".to_string()),
             MMapPath::Stack => (VmaKind::Anon, "[stack]".to_string()),
             MMapPath::TStack(_) | MMapPath::Anonymous => (VmaKind::Anon, String::new()),

@@ -52,3 +52,103 @@ fn sysv_ipc() {
     let restored = h.restore(&image);
     h.expect_pass(&restored);
 }
+
+/// Reads an image's JSON file `name`, lets `edit` change it, writes it back
+/// and puts its new size and checksum in the manifest.
+fn edit_image_json(image: &std::path::Path, name: &str, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = image.join(name);
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).expect("image file")).expect("JSON");
+    edit(&mut v);
+    let bytes = serde_json::to_vec(&v).expect("encoding");
+    std::fs::write(&path, &bytes).expect("writing the image file");
+    let mpath = image.join("manifest.json");
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&mpath).expect("manifest")).expect("JSON");
+    m["files"][name] = serde_json::json!({
+        "size": bytes.len(),
+        "xxh3": format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&bytes)),
+    });
+    std::fs::write(&mpath, serde_json::to_vec(&m).expect("encoding"))
+        .expect("writing the manifest");
+}
+
+fn verdict_number(v: &str, key: &str) -> i64 {
+    verdict_field(v, key)
+        .and_then(|x| x.parse().ok())
+        .unwrap_or_else(|| panic!("no {key}= in the verdict {v}"))
+}
+
+/// Interval timers and POSIX timers (ids with a gap, five clocks, signal
+/// values, a thread as target, SIGEV_NONE, one never armed) come back with
+/// their settings and time left, and a 20 ms timer goes on firing at its
+/// thread. The image spends 3 s on disk: CLOCK_MONOTONIC and CLOCK_BOOTTIME
+/// never go back, and go on from where they were (the workload sees them
+/// step forward by less than 2.5 s), and the timers' time left moved with them.
+#[test]
+fn timers_and_clocks() {
+    let h = Harness::new("timers");
+    let sb = h.start_c("timers", &[]);
+    let image = h.dump(&sb, &[]);
+    let inv: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(image.join("inventory.json")).expect("inventory.json"),
+    )
+    .expect("JSON");
+    assert!(
+        inv["clocks"]["monotonic"]["sec"].as_i64().is_some(),
+        "{}",
+        inv["clocks"]
+    );
+    let proc_json: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(image.join("proc-2.json")).expect("proc-2.json"))
+            .expect("JSON");
+    let ids: Vec<i64> = proc_json["timers"]["posix"]
+        .as_array()
+        .expect("timers")
+        .iter()
+        .map(|t| t["id"].as_i64().unwrap())
+        .collect();
+    assert_eq!(ids, [0, 1, 2, 4, 5]);
+    // The time the image spends on disk must not pass for the workload.
+    std::thread::sleep(std::time::Duration::from_secs(3));
+    let restored = h.restore(&image);
+    let v = h.expect_pass(&restored);
+    let jump = verdict_number(&v, "jump_ms");
+    assert!(
+        jump < 2500,
+        "the workload saw its monotonic clock jump by {jump} ms: {v}"
+    );
+}
+
+/// The restore after a reboot, when the host's clocks are far behind the
+/// workload's: the first restore is given clocks ten days ahead (the image
+/// is edited), so that the restored workload's clocks are ahead of the
+/// host's; that workload is dumped and restored again and its clocks must
+/// not go back.
+#[test]
+fn monotonic_clock_survives_a_host_clock_behind() {
+    const TEN_DAYS: i64 = 10 * 24 * 3600;
+    let h = Harness::new("clockahead");
+    let sb = h.start_c("timers", &["allow_jump"]);
+    let image = h.dump(&sb, &[]);
+    edit_image_json(&image, "inventory.json", |inv| {
+        for c in ["monotonic", "boottime"] {
+            let s = inv["clocks"][c]["sec"]
+                .as_i64()
+                .expect("clocks in the inventory");
+            inv["clocks"][c]["sec"] = (s + TEN_DAYS).into();
+        }
+    });
+    let first = h.restore(&image);
+    let last = h.path("last-mono");
+    wait_until(
+        "the restored workload to read its clock ten days ahead",
+        READY_TIMEOUT,
+        || read_number(&last).is_some_and(|m| m as i64 >= TEN_DAYS),
+        || h.logs(&first),
+    );
+    let again = h.dump(&first, &[]);
+    let restored = h.restore(&again);
+    let v = h.expect_pass(&restored);
+    assert!(verdict_number(&v, "mono") >= TEN_DAYS, "{v}");
+}

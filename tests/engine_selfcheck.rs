@@ -195,3 +195,18 @@ fn selfcheck_python() {
         vec![python3().into(), python_workload().into(), dir.into()]
     });
 }
+
+#[test]
+fn selfcheck_shmem() {
+    selfcheck("shmem", c_workload("shmem", &[]));
+}
+
+#[test]
+fn selfcheck_sysvipc() {
+    selfcheck("sysvipc", c_workload("sysvipc", &[]));
+}
+
+#[test]
+fn selfcheck_timers() {
+    selfcheck("timers", c_workload("timers", &[]));
+}

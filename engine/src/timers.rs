@@ -122,6 +122,9 @@ fn parse_proc_timers(text: &str) -> std::result::Result<Vec<ProcTimer>, String> 
     Ok(out)
 }
 
+const THREAD_CLOCK_REFUSED: &str =
+    "the CPU-time clock of the thread that made it, in a process of several threads (which one cannot be read)";
+
 fn clock_supported(clock: i32, threads: usize) -> std::result::Result<(), String> {
     match clock {
         libc::CLOCK_REALTIME
@@ -132,10 +135,22 @@ fn clock_supported(clock: i32, threads: usize) -> std::result::Result<(), String
         | libc::CLOCK_BOOTTIME_ALARM
         | libc::CLOCK_TAI => Ok(()),
         libc::CLOCK_THREAD_CPUTIME_ID if threads == 1 => Ok(()),
-        libc::CLOCK_THREAD_CPUTIME_ID => {
-            Err("the CPU-time clock of one of several threads (which one cannot be read)".into())
+        libc::CLOCK_THREAD_CPUTIME_ID => Err(THREAD_CLOCK_REFUSED.into()),
+        // A CPU-time clock: !pid << 3 | per-thread << 2 | type (0 prof,
+        // 1 virt, 2 sched); pid 0 is the task that made the timer. PIDs and
+        // TIDs come back the same, so only "the thread that made it" is
+        // ambiguous with several threads.
+        c if c < 0 => {
+            let pid = !(c >> 3);
+            let thread = c & 4 != 0;
+            if c & 3 == 3 {
+                Err(format!("clock id {c}"))
+            } else if thread && pid == 0 && threads > 1 {
+                Err(THREAD_CLOCK_REFUSED.into())
+            } else {
+                Ok(())
+            }
         }
-        c if c < 0 => Err(format!("the CPU-time clock of another task (clock id {c})")),
         c => Err(format!("clock id {c}")),
     }
 }

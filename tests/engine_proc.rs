@@ -152,3 +152,23 @@ fn monotonic_clock_survives_a_host_clock_behind() {
     let v = h.expect_pass(&restored);
     assert!(verdict_number(&v, "mono") >= TEN_DAYS, "{v}");
 }
+
+/// seccomp filters in force while the tree is dumped (they refuse syscalls
+/// stasis injects into every thread): a filter all threads share (TSYNC,
+/// with FLAG_LOG), a thread's own second filter, no_new_privs, and a process
+/// in strict mode. After restore each thread is filtered as before, and a
+/// new TSYNC filter still reaches the thread that shared the first one.
+#[test]
+fn seccomp_filters() {
+    let h = Harness::new("seccomp");
+    let sb = h.start_c("seccomp", &[]);
+    let image = h.dump(&sb, &[]);
+    let p: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(image.join("proc-2.json")).expect("proc-2.json"))
+            .expect("JSON");
+    let filters = p["seccomp"]["filters"].as_array().expect("filters");
+    assert_eq!(filters.len(), 2, "{}", p["seccomp"]);
+    assert!(p["core"]["no_new_privs"].as_bool().unwrap_or(false));
+    let restored = h.restore(&image);
+    h.expect_pass(&restored);
+}

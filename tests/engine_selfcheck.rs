@@ -210,3 +210,8 @@ fn selfcheck_sysvipc() {
 fn selfcheck_timers() {
     selfcheck("timers", c_workload("timers", &[]));
 }
+
+#[test]
+fn selfcheck_seccomp() {
+    selfcheck("seccomp", c_workload("seccomp", &[]));
+}

@@ -3,7 +3,7 @@
 //! Dump: every thread is seized with PTRACE_O_SUSPEND_SECCOMP, so the
 //! syscalls stasis injects are not filtered. Each thread's mode comes from
 //! /proc/PID/task/TID/status, its filters from PTRACE_SECCOMP_GET_FILTER
-//! (newest first) and their flags from PTRACE_SECCOMP_GET_METADATA (only
+//! (index 0 is the oldest) and their flags from PTRACE_SECCOMP_GET_METADATA (only
 //! SECCOMP_FILTER_FLAG_LOG is reported). Identical programs are stored once;
 //! each thread records its chain, oldest first.
 //!
@@ -136,7 +136,6 @@ pub fn collect(pid: i32, tids: &[(i32, i32)]) -> Result<SeccompImage> {
             };
             chain.push(idx as u32);
         }
-        chain.reverse();
         img.threads.push(ThreadSeccomp {
             tid: ns_tid,
             mode,

@@ -208,6 +208,9 @@ fn collect_process(
     stats: &mut DumpStats,
 ) -> Result<ProcessImage> {
     let main = &p.threads[0];
+    let tids: Vec<(i32, i32)> = p.threads.iter().map(|t| (t.tid, t.ns_tid)).collect();
+    // Before anything is injected: filters that cannot be suspended refuse the dump.
+    let seccomp = seccomp::collect(p.pid, &tids)?;
     let gadget = sys::inject::find_syscall_gadget(p.pid)?;
     let mut r = Remote::new(main.tid, gadget)?;
     let res = (|| -> Result<ProcessImage> {
@@ -234,9 +237,7 @@ fn collect_process(
             .ok_or_else(|| Error::Other("no pidfd".into()))?;
         let fds = files.collect(p.pid, p.ns_pid, pidfd, blobs)?;
         let rlimits = task::collect_rlimits(p.pid)?;
-        let tids: Vec<(i32, i32)> = p.threads.iter().map(|t| (t.tid, t.ns_tid)).collect();
         let timers = timers::collect(p.pid, &mut r, &tids)?;
-        let seccomp = seccomp::collect(p.pid, &tids)?;
         Ok(ProcessImage {
             pid: p.ns_pid,
             core,

@@ -80,6 +80,13 @@ pub fn collect(pid: i32, tids: &[(i32, i32)]) -> Result<SeccompImage> {
     let mut img = SeccompImage::default();
     for &(tid, ns_tid) in tids {
         let mode = thread_mode(pid, tid)?;
+        if mode != 0 && !crate::seize::seccomp_suspended() {
+            return Err(Error::Unsupported {
+                pid,
+                what: format!("seccomp mode {mode} of thread {ns_tid}"),
+                detail: "the kernel refused to suspend seccomp for stasis (PTRACE_O_SUSPEND_SECCOMP; feature: ptrace-suspend-seccomp)".into(),
+            });
+        }
         match mode {
             0 => continue,
             1 => {

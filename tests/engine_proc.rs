@@ -174,6 +174,15 @@ fn monotonic_clock_survives_a_host_clock_behind() {
         || read_number(&last).is_some_and(|m| m as i64 >= TEN_DAYS),
         || h.logs(&first),
     );
+    // A command run in the restored sandbox lives in its time namespace too.
+    let out = h.stasis(["exec", &first, "--", "/bin/cat", "/proc/uptime"]);
+    assert!(out.status.success(), "stasis exec: {}", describe(&out));
+    let uptime: f64 = text(&out.stdout)
+        .split_whitespace()
+        .next()
+        .and_then(|u| u.parse().ok())
+        .unwrap_or_else(|| panic!("/proc/uptime: {}", describe(&out)));
+    assert!(uptime >= TEN_DAYS as f64, "uptime inside: {uptime}");
     let again = h.dump(&first, &[]);
     let restored = h.restore(&again);
     let v = h.expect_pass(&restored);

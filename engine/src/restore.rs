@@ -345,9 +345,29 @@ pub fn restore(state_dir: &Path, dir: &Path, opts: &RestoreOptions) -> Result<Re
         wait_ready(&ready_r, live, &sb)?;
         let fork_ms = ms(t2.elapsed());
         let tm = Instant::now();
-        let found = seize::discover(sb.init_pid())?;
+        // A zombie-to-be reports nothing: it may still be on its way to its
+        // exit when the live processes are ready. Wait for it (bounded).
+        let zombie_deadline = Instant::now() + Duration::from_secs(10);
+        let (found, host) = loop {
+            let found = seize::discover(sb.init_pid())?;
+            let host: BTreeMap<i32, i32> = found.iter().map(|p| (p.ns_pid, p.pid)).collect();
+            let exiting = entries.iter().any(|e| {
+                e.zombie.is_some()
+                    && host.get(&e.pid).is_some_and(|&h| {
+                        !matches!(
+                            procfs::process::Process::new(h)
+                                .and_then(|p| p.stat())
+                                .map(|s| s.state),
+                            Ok('Z')
+                        )
+                    })
+            });
+            if !exiting || Instant::now() >= zombie_deadline {
+                break (found, host);
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        };
         tracing::debug!(ms = ms(tm.elapsed()), "tree found");
-        let host: BTreeMap<i32, i32> = found.iter().map(|p| (p.ns_pid, p.pid)).collect();
         for e in &entries {
             let Some(&h) = host.get(&e.pid) else {
                 return Err(Error::Other(format!("process {} did not come back", e.pid)));

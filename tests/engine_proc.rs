@@ -96,7 +96,7 @@ fn verdict_number(v: &str, key: &str) -> i64 {
         .unwrap_or_else(|| panic!("no {key}= in the verdict {v}"))
 }
 
-/// Interval timers and POSIX timers (ids with a gap, five clocks, signal
+/// Interval timers and POSIX timers (ids with a gap, six clocks, signal
 /// values, a thread as target, SIGEV_NONE, one never armed) come back with
 /// their settings and time left, and a 20 ms timer goes on firing at its
 /// thread. The image spends 3 s on disk: CLOCK_MONOTONIC and CLOCK_BOOTTIME
@@ -128,7 +128,7 @@ fn timers_and_clocks() {
         .iter()
         .map(|t| t["id"].as_i64().unwrap())
         .collect();
-    assert_eq!(ids, [0, 1, 2, 4, 5]);
+    assert_eq!(ids, [0, 1, 2, 4, 5, 6]);
     // The time the image spends on disk must not pass for the workload.
     std::thread::sleep(std::time::Duration::from_secs(3));
     let restored = h.restore(&image);
@@ -212,4 +212,28 @@ fn seccomp_filters() {
     assert!(p["core"]["no_new_privs"].as_bool().unwrap_or(false));
     let restored = h.restore(&image);
     h.expect_pass(&restored);
+}
+
+/// A timer on CLOCK_THREAD_CPUTIME_ID made in a process of several threads
+/// counts the CPU time of the thread that made it, which cannot be read
+/// back: the dump is refused, naming the process and the timer, and the
+/// workload goes on untouched.
+#[test]
+fn refuses_thread_cpu_clock_timer() {
+    let h = Harness::new("threadclock");
+    let sb = h.start_c("timers", &["thread_clock"]);
+    let image = h.image_path();
+    let out = h.dump_raw(&sb, &image, &[]);
+    assert!(
+        !out.status.success(),
+        "the dump succeeded: {}",
+        describe(&out)
+    );
+    let err = text(&out.stderr);
+    for w in ["process 2", "POSIX timer 7", "CPU-time clock"] {
+        assert!(err.contains(w), "the refusal does not mention {w:?}: {err}");
+    }
+    assert!(!image.join("manifest.json").exists());
+    assert!(h.ps_lists(&sb), "sandbox {sb} is gone after a refused dump");
+    h.expect_pass(&sb);
 }

@@ -165,12 +165,11 @@ fn collect_all(
         &mut blobs,
     )?;
     let ipc = crate::ipc::collect(sb.init_pid(), &mut shmem, &mut blobs)?;
-    for shmid in shared.segments() {
+    for (shmid, pid) in shared.segments() {
         let known = ipc
             .as_ref()
             .is_some_and(|i| i.shm.iter().any(|s| s.perm.id == shmid));
         if !known {
-            let pid = seized.procs.first().map(|p| p.ns_pid).unwrap_or(0);
             return Err(Error::Unsupported {
                 pid,
                 what: format!("SysV shared memory segment {shmid}"),
@@ -210,7 +209,7 @@ fn collect_process(
     let main = &p.threads[0];
     let tids: Vec<(i32, i32)> = p.threads.iter().map(|t| (t.tid, t.ns_tid)).collect();
     // Before anything is injected: filters that cannot be suspended refuse the dump.
-    let seccomp = seccomp::collect(p.pid, &tids)?;
+    let seccomp = seccomp::collect(p.pid, p.ns_pid, &tids)?;
     let gadget = sys::inject::find_syscall_gadget(p.pid)?;
     let mut r = Remote::new(main.tid, gadget)?;
     let res = (|| -> Result<ProcessImage> {
@@ -237,7 +236,7 @@ fn collect_process(
             .ok_or_else(|| Error::Other("no pidfd".into()))?;
         let fds = files.collect(p.pid, p.ns_pid, pidfd, blobs)?;
         let rlimits = task::collect_rlimits(p.pid)?;
-        let timers = timers::collect(p.pid, &mut r, &tids)?;
+        let timers = timers::collect(p.pid, p.ns_pid, &mut r, &tids)?;
         Ok(ProcessImage {
             pid: p.ns_pid,
             core,
@@ -259,7 +258,7 @@ fn collect_process(
     fin?;
     let tm = Instant::now();
     let mut vmas = memory::collect(p.pid)?;
-    shared.collect(p.pid, &mut vmas, shmem)?;
+    shared.collect(p.pid, p.ns_pid, &mut vmas, shmem)?;
     memory::pages::scan(p.pid, &mut vmas)?;
     let mut sink = writer.create_file(&format!("pages-{}.img", p.ns_pid))?;
     let pages = memory::pages::dump(p.pid, &mut vmas, &mut sink)?;

@@ -74,15 +74,16 @@ fn filter_flags(tid: i32, index: u64) -> Result<u64> {
     Ok(md[1])
 }
 
-/// Reads the seccomp state of every thread of process `pid`; `tids` are
-/// (host TID, TID in the sandbox), all seized and stopped.
-pub fn collect(pid: i32, tids: &[(i32, i32)]) -> Result<SeccompImage> {
+/// Reads the seccomp state of every thread of process `pid` (`ns_pid` in
+/// the sandbox); `tids` are (host TID, TID in the sandbox), all seized and
+/// stopped.
+pub fn collect(pid: i32, ns_pid: i32, tids: &[(i32, i32)]) -> Result<SeccompImage> {
     let mut img = SeccompImage::default();
     for &(tid, ns_tid) in tids {
         let mode = thread_mode(pid, tid)?;
         if mode != 0 && !crate::seize::seccomp_suspended() {
             return Err(Error::Unsupported {
-                pid,
+                pid: ns_pid,
                 what: format!("seccomp mode {mode} of thread {ns_tid}"),
                 detail: "the kernel refused to suspend seccomp for stasis (PTRACE_O_SUSPEND_SECCOMP; feature: ptrace-suspend-seccomp)".into(),
             });
@@ -100,7 +101,7 @@ pub fn collect(pid: i32, tids: &[(i32, i32)]) -> Result<SeccompImage> {
             2 => {}
             m => {
                 return Err(Error::Unsupported {
-                    pid,
+                    pid: ns_pid,
                     what: format!("seccomp mode {m} of thread {ns_tid}"),
                     detail: "unknown mode".into(),
                 })

@@ -155,9 +155,10 @@ fn clock_supported(clock: i32, threads: usize) -> std::result::Result<(), String
     }
 }
 
-/// Collects the timers of process `pid` (host PID); `r` controls its main
-/// thread; `tids` maps host TIDs to TIDs in the sandbox.
-pub fn collect(pid: i32, r: &mut Remote, tids: &[(i32, i32)]) -> Result<TimersImage> {
+/// Collects the timers of process `pid` (host PID; `ns_pid` in the sandbox,
+/// for messages); `r` controls its main thread; `tids` maps host TIDs to
+/// TIDs in the sandbox.
+pub fn collect(pid: i32, ns_pid: i32, r: &mut Remote, tids: &[(i32, i32)]) -> Result<TimersImage> {
     let scratch = r.scratch(4096)?;
     let mut img = TimersImage::default();
     for (which, slot) in img.itimers.iter_mut().enumerate() {
@@ -182,7 +183,7 @@ pub fn collect(pid: i32, r: &mut Remote, tids: &[(i32, i32)]) -> Result<TimersIm
     let listed = parse_proc_timers(&text).map_err(|e| perr(pid, format!("{path}: {e}")))?;
     for t in listed {
         clock_supported(t.clock, tids.len()).map_err(|detail| Error::Unsupported {
-            pid,
+            pid: ns_pid,
             what: format!("POSIX timer {}", t.id),
             detail,
         })?;
@@ -191,7 +192,7 @@ pub fn collect(pid: i32, r: &mut Remote, tids: &[(i32, i32)]) -> Result<TimersIm
                 .find(|(host, _)| *host == t.target)
                 .map(|(_, ns)| *ns)
                 .ok_or_else(|| Error::Unsupported {
-                    pid,
+                    pid: ns_pid,
                     what: format!("POSIX timer {}", t.id),
                     detail: format!("it signals thread {}, not one of this process", t.target),
                 })?

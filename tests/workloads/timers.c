@@ -1,4 +1,4 @@
-/* timers [allow_jump] DIR: interval timers, POSIX timers and the clocks.
+/* timers [allow_jump|thread_clock] DIR: interval timers, POSIX timers and the clocks.
  *
  * POSIX timers, by raw syscalls so that the ids are the kernel's:
  *   t0  CLOCK_MONOTONIC, SIGRTMIN with value 0xabc0, one shot in 1000 s;
@@ -7,7 +7,8 @@
  *       value 0x77, every 20 ms;
  *   t3  made and deleted: a gap in the ids;
  *   t4  CLOCK_PROCESS_CPUTIME_ID, SIGRTMIN+2, one shot after 500 s of CPU;
- *   t5  CLOCK_MONOTONIC, SIGRTMIN+3, never armed.
+ *   t5  CLOCK_MONOTONIC, SIGRTMIN+3, never armed;
+ *   t6  the helper thread's CPU-time clock (pthread_getcpuclockid), 900 s.
  * Interval timers: ITIMER_REAL 1000 s then every 500 s, ITIMER_VIRTUAL
  * 3000 s, ITIMER_PROF 2000 s then every 1 s.
  * Ready once t2 has fired 3 times (in the helper thread).
@@ -21,6 +22,10 @@
  * 1.5 s; CPU-time timers by less); t2 still fires, in the helper thread.
  * With allow_jump, the steps forward and the time-left checks are not held
  * against it (a test moves the clocks forward on purpose).
+ * With thread_clock, one more timer counts the CPU time of "the calling
+ * thread" (CLOCK_THREAD_CPUTIME_ID) in this process of several threads,
+ * which stasis refuses to dump (which thread cannot be read back); it is
+ * not checked.
  * PASS reports jump_ms= (largest step forward) and mono= (seconds). */
 #include "wl.h"
 
@@ -36,7 +41,7 @@ struct ksigevent {
 	int pad[11];
 };
 
-#define NT 6
+#define NT 7
 static int ids[NT];
 static volatile long ticks;
 static volatile int wrong_thread;
@@ -148,7 +153,8 @@ static void timers_text(char *out, size_t size)
 int main(int argc, char **argv)
 {
 	int allow_jump = argc > 2 && !strcmp(argv[1], "allow_jump");
-	wl_init(argc, argv, allow_jump ? 2 : 1);
+	int thread_clock = argc > 2 && !strcmp(argv[1], "thread_clock");
+	wl_init(argc, argv, allow_jump || thread_clock ? 2 : 1);
 	struct sigaction sa;
 	memset(&sa, 0, sizeof(sa));
 	sa.sa_handler = on_tick;
@@ -170,6 +176,13 @@ int main(int argc, char **argv)
 	ids[5] = mk(CLOCK_MONOTONIC, SIGEV_SIGNAL, SIGRTMIN + 3, 0, 0);
 	if (syscall(SYS_timer_delete, ids[3]) != 0)
 		return 2;
+	clockid_t helper_clock;
+	if (pthread_getcpuclockid(th, &helper_clock) != 0)
+		return 2;
+	ids[6] = mk(helper_clock, SIGEV_NONE, SIGRTMIN, 0, 0);
+	arm(ids[6], 900, 0, 0, 0);
+	if (thread_clock)
+		arm(mk(CLOCK_THREAD_CPUTIME_ID, SIGEV_NONE, SIGRTMIN, 0, 0), 900, 0, 0, 0);
 	arm(ids[0], 1000, 0, 0, 0);
 	arm(ids[1], 700, 0, 7, 0);
 	arm(ids[2], 0, 20000000, 0, 20000000);
@@ -196,7 +209,7 @@ int main(int argc, char **argv)
 			left0[i] = get(ids[i]);
 	struct itimerval real0;
 	getitimer(ITIMER_REAL, &real0);
-	wl_write("ready", "%d %d %d %d %d\n", ids[0], ids[1], ids[2], ids[4], ids[5]);
+	wl_write("ready", "%d %d %d %d %d %d\n", ids[0], ids[1], ids[2], ids[4], ids[5], ids[6]);
 
 	long long prev_m = now_ns(CLOCK_MONOTONIC), prev_b = now_ns(CLOCK_BOOTTIME), jump = 0;
 	for (long n = 0; !wl_term; n++) {
@@ -220,7 +233,7 @@ int main(int argc, char **argv)
 	wl_write("timers-after", "%s", after);
 	if (strcmp(before, after) != 0)
 		wl_fail("/proc/self/timers changed: was [%s], now [%s]", before, after);
-	long want_interval[NT] = { 0, 7 * ns_per_s, 20000000, 0, 0, 0 };
+	long want_interval[NT] = { 0, 7 * ns_per_s, 20000000, 0, 0, 0, 0 };
 	if (wl_corrupt())
 		want_interval[2]++;
 	for (int i = 0; i < NT; i++) {
@@ -234,7 +247,7 @@ int main(int argc, char **argv)
 		if (i == 5) {
 			if (now != 0)
 				wl_fail("timer %d was never armed, now it has %lld ns left", ids[i], now);
-		} else if (i == 4) {
+		} else if (i == 4 || i == 6) {
 			if (now <= 0 || now > was)
 				wl_fail("CPU-time timer %d: %lld ns left, had %lld", ids[i], now, was);
 		} else if (i != 2 && !allow_jump) {

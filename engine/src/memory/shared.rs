@@ -57,6 +57,8 @@ fn round_up(n: u64) -> u64 {
 pub struct Table {
     /// (device, inode) of anonymous objects, shmid of segments (device 0).
     by_key: HashMap<(u64, u64), u32>,
+    /// The first process (in the sandbox) that maps each object.
+    mapped_by: Vec<i32>,
     pub image: SharedMemoryImage,
 }
 
@@ -68,7 +70,13 @@ impl Table {
     /// Resolves the areas of `pid` that map shared objects: each gets the
     /// object's index and keeps no pages of its own. A new anonymous object's
     /// pages go to `sink`.
-    pub fn collect(&mut self, pid: i32, vmas: &mut [Vma], sink: &mut PageSink) -> Result<()> {
+    pub fn collect(
+        &mut self,
+        pid: i32,
+        ns_pid: i32,
+        vmas: &mut [Vma],
+        sink: &mut PageSink,
+    ) -> Result<()> {
         for v in vmas.iter_mut() {
             let sysv = is_sysv(v);
             let Some(sr) = v.shared_object.as_mut() else {
@@ -107,7 +115,7 @@ impl Table {
             let size = round_up(meta.size()).max(need);
             if size > MAX_OBJECT_BYTES {
                 return Err(Error::Unsupported {
-                    pid,
+                    pid: ns_pid,
                     what: format!("shared memory area {:#x}-{:#x}", v.start, v.end),
                     detail: format!("its object has {size} bytes"),
                 });
@@ -142,19 +150,21 @@ impl Table {
                 SharedObjectKind::Anon { pages }
             };
             self.image.objects.push(SharedObject { id, size, kind });
+            self.mapped_by.push(ns_pid);
             self.by_key.insert(key, id);
             sr.object = id;
         }
         Ok(())
     }
 
-    /// shmids of the segments areas map.
-    pub fn segments(&self) -> Vec<i32> {
+    /// The segments areas map: (shmid, a process that maps it).
+    pub fn segments(&self) -> Vec<(i32, i32)> {
         self.image
             .objects
             .iter()
-            .filter_map(|o| match o.kind {
-                SharedObjectKind::Sysv { shmid } => Some(shmid),
+            .zip(&self.mapped_by)
+            .filter_map(|(o, &pid)| match o.kind {
+                SharedObjectKind::Sysv { shmid } => Some((shmid, pid)),
                 SharedObjectKind::Anon { .. } => None,
             })
             .collect()

@@ -45,7 +45,8 @@ fn memory_shared_between_processes() {
     h.expect_pass(&restored);
 }
 
-/// SysV IPC of the sandbox's namespace: segments (attached by parent and
+/// SysV IPC of the sandbox's namespace, with two of its settings changed
+/// (msgmnb, shmmni): segments (attached by parent and
 /// child, one marked for removal, one attached by nobody), a semaphore set
 /// and a message queue come back with their ids, keys, modes, owners,
 /// contents, values and messages in order; the attached segments at the same
@@ -53,7 +54,7 @@ fn memory_shared_between_processes() {
 #[test]
 fn sysv_ipc() {
     let h = Harness::new("sysvipc");
-    let sb = h.start_c("sysvipc", &[]);
+    let sb = h.start_c("sysvipc", &["sysctl"]);
     let image = h.dump(&sb, &[]);
     let ipc: serde_json::Value = serde_json::from_slice(
         &std::fs::read(image.join("ipc.json")).expect("ipc.json in the image"),
@@ -61,6 +62,7 @@ fn sysv_ipc() {
     .expect("ipc.json is JSON");
     assert_eq!(ipc["shm"].as_array().map(|a| a.len()), Some(3), "{ipc}");
     assert_eq!(ipc["sem"].as_array().map(|a| a.len()), Some(1), "{ipc}");
+    assert_eq!(ipc["sysctls"]["msgmnb"], "12345", "{ipc}");
     assert_eq!(
         ipc["msg"][0]["messages"].as_array().map(|a| a.len()),
         Some(3),

@@ -444,10 +444,13 @@ pub fn restore(img: &IpcImage, shmem: Option<&File>, blobs: &File) -> Result<(),
         }
         return Ok(());
     }
-    // Limits first, but for the message sizes: each queue is created with
-    // msgmnb set to its own size, and msgmax raised for its messages.
+    // Limits first, but for the message sizes (each queue is created with
+    // msgmnb set to its own size, and msgmax raised for its messages) and
+    // shm_rmid_forced (it would remove a segment when init detaches it after
+    // filling it).
+    const LATER: &[&str] = &["msgmnb", "msgmax", "shm_rmid_forced"];
     for (name, value) in &img.sysctls {
-        if name == "msgmnb" || name == "msgmax" {
+        if LATER.contains(&name.as_str()) {
             continue;
         }
         if read_sysctl(name).as_deref() != Some(value.as_str()) {
@@ -531,8 +534,13 @@ pub fn restore(img: &IpcImage, shmem: Option<&File>, blobs: &File) -> Result<(),
             unsafe { libc::msgctl(got, libc::IPC_SET, &mut ds) }
         })?;
     }
-    // The namespace's own message limits last.
-    for (name, now) in [("msgmnb", msgmnb), ("msgmax", msgmax)] {
+    // The namespace's own settings last.
+    let rmid = read_sysctl("shm_rmid_forced");
+    for (name, now) in [
+        ("msgmnb", msgmnb),
+        ("msgmax", msgmax),
+        ("shm_rmid_forced", rmid),
+    ] {
         let want = img.sysctls.get(name).cloned().or(now);
         if let Some(v) = want {
             if read_sysctl(name).as_deref() != Some(v.as_str()) {

@@ -1,4 +1,8 @@
-/* sysvipc DIR: SysV IPC objects, used by a parent and its child.
+/* sysvipc [sysctl] DIR: SysV IPC objects, used by a parent and its child.
+ *
+ * With sysctl (in a sandbox only: the settings are its IPC namespace's), the
+ * namespace's msgmnb is set to 12345 and shmmni to 1000 first, and checked
+ * after SIGTERM.
  *
  * The parent makes (a dummy segment made and removed first, so that ids
  * are not simply the first ones):
@@ -38,6 +42,33 @@ struct msg {
 	long mtype;
 	unsigned char text[8192];
 };
+
+static int sysctl_mode;
+
+static void set_sysctl(const char *name, long value)
+{
+	char path[128], text[32];
+	snprintf(path, sizeof(path), "/proc/sys/kernel/%s", name);
+	int fd = open(path, O_WRONLY | O_CLOEXEC);
+	int len = snprintf(text, sizeof(text), "%ld\n", value);
+	if (fd < 0 || write(fd, text, (size_t)len) != len) {
+		dprintf(2, "%s: %s\n", path, strerror(errno));
+		exit(2);
+	}
+	close(fd);
+}
+
+static long get_sysctl(const char *name)
+{
+	char path[128], text[64];
+	snprintf(path, sizeof(path), "/proc/sys/kernel/%s", name);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
+	ssize_t n = fd < 0 ? -1 : read(fd, text, sizeof(text) - 1);
+	if (fd >= 0)
+		close(fd);
+	text[n > 0 ? n : 0] = 0;
+	return n > 0 ? strtol(text, NULL, 10) : -1;
+}
 
 static void die(const char *what)
 {
@@ -122,6 +153,9 @@ static void check_objects(int corrupt)
 	if (msgget(key_msq, 0) != msq)
 		wl_fail("msgget(key) gives %d, expected %d", msgget(key_msq, 0), msq);
 
+	if (sysctl_mode && (get_sysctl("msgmnb") != 12345 || get_sysctl("shmmni") != 1000))
+		wl_fail("namespace settings: msgmnb %ld, shmmni %ld; expected 12345, 1000", get_sysctl("msgmnb"),
+			get_sysctl("shmmni"));
 	struct shmid_ds ds;
 	if (shmctl(seg_a, IPC_STAT, &ds) != 0)
 		wl_fail("IPC_STAT of segment a: %s", strerror(errno));
@@ -200,7 +234,12 @@ static int child_main(int sync_w)
 
 int main(int argc, char **argv)
 {
-	wl_init(argc, argv, 1);
+	sysctl_mode = argc > 2 && !strcmp(argv[1], "sysctl");
+	wl_init(argc, argv, sysctl_mode ? 2 : 1);
+	if (sysctl_mode) {
+		set_sysctl("msgmnb", 12345);
+		set_sysctl("shmmni", 1000);
+	}
 	key_t base = (key_t)(0x51000000 | ((getpid() & 0xffff) << 4));
 	key_a = base + 1;
 	key_c = base + 2;

@@ -298,3 +298,23 @@ fn selfcheck_tcp_server() {
         }
     }
 }
+
+#[test]
+fn selfcheck_shmem() {
+    selfcheck("shmem", c_workload("shmem", &[]));
+}
+
+#[test]
+fn selfcheck_sysvipc() {
+    selfcheck("sysvipc", c_workload("sysvipc", &[]));
+}
+
+#[test]
+fn selfcheck_timers() {
+    selfcheck("timers", c_workload("timers", &[]));
+}
+
+#[test]
+fn selfcheck_seccomp() {
+    selfcheck("seccomp", c_workload("seccomp", &[]));
+}

@@ -8,11 +8,11 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, Result};
 use crate::files::FileTable;
 use crate::image::{
-    CpuFeatures, DumpStats, ImageWriter, Inventory, ProcessEntry, ProcessImage, PAGE_SIZE,
+    Clocks, CpuFeatures, DumpStats, ImageWriter, Inventory, ProcessEntry, ProcessImage, PAGE_SIZE,
 };
 use crate::remote::Remote;
 use crate::seize::{self, Seized, SeizedProcess};
-use crate::{memory, signals, task, thread, tree};
+use crate::{memory, seccomp, signals, task, thread, timers, tree};
 
 #[derive(Debug, Clone, Default)]
 pub struct DumpOptions {
@@ -56,6 +56,14 @@ pub fn dump(state_dir: &Path, name: &str, dir: &Path, opts: &DumpOptions) -> Res
     let mut seized = seized?;
     thawed?;
     seized.wait_stops(Duration::from_secs(10))?;
+    // The clocks as the workload last saw them: restore goes on from here.
+    let live: Vec<i32> = seized
+        .procs
+        .iter()
+        .filter(|p| p.zombie.is_none())
+        .map(|p| p.pid)
+        .collect();
+    let clocks = timers::clocks(&live)?;
     let t_frozen = Instant::now();
     let freeze_ms = ms(t_frozen - t0);
 
@@ -75,6 +83,7 @@ pub fn dump(state_dir: &Path, name: &str, dir: &Path, opts: &DumpOptions) -> Res
         &sb,
         &log_path,
         workload_ns,
+        clocks,
         &mut writer,
         &mut stats,
         opts,
@@ -133,6 +142,7 @@ fn collect_all(
     sb: &sandbox::Sandbox,
     log_path: &Path,
     workload_ns: i32,
+    clocks: Option<Clocks>,
     writer: &mut ImageWriter,
     stats: &mut DumpStats,
     opts: &DumpOptions,
@@ -147,11 +157,22 @@ fn collect_all(
         veth_host: sb.veth_host().map(str::to_string),
     };
     let mut blobs = writer.create_file("blobs.img")?;
+    let mut shared = memory::shared::Table::new();
+    let mut shmem = writer.create_file("shmem.img")?;
     for p in &seized.procs {
         if p.zombie.is_some() {
             continue;
         }
-        let img = collect_process(p, &mut files, &mut blobs, writer, stats, opts)?;
+        let img = collect_process(
+            p,
+            &mut files,
+            &mut blobs,
+            &mut shared,
+            &mut shmem,
+            writer,
+            stats,
+            opts,
+        )?;
         writer.write_json(&format!("proc-{}.json", p.ns_pid), &img)?;
         stats.processes += 1;
         stats.threads += img.threads.len();
@@ -164,6 +185,22 @@ fn collect_all(
         &mut blobs,
     )?;
     files.finish_sockets(&mut blobs)?;
+    let ipc = crate::ipc::collect(sb.init_pid(), &mut shmem, &mut blobs)?;
+    for (shmid, pid) in shared.segments() {
+        let known = ipc
+            .as_ref()
+            .is_some_and(|i| i.shm.iter().any(|s| s.perm.id == shmid));
+        if !known {
+            return Err(Error::Unsupported {
+                pid,
+                what: format!("SysV shared memory segment {shmid}"),
+                detail: "it is not in the sandbox's own IPC namespace".into(),
+            });
+        }
+    }
+    writer.commit_file(shmem)?;
+    writer.write_json("shmem.json", &shared.image)?;
+    writer.write_json("ipc.json", &ipc.unwrap_or_default())?;
     writer.commit_file(blobs)?;
     writer.write_json("files.json", &files.image)?;
     if sb.profile().namespaces.net {
@@ -178,6 +215,7 @@ fn collect_all(
         workload_pid: workload_ns,
         processes: seized.procs.iter().map(entry).collect(),
         stats: stats.clone(),
+        clocks,
     };
     writer.write_json("inventory.json", &inv)?;
     Ok(files.net.take_repair())
@@ -187,11 +225,16 @@ fn collect_process(
     p: &SeizedProcess,
     files: &mut FileTable,
     blobs: &mut crate::image::PageSink,
+    shared: &mut memory::shared::Table,
+    shmem: &mut crate::image::PageSink,
     writer: &mut ImageWriter,
     stats: &mut DumpStats,
     opts: &DumpOptions,
 ) -> Result<ProcessImage> {
     let main = &p.threads[0];
+    let tids: Vec<(i32, i32)> = p.threads.iter().map(|t| (t.tid, t.ns_tid)).collect();
+    // Before anything is injected: filters that cannot be suspended refuse the dump.
+    let seccomp = seccomp::collect(p.pid, p.ns_pid, &tids)?;
     let gadget = sys::inject::find_syscall_gadget(p.pid)?;
     let mut r = Remote::new(main.tid, gadget)?;
     let res = (|| -> Result<ProcessImage> {
@@ -218,6 +261,7 @@ fn collect_process(
             .ok_or_else(|| Error::Other("no pidfd".into()))?;
         let fds = files.collect(p.pid, p.ns_pid, pidfd, blobs)?;
         let rlimits = task::collect_rlimits(p.pid)?;
+        let timers = timers::collect(p.pid, p.ns_pid, &mut r, &tids)?;
         Ok(ProcessImage {
             pid: p.ns_pid,
             core,
@@ -229,6 +273,8 @@ fn collect_process(
             shared_pending,
             fds,
             rlimits,
+            timers,
+            seccomp,
         })
     })();
     // The scratch page goes before the memory is read, so it is not in the image.
@@ -238,6 +284,7 @@ fn collect_process(
     let tm = Instant::now();
     let mut vmas = memory::collect(p.pid)?;
     files.attach_memfds(p.pid, p.ns_pid, &mut vmas, blobs)?;
+    shared.collect(p.pid, p.ns_pid, &mut vmas, shmem)?;
     memory::pages::scan(p.pid, &mut vmas)?;
     let mut sink = writer.create_file(&format!("pages-{}.img", p.ns_pid))?;
     let ns_pid = p.ns_pid;

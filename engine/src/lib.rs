@@ -10,7 +10,13 @@
 //! - `task`: comm, personality, umask, cwd, rlimits, credentials;
 //! - `mounts`: the sandbox's private tmpfs contents (/tmp, /dev/shm);
 //! - `net` (+ `net::unix`, `net::inet`, `net::tcp_repair`, ...): sockets and
-//!   the sandbox's network namespace.
+//!   the sandbox's network namespace;
+//! - `memory::shared`: shared anonymous memory and SysV segments mapped by
+//!   several areas or processes, each saved and restored as one object;
+//! - `ipc`: the SysV IPC objects of the sandbox's IPC namespace;
+//! - `timers`: interval and POSIX timers, and the time namespace that keeps
+//!   the monotonic clocks going on from the dump;
+//! - `seccomp`: seccomp filters and modes.
 //!
 //! `seize` stops and releases the tree, `remote` runs syscalls inside a
 //! stopped task, `image` is the on-disk format; `dump` and `restore` are the
@@ -21,15 +27,18 @@ pub mod error;
 pub mod files;
 pub mod image;
 pub mod inspect;
+pub mod ipc;
 pub mod memory;
 pub mod mounts;
 pub mod net;
 pub mod remote;
 pub mod restore;
+pub mod seccomp;
 pub mod seize;
 pub mod signals;
 pub mod task;
 pub mod thread;
+pub mod timers;
 pub mod tree;
 
 pub use dump::{dump, DumpOptions};

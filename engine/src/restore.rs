@@ -12,7 +12,9 @@ use std::time::{Duration, Instant};
 use serde::Serialize;
 
 use crate::error::{Error, Result};
-use crate::image::{FilesImage, ImageReader, Inventory, ProcessImage, PAGE_SIZE};
+use crate::image::{
+    FilesImage, ImageReader, Inventory, IpcImage, ProcessImage, SharedMemoryImage, PAGE_SIZE,
+};
 use crate::memory::{self, Rebuild, TRAMPOLINE_PAGES};
 use crate::remote::{put_cstr, Remote};
 use crate::seize::{self, Seized};
@@ -55,6 +57,10 @@ pub struct LoadedImage {
     /// The network namespace at dump (absent in images without one).
     pub netns: Option<crate::net::netns::NetnsImage>,
     pub procs: BTreeMap<i32, ProcessImage>,
+    /// Shared memory objects (empty in images made before they were saved as such).
+    pub shmem: SharedMemoryImage,
+    /// SysV IPC objects of the sandbox's IPC namespace.
+    pub ipc: IpcImage,
 }
 
 /// Opens and verifies an image: every checksum, every bound.
@@ -105,6 +111,32 @@ pub fn load(dir: &Path) -> Result<LoadedImage> {
         &procs.values().collect::<Vec<_>>(),
         &inventory.processes.iter().map(|e| e.pid).collect(),
     )?;
+    let shmem: SharedMemoryImage = if reader.file_size("shmem.json").is_some() {
+        reader.read_json("shmem.json")?
+    } else {
+        SharedMemoryImage::default()
+    };
+    let shmem_size = reader.file_size("shmem.img").unwrap_or(0);
+    memory::shared::validate(&shmem, shmem_size, &procs)?;
+    let ipc: IpcImage = if reader.file_size("ipc.json").is_some() {
+        reader.read_json("ipc.json")?
+    } else {
+        IpcImage::default()
+    };
+    crate::ipc::validate(&ipc, shmem_size, reader.file_size("blobs.img").unwrap_or(0))?;
+    for o in &shmem.objects {
+        if let image::SharedObjectKind::Sysv { shmid } = o.kind {
+            if !ipc.shm.iter().any(|s| s.perm.id == shmid) {
+                return Err(Error::Other(format!(
+                    "image: shared memory object {} is SysV segment {shmid}, which ipc.json lacks",
+                    o.id
+                )));
+            }
+        }
+    }
+    if let Some(c) = &inventory.clocks {
+        crate::timers::validate_clocks(c)?;
+    }
     Ok(LoadedImage {
         reader,
         inventory,
@@ -112,6 +144,8 @@ pub fn load(dir: &Path) -> Result<LoadedImage> {
         mounts,
         netns,
         procs,
+        shmem,
+        ipc,
     })
 }
 
@@ -148,6 +182,9 @@ fn validate_process(reader: &ImageReader, p: &ProcessImage, files: &FilesImage) 
         thread::validate(p.pid, t)?;
     }
     files::validate(p.pid, &p.fds, files)?;
+    let tids: Vec<i32> = p.threads.iter().map(|t| t.tid).collect();
+    crate::timers::validate(p.pid, &p.timers, &tids)?;
+    crate::seccomp::validate(p.pid, &p.seccomp, &tids)?;
     Ok(())
 }
 
@@ -214,8 +251,20 @@ pub fn restore(state_dir: &Path, dir: &Path, opts: &RestoreOptions) -> Result<Re
     for pid in img.procs.keys() {
         pages.insert(*pid, img.reader.open_checked(&format!("pages-{pid}.img"))?);
     }
+    let shmem_file = match img.reader.file_size("shmem.img") {
+        Some(_) => Some(File::from(move_high(
+            img.reader.open_checked("shmem.img")?.into(),
+            base,
+        )?)),
+        None => None,
+    };
     let (ready_r, ready_w) = pipe()?;
     let ready_w = move_high(ready_w, base)?;
+    // Where init maps the shared memory objects for the tree to inherit.
+    let layout = memory::shared::Layout::plan(&img.shmem, img.procs.values())?;
+    let init_layout = layout.clone();
+    let shmem_img = img.shmem.clone();
+    let ipc_img = img.ipc.clone();
 
     let entries = img.inventory.processes.clone();
     let index: BTreeMap<i32, usize> = entries
@@ -273,6 +322,17 @@ pub fn restore(state_dir: &Path, dir: &Path, opts: &RestoreOptions) -> Result<Re
         if let Some(n) = &netns_img {
             crate::net::netns::check(n, &files_img.sockets).map_err(|e| e.to_string())?;
         }
+        // SysV objects with their ids, then the shared memory objects the
+        // tree inherits (segments attached), then segments marked for
+        // removal are removed (they live on while attached).
+        crate::ipc::restore(&ipc_img, shmem_file.as_ref(), &blobs)?;
+        if !init_layout.is_empty() {
+            let shmem = shmem_file
+                .as_ref()
+                .ok_or("the image has shared memory objects but no shmem.img")?;
+            init_layout.materialize(&shmem_img, shmem)?;
+        }
+        crate::ipc::remove_destroyed(&ipc_img)?;
         let files::OpenFiles { fds, holders } =
             files::open_all(&files_img, Some(&blobs), ctx.log_fd).map_err(|e| e.to_string())?;
         let mut held = Vec::new();
@@ -289,6 +349,8 @@ pub fn restore(state_dir: &Path, dir: &Path, opts: &RestoreOptions) -> Result<Re
             }
         }
         let pids = tree::fork_roots(&plans, &roots, ready_w_raw)?;
+        // The tree holds the shared memory objects now.
+        init_layout.release();
         drop(held);
         drop(holders);
         let root_pid = if pids.contains(&workload) {
@@ -303,7 +365,15 @@ pub fn restore(state_dir: &Path, dir: &Path, opts: &RestoreOptions) -> Result<Re
         .name
         .clone()
         .unwrap_or_else(|| img.inventory.sandbox.clone());
-    let mut sb = sandbox::Sandbox::create(state_dir, Some(&name), &profile, launch)?;
+    // The sandbox starts in a time namespace where the workload's monotonic
+    // clocks go on from the dump (see `timers`).
+    let timens = match &img.inventory.clocks {
+        Some(c) => crate::timers::TimeNamespace::for_children(c)?,
+        None => None,
+    };
+    let created = sandbox::Sandbox::create(state_dir, Some(&name), &profile, launch);
+    drop(timens);
+    let mut sb = created?;
     let sandbox_ms = ms(t1.elapsed());
     tracing::debug!(ms = sandbox_ms, "sandbox created");
 
@@ -361,6 +431,7 @@ pub fn restore(state_dir: &Path, dir: &Path, opts: &RestoreOptions) -> Result<Re
                 &pages[&ns_pid],
                 &img.files,
                 (slot_base, &slots[&ns_pid]),
+                &layout,
             )?;
             pages_total += n;
             seized.adopt_threads(host_pid, &threads);
@@ -469,6 +540,14 @@ fn wait_ready(r: &OwnedFd, n: usize, sb: &sandbox::Sandbox) -> Result<()> {
     Ok(())
 }
 
+/// Bytes of the trampoline's scratch area.
+const SCRATCH_LEN: u64 = (TRAMPOLINE_PAGES - 1) * PAGE_SIZE;
+
+fn prefix_len(p: &ProcessImage) -> usize {
+    let all: Vec<i32> = p.threads.iter().map(|t| t.tid).collect();
+    crate::seccomp::shared_prefix(&p.seccomp, &all).len()
+}
+
 /// Turns a restored process (stopped, running stasis code) into the dumped
 /// one. Returns the number of pages filled and the host TIDs of the threads
 /// it created (traced, to be released with the rest).
@@ -481,12 +560,13 @@ fn rebuild_process(
     pages: &File,
     files_img: &FilesImage,
     slots: (i32, &[(u32, u32)]),
+    layout: &memory::shared::Layout,
 ) -> Result<(u64, Vec<i32>)> {
     let gadget = sys::inject::find_syscall_gadget(pid)?;
     let mut r = Remote::new(tid, gadget)?;
     let t = &p.threads[0];
     thread::unregister_rseq(&mut r)?;
-    let mut rb = Rebuild::start(&mut r, &p.vmas)?;
+    let mut rb = Rebuild::start(&mut r, &p.vmas, &layout.keep_for(&p.vmas))?;
     let scratch = rb.scratch();
     for (k, &(memfd, _)) in slots.1.iter().enumerate() {
         rb.add_memfd(memfd, (slots.0 + k as i32) as u64);
@@ -498,6 +578,7 @@ fn rebuild_process(
     for v in &p.vmas {
         rb.finish_area(&mut r, v)?;
     }
+    rb.unpark(&mut r)?;
     memory::mm::restore_vdso(&mut r, &p.vmas)?;
     put_cstr(&mut r, scratch, &p.mm.exe)?;
     let exe_fd = r.call(
@@ -527,12 +608,40 @@ fn rebuild_process(
             let host = thread::clone_thread(&mut r, pid, t2.tid, scratch)?;
             let mut r2 = Remote::new(host, rb.trampoline)?;
             r2.set_trap_gadget(rb.trampoline);
-            r2.adopt_scratch(scratch, (TRAMPOLINE_PAGES - 1) * PAGE_SIZE);
+            r2.adopt_scratch(scratch, SCRATCH_LEN);
             others.push((host, r2, t2));
         }
         for (_, r2, t2) in others.iter_mut() {
             thread::restore_registrations(r2, t2)?;
             signals::restore_pending(r2, p.pid, t2.tid, &t2.pending, false, scratch)?;
+        }
+        thread::restore_registrations(&mut r, t)?;
+        // The task names itself by its PIDs in its own namespace.
+        signals::restore_pending(&mut r, p.pid, t.tid, &t.pending, false, scratch)?;
+        signals::restore_pending(&mut r, p.pid, t.tid, &p.shared_pending, true, scratch)?;
+        // Timers once every thread they may signal exists.
+        crate::timers::restore(&mut r, &p.timers, scratch)?;
+        // seccomp before the credentials (see `seccomp`): the chain all
+        // threads share from the main thread, synchronised to all of them.
+        let all: Vec<i32> = p.threads.iter().map(|t| t.tid).collect();
+        let prefix = crate::seccomp::shared_prefix(&p.seccomp, &all);
+        crate::seccomp::install(
+            &mut r,
+            &p.seccomp,
+            &prefix,
+            all.len() > 1,
+            scratch,
+            SCRATCH_LEN,
+        )?;
+        for (_, r2, t2) in others.iter_mut() {
+            crate::seccomp::restore_thread(
+                r2,
+                &p.seccomp,
+                t2.tid,
+                prefix.len(),
+                scratch,
+                SCRATCH_LEN,
+            )?;
             task::restore_creds(r2, &p.creds, &p.core, scratch)?;
             r2.drop_scratch();
         }
@@ -545,10 +654,14 @@ fn rebuild_process(
         }
         return Err(e);
     }
-    thread::restore_registrations(&mut r, t)?;
-    // The task names itself by its PIDs in its own namespace.
-    signals::restore_pending(&mut r, p.pid, t.tid, &t.pending, false, scratch)?;
-    signals::restore_pending(&mut r, p.pid, t.tid, &p.shared_pending, true, scratch)?;
+    crate::seccomp::restore_thread(
+        &mut r,
+        &p.seccomp,
+        t.tid,
+        prefix_len(p),
+        scratch,
+        SCRATCH_LEN,
+    )?;
     task::restore_creds(&mut r, &p.creds, &p.core, scratch)?;
     r.drop_scratch();
     // The breakpoint goes with the page: stop at the syscall's exit instead.

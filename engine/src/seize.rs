@@ -44,7 +44,46 @@ pub struct Seized {
     released: bool,
 }
 
-const SEIZE_OPTIONS: i32 = libc::PTRACE_O_TRACESYSGOOD;
+/// Options of every seized thread. PTRACE_O_SUSPEND_SECCOMP: the syscalls
+/// stasis injects are not subject to the workload's seccomp filters (at dump
+/// while they are in force, at restore once they are installed again).
+/// Where the kernel or stasis's own privileges refuse the suspension
+/// (stasis itself under seccomp, no CONFIG_CHECKPOINT_RESTORE), threads are
+/// seized without it and a workload with filters is refused.
+pub const SEIZE_OPTIONS: i32 = libc::PTRACE_O_TRACESYSGOOD | sys::ptrace::PTRACE_O_SUSPEND_SECCOMP;
+
+static OPTIONS: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(SEIZE_OPTIONS);
+
+/// The options threads are seized with in this process.
+pub fn options() -> i32 {
+    OPTIONS.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Whether seized threads have their seccomp filters suspended.
+pub fn seccomp_suspended() -> bool {
+    options() & sys::ptrace::PTRACE_O_SUSPEND_SECCOMP != 0
+}
+
+fn seize_thread(tid: i32) -> std::result::Result<(), sys::Error> {
+    match sys::ptrace::seize(tid, options()) {
+        Err(e)
+            if seccomp_suspended()
+                && matches!(
+                    e.errno,
+                    nix::errno::Errno::EPERM | nix::errno::Errno::EINVAL
+                ) =>
+        {
+            let plain = options() & !sys::ptrace::PTRACE_O_SUSPEND_SECCOMP;
+            sys::ptrace::seize(tid, plain)?;
+            tracing::debug!(
+                "PTRACE_O_SUSPEND_SECCOMP refused ({e}): seccomp filters stay in force"
+            );
+            OPTIONS.store(plain, std::sync::atomic::Ordering::Relaxed);
+            Ok(())
+        }
+        r => r,
+    }
+}
 
 /// Reads the last element of an NS* line of /proc/PID/status (the value in
 /// the innermost namespace).
@@ -168,7 +207,7 @@ impl Seized {
                 }
                 p.pidfd = Some(sys::pidfd::pidfd_open(p.pid)?);
                 for t in &p.threads {
-                    sys::ptrace::seize(t.tid, SEIZE_OPTIONS).map_err(|e| {
+                    seize_thread(t.tid).map_err(|e| {
                         proc_err(p.pid, &format!("PTRACE_SEIZE thread {}", t.tid), e)
                     })?;
                     seized.push(t.tid);

@@ -197,10 +197,7 @@ const CLONE_THREAD_FLAGS: u64 = (libc::CLONE_VM
 /// new thread is auto-attached (PTRACE_O_TRACECLONE) and waits in its first
 /// ptrace stop; returns its host TID.
 pub fn clone_thread(r: &mut Remote, pid: i32, ns_tid: i32, scratch: u64) -> Result<i32> {
-    sys::ptrace::set_options(
-        r.tid,
-        libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_TRACECLONE,
-    )?;
+    sys::ptrace::set_options(r.tid, crate::seize::options() | libc::PTRACE_O_TRACECLONE)?;
     let set_tid_at = scratch + 128;
     let mut args = [0u64; 11];
     args[0] = CLONE_THREAD_FLAGS;

@@ -412,7 +412,7 @@ pub fn get_rseq_config(tid: i32) -> Result<RseqConfig> {
 }
 
 /// PTRACE_SECCOMP_GET_FILTER: the `index`-th seccomp filter's BPF instructions
-/// (0 is the most recently installed); `Ok(None)` past the last one. Fails with
+/// (0 is the first installed, the oldest); `Ok(None)` past the last one. Fails with
 /// `EINVAL` when the thread is not in filter mode, `EACCES` without
 /// CAP_SYS_ADMIN, `EMEDIUMTYPE` when the kernel lacks CONFIG_CHECKPOINT_RESTORE.
 pub fn seccomp_get_filter(tid: i32, index: u64) -> Result<Option<Vec<libc::sock_filter>>> {

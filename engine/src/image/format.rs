@@ -51,6 +51,24 @@ pub struct Inventory {
     /// Every process, parents before children.
     pub processes: Vec<ProcessEntry>,
     pub stats: DumpStats,
+    /// CLOCK_MONOTONIC and CLOCK_BOOTTIME as the workload saw them when it
+    /// was stopped: restore starts the sandbox in a time namespace whose
+    /// offsets make both clocks go on from these values.
+    #[serde(default)]
+    pub clocks: Option<Clocks>,
+}
+
+/// Clock readings, as (seconds, nanoseconds).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Clocks {
+    pub monotonic: Timespec,
+    pub boottime: Timespec,
+}
+
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Timespec {
+    pub sec: i64,
+    pub nsec: i64,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -96,6 +114,79 @@ pub struct ProcessImage {
     pub shared_pending: Vec<SigInfo>,
     pub fds: Vec<FdEntry>,
     pub rlimits: Vec<Rlimit>,
+    /// Interval timers and POSIX timers.
+    #[serde(default)]
+    pub timers: TimersImage,
+    /// seccomp filters and modes of the threads.
+    #[serde(default)]
+    pub seccomp: SeccompImage,
+}
+
+/// The timers of a process.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct TimersImage {
+    /// ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF, in that order (all zero: disarmed).
+    pub itimers: [Itimer; 3],
+    /// POSIX timers (timer_create), by ascending id.
+    pub posix: Vec<PosixTimer>,
+}
+
+/// An interval and the time left (relative), as (seconds, nanoseconds).
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Itimer {
+    pub interval: Timespec,
+    pub value: Timespec,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PosixTimer {
+    /// The timer id the process knows it by.
+    pub id: i32,
+    /// The clock id given to timer_create.
+    pub clock: i32,
+    /// sigev_notify: SIGEV_SIGNAL (0), SIGEV_NONE (1), SIGEV_THREAD (2),
+    /// with SIGEV_THREAD_ID (4) when a thread is the target.
+    pub notify: i32,
+    pub signo: i32,
+    /// sigev_value.
+    pub value: u64,
+    /// The target thread (its TID in the sandbox) with SIGEV_THREAD_ID.
+    #[serde(default)]
+    pub thread: i32,
+    /// Interval and time left at the dump.
+    pub spec: Itimer,
+    /// timer_getoverrun at the dump (informative: the kernel cannot be given it back).
+    #[serde(default)]
+    pub overrun: i32,
+}
+
+/// seccomp state of a process: the distinct filters, and per thread its mode
+/// and its filter chain.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SeccompImage {
+    pub filters: Vec<SeccompFilter>,
+    /// Threads in a seccomp mode; the others have none.
+    pub threads: Vec<ThreadSeccomp>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SeccompFilter {
+    /// The BPF program: `struct sock_filter` instructions, 8 bytes each, hex.
+    #[serde(with = "hex_bytes")]
+    pub program: Vec<u8>,
+    /// Installed with SECCOMP_FILTER_FLAG_LOG.
+    #[serde(default)]
+    pub log: bool,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ThreadSeccomp {
+    /// TID in the sandbox.
+    pub tid: i32,
+    /// 1 strict, 2 filter.
+    pub mode: u32,
+    /// Indexes into `filters`, oldest (installed first) first.
+    pub chain: Vec<u32>,
 }
 
 /// Process-wide attributes.
@@ -109,7 +200,8 @@ pub struct Core {
     pub no_new_privs: bool,
     pub dumpable: i32,
     pub pdeath_signal: i32,
-    /// Seccomp mode from /proc (0 none); filters follow in a later format.
+    /// Seccomp mode of the main thread from /proc (0 none); the filters are in
+    /// `ProcessImage::seccomp`.
     pub seccomp_mode: u32,
 }
 
@@ -195,6 +287,97 @@ pub struct Vma {
     pub kind: VmaKind,
     /// Runs of saved pages, ascending and inside [start, end).
     pub pages: Vec<PageRun>,
+    /// The shared memory object the area maps (shared anonymous memory, a
+    /// SysV segment), saved once in `shmem.json` however many areas and
+    /// processes map it. Its pages are not in `pages`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shared_object: Option<SharedRef>,
+}
+
+/// `offset` bytes into shared memory object `object`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SharedRef {
+    pub object: u32,
+    pub offset: u64,
+}
+
+/// `shmem.json`: the shared memory objects areas map.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SharedMemoryImage {
+    pub objects: Vec<SharedObject>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SharedObject {
+    pub id: u32,
+    /// Size in bytes.
+    pub size: u64,
+    #[serde(flatten)]
+    pub kind: SharedObjectKind,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum SharedObjectKind {
+    /// Shared anonymous memory (MAP_SHARED|MAP_ANONYMOUS, /dev/zero), with the
+    /// runs of its pages in `shmem.img` (`addr` is the offset in the object).
+    Anon { pages: Vec<PageRun> },
+    /// A SysV shared memory segment of the sandbox's IPC namespace (its
+    /// contents are with the segment in `ipc.json`).
+    Sysv { shmid: i32 },
+}
+
+/// `ipc.json`: the SysV IPC objects of the sandbox's IPC namespace.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IpcImage {
+    /// /proc/sys/kernel settings of the namespace (shmmax, msgmnb, sem, ...), by name.
+    pub sysctls: BTreeMap<String, String>,
+    pub shm: Vec<ShmSegment>,
+    pub sem: Vec<SemSet>,
+    pub msg: Vec<MsgQueue>,
+}
+
+/// Owner and mode of an IPC object.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IpcPerm {
+    pub key: i32,
+    pub id: i32,
+    pub uid: u32,
+    pub gid: u32,
+    pub cuid: u32,
+    pub cgid: u32,
+    /// Permission bits, plus SHM_DEST (0o1000) and SHM_LOCKED (0o2000) for segments.
+    pub mode: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ShmSegment {
+    pub perm: IpcPerm,
+    pub size: u64,
+    /// Runs of pages that hold data, in `shmem.img` (`addr` is the offset in the segment).
+    pub pages: Vec<PageRun>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SemSet {
+    pub perm: IpcPerm,
+    /// semval of each semaphore.
+    pub values: Vec<u16>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MsgQueue {
+    pub perm: IpcPerm,
+    pub qbytes: u64,
+    /// The queued messages, oldest first.
+    pub messages: Vec<IpcMessage>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct IpcMessage {
+    pub mtype: i64,
+    /// The text, in blobs.img.
+    pub data: Blob,
 }
 
 /// `npages` pages at `addr`, stored at `offset` of the process's page file.

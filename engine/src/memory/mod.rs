@@ -7,13 +7,14 @@
 
 pub mod mm;
 pub mod pages;
+pub mod shared;
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 
 use procfs::process::{MMPermissions, MMapPath, VmFlags};
 
 use crate::error::{Error, Result};
-use crate::image::{Vma, VmaKind, PAGE_SIZE};
+use crate::image::{SharedRef, Vma, VmaKind, PAGE_SIZE};
 use crate::remote::Remote;
 
 /// Highest user address plus one with 4-level page tables.
@@ -61,6 +62,7 @@ pub fn collect(pid: i32) -> Result<Vec<Vma>> {
         let (start, end) = m.address;
         let flags = m.extension.vm_flags;
         let shared = m.perms.contains(MMPermissions::SHARED);
+        let mut shared_object = None;
         let (kind, name) = match &m.pathname {
             MMapPath::Vsyscall => continue,
             MMapPath::Vdso => (
@@ -81,21 +83,32 @@ pub fn collect(pid: i32) -> Result<Vec<Vma>> {
                 let n = format!("[{}]", s.trim_matches(['[', ']']));
                 (VmaKind::Special { name: n.clone() }, n)
             }
+            MMapPath::Vsys(key) if shared => {
+                // A SysV shared memory segment ("/SYSV<key> (deleted)").
+                shared_object = Some(SharedRef {
+                    object: u32::MAX,
+                    offset: m.offset,
+                });
+                let label = format!("/SYSV{key:08x} (deleted)");
+                (VmaKind::Anon, label)
+            }
             MMapPath::Heap => (VmaKind::Anon, "[heap]".to_string()),
             MMapPath::Stack => (VmaKind::Anon, "[stack]".to_string()),
             MMapPath::TStack(_) | MMapPath::Anonymous => (VmaKind::Anon, String::new()),
             MMapPath::Path(p) => {
                 let s = p.to_string_lossy().to_string();
-                if shared && m.inode != 0 && (s.starts_with("/dev/zero") || s.starts_with("/SYSV"))
-                {
-                    if s.starts_with("/SYSV") {
-                        return Err(Error::Unsupported {
-                            pid,
-                            what: format!("SysV shared memory mapping at {start:#x}-{end:#x}"),
-                            detail: s,
-                        });
-                    }
-                    (VmaKind::Anon, String::new())
+                if shared && shared::is_shared_object(&s) {
+                    // Resolved to an object of the image by `shared::Table`.
+                    shared_object = Some(SharedRef {
+                        object: u32::MAX,
+                        offset: m.offset,
+                    });
+                    let label = if s.starts_with("/SYSV") {
+                        s.clone()
+                    } else {
+                        String::new()
+                    };
+                    (VmaKind::Anon, label)
                 } else {
                     let deleted = s.ends_with(" (deleted)");
                     // A memfd is restored as an object of its own
@@ -159,6 +172,7 @@ pub fn collect(pid: i32) -> Result<Vec<Vma>> {
             label: name,
             kind,
             pages: Vec::new(),
+            shared_object,
         });
     }
     Ok(out)
@@ -207,12 +221,16 @@ pub struct Rebuild {
     pub trampoline: u64,
     /// fds opened in the task for file mappings, by path.
     files: HashMap<String, u64>,
+    /// Shared memory objects inherited from init, kept while the areas that
+    /// map them are made: object id -> address.
+    parked: BTreeMap<u32, (u64, u64)>,
 }
 
 impl Rebuild {
     /// Maps the trampoline where neither layout has anything, then unmaps
-    /// everything else: the task keeps nothing of the stasis process it was.
-    pub fn start(r: &mut Remote, target: &[Vma]) -> Result<Self> {
+    /// everything else but the shared memory objects in `keep` (id, address,
+    /// length; see `shared`): the task keeps nothing of the stasis process it was.
+    pub fn start(r: &mut Remote, target: &[Vma], keep: &[(u32, u64, u64)]) -> Result<Self> {
         let cur = current_ranges(r.tid)?;
         let tgt: Vec<(u64, u64)> = target.iter().map(|v| (v.start, v.end)).collect();
         let len = TRAMPOLINE_PAGES * PAGE_SIZE;
@@ -241,24 +259,38 @@ impl Rebuild {
         r.write_mem(at, &TRAMPOLINE_CODE)?;
         r.set_trap_gadget(at);
         r.adopt_scratch(at + PAGE_SIZE, len - PAGE_SIZE);
-        // Everything below and above the trampoline goes.
-        if at > LOW_LIMIT {
-            r.call(
-                "munmap(low)",
-                libc::SYS_munmap,
-                [LOW_LIMIT, at - LOW_LIMIT, 0, 0, 0, 0],
-            )?;
+        // Everything around the trampoline and the kept objects goes.
+        let mut stay: Vec<(u64, u64)> = keep.iter().map(|&(_, a, l)| (a, a + l)).collect();
+        stay.push((at, at + len));
+        stay.sort_unstable();
+        let mut cursor = LOW_LIMIT;
+        for (s, e) in stay.iter().copied().chain([(TASK_SIZE, TASK_SIZE)]) {
+            if s > cursor {
+                r.call(
+                    &format!("munmap({cursor:#x}-{s:#x})"),
+                    libc::SYS_munmap,
+                    [cursor, s - cursor, 0, 0, 0, 0],
+                )?;
+            }
+            cursor = cursor.max(e);
         }
-        let top = at + len;
-        r.call(
-            "munmap(high)",
-            libc::SYS_munmap,
-            [top, TASK_SIZE - top, 0, 0, 0, 0],
-        )?;
         Ok(Rebuild {
             trampoline: at,
             files: HashMap::new(),
+            parked: keep.iter().map(|&(id, a, l)| (id, (a, l))).collect(),
         })
+    }
+
+    /// Unmaps the shared memory objects kept for the areas (once they are all mapped).
+    pub fn unpark(&mut self, r: &mut Remote) -> Result<()> {
+        for (id, (a, l)) in std::mem::take(&mut self.parked) {
+            r.call(
+                &format!("munmap of shared memory object {id} at {a:#x}"),
+                libc::SYS_munmap,
+                [a, l, 0, 0, 0, 0],
+            )?;
+        }
+        Ok(())
     }
 
     pub fn scratch(&self) -> u64 {
@@ -315,6 +347,16 @@ impl Rebuild {
         };
         if v.growsdown {
             flags |= libc::MAP_GROWSDOWN as u64;
+        }
+        if let Some(sr) = v.shared_object {
+            let &(base, _) = self.parked.get(&sr.object).ok_or_else(|| Error::Process {
+                pid: r.tid,
+                reason: format!(
+                    "area {:#x}-{:#x}: shared memory object {} was not inherited",
+                    v.start, v.end, sr.object
+                ),
+            })?;
+            return shared::map_area(r, v, sr, base);
         }
         let (fd, off) = match &v.kind {
             VmaKind::Special { .. } => return Ok(()),

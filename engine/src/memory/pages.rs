@@ -74,6 +74,10 @@ pub fn scan(pid: i32, vmas: &mut [Vma]) -> Result<()> {
     let mut buf = vec![0u8; 64 << 10];
     for v in vmas.iter_mut() {
         v.pages.clear();
+        if v.shared_object.is_some() {
+            // Saved once for every process, by `shared`.
+            continue;
+        }
         match (&v.kind, v.shared) {
             (VmaKind::Special { .. }, _) | (VmaKind::File { .. }, true) => continue,
             (VmaKind::Anon, true) => {

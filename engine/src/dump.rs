@@ -78,16 +78,12 @@ pub fn dump(state_dir: &Path, name: &str, dir: &Path, opts: &DumpOptions) -> Res
         .find(|p| p.pid == workload)
         .map(|p| p.ns_pid)
         .unwrap_or(0);
-    let repair = collect_all(
-        &seized,
-        &sb,
-        &log_path,
+    let about = About {
+        log_path: &log_path,
         workload_ns,
         clocks,
-        &mut writer,
-        &mut stats,
-        opts,
-    )?;
+    };
+    let repair = collect_all(&seized, &sb, about, &mut writer, &mut stats, opts)?;
     let t_collected = Instant::now();
     stats.collect_ms = ms(t_collected - t_frozen) - stats.memory_ms;
 
@@ -137,16 +133,26 @@ fn entry(p: &SeizedProcess) -> ProcessEntry {
     }
 }
 
+/// What the dump knows of the sandbox beyond its processes.
+struct About<'a> {
+    log_path: &'a Path,
+    workload_ns: i32,
+    clocks: Option<Clocks>,
+}
+
 fn collect_all(
     seized: &Seized,
     sb: &sandbox::Sandbox,
-    log_path: &Path,
-    workload_ns: i32,
-    clocks: Option<Clocks>,
+    about: About<'_>,
     writer: &mut ImageWriter,
     stats: &mut DumpStats,
     opts: &DumpOptions,
 ) -> Result<crate::net::tcp_repair::RepairGuard> {
+    let About {
+        log_path,
+        workload_ns,
+        clocks,
+    } = about;
     let mut files = FileTable::new(log_path);
     files.set_tree(
         sb.init_pid(),
@@ -167,8 +173,7 @@ fn collect_all(
             p,
             &mut files,
             &mut blobs,
-            &mut shared,
-            &mut shmem,
+            (&mut shared, &mut shmem),
             writer,
             stats,
             opts,
@@ -225,8 +230,7 @@ fn collect_process(
     p: &SeizedProcess,
     files: &mut FileTable,
     blobs: &mut crate::image::PageSink,
-    shared: &mut memory::shared::Table,
-    shmem: &mut crate::image::PageSink,
+    (shared, shmem): (&mut memory::shared::Table, &mut crate::image::PageSink),
     writer: &mut ImageWriter,
     stats: &mut DumpStats,
     opts: &DumpOptions,

@@ -19,8 +19,19 @@ fn handlers_pending_signals_altstack() {
 /// workload is dumped and restored.
 #[test]
 fn avx512_registers() {
-    if !cpu_has("avx512f") {
-        eprintln!("skipping avx512_registers: this CPU has no avx512f (see /proc/cpuinfo)");
+    // Skipped only where `stasis check` says the xstate lacks the AVX-512
+    // components (XCR0 bits 5-7: opmask, ZMM_Hi256, Hi16_ZMM).
+    let h0 = Harness::new("avx512-check");
+    let out = h0.stasis(["check", "--json", "--feature", "ptrace-xstate"]);
+    let report: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let xcr0 = report["features"][0]["data"]["xcr0"]
+        .as_str()
+        .and_then(|x| u64::from_str_radix(x.trim_start_matches("0x"), 16).ok())
+        .unwrap_or(0);
+    if xcr0 & 0xe0 != 0xe0 || !cpu_has("avx512f") {
+        eprintln!(
+            "skipping avx512_registers: stasis check reports XCR0 {xcr0:#x}, without the AVX-512 states"
+        );
         return;
     }
     let h = Harness::new("avx512");

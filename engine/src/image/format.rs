@@ -859,70 +859,24 @@ pub mod hex_bytes {
     }
 }
 
-impl From<&libc::user_regs_struct> for Regs {
-    fn from(r: &libc::user_regs_struct) -> Self {
-        Regs {
-            r15: r.r15,
-            r14: r.r14,
-            r13: r.r13,
-            r12: r.r12,
-            rbp: r.rbp,
-            rbx: r.rbx,
-            r11: r.r11,
-            r10: r.r10,
-            r9: r.r9,
-            r8: r.r8,
-            rax: r.rax,
-            rcx: r.rcx,
-            rdx: r.rdx,
-            rsi: r.rsi,
-            rdi: r.rdi,
-            orig_rax: r.orig_rax,
-            rip: r.rip,
-            cs: r.cs,
-            eflags: r.eflags,
-            rsp: r.rsp,
-            ss: r.ss,
-            fs_base: r.fs_base,
-            gs_base: r.gs_base,
-            ds: r.ds,
-            es: r.es,
-            fs: r.fs,
-            gs: r.gs,
+/// Both directions between `Regs` and `struct user_regs_struct`, field by field.
+macro_rules! regs_conversions {
+    ($($f:ident),* $(,)?) => {
+        impl From<&libc::user_regs_struct> for Regs {
+            fn from(r: &libc::user_regs_struct) -> Self {
+                Regs { $($f: r.$f),* }
+            }
         }
-    }
+
+        impl From<&Regs> for libc::user_regs_struct {
+            fn from(r: &Regs) -> Self {
+                libc::user_regs_struct { $($f: r.$f),* }
+            }
+        }
+    };
 }
 
-impl From<&Regs> for libc::user_regs_struct {
-    fn from(r: &Regs) -> Self {
-        libc::user_regs_struct {
-            r15: r.r15,
-            r14: r.r14,
-            r13: r.r13,
-            r12: r.r12,
-            rbp: r.rbp,
-            rbx: r.rbx,
-            r11: r.r11,
-            r10: r.r10,
-            r9: r.r9,
-            r8: r.r8,
-            rax: r.rax,
-            rcx: r.rcx,
-            rdx: r.rdx,
-            rsi: r.rsi,
-            rdi: r.rdi,
-            orig_rax: r.orig_rax,
-            rip: r.rip,
-            cs: r.cs,
-            eflags: r.eflags,
-            rsp: r.rsp,
-            ss: r.ss,
-            fs_base: r.fs_base,
-            gs_base: r.gs_base,
-            ds: r.ds,
-            es: r.es,
-            fs: r.fs,
-            gs: r.gs,
-        }
-    }
-}
+regs_conversions!(
+    r15, r14, r13, r12, rbp, rbx, r11, r10, r9, r8, rax, rcx, rdx, rsi, rdi, orig_rax, rip, cs,
+    eflags, rsp, ss, fs_base, gs_base, ds, es, fs, gs,
+);

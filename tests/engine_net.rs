@@ -27,6 +27,23 @@ fn unix_sockets() {
     h.expect_pass(&restored);
 }
 
+/// A dump with --leave-running reads every queue without consuming it:
+/// the workload goes on and finds all its data, names and peers.
+#[test]
+fn unix_sockets_leave_running() {
+    let h = Harness::new("unix-leave");
+    if missing(
+        &h,
+        "unix_sockets_leave_running",
+        &["sock-diag-unix", "so-peek-off"],
+    ) {
+        return;
+    }
+    let sb = h.start_c("unix", &[]);
+    let _image = h.dump(&sb, &["--leave-running"]);
+    h.expect_pass(&sb);
+}
+
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};

@@ -382,6 +382,19 @@ pub fn validate(sockets: &[SocketImage], unix_files: &[UnixFile]) -> Result<()> 
                 return bad(format!("socket {i}: queue larger than the limit"));
             }
         }
+        if let Some(i) = &s.inet {
+            for a in i.local.iter().chain(i.peer.iter()) {
+                if a.parse::<std::net::SocketAddr>().is_err() {
+                    return bad(format!("socket {}: address {a:?}", s.id));
+                }
+            }
+            if i.tcp.is_some() && (i.local.is_none() || i.peer.is_none()) {
+                return bad(format!(
+                    "socket {}: a TCP connection without addresses",
+                    s.id
+                ));
+            }
+        }
         if let Some(t) = s.inet.as_ref().and_then(|i| i.tcp.as_ref()) {
             if big(t.send_queue.len) || big(t.recv_queue.len) {
                 return bad(format!("socket {i}: TCP queue larger than the limit"));

@@ -15,10 +15,10 @@
 //!    the names they gave); an end whose peer had closed gets a helper peer
 //!    that is closed at step 7;
 //! 3. every other socket is bound to its name, listeners listen;
-//! 4. clients waiting to be accepted connect to their listener, in queue
-//!    order; datagram sockets connect to their peer;
-//! 5. queued data is written by the peer (or by a socket bound to the
+//! 4. queued data is written by the peer (or by a socket bound to the
 //!    datagram's sender name);
+//! 5. clients waiting to be accepted connect to their listener, in queue
+//!    order; datagram sockets connect to their peer;
 //! 6. shutdown states; 7. helper peers closed;
 //! 8. the socket files are left as they were: present with their modes and
 //!    owners, or absent.
@@ -737,26 +737,8 @@ pub(crate) fn restore_all(
         }
         fds[i] = Some(fd);
     }
-    // 4. Waiting clients, in queue order; datagram sockets connected one way.
-    for &(i, s, u) in &unix {
-        if s.state == TCP_LISTEN {
-            for &c in &u.waiting {
-                let fd = fds[c as usize].as_ref().expect("made above").as_raw_fd();
-                connect_name(fd, &u.name, u.bind_dir.as_deref()).map_err(|e| sock_err(s, e))?;
-            }
-        }
-        if s.sock_type == libc::SOCK_DGRAM {
-            if let Some(p) = u.peer.map(|p| p as usize) {
-                let pu = sockets[p].unix.as_ref().expect("unix");
-                if pu.peer != Some(i as u32) {
-                    let fd = fds[i].as_ref().expect("made above").as_raw_fd();
-                    connect_name(fd, &pu.name, pu.bind_dir.as_deref())
-                        .map_err(|e| sock_err(s, e))?;
-                }
-            }
-        }
-    }
-    // 5. Queued data, written by the peer.
+    // 4. Queued data, written by the peer (before datagram sockets connect:
+    //    a connected one takes datagrams from its peer only).
     let by_name: HashMap<&[u8], usize> = unix
         .iter()
         .filter(|(_, _, u)| !u.name.is_empty())
@@ -823,6 +805,25 @@ pub(crate) fn restore_all(
                         "{what}: a datagram from {} cannot be sent again to an unnamed socket",
                         show_name(&p.sender)
                     )));
+                }
+            }
+        }
+    }
+    // 5. Waiting clients, in queue order; datagram sockets connected one way.
+    for &(i, s, u) in &unix {
+        if s.state == TCP_LISTEN {
+            for &c in &u.waiting {
+                let fd = fds[c as usize].as_ref().expect("made above").as_raw_fd();
+                connect_name(fd, &u.name, u.bind_dir.as_deref()).map_err(|e| sock_err(s, e))?;
+            }
+        }
+        if s.sock_type == libc::SOCK_DGRAM {
+            if let Some(p) = u.peer.map(|p| p as usize) {
+                let pu = sockets[p].unix.as_ref().expect("unix");
+                if pu.peer != Some(i as u32) {
+                    let fd = fds[i].as_ref().expect("made above").as_raw_fd();
+                    connect_name(fd, &pu.name, pu.bind_dir.as_deref())
+                        .map_err(|e| sock_err(s, e))?;
                 }
             }
         }

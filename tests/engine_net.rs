@@ -28,7 +28,8 @@ fn unix_sockets() {
 }
 
 /// A dump with --leave-running reads every queue without consuming it:
-/// the workload goes on and finds all its data, names and peers.
+/// the workload goes on and finds all its data, names and peers; a restore
+/// of the image while it runs is refused rather than take its socket files.
 #[test]
 fn unix_sockets_leave_running() {
     let h = Harness::new("unix-leave");
@@ -40,7 +41,20 @@ fn unix_sockets_leave_running() {
         return;
     }
     let sb = h.start_c("unix", &[]);
-    let _image = h.dump(&sb, &["--leave-running"]);
+    let image = h.dump(&sb, &["--leave-running"]);
+    // A restore beside the running workload must not take its socket files.
+    let name = h.new_name("second");
+    let out = h.restore_raw(&image, &name);
+    let err = text(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a restore took over the running workload's sockets: {}",
+        describe(&out)
+    );
+    assert!(
+        err.contains("l.sock") && err.contains("running socket"),
+        "{err}"
+    );
     h.expect_pass(&sb);
 }
 

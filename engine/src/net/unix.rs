@@ -526,6 +526,31 @@ fn unlink_socket_file(path: &str) {
     }
 }
 
+/// Whether a live socket is bound to the socket file at `path` (a connect
+/// is answered): such a file belongs to a running program, for instance the
+/// workload a `--leave-running` dump left running, and is not taken over.
+fn socket_file_in_use(path: &str) -> bool {
+    let Ok(m) = std::fs::symlink_metadata(path) else {
+        return false;
+    };
+    if !m.file_type().is_socket() {
+        return false;
+    }
+    let mut name = path.as_bytes().to_vec();
+    name.push(0);
+    // A datagram socket probes without touching the target: a stale file
+    // refuses (ECONNREFUSED); a live stream or seqpacket socket says
+    // EPROTOTYPE; a live datagram socket accepts (connecting a datagram
+    // socket only sets our own peer).
+    let Ok(fd) = new_socket(libc::SOCK_DGRAM) else {
+        return false;
+    };
+    let (a, len) = sockaddr(&name);
+    // SAFETY: connecting our socket with a sockaddr_un we built.
+    let r = unsafe { libc::connect(fd.as_raw_fd(), (&a as *const libc::sockaddr_un).cast(), len) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPROTOTYPE)
+}
+
 fn file_path(u: &UnixSocketImage) -> Option<String> {
     path_of(&u.name).map(|p| absolute(&p, u.bind_dir.as_deref()))
 }
@@ -654,8 +679,14 @@ pub(crate) fn restore_all(
         ))
     };
     let owner_of = |id: usize| files.iter().any(|f| f.owner == Some(id as u32));
-    // 1. Stale socket files.
+    // 1. Stale socket files; a file a live socket holds is not taken over.
     for f in files {
+        if socket_file_in_use(&f.path) {
+            return Err(Error::Other(format!(
+                "unix socket file {} belongs to a running socket (is the dumped workload still running?)",
+                f.path
+            )));
+        }
         unlink_socket_file(&f.path);
     }
     // 2. Connected pairs and ends whose peer closed.

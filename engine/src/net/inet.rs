@@ -428,9 +428,25 @@ pub fn parse(a: &str, what: &str) -> Result<SocketAddr> {
 
 pub fn bind(fd: RawFd, a: &SocketAddr, family: i32, what: &str) -> Result<()> {
     let (st, len) = to_raw(a, family);
+    // An IPv6 address the sandbox has just added may still be tentative
+    // (duplicate address detection): bind it anyway (the restored namespace
+    // was checked to have it), then leave IP_FREEBIND as it was.
+    let tentative_ok = matches!(a, SocketAddr::V6(v6) if !v6.ip().is_loopback() && !v6.ip().is_unspecified())
+        && opts::get_int(fd, libc::IPPROTO_IP, libc::IP_FREEBIND).unwrap_or(1) == 0;
+    if tentative_ok {
+        let _ = opts::set_int(fd, libc::IPPROTO_IP, libc::IP_FREEBIND, 1);
+    }
     // SAFETY: bind with a sockaddr we built.
-    if unsafe { libc::bind(fd, (&st as *const libc::sockaddr_storage).cast(), len) } < 0 {
-        return Err(sys_err(format!("binding {what} to {a}")));
+    let r = unsafe { libc::bind(fd, (&st as *const libc::sockaddr_storage).cast(), len) };
+    let err = std::io::Error::last_os_error();
+    if tentative_ok {
+        let _ = opts::set_int(fd, libc::IPPROTO_IP, libc::IP_FREEBIND, 0);
+    }
+    if r < 0 {
+        return Err(Error::Io {
+            what: format!("binding {what} to {a}"),
+            source: err,
+        });
     }
     Ok(())
 }

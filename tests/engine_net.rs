@@ -27,6 +27,37 @@ fn unix_sockets() {
     h.expect_pass(&restored);
 }
 
+/// A dump with --leave-running reads every queue without consuming it:
+/// the workload goes on and finds all its data, names and peers; a restore
+/// of the image while it runs is refused rather than take its socket files.
+#[test]
+fn unix_sockets_leave_running() {
+    let h = Harness::new("unix-leave");
+    if missing(
+        &h,
+        "unix_sockets_leave_running",
+        &["sock-diag-unix", "so-peek-off"],
+    ) {
+        return;
+    }
+    let sb = h.start_c("unix", &[]);
+    let image = h.dump(&sb, &["--leave-running"]);
+    // A restore beside the running workload must not take its socket files.
+    let name = h.new_name("second");
+    let out = h.restore_raw(&image, &name);
+    let err = text(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "a restore took over the running workload's sockets: {}",
+        describe(&out)
+    );
+    assert!(
+        err.contains("l.sock") && err.contains("running socket"),
+        "{err}"
+    );
+    h.expect_pass(&sb);
+}
+
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};

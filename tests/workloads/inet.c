@@ -11,6 +11,10 @@
  *   fd 14  UDP socket connected to 127.0.0.1:U, bound by the kernel
  *   fd 15  TCP socket bound to 127.0.0.1:S, neither listening nor connected
  *   fd 16  TCP socket never bound
+ *   fd 17  UDP socket bound to 0.0.0.0:W
+ *
+ * Queued for fd 13: datagrams of 100 and 200 bytes from fd 14, then 300
+ * bytes from fd 17; for fd 14: 400 bytes from fd 13.
  *
  * After SIGTERM: every address and option is as it was; each listener
  * accepts a connection made to its address and carries data both ways; the
@@ -75,6 +79,40 @@ static void expect_same_name(int fd)
 	memset(&s, 0, sizeof(s));
 	if (getsockname(fd, (struct sockaddr *)&s, &l) != 0 || memcmp(&s, &names[fd], l) != 0)
 		wl_fail("fd %d: its address changed", fd);
+}
+
+static unsigned char got[1000];
+
+/* The next datagram on `fd`: n bytes of the pattern, from fd `from`'s port on 127.0.0.1. */
+static void expect_datagram(int fd, size_t n, uint32_t seed, int from)
+{
+	struct sockaddr_in src;
+	socklen_t sl = sizeof(src);
+	ssize_t r = recvfrom(fd, got, sizeof(got), MSG_DONTWAIT, (struct sockaddr *)&src, &sl);
+	if (r != (ssize_t)n) {
+		wl_fail("fd %d: a datagram of %zd bytes (%s), expected %zu", fd, r, r < 0 ? strerror(errno) : "", n);
+		return;
+	}
+	if (wl_corrupt() && seed == 1701)
+		got[7] ^= 1;
+	char what[64];
+	snprintf(what, sizeof(what), "fd %d: datagram from fd %d", fd, from);
+	wl_expect(what, got, n, seed);
+	struct sockaddr_in *want = (struct sockaddr_in *)&names[from];
+	if (src.sin_port != want->sin_port || src.sin_addr.s_addr != htonl(INADDR_LOOPBACK))
+		wl_fail("fd %d: datagram from port %d, expected fd %d's port %d", fd, ntohs(src.sin_port), from,
+			ntohs(want->sin_port));
+}
+
+/* Datagrams queued on `fd`, counted by peeking (SO_PEEK_OFF put back off). */
+static int queued_datagrams(int fd)
+{
+	int n = 0, zero = 0, off = -1;
+	setsockopt(fd, SOL_SOCKET, SO_PEEK_OFF, &zero, sizeof(zero));
+	while (n < 100 && recv(fd, got, sizeof(got), MSG_PEEK | MSG_DONTWAIT) >= 0)
+		n++;
+	setsockopt(fd, SOL_SOCKET, SO_PEEK_OFF, &off, sizeof(off));
+	return n;
 }
 
 static int port_of(int fd)
@@ -168,15 +206,37 @@ int main(int argc, char **argv)
 	a4.sin_port = 0;
 	must(bind(15, (struct sockaddr *)&a4, sizeof(a4)) == 0, "bind 15");
 	at(socket(AF_INET, SOCK_STREAM, 0), 16);
-	for (int fd = 10; fd <= 16; fd++)
+	at(socket(AF_INET, SOCK_DGRAM, 0), 17);
+	a4.sin_addr.s_addr = htonl(INADDR_ANY);
+	a4.sin_port = 0;
+	must(bind(17, (struct sockaddr *)&a4, sizeof(a4)) == 0, "bind 17");
+	for (int fd = 10; fd <= 17; fd++)
 		remember(fd);
+	static unsigned char dg[400];
+	wl_fill(dg, 100, 1401);
+	must(send(14, dg, 100, 0) == 100, "datagram 14 -> 13");
+	wl_fill(dg, 200, 1402);
+	must(send(14, dg, 200, 0) == 200, "datagram 14 -> 13");
+	wl_fill(dg, 300, 1701);
+	must(sendto(17, dg, 300, 0, (struct sockaddr *)&names[13], sizeof(a4)) == 300, "datagram 17 -> 13");
+	wl_fill(dg, 400, 1301);
+	must(sendto(13, dg, 400, 0, (struct sockaddr *)&names[14], sizeof(a4)) == 400, "datagram 13 -> 14");
+	/* Every datagram queued before ready (loopback delivery may be deferred). */
+	for (int i = 0; i < 5000 && (queued_datagrams(13) < 3 || queued_datagrams(14) < 1); i++)
+		wl_sleep_ms(1);
 	wl_write("ready", "%d\n", port_of(10));
 	wl_wait_term();
 
 	if (wl_corrupt())
 		setint(10, IPPROTO_TCP, TCP_KEEPIDLE, 78, "corrupt");
-	for (int fd = 10; fd <= 16; fd++)
+	for (int fd = 10; fd <= 17; fd++)
 		expect_same_name(fd);
+	expect_datagram(13, 100, 1401, 14);
+	expect_datagram(13, 200, 1402, 14);
+	expect_datagram(13, 300, 1701, 17);
+	expect_datagram(14, 400, 1301, 13);
+	if (recv(13, got, sizeof(got), MSG_DONTWAIT) >= 0 || recv(14, got, sizeof(got), MSG_DONTWAIT) >= 0)
+		wl_fail("more datagrams queued than were sent");
 	expect_int(10, SOL_SOCKET, SO_REUSEADDR, 1, "SO_REUSEADDR");
 	expect_int(10, SOL_SOCKET, SO_REUSEPORT, 1, "SO_REUSEPORT");
 	expect_int(10, SOL_SOCKET, SO_KEEPALIVE, 1, "SO_KEEPALIVE");

@@ -17,6 +17,9 @@
  *   fd 25/26  stream pair, 26 shut down for writing after writing 300 bytes
  *   fd 27     stream end whose peer wrote 400 bytes and closed
  *   fd 28/29  stream socketpair held by a child (29), 64 bytes queued each way
+ *   fd 30     datagram socket bound to DIR/e.sock holding a datagram from fd 23,
+ *             then connected to fd 31 (bound to DIR/f.sock): it now takes
+ *             datagrams from fd 31 only, yet keeps the one queued before
  *
  * After SIGTERM every queue reads back exactly, in order, with the senders'
  * names; then EAGAIN (or end of file after a shutdown or a closed peer);
@@ -31,7 +34,7 @@
 
 static unsigned char big[150000 + 64];
 static unsigned char got[150000 + 64];
-static char abs_name[64], abs_client[64], tmp_path[108], lpath[108], dpath[108];
+static char abs_name[64], abs_client[64], tmp_path[108], lpath[108], dpath[108], epath[108], fpath[108];
 
 static socklen_t mkaddr(struct sockaddr_un *a, const char *name, int abstract)
 {
@@ -169,8 +172,12 @@ int main(int argc, char **argv)
 	snprintf(tmp_path, sizeof(tmp_path), "/tmp/wl-unix-%llx.sock", r);
 	wl_path(lpath, sizeof(lpath), "l.sock");
 	wl_path(dpath, sizeof(dpath), "d.sock");
+	wl_path(epath, sizeof(epath), "e.sock");
+	wl_path(fpath, sizeof(fpath), "f.sock");
 	unlink(lpath);
 	unlink(dpath);
+	unlink(epath);
+	unlink(fpath);
 	struct sockaddr_un a;
 	int sv[2];
 
@@ -242,6 +249,15 @@ int main(int argc, char **argv)
 	wl_fill(big, 444, 223);
 	must(send(24, big, 444, 0) == 444, "dgram from 24");
 
+	/* 30/31: a datagram queued before its receiver connected elsewhere. */
+	at(sock(SOCK_DGRAM), 30);
+	must(bind(30, (struct sockaddr *)&a, mkaddr(&a, epath, 0)) == 0, "bind e.sock");
+	wl_fill(big, 555, 301);
+	must(sendto(23, big, 555, 0, (struct sockaddr *)&a, mkaddr(&a, epath, 0)) == 555, "dgram 23 -> 30");
+	at(sock(SOCK_DGRAM), 31);
+	must(bind(31, (struct sockaddr *)&a, mkaddr(&a, fpath, 0)) == 0, "bind f.sock");
+	must(connect(30, (struct sockaddr *)&a, mkaddr(&a, fpath, 0)) == 0, "connect 30 -> 31");
+
 	/* 25/26: a half-closed pair. */
 	must(socketpair(AF_UNIX, SOCK_STREAM, 0, sv) == 0, "socketpair 25");
 	at(sv[0], 25), at(sv[1], 26);
@@ -262,8 +278,9 @@ int main(int argc, char **argv)
 	pid_t kid = fork();
 	must(kid >= 0, "fork");
 	if (kid == 0) {
-		for (int fd = 10; fd <= 28; fd++)
-			close(fd);
+		for (int fd = 10; fd <= 31; fd++)
+			if (fd != 29)
+				close(fd);
 		return child_side();
 	}
 	close(29);
@@ -356,6 +373,15 @@ int main(int argc, char **argv)
 		wl_fail("fd 25 can no longer write to fd 26");
 
 	expect_stream(27, 400, 27, 1, "fd 27 queue (peer closed)");
+
+	expect_packet(30, 555, 301, dpath, 0, "fd 30 datagram from fd 23 (queued before fd 30 connected)");
+	expect_name(30, 1, fpath, 0, "fd 30 peer name");
+	if (sendto(23, "z", 1, 0, (struct sockaddr *)&a, mkaddr(&a, epath, 0)) >= 0 || errno != EPERM)
+		wl_fail("fd 30 takes datagrams from fd 23 though it is connected to fd 31");
+	if (send(31, "w", 1, 0) >= 0)
+		wl_fail("fd 31 could send without being connected");
+	if (sendto(31, "w", 1, 0, (struct sockaddr *)&a, mkaddr(&a, epath, 0)) != 1 || recv(30, got, 4, MSG_DONTWAIT) != 1)
+		wl_fail("fd 31 -> fd 30 carries no datagram");
 
 	int status = 0;
 	if (waitpid(kid, &status, 0) != kid)

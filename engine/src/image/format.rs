@@ -772,10 +772,22 @@ pub struct InetSocketImage {
     pub peer: Option<String>,
     /// Listening backlog.
     pub backlog: u32,
-    /// UDP: datagrams that were queued at dump and are not carried.
+    /// UDP: datagrams that were queued at dump and are not carried (their
+    /// sender is not a socket of the tree).
     pub dropped_datagrams: u64,
+    /// UDP: queued datagrams sent by sockets of the tree, in order.
+    pub datagrams: Vec<UdpDatagram>,
     /// An established TCP connection, restored with TCP_REPAIR.
     pub tcp: Option<TcpConnImage>,
+}
+
+/// A datagram queued on a UDP socket, sent by socket `sender` of the tree.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct UdpDatagram {
+    pub sender: u32,
+    /// The sender's address as the receiver saw it.
+    pub from: String,
+    pub data: Blob,
 }
 
 /// What TCP_REPAIR needs to recreate a connection.

@@ -4,7 +4,9 @@
 //! A listening socket with connections waiting to be accepted is refused:
 //! those connections have no socket a program holds, and TCP_REPAIR cannot
 //! put a connection back into a listener's queue. Datagrams queued on a UDP
-//! socket are not carried (UDP may lose datagrams; the image counts them).
+//! socket are carried when a socket of the tree sent them (it sends them
+//! again at restore, before UDP sockets connect); others are not (UDP may
+//! lose datagrams; the image counts them).
 
 use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr, SocketAddrV4, SocketAddrV6};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -218,47 +220,188 @@ pub(crate) fn collect(
         } else {
             TCP_CLOSE
         };
-        img.dropped_datagrams = count_datagrams(fd);
-        if img.dropped_datagrams > 0 {
-            tracing::warn!(
-                "process {} fd {}: {} datagrams queued on UDP socket {} are not carried",
-                s.pid,
-                s.fd,
-                img.dropped_datagrams,
-                show(&img.local)
-            );
-        }
+        s.udp_queue = peek_datagrams(fd).map_err(|e| Error::Process {
+            pid: s.pid,
+            reason: format!("fd {}: reading the queued datagrams: {e}", s.fd),
+        })?;
     }
     s.img.inet = Some(img);
     Ok(())
 }
 
-/// Datagrams queued on a UDP socket, walked with MSG_PEEK and SO_PEEK_OFF
-/// (the offset put back afterwards).
-fn count_datagrams(fd: RawFd) -> u64 {
+/// The datagrams queued on a UDP socket with their sources, walked with
+/// MSG_PEEK and SO_PEEK_OFF (the offset put back afterwards).
+fn peek_datagrams(fd: RawFd) -> std::io::Result<Vec<(SocketAddr, Vec<u8>)>> {
     let old = opts::get_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF).unwrap_or(-1);
-    if opts::set_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0).is_err() {
-        return 0;
-    }
-    let mut n = 0;
+    opts::set_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0)?;
+    let mut out = Vec::new();
+    let mut total = 0u64;
     let mut buf = vec![0u8; 1 << 16];
-    while n < 1 << 20 {
-        // SAFETY: peeking into our buffer (large enough for any UDP datagram).
-        let r = unsafe {
-            libc::recv(
-                fd,
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_PEEK | libc::MSG_DONTWAIT,
-            )
+    let res = loop {
+        // SAFETY: an all-zero sockaddr_storage and msghdr are valid; the
+        // pointers below are to our own buffers.
+        let mut from: libc::sockaddr_storage = unsafe { std::mem::zeroed() };
+        let mut iov = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
         };
-        if r < 0 {
-            break;
+        // SAFETY: as above.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_name = (&mut from as *mut libc::sockaddr_storage).cast();
+        msg.msg_namelen = std::mem::size_of::<libc::sockaddr_storage>() as u32;
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        // SAFETY: recvmsg fills the buffers `msg` points at.
+        let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_PEEK | libc::MSG_DONTWAIT) };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EAGAIN) {
+                break Ok(());
+            }
+            break Err(e);
         }
-        n += 1;
-    }
+        total += n as u64;
+        if total > super::unix::MAX_QUEUE_BYTES || out.len() >= 1 << 16 {
+            break Ok(());
+        }
+        if let Some(a) = to_std(&from) {
+            out.push((a, buf[..n as usize].to_vec()));
+        }
+    };
     let _ = opts::set_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, old);
-    n
+    res.map(|_| out)
+}
+
+fn same_socket_addr(local: &SocketAddr, from: &SocketAddr) -> bool {
+    let norm = |a: &SocketAddr| match a.ip() {
+        std::net::IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(std::net::IpAddr::V4)
+            .unwrap_or(a.ip()),
+        ip => ip,
+    };
+    local.port() == from.port() && (local.ip().is_unspecified() || norm(local) == norm(from))
+}
+
+/// Keeps the queued datagrams whose sender is a UDP socket of the tree
+/// (writing them to the blobs), counts the others.
+pub(crate) fn finish_udp(seen: &mut [Seen], blobs: &mut crate::image::PageSink) -> Result<()> {
+    let senders: Vec<(u32, SocketAddr)> = seen
+        .iter()
+        .filter(|s| s.img.sock_type == libc::SOCK_DGRAM && s.img.family != libc::AF_UNIX)
+        .filter_map(|s| {
+            let l = s.img.inet.as_ref()?.local.as_ref()?.parse().ok()?;
+            Some((s.img.id, l))
+        })
+        .collect();
+    for s in seen.iter_mut() {
+        let queue = std::mem::take(&mut s.udp_queue);
+        if queue.is_empty() {
+            continue;
+        }
+        let (pid, fd) = (s.pid, s.fd);
+        let img = s.img.inet.as_mut().expect("inet");
+        for (from, data) in queue {
+            match senders.iter().find(|(_, l)| same_socket_addr(l, &from)) {
+                Some(&(sender, _)) => {
+                    let offset = blobs.position();
+                    blobs.write_all(&data)?;
+                    img.datagrams.push(crate::image::UdpDatagram {
+                        sender,
+                        from: from.to_string(),
+                        data: crate::image::Blob {
+                            offset,
+                            len: data.len() as u64,
+                        },
+                    });
+                }
+                None => img.dropped_datagrams += 1,
+            }
+        }
+        if img.dropped_datagrams > 0 {
+            tracing::warn!(
+                "process {pid} fd {fd}: {} datagrams queued on UDP socket {} came from outside the tree and are not carried",
+                img.dropped_datagrams,
+                show(&img.local)
+            );
+        }
+    }
+    Ok(())
+}
+
+/// Sends every carried datagram again from its sender, in order.
+pub(crate) fn refill_udp(
+    sockets: &[SocketImage],
+    fds: &[Option<OwnedFd>],
+    blobs: Option<&std::fs::File>,
+) -> Result<()> {
+    for s in sockets {
+        let Some(i) = s.inet.as_ref().filter(|i| !i.datagrams.is_empty()) else {
+            continue;
+        };
+        let what = format!("the queue of UDP socket {}", s.id);
+        let local = parse(i.local.as_deref().unwrap_or(""), "local")?;
+        // A wildcard receiver gets them through the loopback address.
+        let to = match local {
+            SocketAddr::V4(a) if a.ip().is_unspecified() => {
+                SocketAddr::from((Ipv4Addr::LOCALHOST, a.port()))
+            }
+            SocketAddr::V6(a) if a.ip().is_unspecified() => {
+                SocketAddr::from((Ipv6Addr::LOCALHOST, a.port()))
+            }
+            a => a,
+        };
+        let rfd = fds[s.id as usize].as_ref().expect("made").as_raw_fd();
+        let total: u64 = i.datagrams.iter().map(|d| d.data.len * 2 + 1024).sum();
+        let room = (total + (1 << 20)).min(i32::MAX as u64 / 2) as i32;
+        let _ = opts::set_int(rfd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, room);
+        for d in &i.datagrams {
+            let sender = &sockets[d.sender as usize];
+            let sfd = fds[d.sender as usize]
+                .as_ref()
+                .ok_or_else(|| Error::Other(format!("{what}: sender {} missing", d.sender)))?
+                .as_raw_fd();
+            let data = super::read_blob(blobs, d.data, &what)?;
+            let (st, len) = to_raw(&to, sender.family);
+            // SAFETY: sendto from our buffer with a sockaddr we built.
+            let n = unsafe {
+                libc::sendto(
+                    sfd,
+                    data.as_ptr().cast(),
+                    data.len(),
+                    0,
+                    (&st as *const libc::sockaddr_storage).cast(),
+                    len,
+                )
+            };
+            if n < 0 {
+                return Err(sys_err(format!("refilling {what} (from {})", d.from)));
+            }
+        }
+        // The receive buffer as it was.
+        opts::restore_late(rfd, &s.opts, s.sock_type, true)
+            .map_err(|e| Error::Other(format!("{what}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Connects the UDP sockets that were connected.
+pub(crate) fn connect_udp(sockets: &[SocketImage], fds: &[Option<OwnedFd>]) -> Result<()> {
+    for s in sockets {
+        if s.family == libc::AF_UNIX || s.sock_type != libc::SOCK_DGRAM {
+            continue;
+        }
+        if let Some(p) = s.inet.as_ref().and_then(|i| i.peer.as_ref()) {
+            let fd = fds[s.id as usize].as_ref().expect("made").as_raw_fd();
+            connect(
+                fd,
+                &parse(p, "peer")?,
+                s.family,
+                &format!("UDP socket {}", s.id),
+            )?;
+        }
+    }
+    Ok(())
 }
 
 fn sys_err(what: String) -> Error {
@@ -285,9 +428,25 @@ pub fn parse(a: &str, what: &str) -> Result<SocketAddr> {
 
 pub fn bind(fd: RawFd, a: &SocketAddr, family: i32, what: &str) -> Result<()> {
     let (st, len) = to_raw(a, family);
+    // An IPv6 address the sandbox has just added may still be tentative
+    // (duplicate address detection): bind it anyway (the restored namespace
+    // was checked to have it), then leave IP_FREEBIND as it was.
+    let tentative_ok = matches!(a, SocketAddr::V6(v6) if !v6.ip().is_loopback() && !v6.ip().is_unspecified())
+        && opts::get_int(fd, libc::IPPROTO_IP, libc::IP_FREEBIND).unwrap_or(1) == 0;
+    if tentative_ok {
+        let _ = opts::set_int(fd, libc::IPPROTO_IP, libc::IP_FREEBIND, 1);
+    }
     // SAFETY: bind with a sockaddr we built.
-    if unsafe { libc::bind(fd, (&st as *const libc::sockaddr_storage).cast(), len) } < 0 {
-        return Err(sys_err(format!("binding {what} to {a}")));
+    let r = unsafe { libc::bind(fd, (&st as *const libc::sockaddr_storage).cast(), len) };
+    let err = std::io::Error::last_os_error();
+    if tentative_ok {
+        let _ = opts::set_int(fd, libc::IPPROTO_IP, libc::IP_FREEBIND, 0);
+    }
+    if r < 0 {
+        return Err(Error::Io {
+            what: format!("binding {what} to {a}"),
+            source: err,
+        });
     }
     Ok(())
 }
@@ -330,10 +489,6 @@ pub fn restore(s: &SocketImage, blobs: Option<&std::fs::File>) -> Result<OwnedFd
         // SAFETY: listen(2) on our socket.
         if unsafe { libc::listen(raw, i.backlog.min(i32::MAX as u32) as i32) } < 0 {
             return Err(sys_err(format!("listen on {what}")));
-        }
-    } else if s.sock_type == libc::SOCK_DGRAM {
-        if let Some(p) = &i.peer {
-            connect(raw, &parse(p, "peer")?, s.family, &what)?;
         }
     }
     opts::restore_late(raw, &s.opts, s.sock_type, true).map_err(err)?;

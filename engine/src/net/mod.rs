@@ -51,6 +51,8 @@ pub(crate) struct Seen {
     pub host_pid: i32,
     /// Unix: inode of the socket file it was bound to (sock_diag VFS).
     pub unix_vfs: Option<u64>,
+    /// UDP: the queued datagrams (source, data), resolved by `finish`.
+    pub udp_queue: Vec<(std::net::SocketAddr, Vec<u8>)>,
 }
 
 impl Seen {
@@ -177,6 +179,7 @@ impl SocketTable {
             fd,
             host_pid,
             unix_vfs: None,
+            udp_queue: Vec::new(),
         };
         let kind_name = match (family, sock_type) {
             (libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_DGRAM | libc::SOCK_SEQPACKET) => None,
@@ -237,6 +240,7 @@ impl SocketTable {
             Vec::new()
         };
         tcp_repair::finish(&mut self.seen, blobs)?;
+        inet::finish_udp(&mut self.seen, blobs)?;
         Ok((self.seen.iter().map(|s| s.img.clone()).collect(), files))
     }
 
@@ -272,6 +276,10 @@ impl SocketSet {
                 }
             }
         }
+        // UDP queues, then UDP peers (a connected socket takes datagrams
+        // from its peer only).
+        inet::refill_udp(sockets, &fds, blobs)?;
+        inet::connect_udp(sockets, &fds)?;
         // Established connections leave repair mode once all exist.
         for s in sockets {
             if let (Some(i), Some(fd)) = (&s.inet, &fds[s.id as usize]) {
@@ -380,6 +388,30 @@ pub fn validate(sockets: &[SocketImage], unix_files: &[UnixFile]) -> Result<()> 
         if let Some(u) = &s.unix {
             if big(u.stream_queue.len) || u.packets.iter().any(|p| big(p.data.len)) {
                 return bad(format!("socket {i}: queue larger than the limit"));
+            }
+        }
+        if let Some(i) = &s.inet {
+            for a in i.local.iter().chain(i.peer.iter()) {
+                if a.parse::<std::net::SocketAddr>().is_err() {
+                    return bad(format!("socket {}: address {a:?}", s.id));
+                }
+            }
+            for d in &i.datagrams {
+                let ok = sockets
+                    .get(d.sender as usize)
+                    .is_some_and(|q| q.family != libc::AF_UNIX && q.sock_type == libc::SOCK_DGRAM);
+                if !ok || d.data.len > unix::MAX_QUEUE_BYTES {
+                    return bad(format!(
+                        "socket {}: a datagram from socket {}",
+                        s.id, d.sender
+                    ));
+                }
+            }
+            if i.tcp.is_some() && (i.local.is_none() || i.peer.is_none()) {
+                return bad(format!(
+                    "socket {}: a TCP connection without addresses",
+                    s.id
+                ));
             }
         }
         if let Some(t) = s.inet.as_ref().and_then(|i| i.tcp.as_ref()) {

@@ -15,10 +15,10 @@
 //!    the names they gave); an end whose peer had closed gets a helper peer
 //!    that is closed at step 7;
 //! 3. every other socket is bound to its name, listeners listen;
-//! 4. clients waiting to be accepted connect to their listener, in queue
-//!    order; datagram sockets connect to their peer;
-//! 5. queued data is written by the peer (or by a socket bound to the
+//! 4. queued data is written by the peer (or by a socket bound to the
 //!    datagram's sender name);
+//! 5. clients waiting to be accepted connect to their listener, in queue
+//!    order; datagram sockets connect to their peer;
 //! 6. shutdown states; 7. helper peers closed;
 //! 8. the socket files are left as they were: present with their modes and
 //!    owners, or absent.
@@ -526,6 +526,31 @@ fn unlink_socket_file(path: &str) {
     }
 }
 
+/// Whether a live socket is bound to the socket file at `path` (a connect
+/// is answered): such a file belongs to a running program, for instance the
+/// workload a `--leave-running` dump left running, and is not taken over.
+fn socket_file_in_use(path: &str) -> bool {
+    let Ok(m) = std::fs::symlink_metadata(path) else {
+        return false;
+    };
+    if !m.file_type().is_socket() {
+        return false;
+    }
+    let mut name = path.as_bytes().to_vec();
+    name.push(0);
+    // A datagram socket probes without touching the target: a stale file
+    // refuses (ECONNREFUSED); a live stream or seqpacket socket says
+    // EPROTOTYPE; a live datagram socket accepts (connecting a datagram
+    // socket only sets our own peer).
+    let Ok(fd) = new_socket(libc::SOCK_DGRAM) else {
+        return false;
+    };
+    let (a, len) = sockaddr(&name);
+    // SAFETY: connecting our socket with a sockaddr_un we built.
+    let r = unsafe { libc::connect(fd.as_raw_fd(), (&a as *const libc::sockaddr_un).cast(), len) };
+    r == 0 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EPROTOTYPE)
+}
+
 fn file_path(u: &UnixSocketImage) -> Option<String> {
     path_of(&u.name).map(|p| absolute(&p, u.bind_dir.as_deref()))
 }
@@ -654,8 +679,14 @@ pub(crate) fn restore_all(
         ))
     };
     let owner_of = |id: usize| files.iter().any(|f| f.owner == Some(id as u32));
-    // 1. Stale socket files.
+    // 1. Stale socket files; a file a live socket holds is not taken over.
     for f in files {
+        if socket_file_in_use(&f.path) {
+            return Err(Error::Other(format!(
+                "unix socket file {} belongs to a running socket (is the dumped workload still running?)",
+                f.path
+            )));
+        }
         unlink_socket_file(&f.path);
     }
     // 2. Connected pairs and ends whose peer closed.
@@ -737,26 +768,8 @@ pub(crate) fn restore_all(
         }
         fds[i] = Some(fd);
     }
-    // 4. Waiting clients, in queue order; datagram sockets connected one way.
-    for &(i, s, u) in &unix {
-        if s.state == TCP_LISTEN {
-            for &c in &u.waiting {
-                let fd = fds[c as usize].as_ref().expect("made above").as_raw_fd();
-                connect_name(fd, &u.name, u.bind_dir.as_deref()).map_err(|e| sock_err(s, e))?;
-            }
-        }
-        if s.sock_type == libc::SOCK_DGRAM {
-            if let Some(p) = u.peer.map(|p| p as usize) {
-                let pu = sockets[p].unix.as_ref().expect("unix");
-                if pu.peer != Some(i as u32) {
-                    let fd = fds[i].as_ref().expect("made above").as_raw_fd();
-                    connect_name(fd, &pu.name, pu.bind_dir.as_deref())
-                        .map_err(|e| sock_err(s, e))?;
-                }
-            }
-        }
-    }
-    // 5. Queued data, written by the peer.
+    // 4. Queued data, written by the peer (before datagram sockets connect:
+    //    a connected one takes datagrams from its peer only).
     let by_name: HashMap<&[u8], usize> = unix
         .iter()
         .filter(|(_, _, u)| !u.name.is_empty())
@@ -823,6 +836,25 @@ pub(crate) fn restore_all(
                         "{what}: a datagram from {} cannot be sent again to an unnamed socket",
                         show_name(&p.sender)
                     )));
+                }
+            }
+        }
+    }
+    // 5. Waiting clients, in queue order; datagram sockets connected one way.
+    for &(i, s, u) in &unix {
+        if s.state == TCP_LISTEN {
+            for &c in &u.waiting {
+                let fd = fds[c as usize].as_ref().expect("made above").as_raw_fd();
+                connect_name(fd, &u.name, u.bind_dir.as_deref()).map_err(|e| sock_err(s, e))?;
+            }
+        }
+        if s.sock_type == libc::SOCK_DGRAM {
+            if let Some(p) = u.peer.map(|p| p as usize) {
+                let pu = sockets[p].unix.as_ref().expect("unix");
+                if pu.peer != Some(i as u32) {
+                    let fd = fds[i].as_ref().expect("made above").as_raw_fd();
+                    connect_name(fd, &pu.name, pu.bind_dir.as_deref())
+                        .map_err(|e| sock_err(s, e))?;
                 }
             }
         }

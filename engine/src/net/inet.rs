@@ -445,7 +445,7 @@ pub fn bind(fd: RawFd, a: &SocketAddr, family: i32, what: &str) -> Result<()> {
     if r < 0 {
         return Err(Error::Io {
             what: format!("binding {what} to {a}"),
-            source: err,
+            cause: err,
         });
     }
     Ok(())

@@ -76,6 +76,13 @@ int main(int argc, char **argv)
 	}
 	close(p[0]);
 	close(p[1]);
+	/* The child says when it has closed its copy of the write end, so the
+	 * fd tables are as described before ready is written. */
+	int sync[2];
+	if (pipe(sync) != 0) {
+		perror("pipe");
+		return 2;
+	}
 	pid_t kid = fork();
 	if (kid < 0) {
 		perror("fork");
@@ -83,9 +90,20 @@ int main(int argc, char **argv)
 	}
 	if (kid == 0) {
 		close(WFD);
+		close(sync[0]);
+		if (write(sync[1], "x", 1) != 1)
+			return 2;
+		close(sync[1]);
 		return child();
 	}
 	close(RFD);
+	close(sync[1]);
+	char c;
+	if (read(sync[0], &c, 1) != 1) {
+		perror("waiting for the child");
+		return 2;
+	}
+	close(sync[0]);
 	wl_fill(buf, PIPE_BYTES, 11);
 	for (size_t done = 0; done < PIPE_BYTES;) {
 		ssize_t w = write(WFD, buf + done, PIPE_BYTES - done);

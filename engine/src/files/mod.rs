@@ -320,7 +320,7 @@ impl FileTable {
     /// one of the tree's fds (a description reachable only through a memory
     /// mapping, for one, shows its locks nowhere else); leases are refused.
     pub fn check_locks(&self) -> Result<()> {
-        let text = std::fs::read_to_string("/proc/locks").map_err(|e| Error::Io {
+        let text = read_proc_locks().map_err(|e| Error::Io {
             what: "reading /proc/locks".into(),
             cause: e,
         })?;
@@ -407,6 +407,25 @@ impl FileTable {
         self.image.unix_files = unix_files;
         Ok(())
     }
+}
+
+/// /proc/locks, read in as few calls as possible: every read(2) of it takes the
+/// kernel's file-lock rwsem for writing, which waits for an RCU grace period
+/// (milliseconds here). One large read returns everything when the output is
+/// shorter than the buffer: a short read of a seq_file means its end.
+fn read_proc_locks() -> std::io::Result<String> {
+    use std::io::Read;
+    let mut f = std::fs::File::open("/proc/locks")?;
+    let mut out = Vec::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf)?;
+        out.extend_from_slice(&buf[..n]);
+        if n < buf.len() {
+            break;
+        }
+    }
+    Ok(String::from_utf8_lossy(&out).into_owned())
 }
 
 /// The open descriptions of a restore, held by init until the tree is forked.

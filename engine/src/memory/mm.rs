@@ -110,27 +110,24 @@ pub fn restore_mm(r: &mut Remote, mm: &MmImage, exe_fd: u64, scratch: u64) -> Re
             reason: "auxv too large".into(),
         });
     }
-    let mut map = Vec::with_capacity(104);
-    for w in [
-        mm.start_code,
-        mm.end_code,
-        mm.start_data,
-        mm.end_data,
-        mm.start_brk,
-        mm.brk,
-        mm.start_stack,
-        mm.arg_start,
-        mm.arg_end,
-        mm.env_start,
-        mm.env_end,
-        auxv_at,
-    ] {
-        map.extend_from_slice(&w.to_le_bytes());
-    }
-    map.extend_from_slice(&(auxv_bytes.len() as u32).to_le_bytes());
-    map.extend_from_slice(&(exe_fd as u32).to_le_bytes());
-    debug_assert_eq!(map.len(), 104);
-    r.write_mem(scratch, &map)?;
+    let map = sys::mm::PrctlMmMap {
+        start_code: mm.start_code,
+        end_code: mm.end_code,
+        start_data: mm.start_data,
+        end_data: mm.end_data,
+        start_brk: mm.start_brk,
+        brk: mm.brk,
+        start_stack: mm.start_stack,
+        arg_start: mm.arg_start,
+        arg_end: mm.arg_end,
+        env_start: mm.env_start,
+        env_end: mm.env_end,
+        auxv: auxv_at,
+        auxv_size: auxv_bytes.len() as u32,
+        exe_fd: exe_fd as u32,
+    };
+    let map = map.as_bytes();
+    r.write_mem(scratch, map)?;
     r.write_mem(auxv_at, &auxv_bytes)?;
     r.call(
         "prctl(PR_SET_MM, PR_SET_MM_MAP)",
@@ -139,7 +136,7 @@ pub fn restore_mm(r: &mut Remote, mm: &MmImage, exe_fd: u64, scratch: u64) -> Re
             libc::PR_SET_MM as u64,
             libc::PR_SET_MM_MAP as u64,
             scratch,
-            104,
+            map.len() as u64,
             0,
             0,
         ],

@@ -242,9 +242,10 @@ fn collect_process(
     let gadget = sys::inject::find_syscall_gadget(p.pid)?;
     let mut r = Remote::new(main.tid, gadget)?;
     let res = (|| -> Result<ProcessImage> {
-        let (core, creds) = task::collect_core(p.pid, &mut r)?;
+        let status = task::read_status(p.pid)?;
+        let (core, creds) = task::collect_core(p.pid, &status, &mut r)?;
         let mm = memory::mm::collect(p.pid, &mut r)?;
-        let sigactions = signals::collect_actions(p.pid, &mut r)?;
+        let sigactions = signals::collect_actions(&status, &mut r)?;
         let shared_pending = signals::peek_pending(main.tid, true)?;
         let mut threads = vec![thread::collect(
             main.tid,

@@ -181,7 +181,7 @@ impl Remote {
     }
 }
 
-/// Reads a NUL-free C string argument into scratch memory: returns its address.
+/// Writes `s` as a NUL-terminated C string at `at` in the task: returns `at`.
 pub fn put_cstr(r: &mut Remote, at: u64, s: &str) -> Result<u64> {
     let mut bytes = s.as_bytes().to_vec();
     bytes.push(0);

@@ -10,13 +10,7 @@ const NSIG: i32 = 64;
 
 /// Handlers of every signal that is caught or ignored, and of SIGCHLD (whose
 /// flags matter even at SIG_DFL). The rest are SIG_DFL.
-pub fn collect_actions(pid: i32, r: &mut Remote) -> Result<Vec<SigAction>> {
-    let status = procfs::process::Process::new(pid)
-        .and_then(|p| p.status())
-        .map_err(|e| crate::error::Error::Process {
-            pid,
-            reason: format!("reading status: {e}"),
-        })?;
+pub fn collect_actions(status: &procfs::process::Status, r: &mut Remote) -> Result<Vec<SigAction>> {
     let interesting = status.sigcgt | status.sigign | (1 << (libc::SIGCHLD - 1));
     let scratch = r.scratch(4096)?;
     let mut out = Vec::new();

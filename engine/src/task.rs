@@ -14,9 +14,18 @@ fn perr(pid: i32, what: &str, e: impl std::fmt::Display) -> Error {
     }
 }
 
-pub fn collect_core(pid: i32, r: &mut Remote) -> Result<(Core, Creds)> {
-    let proc = procfs::process::Process::new(pid).map_err(|e| perr(pid, "opening /proc", e))?;
-    let status = proc.status().map_err(|e| perr(pid, "reading status", e))?;
+/// /proc/PID/status, read once per process and shared by the collectors.
+pub fn read_status(pid: i32) -> Result<procfs::process::Status> {
+    procfs::process::Process::new(pid)
+        .and_then(|p| p.status())
+        .map_err(|e| perr(pid, "reading status", e))
+}
+
+pub fn collect_core(
+    pid: i32,
+    status: &procfs::process::Status,
+    r: &mut Remote,
+) -> Result<(Core, Creds)> {
     let link = |name: &str| -> Result<String> {
         Ok(std::fs::read_link(format!("/proc/{pid}/{name}"))
             .map_err(|e| perr(pid, &format!("reading {name}"), e))?

@@ -254,19 +254,8 @@ impl Injector {
                     }
                 }
                 WaitStatus::Stopped(_, sig) => {
-                    // Signal-delivery stop. Blockable signals are blocked, so
-                    // this is SIGSTOP or a synchronous fault: keep stop
-                    // signals for later, pass anything else through.
-                    let signo = sig as i32;
-                    if matches!(
-                        sig,
-                        Signal::SIGSTOP | Signal::SIGTSTP | Signal::SIGTTIN | Signal::SIGTTOU
-                    ) {
-                        self.deferred.push(signo);
-                        ptrace::syscall(self.tid, 0)?;
-                    } else {
-                        ptrace::syscall(self.tid, signo)?;
-                    }
+                    let pass = self.signal_to_pass(sig);
+                    ptrace::syscall(self.tid, pass)?;
                 }
                 WaitStatus::PtraceEvent(..) => {
                     // Group-stop, seccomp or clone event: keep going.
@@ -278,6 +267,22 @@ impl Injector {
                 }
                 _ => ptrace::syscall(self.tid, 0)?,
             }
+        }
+    }
+
+    /// A signal-delivery stop during injection. Blockable signals are
+    /// blocked, so this is a stop signal or a synchronous fault: stop signals
+    /// are kept for later (sent again by `finish`), anything else is passed
+    /// through. Returns the signal to resume with.
+    fn signal_to_pass(&mut self, sig: Signal) -> i32 {
+        if matches!(
+            sig,
+            Signal::SIGSTOP | Signal::SIGTSTP | Signal::SIGTTIN | Signal::SIGTTOU
+        ) {
+            self.deferred.push(sig as i32);
+            0
+        } else {
+            sig as i32
         }
     }
 
@@ -299,16 +304,8 @@ impl Injector {
                     ptrace::cont(self.tid, libc::SIGTRAP)?;
                 }
                 WaitStatus::Stopped(_, sig) => {
-                    let signo = sig as i32;
-                    if matches!(
-                        sig,
-                        Signal::SIGSTOP | Signal::SIGTSTP | Signal::SIGTTIN | Signal::SIGTTOU
-                    ) {
-                        self.deferred.push(signo);
-                        ptrace::cont(self.tid, 0)?;
-                    } else {
-                        ptrace::cont(self.tid, signo)?;
-                    }
+                    let pass = self.signal_to_pass(sig);
+                    ptrace::cont(self.tid, pass)?;
                 }
                 WaitStatus::Exited(..) | WaitStatus::Signaled(..) => {
                     self.done = true;

@@ -318,3 +318,37 @@ fn selfcheck_timers() {
 fn selfcheck_seccomp() {
     selfcheck("seccomp", c_workload("seccomp", &[]));
 }
+
+#[test]
+fn selfcheck_endure() {
+    selfcheck("endure", c_workload("endure", &[]));
+}
+
+/// The expectations are this process's own credentials, which the workload
+/// inherits when run directly.
+#[test]
+fn selfcheck_creds() {
+    let status = std::fs::read_to_string("/proc/self/status").expect("reading /proc/self/status");
+    let field = |key: &str| -> String {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(&format!("{key}:\t")))
+            .unwrap_or_else(|| panic!("no {key} in /proc/self/status"))
+            .split_whitespace()
+            .next()
+            .unwrap_or_default()
+            .to_string()
+    };
+    let expect = format!(
+        "uid={},gid={},inh={},prm={},eff={},bnd={},amb={},nnp={}",
+        field("Uid"),
+        field("Gid"),
+        field("CapInh"),
+        field("CapPrm"),
+        field("CapEff"),
+        field("CapBnd"),
+        field("CapAmb"),
+        field("NoNewPrivs")
+    );
+    selfcheck("creds", c_workload("creds", &[&expect]));
+}

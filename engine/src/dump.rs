@@ -260,6 +260,13 @@ fn collect_process(
             threads.push(res?);
             fin?;
         }
+        // The process's credentials are the main thread's; other threads
+        // keep their own only where they differ.
+        for t in threads.iter_mut() {
+            if t.creds.as_ref() == Some(&creds) {
+                t.creds = None;
+            }
+        }
         let pidfd = p
             .pidfd
             .as_ref()

@@ -642,7 +642,7 @@ fn rebuild_process(
                 scratch,
                 SCRATCH_LEN,
             )?;
-            task::restore_creds(r2, &p.creds, &p.core, scratch)?;
+            task::restore_creds(r2, t2.creds.as_ref().unwrap_or(&p.creds), &p.core, scratch)?;
             r2.drop_scratch();
         }
         Ok(())

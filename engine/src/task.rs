@@ -75,21 +75,45 @@ pub fn collect_core(
         pdeath_signal,
         seccomp_mode,
     };
-    let creds = Creds {
-        uid: [status.ruid, status.euid, status.suid, status.fuid],
-        gid: [status.rgid, status.egid, status.sgid, status.fgid],
-        groups: status.groups.clone(),
-        cap_inh: status.capinh,
-        cap_prm: status.capprm,
-        cap_eff: status.capeff,
-        cap_bnd: status.capbnd.unwrap_or(u64::MAX),
-        cap_amb: status.capamb.unwrap_or(0),
-    };
+    let mut creds = creds_of(status);
+    creds.securebits = securebits(r)?;
     Ok((core, creds))
+}
+
+fn creds_of(s: &procfs::process::Status) -> Creds {
+    Creds {
+        uid: [s.ruid, s.euid, s.suid, s.fuid],
+        gid: [s.rgid, s.egid, s.sgid, s.fgid],
+        groups: s.groups.clone(),
+        cap_inh: s.capinh,
+        cap_prm: s.capprm,
+        cap_eff: s.capeff,
+        cap_bnd: s.capbnd.unwrap_or(u64::MAX),
+        cap_amb: s.capamb.unwrap_or(0),
+        securebits: 0,
+    }
+}
+
+fn securebits(r: &mut Remote) -> Result<u32> {
+    Ok(r.call(
+        "prctl(PR_GET_SECUREBITS)",
+        libc::SYS_prctl,
+        [libc::PR_GET_SECUREBITS as u64, 0, 0, 0, 0, 0],
+    )? as u32)
+}
+
+/// The credentials of thread `tid` (host TID), which `r` controls.
+pub fn collect_thread_creds(tid: i32, r: &mut Remote) -> Result<Creds> {
+    let mut creds = current_creds(tid)?;
+    creds.securebits = securebits(r)?;
+    Ok(creds)
 }
 
 const RLIMITS: u32 = 16;
 
+/// The rlimits of a process. prlimit from outside needs the same uids as
+/// the target or CAP_SYS_RESOURCE (which root may lack: see the design
+/// notes); /proc/PID/limits, readable by root, says the same.
 pub fn collect_rlimits(pid: i32) -> Result<Vec<Rlimit>> {
     let mut out = Vec::new();
     for res in 0..RLIMITS {
@@ -99,6 +123,9 @@ pub fn collect_rlimits(pid: i32) -> Result<Vec<Rlimit>> {
         };
         // SAFETY: prlimit64 with a null new limit only writes the old one into `old`.
         let rc = unsafe { libc::prlimit64(pid, res as _, std::ptr::null(), &mut old) };
+        if rc != 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EPERM) {
+            return rlimits_from_proc(pid);
+        }
         if rc != 0 {
             return Err(perr(
                 pid,
@@ -110,6 +137,45 @@ pub fn collect_rlimits(pid: i32) -> Result<Vec<Rlimit>> {
             resource: res,
             soft: old.rlim_cur,
             hard: old.rlim_max,
+        });
+    }
+    Ok(out)
+}
+
+/// /proc/PID/limits: a header, then one row per resource in resource
+/// order, the name in 25 columns, then the soft and the hard limit
+/// ("unlimited" or a number).
+fn rlimits_from_proc(pid: i32) -> Result<Vec<Rlimit>> {
+    let path = format!("/proc/{pid}/limits");
+    let text = std::fs::read_to_string(&path).map_err(|e| perr(pid, "reading limits", e))?;
+    let bad = |line: &str| Error::Process {
+        pid,
+        reason: format!("{path}: unexpected line {line:?}"),
+    };
+    let value = |v: &str, line: &str| -> Result<u64> {
+        if v == "unlimited" {
+            Ok(libc::RLIM64_INFINITY)
+        } else {
+            v.parse().map_err(|_| bad(line))
+        }
+    };
+    let mut out = Vec::new();
+    for (res, line) in (0..RLIMITS).zip(text.lines().skip(1)) {
+        let mut w = line.get(25..).ok_or_else(|| bad(line))?.split_whitespace();
+        let (soft, hard) = (w.next(), w.next());
+        let (Some(soft), Some(hard)) = (soft, hard) else {
+            return Err(bad(line));
+        };
+        out.push(Rlimit {
+            resource: res,
+            soft: value(soft, line)?,
+            hard: value(hard, line)?,
+        });
+    }
+    if out.len() != RLIMITS as usize {
+        return Err(Error::Process {
+            pid,
+            reason: format!("{path}: {} limits, expected {RLIMITS}", out.len()),
         });
     }
     Ok(out)
@@ -178,26 +244,20 @@ pub fn restore_core(r: &mut Remote, c: &Core, scratch: u64) -> Result<()> {
 }
 
 /// Credentials as the task has them now.
-fn current_creds(pid: i32) -> Result<Creds> {
-    let s = procfs::process::Process::new(pid)
+/// Credentials of a task (host TID) from /proc, securebits left 0.
+fn current_creds(tid: i32) -> Result<Creds> {
+    // /proc/TID works for any thread, listed or not.
+    let s = procfs::process::Process::new(tid)
         .and_then(|p| p.status())
-        .map_err(|e| perr(pid, "reading status", e))?;
-    Ok(Creds {
-        uid: [s.ruid, s.euid, s.suid, s.fuid],
-        gid: [s.rgid, s.egid, s.sgid, s.fgid],
-        groups: s.groups.clone(),
-        cap_inh: s.capinh,
-        cap_prm: s.capprm,
-        cap_eff: s.capeff,
-        cap_bnd: s.capbnd.unwrap_or(u64::MAX),
-        cap_amb: s.capamb.unwrap_or(0),
-    })
+        .map_err(|e| perr(tid, "reading status", e))?;
+    Ok(creds_of(&s))
 }
 
 /// Credentials, then the prctl flags that must follow them. Nothing is
 /// changed where the task already has what the image says.
 pub fn restore_creds(r: &mut Remote, cr: &Creds, core: &Core, scratch: u64) -> Result<()> {
-    let now = current_creds(r.tid)?;
+    let mut now = current_creds(r.tid)?;
+    now.securebits = securebits(r)?;
     if now != *cr {
         set_creds(r, cr, &now, scratch)?;
     }
@@ -230,8 +290,53 @@ pub fn restore_creds(r: &mut Remote, cr: &Creds, core: &Core, scratch: u64) -> R
     Ok(())
 }
 
+/// capset (version 3) of the task's own sets.
+fn capset(r: &mut Remote, eff: u64, prm: u64, inh: u64, scratch: u64) -> Result<()> {
+    let mut b = Vec::with_capacity(8 + 24);
+    b.extend_from_slice(&0x2008_0522u32.to_le_bytes());
+    b.extend_from_slice(&0i32.to_le_bytes());
+    for half in [0u32, 32] {
+        b.extend_from_slice(&((eff >> half) as u32).to_le_bytes());
+        b.extend_from_slice(&((prm >> half) as u32).to_le_bytes());
+        b.extend_from_slice(&((inh >> half) as u32).to_le_bytes());
+    }
+    r.write_mem(scratch, &b)?;
+    r.call(
+        "capset",
+        libc::SYS_capset,
+        [scratch, scratch + 8, 0, 0, 0, 0],
+    )?;
+    Ok(())
+}
+
+fn raise_ambient(r: &mut Remote, amb: u64) -> Result<()> {
+    for cap in 0..64u64 {
+        if amb & (1 << cap) != 0 {
+            r.call(
+                "prctl(PR_CAP_AMBIENT_RAISE)",
+                libc::SYS_prctl,
+                [
+                    libc::PR_CAP_AMBIENT as u64,
+                    libc::PR_CAP_AMBIENT_RAISE as u64,
+                    cap,
+                    0,
+                    0,
+                    0,
+                ],
+            )?;
+        }
+    }
+    Ok(())
+}
+
 fn set_creds(r: &mut Remote, cr: &Creds, now: &Creds, scratch: u64) -> Result<()> {
-    // Bounding set first, while CAP_SETPCAP is still effective.
+    // The inheritable set first: it may hold capabilities the bounding set
+    // loses below (the task dropped them from its bounding set later), and
+    // it can only be raised within the bounding set.
+    if now.cap_inh != cr.cap_inh {
+        capset(r, now.cap_eff, now.cap_prm, cr.cap_inh, scratch)?;
+    }
+    // Bounding set, while CAP_SETPCAP is still effective.
     for cap in 0..64u64 {
         if now.cap_bnd & (1 << cap) == 0 {
             continue;
@@ -298,41 +403,36 @@ fn set_creds(r: &mut Remote, cr: &Creds, now: &Creds, scratch: u64) -> Result<()
         libc::SYS_setfsuid,
         [cr.uid[3] as u64, 0, 0, 0, 0, 0],
     )?;
-    // capset, version 3: a header and two data words.
-    let mut b = Vec::with_capacity(8 + 24);
-    b.extend_from_slice(&0x2008_0522u32.to_le_bytes());
-    b.extend_from_slice(&0i32.to_le_bytes());
-    for half in [0u32, 32] {
-        b.extend_from_slice(&((cr.cap_eff >> half) as u32).to_le_bytes());
-        b.extend_from_slice(&((cr.cap_prm >> half) as u32).to_le_bytes());
-        b.extend_from_slice(&((cr.cap_inh >> half) as u32).to_le_bytes());
+    if cr.securebits != 0 {
+        // PR_SET_SECUREBITS needs CAP_SETPCAP, which the image's sets may
+        // lack, and SECBIT_NO_CAP_AMBIENT_RAISE forbids raising the ambient
+        // set: the effective set back to the (still full) permitted one,
+        // the ambient set, the securebits (KEEP_CAPS included), and only
+        // then the image's sets.
+        let prm = current_creds(r.tid)?.cap_prm;
+        capset(r, prm, prm, cr.cap_inh, scratch)?;
+        raise_ambient(r, cr.cap_amb)?;
+        r.call(
+            "prctl(PR_SET_SECUREBITS)",
+            libc::SYS_prctl,
+            [
+                libc::PR_SET_SECUREBITS as u64,
+                cr.securebits as u64,
+                0,
+                0,
+                0,
+                0,
+            ],
+        )?;
+        capset(r, cr.cap_eff, cr.cap_prm, cr.cap_inh, scratch)?;
+        return Ok(());
     }
-    r.write_mem(scratch, &b)?;
-    r.call(
-        "capset",
-        libc::SYS_capset,
-        [scratch, scratch + 8, 0, 0, 0, 0],
-    )?;
+    capset(r, cr.cap_eff, cr.cap_prm, cr.cap_inh, scratch)?;
     r.call(
         "prctl(PR_SET_KEEPCAPS)",
         libc::SYS_prctl,
         [libc::PR_SET_KEEPCAPS as u64, 0, 0, 0, 0, 0],
     )?;
-    for cap in 0..64u64 {
-        if cr.cap_amb & (1 << cap) != 0 {
-            r.call(
-                "prctl(PR_CAP_AMBIENT_RAISE)",
-                libc::SYS_prctl,
-                [
-                    libc::PR_CAP_AMBIENT as u64,
-                    libc::PR_CAP_AMBIENT_RAISE as u64,
-                    cap,
-                    0,
-                    0,
-                    0,
-                ],
-            )?;
-        }
-    }
+    raise_ambient(r, cr.cap_amb)?;
     Ok(())
 }

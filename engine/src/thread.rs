@@ -83,6 +83,7 @@ pub fn collect(
     )?;
     let clear_child_tid = u64::from_le_bytes(r.read_mem(scratch, 8)?.try_into().expect("8 bytes"));
     let (robust_list, robust_list_len) = robust_list(tid)?;
+    let creds = Some(crate::task::collect_thread_creds(tid, r)?);
     Ok(ThreadImage {
         tid: ns_tid,
         regs,
@@ -95,6 +96,7 @@ pub fn collect(
         robust_list,
         robust_list_len,
         in_syscall,
+        creds,
     })
 }
 

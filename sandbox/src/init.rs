@@ -466,7 +466,7 @@ fn write_exit(state_fd: RawFd, rec: &ExitRecord) {
             state_fd,
             tmp.as_ptr(),
             libc::O_WRONLY | libc::O_CREAT | libc::O_TRUNC | libc::O_CLOEXEC,
-            0o644,
+            0o600,
         )
     };
     if fd < 0 {

@@ -9,7 +9,7 @@
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -241,7 +241,13 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
 
 fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
-    let mut f = File::create(&tmp).map_err(io_err("create", &tmp))?;
+    let mut f = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .map_err(io_err("create", &tmp))?;
     f.write_all(data)
         .and_then(|_| f.sync_all())
         .map_err(io_err("write", &tmp))?;
@@ -308,12 +314,17 @@ impl Sandbox {
                 )),
             });
         }
-        fs::create_dir_all(state_dir).map_err(io_err("create state directory", state_dir))?;
+        // Only root may look into the state: it holds the workloads' logs.
+        fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(state_dir)
+            .map_err(io_err("create state directory", state_dir))?;
         // Absolute, so that the recorded paths and the names derived from it
         // do not depend on the working directory.
         let state_dir = &fs::canonicalize(state_dir).map_err(io_err("resolve", state_dir))?;
         let dir = state_dir.join(&name);
-        match fs::create_dir(&dir) {
+        match fs::DirBuilder::new().mode(0o700).create(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
                 return Err(Error::NameTaken { name, dir })
@@ -352,12 +363,18 @@ impl Sandbox {
         }
         write_atomic(&dir.join("profile.toml"), profile.to_toml().as_bytes())?;
         let lock = dir.join("lock");
-        File::create(&lock).map_err(io_err("create", &lock))?;
+        OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(false)
+            .mode(0o600)
+            .open(&lock)
+            .map_err(io_err("create", &lock))?;
         let log_path = dir.join("log");
         let log = OpenOptions::new()
             .create(true)
             .append(true)
-            .mode(0o640)
+            .mode(0o600)
             .custom_flags(libc::O_CLOEXEC)
             .open(&log_path)
             .map_err(io_err("open log", &log_path))?;
@@ -629,6 +646,7 @@ impl Sandbox {
             .write(true)
             .create(true)
             .truncate(false)
+            .mode(0o600)
             .custom_flags(libc::O_CLOEXEC)
             .open(&p)
             .map_err(io_err("open", &p))?;

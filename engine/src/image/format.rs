@@ -215,6 +215,9 @@ pub struct Creds {
     pub cap_eff: u64,
     pub cap_bnd: u64,
     pub cap_amb: u64,
+    /// PR_GET_SECUREBITS (SECBIT_NOROOT, SECBIT_KEEP_CAPS, ... and their locks).
+    #[serde(default)]
+    pub securebits: u32,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -405,6 +408,10 @@ pub struct ThreadImage {
     /// The syscall the thread was stopped in, if any, and how it resumes.
     #[serde(default)]
     pub in_syscall: Option<SyscallState>,
+    /// Credentials are per thread: those of a thread other than the main
+    /// one when they differ from the process's (`ProcessImage::creds`).
+    #[serde(default)]
+    pub creds: Option<Creds>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -128,6 +128,12 @@ pub fn open(id: u32, kind: &FileKind) -> Result<OwnedFd> {
             settime_flags & (TFD_TIMER_ABSTIME | TFD_TIMER_CANCEL_ON_SET),
             d,
         ),
+        // A periodic timer that expired between its timerfd_gettime and its
+        // fdinfo at dump time shows no time left (the kernel moves it on to
+        // its next period only when it is read): that expiration is in
+        // `ticks`, the next one is a period later. Left unarmed, it would
+        // never fire again.
+        _ if value_ns == 0 && interval_ns > 0 => (0, interval_ns),
         // Absolute on a clock that counts from boot: the same time left,
         // against this clock as it reads now.
         _ if abs && value_ns > 0 => (TFD_TIMER_ABSTIME, now_ns(clockid)? + value_ns),

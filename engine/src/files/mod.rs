@@ -98,12 +98,20 @@ pub fn read_fdinfo(pid: i32, fd: i32) -> Result<FdInfo> {
     Ok(info)
 }
 
-fn kcmp_same(a: RawFd, b: RawFd) -> bool {
+/// How open file description `a` compares with `b` (both fds of ours) in
+/// kcmp's order. kcmp orders descriptions by their kernel pointers, obfuscated
+/// with keys fixed at boot, so the order is total and stable while both stay
+/// open: descriptions of one inode can be kept sorted by it and searched in
+/// log n calls. An error counts as "different" (no sharing is found then).
+fn kcmp_order(a: RawFd, b: RawFd) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
     // SAFETY: kcmp only compares kernel objects of our own process.
     let me = unsafe { libc::getpid() };
-    sys::kcmp::kcmp(me, me, sys::kcmp::KcmpType::File, a as u64, b as u64)
-        .map(|r| r.is_equal())
-        .unwrap_or(false)
+    match sys::kcmp::kcmp(me, me, sys::kcmp::KcmpType::File, a as u64, b as u64) {
+        Ok(sys::kcmp::Kcmp::Equal) => Ordering::Equal,
+        Ok(sys::kcmp::Kcmp::Greater) => Ordering::Greater,
+        _ => Ordering::Less,
+    }
 }
 
 impl FileTable {
@@ -239,12 +247,15 @@ impl FileTable {
             let info = read_fdinfo(host_pid, fd)?;
             let cloexec = info.flags & libc::O_CLOEXEC as u32 != 0;
             let key = (st.st_dev, st.st_ino);
-            // Already seen through another fd?
-            if let Some(ids) = self.by_inode.get(&key) {
-                if let Some(&i) = ids
-                    .iter()
-                    .find(|&&i| kcmp_same(self.reps[i].2.as_raw_fd(), dup.as_raw_fd()))
+            // Already seen through another fd? The descriptions of one inode
+            // (all eventfds share one, say) are kept in kcmp order: a binary
+            // search, not a comparison with each of them.
+            let ids = self.by_inode.get(&key).map(Vec::as_slice).unwrap_or(&[]);
+            let place =
+                ids.binary_search_by(|&i| kcmp_order(self.reps[i].2.as_raw_fd(), dup.as_raw_fd()));
+            if let Ok(at) = place {
                 {
+                    let i = ids[at];
                     locks::collect(pid, fd, i as u32, false, &info.text, &mut self.image.locks)?;
                     out.push(FdEntry {
                         fd,
@@ -300,7 +311,11 @@ impl FileTable {
             locks::collect(pid, fd, id, true, &info.text, &mut self.image.locks)?;
             self.image.files.push(FileDesc { id, flags, kind });
             self.reps.push((key.0, key.1, dup));
-            self.by_inode.entry(key).or_default().push(id as usize);
+            let at = place.unwrap_err();
+            self.by_inode
+                .entry(key)
+                .or_default()
+                .insert(at, id as usize);
             out.push(FdEntry {
                 fd,
                 cloexec,

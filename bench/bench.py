@@ -127,7 +127,7 @@ class Bench:
         """(kind, small N, large N) of the scaling rows: 10x between the sizes."""
         k = self.args.scale_factor
         return [(kind, n // 10, n) for kind, n in
-                (("areas", 10000 * k), ("threads", 500 * k), ("procs", 100 * k), ("fds", 10000 * k))]
+                (("areas", 10000 * k), ("threads", 500 * k), ("processes", 100 * k), ("fds", 10000 * k))]
 
     def sizes(self):
         if "large" not in self.groups():
@@ -385,7 +385,8 @@ class Bench:
             shutil.rmtree(img, ignore_errors=True)
 
     def scale_cmd(self, kind, n, ready, verdict):
-        return [os.path.join(self.bin, "scale"), kind, str(n), ready, verdict]
+        mode = {"processes": "procs"}.get(kind, kind)
+        return [os.path.join(self.bin, "scale"), mode, str(n), ready, verdict]
 
     def scale(self, kind, n):
         """Dump and restore of a workload with n areas, threads, processes or fds."""
@@ -682,8 +683,8 @@ def main():
         ver = subprocess.run([b.stasis, "--version"], capture_output=True, text=True).stdout.strip()
         print(f"# stasis benchmark — {ver} ({b.stasis})")
         print(f"machine: {machine()}")
-        print(f"images: {b.images} (tmpfs); runs per row: {args.runs}; sizes: "
-              f"{', '.join(str(s) + ' MiB' for s in b.sizes())}")
+        print(f"images: {b.images} (tmpfs); runs per row: {args.runs}; groups: {','.join(sorted(b.groups()))}"
+              + (f"; sizes: {', '.join(str(s) + ' MiB' for s in b.sizes())}" if "large" in b.groups() else ""))
         print("CRIU: " + (b.criu if b.criu else "not given (set CRIU=/path/to/criu for the side-by-side columns)"))
         sys.stdout.flush()
         b.measure()

@@ -466,13 +466,25 @@ impl Sandbox {
 
         // Init does its own setup meanwhile (mounts, loopback, host name), up
         // to what needs the cgroup or the veth.
-        let joined = if in_cgroup {
-            cgroup.add_pid_v1(init_pid)
-        } else {
-            cgroup.add_pid(init_pid)
-        };
-        if let Err(e) = joined {
-            // Init gone already: its early setup failed, and its report says why.
+        let placed = (|| -> Result<()> {
+            if in_cgroup {
+                cgroup.add_pid_v1(init_pid)?;
+            } else {
+                cgroup.add_pid(init_pid)?;
+            }
+            if let (Some(h), Some(n), Some(v)) = (&veth_host, nl.as_mut(), &profile.network.veth) {
+                n.create_veth(h, &v.name, init_pid)?;
+                undo.veth = Some(h.clone());
+                if let Some(a) = v.host_address {
+                    n.add_address(h, a)?;
+                }
+                n.set_up(h)?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = placed {
+            // Init gone already: its early setup failed, and its report says
+            // why (the cgroup move or the veth then found no process).
             if wait_pidfd(&init_fd, Some(Duration::ZERO)).unwrap_or(false) {
                 drop(go_w);
                 let mut line = String::new();
@@ -483,15 +495,7 @@ impl Sandbox {
                     return Err(Error::Setup { step, message });
                 }
             }
-            return Err(e.into());
-        }
-        if let (Some(h), Some(n), Some(v)) = (&veth_host, nl.as_mut(), &profile.network.veth) {
-            n.create_veth(h, &v.name, init_pid)?;
-            undo.veth = Some(h.clone());
-            if let Some(a) = v.host_address {
-                n.add_address(h, a)?;
-            }
-            n.set_up(h)?;
+            return Err(e);
         }
 
         // Let init go on, and wait for its report.

@@ -77,10 +77,10 @@ class Bench:
         for d in (self.work, self.state, self.bin, self.files):
             os.makedirs(d, exist_ok=True)
         os.chmod(self.work, 0o755)
-        for prog in ("memwork", "bw", "reaper"):
+        for prog in ("memwork", "bw", "reaper", "scale"):
             src = os.path.join(HERE, f"{prog}.c")
             out = os.path.join(self.bin, prog)
-            r = subprocess.run(["gcc", "-O2", "-Wall", "-o", out, src], capture_output=True, text=True)
+            r = subprocess.run(["gcc", "-O2", "-Wall", "-pthread", "-o", out, src], capture_output=True, text=True)
             if r.returncode != 0:
                 raise BenchError(f"compiling {src}: {r.stderr.strip()}")
         if self.args.images_dir:
@@ -120,7 +120,18 @@ class Bench:
             shutil.rmtree(self.images, ignore_errors=True)
         shutil.rmtree(self.work, ignore_errors=True)
 
+    def groups(self):
+        return set((self.args.only or "large,small,scale,check").split(","))
+
+    def scale_rows(self):
+        """(kind, small N, large N) of the scaling rows: 10x between the sizes."""
+        k = self.args.scale_factor
+        return [(kind, n // 10, n) for kind, n in
+                (("areas", 10000 * k), ("threads", 500 * k), ("processes", 100 * k), ("fds", 10000 * k))]
+
     def sizes(self):
+        if "large" not in self.groups():
+            return [0]
         s = [256, 1024]
         if self.args.big:
             s.append(4096)
@@ -373,6 +384,31 @@ class Bench:
         finally:
             shutil.rmtree(img, ignore_errors=True)
 
+    def scale_cmd(self, kind, n, ready, verdict):
+        mode = {"processes": "procs"}.get(kind, kind)
+        return [os.path.join(self.bin, "scale"), mode, str(n), ready, verdict]
+
+    def scale(self, kind, n):
+        """Dump and restore of a workload with n areas, threads, processes or fds."""
+        key = f"scale.{kind}.{n}"
+        ready, verdict = self.paths(f"{kind}{n}")
+        name = self.start_sandbox(self.scale_cmd(kind, n, ready, verdict), ready, 64)
+        img = os.path.join(self.images, self.unique("img"))
+        try:
+            r, st = self.stasis_dump(name, img)
+            self.sandboxes.discard(name)
+            self.add(f"{key}.dump.wall", r.wall)
+            self.add(f"{key}.dump.frozen_ms", st["frozen_ms"])
+            rname, r, rs = self.stasis_restore(img)
+            self.add(f"{key}.restore.wall", r.wall)
+            self.finish_sandbox(rname, verdict, 64, f"restored {kind} {n}")
+        finally:
+            shutil.rmtree(img, ignore_errors=True)
+
+    def scale_criu(self, kind, n):
+        ready, verdict = self.paths(f"criu{kind}{n}")
+        self.criu_dump_restore(self.scale_cmd(kind, n, ready, verdict), ready, verdict, 64, f"scale.{kind}.{n}")
+
     def small_criu(self):
         ready, verdict = self.paths("criuloop")
         self.criu_dump_restore(self.loop_cmd(ready, verdict), ready, verdict, 0, "small")
@@ -398,16 +434,25 @@ class Bench:
     def measure(self):
         self.check_missing = None
         n = self.args.runs
+        g = self.groups()
         for i in range(n):
             log(f"run {i + 1}/{n}")
-            for mib in self.sizes():
+            for mib in self.sizes() if "large" in g else []:
                 self.guarded(f"{mib} MiB", self.large, mib)
                 if self.criu:
                     self.guarded(f"{mib} MiB (CRIU)", self.large_criu, mib)
-            self.guarded("small", self.small)
-            if self.criu:
-                self.guarded("small (CRIU)", self.small_criu)
-            self.guarded("check", self.check)
+            if "small" in g:
+                self.guarded("small", self.small)
+                if self.criu:
+                    self.guarded("small (CRIU)", self.small_criu)
+            if "scale" in g:
+                for kind, lo, hi in self.scale_rows():
+                    for size in (lo, hi):
+                        self.guarded(f"{kind} {size}", self.scale, kind, size)
+                        if self.criu:
+                            self.guarded(f"{kind} {size} (CRIU)", self.scale_criu, kind, size)
+            if "check" in g:
+                self.guarded("check", self.check)
 
     # ---- perf profiles -------------------------------------------------------------
 
@@ -431,8 +476,10 @@ class Bench:
             return r
 
         mib = max(self.sizes())
-        for tag, cmdf, m in ((f"{mib}m", lambda rd, vd: self.mem_cmd(mib, rd, vd), mib),
-                             ("loop", self.loop_cmd, 0)):
+        runs = [("loop", self.loop_cmd, 0)]
+        if mib > 0:
+            runs.insert(0, (f"{mib}m", lambda rd, vd: self.mem_cmd(mib, rd, vd), mib))
+        for tag, cmdf, m in runs:
             ready, verdict = self.paths("perf" + tag)
             name = self.start_sandbox(cmdf(ready, verdict), ready, m)
             img = os.path.join(self.images, self.unique("img"))
@@ -484,7 +531,7 @@ class Bench:
             return f"{text}: {'met' if ok(x) else 'MISSED'}"
 
         criu = self.criu is not None
-        for mib in self.sizes():
+        for mib in self.sizes() if "large" in self.groups() else []:
             k = f"mem{mib}"
             size = f"{mib} MiB" if mib < 1024 else f"{mib // 1024} GiB"
             nbytes = mib * MIB
@@ -533,14 +580,30 @@ class Bench:
                 rows.append((f"dump --leave-running {size}: frozen", fmt(lr, "ms"), "", "", "",
                              goal(lr[0], "<150 ms", lambda x: x < 150), "", ""))
         ver, tru = self.stat("small.version"), self.stat("small.true")
-        for what, lim in (("dump", 10), ("restore", 30)):
+        for what, lim in (("dump", 10), ("restore", 30)) if "small" in self.groups() else ():
             w = self.stat(f"small.{what}.wall")
             c = self.stat(f"small.criu.{what}")
             rows.append((f"{what} shell loop: CLI start to exit", fmt(w, "ms", 1000), "stasis --version",
                          fmt(ver, "ms", 1000), rfmt(ratio(w, ver)),
                          goal(w[0] * 1000 if w else None, f"<{lim} ms", lambda x, lim=lim: x < lim),
                          fmt(c, "ms", 1000) if criu else "", rfmt(ratio(w, c))))
-        rows.append(("", "", "/bin/true", fmt(tru, "ms", 1000), "", "", "", ""))
+        if "small" in self.groups():
+            rows.append(("", "", "/bin/true", fmt(tru, "ms", 1000), "", "", "", ""))
+        if "scale" in self.groups():
+            for kind, lo, hi in self.scale_rows():
+                for what in ("dump", "restore"):
+                    a, b = self.stat(f"scale.{kind}.{lo}.{what}.wall"), self.stat(f"scale.{kind}.{hi}.{what}.wall")
+                    ca, cb = self.stat(f"scale.{kind}.{lo}.criu.{what}"), self.stat(f"scale.{kind}.{hi}.criu.{what}")
+                    g = ratio(b, a)
+                    rows.append((f"{what} {hi:,} {kind}: CLI wall", fmt(b, "ms", 1000), f"{what} {lo:,} {kind}",
+                                 fmt(a, "ms", 1000), rfmt(g),
+                                 goal(g, "≤15× for 10× (linear)", lambda x: x <= 15),
+                                 fmt(cb, "ms", 1000) if criu else "", rfmt(ratio(b, cb))))
+                    if criu:
+                        rows.append((f"{what} {lo:,} {kind}: CLI wall", fmt(a, "ms", 1000), "", "", "", "",
+                                     fmt(ca, "ms", 1000), rfmt(ratio(a, ca))))
+        if "check" not in self.groups():
+            return rows
         if self.check_missing:
             cc = self.stat("check.criu")
             rows.append(("stasis check: CLI start to exit", "NOT AVAILABLE (" + self.check_missing.splitlines()[-1][:70]
@@ -591,6 +654,10 @@ def main():
     ap.add_argument("--runs", type=int, default=int(os.environ.get("RUNS", "3")), help="runs per row (env RUNS, 3)")
     ap.add_argument("--big", action="store_true", help="add the 4 GiB workload (long)")
     ap.add_argument("--sizes", help="memory sizes in MiB, comma-separated (overrides the default 256,1024)")
+    ap.add_argument("--only", help="groups to run, comma-separated: large, small, scale, check (default: all)")
+    ap.add_argument("--scale-factor", type=int, default=1,
+                    help="multiplies the scaling rows' sizes (default 1: 10,000 areas, 500 threads, "
+                         "100 processes, 10,000 fds, each beside a tenth of it)")
     ap.add_argument("--leave-running-mib", type=int, default=1024,
                     help="size of the --leave-running dump row (0: none)")
     ap.add_argument("--images-dir", help="put images under this (tmpfs) directory instead of a tmpfs mounted here")
@@ -616,8 +683,8 @@ def main():
         ver = subprocess.run([b.stasis, "--version"], capture_output=True, text=True).stdout.strip()
         print(f"# stasis benchmark — {ver} ({b.stasis})")
         print(f"machine: {machine()}")
-        print(f"images: {b.images} (tmpfs); runs per row: {args.runs}; sizes: "
-              f"{', '.join(str(s) + ' MiB' for s in b.sizes())}")
+        print(f"images: {b.images} (tmpfs); runs per row: {args.runs}; groups: {','.join(sorted(b.groups()))}"
+              + (f"; sizes: {', '.join(str(s) + ' MiB' for s in b.sizes())}" if "large" in b.groups() else ""))
         print("CRIU: " + (b.criu if b.criu else "not given (set CRIU=/path/to/criu for the side-by-side columns)"))
         sys.stdout.flush()
         b.measure()

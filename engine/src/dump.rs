@@ -39,6 +39,8 @@ pub fn cpu_features() -> CpuFeatures {
 /// Dumps sandbox `name` into `dir`.
 pub fn dump(state_dir: &Path, name: &str, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
     let t0 = Instant::now();
+    // /proc/locks is read beside the dump (see `LocksReader`).
+    let mut locks = crate::files::LocksReader::start();
     let mut sb = sandbox::Sandbox::open(state_dir, name)?;
     let lock = sb.lock_exclusive()?;
     let workload = sb
@@ -56,6 +58,7 @@ pub fn dump(state_dir: &Path, name: &str, dir: &Path, opts: &DumpOptions) -> Res
     let mut seized = seized?;
     thawed?;
     seized.wait_stops(Duration::from_secs(10))?;
+    locks.tree_stopped();
     // The clocks as the workload last saw them: restore goes on from here.
     let live: Vec<i32> = seized
         .procs
@@ -83,7 +86,15 @@ pub fn dump(state_dir: &Path, name: &str, dir: &Path, opts: &DumpOptions) -> Res
         workload_ns,
         clocks,
     };
-    let repair = collect_all(&seized, &sb, about, &mut writer, &mut stats, opts)?;
+    let repair = collect_all(
+        &seized,
+        &sb,
+        about,
+        &mut writer,
+        &mut stats,
+        opts,
+        &mut locks,
+    )?;
     let t_collected = Instant::now();
     stats.collect_ms = ms(t_collected - t_frozen) - stats.memory_ms;
 
@@ -147,6 +158,7 @@ fn collect_all(
     writer: &mut ImageWriter,
     stats: &mut DumpStats,
     opts: &DumpOptions,
+    locks: &mut crate::files::LocksReader,
 ) -> Result<crate::net::tcp_repair::RepairGuard> {
     let About {
         log_path,
@@ -183,7 +195,7 @@ fn collect_all(
         stats.threads += img.threads.len();
         stats.vmas += img.vmas.len();
     }
-    files.check_locks()?;
+    files.check_locks(locks)?;
     let mounts = crate::mounts::collect(
         sb.init_pid(),
         &crate::mounts::private_tmpfs(sb.profile()),

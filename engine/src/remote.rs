@@ -56,6 +56,12 @@ impl Remote {
             .saved_sigmask()
     }
 
+    /// The host TID of the thread the last injected clone created (see
+    /// `Injector::last_child`).
+    pub fn last_child(&self) -> Option<i32> {
+        self.inj.as_ref().and_then(|i| i.last_child())
+    }
+
     /// Runs a syscall, returning its raw result (negative errno on failure).
     pub fn syscall_raw(&mut self, nr: i64, args: [u64; 6]) -> Result<i64> {
         Ok(self

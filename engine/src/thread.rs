@@ -219,8 +219,29 @@ pub fn clone_thread(r: &mut Remote, pid: i32, ns_tid: i32, scratch: u64) -> Resu
             reason: format!("thread {ns_tid} was created as {got}"),
         });
     }
-    // Find its host TID by its TID in the namespace.
-    let host = std::fs::read_dir(format!("/proc/{pid}/task"))
+    // Its host TID, from the clone event; else found by its TID in the
+    // namespace (a search of every thread: quadratic over many threads).
+    let host = match r.last_child() {
+        Some(t) if t > 0 => t,
+        _ => find_thread(pid, ns_tid)?,
+    };
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    match waitpid(nix::unistd::Pid::from_raw(host), Some(WaitPidFlag::__WALL)) {
+        Ok(WaitStatus::PtraceEvent(..)) | Ok(WaitStatus::Stopped(..)) => Ok(host),
+        Ok(other) => Err(Error::Process {
+            pid,
+            reason: format!("new thread {ns_tid}: unexpected wait status {other:?}"),
+        }),
+        Err(e) => Err(Error::Process {
+            pid,
+            reason: format!("waiting for new thread {ns_tid}: {e}"),
+        }),
+    }
+}
+
+/// The host TID of thread `ns_tid` (its TID in the sandbox) of process `pid`.
+fn find_thread(pid: i32, ns_tid: i32) -> Result<i32> {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
         .map_err(|e| Error::Process {
             pid,
             reason: format!("listing threads: {e}"),
@@ -237,19 +258,7 @@ pub fn clone_thread(r: &mut Remote, pid: i32, ns_tid: i32, scratch: u64) -> Resu
         .ok_or_else(|| Error::Process {
             pid,
             reason: format!("thread {ns_tid} not found after its clone"),
-        })?;
-    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
-    match waitpid(nix::unistd::Pid::from_raw(host), Some(WaitPidFlag::__WALL)) {
-        Ok(WaitStatus::PtraceEvent(..)) | Ok(WaitStatus::Stopped(..)) => Ok(host),
-        Ok(other) => Err(Error::Process {
-            pid,
-            reason: format!("new thread {ns_tid}: unexpected wait status {other:?}"),
-        }),
-        Err(e) => Err(Error::Process {
-            pid,
-            reason: format!("waiting for new thread {ns_tid}: {e}"),
-        }),
-    }
+        })
 }
 
 #[cfg(test)]

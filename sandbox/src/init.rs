@@ -222,6 +222,13 @@ fn run(s: InitSetup, launch: Launch) -> i32 {
         dup2(s.devnull_fd, fd);
     }
 
+    // What needs neither the cgroup nor the veth goes on while the creator
+    // moves init into the cgroup (a move may wait for a grace period).
+    if let Err((step, message)) = setup_early(&s) {
+        send_report(s.report_w, &Report::SetupFailed { step, message });
+        return 1;
+    }
+
     // Wait for the creator: it has put us into the cgroup and made the veth.
     let mut b = [0u8; 1];
     // SAFETY: the go pipe's read end, owned by init; ManuallyDrop keeps it open.
@@ -290,6 +297,27 @@ fn run(s: InitSetup, launch: Launch) -> i32 {
     rec.shell_code()
 }
 
+/// Setup before init is in its cgroup: mounts, loopback, host name.
+fn setup_early(s: &InitSetup) -> Result<(), (String, String)> {
+    let ns = &s.profile.namespaces;
+    if ns.mount {
+        crate::mounts::setup(&s.profile.mounts).map_err(|m| ("mounts".to_string(), m))?;
+    }
+    if ns.net && s.profile.network.loopback {
+        let net = |e: crate::netlink::NetlinkError| ("network".to_string(), e.to_string());
+        crate::netlink::Rtnl::open()
+            .and_then(|mut nl| nl.set_up("lo"))
+            .map_err(net)?;
+    }
+    if ns.uts {
+        let h = s.profile.hostname.as_deref().unwrap_or(&s.name);
+        nix::unistd::sethostname(h)
+            .map_err(|e| ("hostname".to_string(), format!("sethostname {h}: {e}")))?;
+    }
+    Ok(())
+}
+
+/// Setup once init is in its cgroup and the veth is there.
 fn setup_inside(s: &InitSetup) -> Result<(), (String, String)> {
     let ns = &s.profile.namespaces;
     if ns.cgroup {
@@ -300,16 +328,10 @@ fn setup_inside(s: &InitSetup) -> Result<(), (String, String)> {
             )
         })?;
     }
-    if ns.mount {
-        crate::mounts::setup(&s.profile.mounts).map_err(|m| ("mounts".to_string(), m))?;
-    }
     if ns.net {
         let net = |e: crate::netlink::NetlinkError| ("network".to_string(), e.to_string());
-        let mut nl = crate::netlink::Rtnl::open().map_err(net)?;
-        if s.profile.network.loopback {
-            nl.set_up("lo").map_err(net)?;
-        }
         if let Some(v) = &s.profile.network.veth {
+            let mut nl = crate::netlink::Rtnl::open().map_err(net)?;
             nl.add_address(&v.name, v.address).map_err(net)?;
             nl.set_up(&v.name).map_err(net)?;
             for r in &v.routes {
@@ -317,11 +339,6 @@ fn setup_inside(s: &InitSetup) -> Result<(), (String, String)> {
                     .map_err(net)?;
             }
         }
-    }
-    if ns.uts {
-        let h = s.profile.hostname.as_deref().unwrap_or(&s.name);
-        nix::unistd::sethostname(h)
-            .map_err(|e| ("hostname".to_string(), format!("sethostname {h}: {e}")))?;
     }
     Ok(())
 }
@@ -474,7 +491,9 @@ fn write_exit(state_fd: RawFd, rec: &ExitRecord) {
     }
     // SAFETY: `fd` was just opened by us; File takes ownership and closes it.
     let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
-    if f.write_all(&data).is_ok() && f.sync_all().is_ok() {
+    // No fsync: the record describes a sandbox a crash ends anyway (see
+    // `write_atomic`), and `stasis dump` waits for init's exit.
+    if f.write_all(&data).is_ok() {
         // SAFETY: renameat within the state directory, NUL-terminated names.
         unsafe { libc::renameat(state_fd, tmp.as_ptr(), state_fd, fin.as_ptr()) };
     }

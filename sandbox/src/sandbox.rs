@@ -239,6 +239,11 @@ fn pipe() -> io::Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(fds[0]), OwnedFd::from_raw_fd(fds[1])) })
 }
 
+/// Replaces `path` atomically (readers see the old or the new contents). No
+/// fsync: a sandbox's state describes processes that a crash of the machine
+/// ends anyway, so it need not outlive one, and on a disk-backed state
+/// directory each fsync costs milliseconds on the path of every run, dump and
+/// restore.
 fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
     let tmp = path.with_extension("tmp");
     let mut f = OpenOptions::new()
@@ -248,9 +253,7 @@ fn write_atomic(path: &Path, data: &[u8]) -> Result<()> {
         .mode(0o600)
         .open(&tmp)
         .map_err(io_err("create", &tmp))?;
-    f.write_all(data)
-        .and_then(|_| f.sync_all())
-        .map_err(io_err("write", &tmp))?;
+    f.write_all(data).map_err(io_err("write", &tmp))?;
     fs::rename(&tmp, path).map_err(io_err("rename into place", path))
 }
 
@@ -437,29 +440,34 @@ impl Sandbox {
             go_r: go_r.as_raw_fd(),
             report_w: rep_w.as_raw_fd(),
         };
-        let (init_pid, init_fd) = match clone_with_namespaces(flags).map_err(|e| {
-            let features: Vec<&str> = [
-                (ns.pid, "ns-pid"),
-                (ns.mount, "ns-mnt"),
-                (ns.net, "ns-net"),
-                (ns.uts, "ns-uts"),
-                (ns.ipc, "ns-ipc"),
-            ]
-            .iter()
-            .filter(|(on, _)| *on)
-            .map(|(_, f)| *f)
-            .collect();
-            Error::Sys {
-                what: format!(
-                    "clone3 init with new namespaces (features: {})",
-                    features.join(", ")
-                ),
-                source: e,
-            }
-        })? {
+        let cgroup_fd = cgroup.v2_fd()?;
+        let (forked, in_cgroup) =
+            clone_with_namespaces(flags, cgroup_fd.as_ref().map(std::os::fd::AsFd::as_fd))
+                .map_err(|e| {
+                    let features: Vec<&str> = [
+                        (ns.pid, "ns-pid"),
+                        (ns.mount, "ns-mnt"),
+                        (ns.net, "ns-net"),
+                        (ns.uts, "ns-uts"),
+                        (ns.ipc, "ns-ipc"),
+                    ]
+                    .iter()
+                    .filter(|(on, _)| *on)
+                    .map(|(_, f)| *f)
+                    .collect();
+                    Error::Sys {
+                        what: format!(
+                            "clone3 init with new namespaces (features: {})",
+                            features.join(", ")
+                        ),
+                        source: e,
+                    }
+                })?;
+        let (init_pid, init_fd) = match forked {
             Forked::Child => init_main(setup, launch),
             Forked::Parent { pid, pidfd } => (pid, pidfd),
         };
+        drop(cgroup_fd);
         drop(launch);
         drop(go_r);
         drop(rep_w);
@@ -473,26 +481,62 @@ impl Sandbox {
         let init_start = start_time(init_pid)
             .ok_or_else(|| Error::InitDied("before it could be inspected".into()))?;
 
-        cgroup.add_pid(init_pid)?;
-        if let (Some(h), Some(n), Some(v)) = (&veth_host, nl.as_mut(), &profile.network.veth) {
-            n.create_veth(h, &v.name, init_pid)?;
-            undo.veth = Some(h.clone());
-            if let Some(a) = v.host_address {
-                n.add_address(h, a)?;
+        // Init does its own setup meanwhile (mounts, loopback, host name), up
+        // to what needs the cgroup or the veth.
+        let placed = (|| -> Result<()> {
+            if in_cgroup {
+                cgroup.add_pid_v1(init_pid)?;
+            } else {
+                cgroup.add_pid(init_pid)?;
             }
-            n.set_up(h)?;
+            if let (Some(h), Some(n), Some(v)) = (&veth_host, nl.as_mut(), &profile.network.veth) {
+                n.create_veth(h, &v.name, init_pid)?;
+                undo.veth = Some(h.clone());
+                if let Some(a) = v.host_address {
+                    n.add_address(h, a)?;
+                }
+                n.set_up(h)?;
+            }
+            Ok(())
+        })();
+        if let Err(e) = placed {
+            // Init gone already: its early setup failed, and its report says
+            // why (the cgroup move or the veth then found no process).
+            if wait_pidfd(&init_fd, Some(Duration::ZERO)).unwrap_or(false) {
+                drop(go_w);
+                let mut line = String::new();
+                let _ =
+                    io::BufRead::read_line(&mut io::BufReader::new(File::from(rep_r)), &mut line);
+                if let Ok(Report::SetupFailed { step, message }) = serde_json::from_str(line.trim())
+                {
+                    return Err(Error::Setup { step, message });
+                }
+            }
+            return Err(e);
         }
 
         // Let init go on, and wait for its report.
+        // Init may already have failed its early setup and reported it: the
+        // report then says why, not the closed pipe.
         let mut go = File::from(go_w);
-        go.write_all(b"g")
-            .map_err(|e| Error::InitDied(format!("signalling init: {e}")))?;
+        let signalled = go.write_all(b"g");
         drop(go);
         let mut rep = io::BufReader::new(File::from(rep_r));
         let mut line = String::new();
         io::BufRead::read_line(&mut rep, &mut line).map_err(sys_err("read init's report"))?;
         let report: Report = match serde_json::from_str(line.trim()) {
             Ok(r) => r,
+            Err(_) if signalled.is_err() => {
+                let e = signalled.unwrap_err();
+                let mut st = 0;
+                // SAFETY: reaping our own child, init, which closed its pipes.
+                unsafe { libc::waitpid(init_pid, &mut st, 0) };
+                undo.init = None;
+                return Err(Error::InitDied(format!(
+                    "signalling init: {e} ({})",
+                    describe_wait(st)
+                )));
+            }
             Err(_) => {
                 let mut st = 0;
                 // SAFETY: reaping our own child, init, which closed its report pipe.

@@ -151,6 +151,9 @@ pub struct Injector {
     /// The gadget is `syscall; int3`: one stop per syscall instead of two.
     trap_after: bool,
     done: bool,
+    /// TID (in our PID namespace) of the thread or process the last injected
+    /// syscall created, from its PTRACE_EVENT_CLONE/FORK/VFORK stop.
+    last_child: Option<i32>,
 }
 
 impl Injector {
@@ -168,7 +171,25 @@ impl Injector {
             deferred: Vec::new(),
             trap_after: false,
             done: false,
+            last_child: None,
         })
+    }
+
+    /// The TID of the thread (or PID of the process) the last injected
+    /// syscall created, as the kernel reported it in the clone event (with
+    /// PTRACE_O_TRACECLONE or TRACEFORK set): no search of /proc needed.
+    pub fn last_child(&self) -> Option<i32> {
+        self.last_child
+    }
+
+    /// Records the new task of a clone/fork/vfork event stop.
+    fn note_event(&mut self, event: i32) {
+        if matches!(
+            event,
+            libc::PTRACE_EVENT_CLONE | libc::PTRACE_EVENT_FORK | libc::PTRACE_EVENT_VFORK
+        ) {
+            self.last_child = ptrace::get_event_msg(self.tid).ok().map(|m| m as i32);
+        }
     }
 
     /// The thread's registers as they were when the injector was created.
@@ -215,6 +236,7 @@ impl Injector {
         regs.r8 = args[4];
         regs.r9 = args[5];
         ptrace::set_regs(self.tid, &regs)?;
+        self.last_child = None;
         if self.trap_after {
             return self.run_to_trap();
         }
@@ -257,8 +279,9 @@ impl Injector {
                     let pass = self.signal_to_pass(sig);
                     ptrace::syscall(self.tid, pass)?;
                 }
-                WaitStatus::PtraceEvent(..) => {
+                WaitStatus::PtraceEvent(_, _, event) => {
                     // Group-stop, seccomp or clone event: keep going.
+                    self.note_event(event);
                     ptrace::syscall(self.tid, 0)?;
                 }
                 WaitStatus::Exited(..) | WaitStatus::Signaled(..) => {
@@ -310,6 +333,10 @@ impl Injector {
                 WaitStatus::Exited(..) | WaitStatus::Signaled(..) => {
                     self.done = true;
                     return Err(Error::new("injected syscall: thread exited", Errno::ESRCH));
+                }
+                WaitStatus::PtraceEvent(_, _, event) => {
+                    self.note_event(event);
+                    ptrace::cont(self.tid, 0)?;
                 }
                 _ => ptrace::cont(self.tid, 0)?,
             }

@@ -98,12 +98,20 @@ pub fn read_fdinfo(pid: i32, fd: i32) -> Result<FdInfo> {
     Ok(info)
 }
 
-fn kcmp_same(a: RawFd, b: RawFd) -> bool {
+/// How open file description `a` compares with `b` (both fds of ours) in
+/// kcmp's order. kcmp orders descriptions by their kernel pointers, obfuscated
+/// with keys fixed at boot, so the order is total and stable while both stay
+/// open: descriptions of one inode can be kept sorted by it and searched in
+/// log n calls. An error counts as "different" (no sharing is found then).
+fn kcmp_order(a: RawFd, b: RawFd) -> std::cmp::Ordering {
+    use std::cmp::Ordering;
     // SAFETY: kcmp only compares kernel objects of our own process.
     let me = unsafe { libc::getpid() };
-    sys::kcmp::kcmp(me, me, sys::kcmp::KcmpType::File, a as u64, b as u64)
-        .map(|r| r.is_equal())
-        .unwrap_or(false)
+    match sys::kcmp::kcmp(me, me, sys::kcmp::KcmpType::File, a as u64, b as u64) {
+        Ok(sys::kcmp::Kcmp::Equal) => Ordering::Equal,
+        Ok(sys::kcmp::Kcmp::Greater) => Ordering::Greater,
+        _ => Ordering::Less,
+    }
 }
 
 impl FileTable {
@@ -239,12 +247,15 @@ impl FileTable {
             let info = read_fdinfo(host_pid, fd)?;
             let cloexec = info.flags & libc::O_CLOEXEC as u32 != 0;
             let key = (st.st_dev, st.st_ino);
-            // Already seen through another fd?
-            if let Some(ids) = self.by_inode.get(&key) {
-                if let Some(&i) = ids
-                    .iter()
-                    .find(|&&i| kcmp_same(self.reps[i].2.as_raw_fd(), dup.as_raw_fd()))
+            // Already seen through another fd? The descriptions of one inode
+            // (all eventfds share one, say) are kept in kcmp order: a binary
+            // search, not a comparison with each of them.
+            let ids = self.by_inode.get(&key).map(Vec::as_slice).unwrap_or(&[]);
+            let place =
+                ids.binary_search_by(|&i| kcmp_order(self.reps[i].2.as_raw_fd(), dup.as_raw_fd()));
+            if let Ok(at) = place {
                 {
+                    let i = ids[at];
                     locks::collect(pid, fd, i as u32, false, &info.text, &mut self.image.locks)?;
                     out.push(FdEntry {
                         fd,
@@ -300,7 +311,11 @@ impl FileTable {
             locks::collect(pid, fd, id, true, &info.text, &mut self.image.locks)?;
             self.image.files.push(FileDesc { id, flags, kind });
             self.reps.push((key.0, key.1, dup));
-            self.by_inode.entry(key).or_default().push(id as usize);
+            let at = place.unwrap_err();
+            self.by_inode
+                .entry(key)
+                .or_default()
+                .insert(at, id as usize);
             out.push(FdEntry {
                 fd,
                 cloexec,
@@ -319,8 +334,8 @@ impl FileTable {
     /// flock lock held by a process of the tree must have been seen through
     /// one of the tree's fds (a description reachable only through a memory
     /// mapping, for one, shows its locks nowhere else); leases are refused.
-    pub fn check_locks(&self) -> Result<()> {
-        let text = read_proc_locks().map_err(|e| Error::Io {
+    pub fn check_locks(&self, reader: &mut LocksReader) -> Result<()> {
+        let text = reader.listing().map_err(|e| Error::Io {
             what: "reading /proc/locks".into(),
             cause: e,
         })?;
@@ -409,9 +424,88 @@ impl FileTable {
     }
 }
 
+/// /proc/locks read by a thread of its own while the dump goes on, so that
+/// the grace period each read may wait for is not on the dump's path.
+///
+/// Every read of /proc/locks takes the kernel's file-lock rwsem for writing
+/// (`percpu_down_write`), and the first writer after a quiet spell waits for
+/// an RCU grace period (6 to 13 ms on a 2-CPU guest, more under load) before
+/// the rwsem's readers are switched to their slow path; writers that come
+/// while the switch is in place, or up to about a grace period after the last
+/// writer left, do not wait again. The thread reads once as the dump starts
+/// (contents thrown away: that read only starts the grace period), then, once
+/// every thread of the tree is stopped ([`LocksReader::tree_stopped`]),
+/// reads the listing the dump checks. Locks of stopped processes cannot
+/// change, so that listing is as good as one read after the collection.
+///
+/// The thread lives only until [`LocksReader::listing`] or drop joins it, so
+/// stasis is single-threaded again before anything forks, calls clone3 or
+/// enters a namespace that requires it.
+pub struct LocksReader {
+    go: Option<std::sync::mpsc::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<std::io::Result<String>>>,
+}
+
+impl LocksReader {
+    /// Starts the thread. When no thread can be started, [`listing`] reads
+    /// /proc/locks itself.
+    ///
+    /// [`listing`]: LocksReader::listing
+    pub fn start() -> LocksReader {
+        let (tx, rx) = std::sync::mpsc::channel::<()>();
+        let thread = std::thread::Builder::new()
+            .name("stasis-locks".into())
+            .stack_size(256 * 1024)
+            .spawn(move || {
+                use std::io::Read;
+                if let Ok(mut f) = std::fs::File::open("/proc/locks") {
+                    // One byte is enough: the read takes the rwsem all the same.
+                    let _ = f.read(&mut [0u8; 1]);
+                }
+                rx.recv()
+                    .map_err(|_| std::io::Error::other("the dump ended before its tree stopped"))?;
+                read_proc_locks()
+            })
+            .ok();
+        LocksReader {
+            go: Some(tx),
+            thread,
+        }
+    }
+
+    /// Every thread of the tree is stopped: the listing may be read now.
+    pub fn tree_stopped(&mut self) {
+        if let Some(tx) = self.go.take() {
+            let _ = tx.send(());
+        }
+    }
+
+    /// The listing read after the tree stopped.
+    pub fn listing(&mut self) -> std::io::Result<String> {
+        self.tree_stopped();
+        match self.thread.take() {
+            Some(h) => h
+                .join()
+                .unwrap_or_else(|_| Err(std::io::Error::other("the /proc/locks reader panicked"))),
+            None => read_proc_locks(),
+        }
+    }
+}
+
+impl Drop for LocksReader {
+    fn drop(&mut self) {
+        // Without the go, the thread ends after its first read.
+        self.go = None;
+        if let Some(h) = self.thread.take() {
+            let _ = h.join();
+        }
+    }
+}
+
 /// /proc/locks, read in as few calls as possible: every read(2) of it takes the
 /// kernel's file-lock rwsem for writing, which waits for an RCU grace period
-/// (milliseconds here). One large read returns everything when the output is
+/// (milliseconds here) unless another read came shortly before (see
+/// [`LocksReader`]). One large read returns everything when the output is
 /// shorter than the buffer: a short read of a seq_file means its end.
 fn read_proc_locks() -> std::io::Result<String> {
     use std::io::Read;

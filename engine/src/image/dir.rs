@@ -55,72 +55,110 @@ impl PageSink {
         self.size
     }
 
-    /// Appends `len` bytes produced in place: the file is extended, mapped
-    /// window by window (at most `window` bytes, page-aligned), and `fill`
-    /// writes each window directly, given its offset from the start of this
-    /// append. One copy from the source into the file's pages, and the
-    /// memory used is one window whatever `len` is. The current position
-    /// must be page-aligned (page files hold whole pages only).
-    pub fn append_in_place(
+    /// Appends `len` bytes produced by `fill`, given a page-aligned buffer and
+    /// its offset from the start of this append. Large appends run as a
+    /// pipeline on two threads: this thread fills and hashes one buffer while
+    /// a writer thread `write()`s the previous one. A plain write into tmpfs
+    /// allocates the file's pages without zeroing them (a mapping of the file
+    /// would zero each page first), and the small buffers stay in the cache
+    /// between the copy in and the copy out. The writer thread exists only
+    /// inside this call (scoped, joined before it returns). The memory used
+    /// is a few buffers whatever `len` is.
+    pub fn append_streamed(
         &mut self,
         len: u64,
-        window: usize,
         mut fill: impl FnMut(u64, &mut [u8]) -> Result<()>,
     ) -> Result<()> {
-        use std::os::fd::AsRawFd;
+        use crate::memory::buf::AlignedBuf;
+        use std::sync::mpsc;
         if len == 0 {
             return Ok(());
         }
-        let page = super::PAGE_SIZE;
-        debug_assert!(self.size.is_multiple_of(page) && (window as u64).is_multiple_of(page));
-        let start = self.size;
-        self.file
-            .set_len(start + len)
-            .map_err(io(format!("extending image file {}", self.name)))?;
-        let mut done = 0u64;
-        while done < len {
-            let n = ((len - done) as usize).min(window);
-            // SAFETY: a shared read-write mapping of `n` bytes of our own image
-            // file, inside the length just set; only used as a byte slice below
-            // and unmapped before the next window.
-            let p = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    n,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_SHARED,
-                    self.file.as_raw_fd(),
-                    (start + done) as libc::off_t,
-                )
-            };
-            if p == libc::MAP_FAILED {
-                return Err(io(format!("mapping image file {}", self.name))(
-                    std::io::Error::last_os_error(),
-                ));
+        let name = &self.name;
+        if len <= STREAM_PIPELINE_MIN {
+            let mut buf = AlignedBuf::new((len as usize).min(STREAM_BUF))?;
+            let mut done = 0u64;
+            while done < len {
+                let n = ((len - done) as usize).min(buf.len());
+                fill(done, &mut buf[..n])?;
+                self.hasher.update(&buf[..n]);
+                (&self.file)
+                    .write_all(&buf[..n])
+                    .map_err(io(format!("writing image file {name}")))?;
+                done += n as u64;
             }
-            struct Unmap(*mut libc::c_void, usize);
-            impl Drop for Unmap {
-                fn drop(&mut self) {
-                    // SAFETY: unmapping the window mapped above.
-                    unsafe { libc::munmap(self.0, self.1) };
-                }
-            }
-            let _unmap = Unmap(p, n);
-            // Allocate the window's pages in one go rather than one fault each.
-            // SAFETY: madvise on the mapping above; failure only costs speed.
-            unsafe {
-                libc::madvise(p, n, 23 /* MADV_POPULATE_WRITE */)
-            };
-            // SAFETY: `p` is a valid mapping of `n` bytes, exclusively ours.
-            let buf = unsafe { std::slice::from_raw_parts_mut(p as *mut u8, n) };
-            fill(done, buf)?;
-            self.hasher.update(buf);
-            done += n as u64;
+            self.size += len;
+            return Ok(());
         }
-        self.size = start + len;
+        // Filled buffers go to the writer; written (or failed) ones come back.
+        let (to_writer, filled) = mpsc::sync_channel::<(AlignedBuf, usize)>(STREAM_BUFS);
+        let (to_filler, free) = mpsc::sync_channel::<std::io::Result<AlignedBuf>>(STREAM_BUFS);
+        for _ in 0..STREAM_BUFS {
+            to_filler
+                .send(Ok(AlignedBuf::new(STREAM_BUF)?))
+                .expect("the channel holds every buffer");
+        }
+        let file = &self.file;
+        let hasher = &mut self.hasher;
+        let (res, writer) = std::thread::scope(|s| {
+            let writer = s.spawn(move || {
+                for (buf, n) in filled {
+                    let r = (&*file).write_all(&buf[..n]).map(|()| buf);
+                    let failed = r.is_err();
+                    if to_filler.send(r).is_err() || failed {
+                        return;
+                    }
+                }
+            });
+            let res = (|| -> Result<()> {
+                let mut done = 0u64;
+                while done < len {
+                    let mut buf = match free.recv() {
+                        Ok(Ok(b)) => b,
+                        Ok(Err(e)) => return Err(io(format!("writing image file {name}"))(e)),
+                        Err(_) => {
+                            return Err(Error::Other(format!(
+                                "writing image file {name}: the writer thread stopped"
+                            )))
+                        }
+                    };
+                    let n = ((len - done) as usize).min(buf.len());
+                    fill(done, &mut buf[..n])?;
+                    hasher.update(&buf[..n]);
+                    to_writer.send((buf, n)).map_err(|_| {
+                        Error::Other(format!(
+                            "writing image file {name}: the writer thread stopped"
+                        ))
+                    })?;
+                    done += n as u64;
+                }
+                Ok(())
+            })();
+            drop(to_writer);
+            (res, writer.join())
+        });
+        res?;
+        if writer.is_err() {
+            return Err(Error::Other(format!(
+                "writing image file {name}: the writer thread panicked"
+            )));
+        }
+        // A write error after the last buffer was handed over.
+        for r in free.try_iter() {
+            r.map_err(io(format!("writing image file {name}")))?;
+        }
+        self.size += len;
         Ok(())
     }
 }
+
+/// Appends at most this long run on one thread (a second thread does not pay
+/// for itself on small page files).
+const STREAM_PIPELINE_MIN: u64 = 4 << 20;
+/// Size of one stream buffer: a quarter of the 1 MiB L2 cache per core.
+const STREAM_BUF: usize = 256 << 10;
+/// Buffers in flight between the filling and the writing thread.
+const STREAM_BUFS: usize = 4;
 
 impl ImageWriter {
     /// Creates the image directory (0700), or takes an existing empty one.
@@ -410,7 +448,8 @@ impl ImageReader {
 /// (no copy into a buffer; the windows are dropped as they are done).
 fn hash_file(f: &File, size: u64) -> std::io::Result<u64> {
     use std::os::fd::AsRawFd;
-    const WINDOW: u64 = 64 << 20;
+    // Small windows: the memory used stays bounded whatever the file size.
+    const WINDOW: u64 = 4 << 20;
     let mut h = Xxh3::new();
     let mut done = 0u64;
     while done < size {

@@ -1,8 +1,9 @@
 //! Page contents. Dump: find the pages that exist (the kernel's pagemap), read
-//! them with process_vm_readv in large chunks (/proc/PID/mem for areas without
-//! read permission) and stream them into the process's page file through one
-//! bounded buffer. Restore: an injected pread64 from the page file straight
-//! into the task's memory, one call per run of pages.
+//! them with process_vm_readv (/proc/PID/mem for areas without read
+//! permission) into small page-aligned buffers, and stream them into the
+//! process's page file (`PageSink::append_streamed`: hashed on this thread,
+//! written on a second one). Restore: UFFDIO_COPY of private anonymous memory
+//! from the page file, process_vm_writev for the rest (`restore`).
 
 use std::fs::File;
 use std::io::IoSliceMut;
@@ -133,9 +134,9 @@ pub fn scan(pid: i32, vmas: &mut [Vma]) -> Result<()> {
 }
 
 /// Copies the scanned pages of every area into `sink`, setting each run's
-/// offset. The page file is filled in place, window by window, by
-/// process_vm_readv straight from the task (one copy); areas without read
-/// permission go through /proc/PID/mem. Returns the number of pages written.
+/// offset. process_vm_readv reads from the task into the sink's buffers (as
+/// many segments per call as fit); areas without read permission go through
+/// /proc/PID/mem. Returns the number of pages written.
 pub fn dump(
     pid: i32,
     vmas: &mut [Vma],
@@ -159,7 +160,7 @@ pub fn dump(
     let mut mem: Option<File> = None;
     let mut seg = 0usize; // first segment not fully copied
     let mut seg_done = 0u64; // bytes of it already copied
-    sink.append_in_place(total, CHUNK, |at, window| {
+    sink.append_streamed(total, |at, window| {
         if let Some(p) = &progress {
             p(at, total);
         }
@@ -262,149 +263,414 @@ pub fn validate(pid: i32, vmas: &[Vma], page_file_size: u64) -> Result<()> {
     Ok(())
 }
 
-/// Runs at least this long are populated in bulk first (MADV_POPULATE_WRITE):
-/// the kernel allocates their pages in one call instead of one fault each.
+/// Where a stretch of saved pages goes (`addr` in the task) and where its
+/// bytes are (`off` in the page file).
+#[derive(Clone, Copy, Debug)]
+struct Seg {
+    addr: u64,
+    off: u64,
+    len: u64,
+}
+
+/// Size of one read buffer: a quarter of the 1 MiB L2 cache per core, so the
+/// bytes read from the page cache are still cached when they are copied into
+/// the task.
+const READ_BUF: usize = 256 << 10;
+/// Processes with less than this in private anonymous areas are filled
+/// without userfaultfd (setting it up costs a few injected syscalls).
+const UFFD_MIN: u64 = 1 << 20;
+/// Below this many bytes the copy runs on one thread.
+const PARALLEL_MIN: u64 = 16 << 20;
+/// Runs at least this long are populated in bulk before process_vm_writev
+/// (MADV_POPULATE_WRITE): one call instead of one fault per page.
 const POPULATE_MIN: u64 = 256 << 10;
 const MADV_POPULATE_WRITE: u64 = 23;
 /// Most iovecs per process_vm_writev.
 const IOV_BATCH: usize = 512;
-/// Most bytes per batch of process_vm_writev calls.
-const BATCH_BYTES: usize = 32 << 20;
-const MADV_POPULATE_READ: i32 = 22;
 
-/// Fills the pages of every area from the page file, mapped here read-only
-/// (page cache, no copy), with process_vm_writev straight into the task: one
-/// copy, many runs per call, no syscall injected but the bulk populate.
+/// Fills the pages of every area from the page file.
+///
+/// Private anonymous areas (nearly all of a large process's memory) are
+/// filled with UFFDIO_COPY: a userfaultfd is created in the task by an
+/// injected syscall, taken over with pidfd_getfd and closed in the task at
+/// once; the areas are registered (missing mode) from here, filled, then
+/// unregistered, and the descriptor closed, so the workload never sees it.
+/// UFFDIO_COPY allocates each page and fills it with the data in one step:
+/// no zeroing first, no fault per page, no pinning. The data comes from the
+/// page file through small page-aligned buffers (pread), on two threads for
+/// large images: the threads exist only inside this call and are joined
+/// before it returns (nothing forks meanwhile).
+///
+/// Everything else (file-backed private areas, shared anonymous memory, any
+/// part UFFDIO_COPY refused, or every area when userfaultfd is unavailable)
+/// is written with process_vm_writev from the same kind of buffer, after an
+/// injected MADV_POPULATE_WRITE of large runs. stasis's memory stays a few
+/// buffers whatever the image's size.
 pub fn restore(r: &mut Remote, vmas: &[Vma], pages: &File) -> Result<u64> {
-    use std::os::fd::AsRawFd;
-    let size = pages
-        .metadata()
-        .map_err(|e| Error::Other(format!("page file: {e}")))?
-        .len();
-    if size == 0 {
-        return Ok(0);
-    }
-    // SAFETY: a private read-only mapping of a file we hold open; it is only
-    // read, and unmapped below.
-    let base = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            size as usize,
-            libc::PROT_READ,
-            libc::MAP_PRIVATE,
-            pages.as_raw_fd(),
-            0,
-        )
+    let mut total = 0u64;
+    let eligible =
+        |v: &Vma| matches!(v.kind, VmaKind::Anon) && !v.shared && v.shared_object.is_none();
+    let direct_bytes: u64 = vmas
+        .iter()
+        .filter(|v| eligible(v))
+        .flat_map(|v| v.pages.iter())
+        .map(|r| r.npages * PAGE_SIZE)
+        .sum();
+    let mut uffd = if direct_bytes >= UFFD_MIN {
+        match Registered::open(r) {
+            Ok(u) => Some(u),
+            Err(e) => {
+                tracing::debug!("process {}: filling memory without userfaultfd: {e}", r.tid);
+                None
+            }
+        }
+    } else {
+        None
     };
-    if base == libc::MAP_FAILED {
-        return Err(Error::Other(format!(
-            "mapping the page file: {}",
-            std::io::Error::last_os_error()
-        )));
-    }
-    struct Unmap(*mut libc::c_void, usize);
-    impl Drop for Unmap {
-        fn drop(&mut self) {
-            // SAFETY: unmapping the mapping made above.
-            unsafe { libc::munmap(self.0, self.1) };
+    let mut direct: Vec<Seg> = Vec::new();
+    let mut other: Vec<Seg> = Vec::new();
+    for v in vmas {
+        let segs = v.pages.iter().map(|run| Seg {
+            addr: run.addr,
+            off: run.offset,
+            len: run.npages * PAGE_SIZE,
+        });
+        total += v.pages.iter().map(|run| run.npages).sum::<u64>();
+        if v.pages.is_empty() {
+            continue;
+        }
+        let registered = match &mut uffd {
+            Some(u) if eligible(v) => u.register(v.start, v.end - v.start),
+            _ => false,
+        };
+        if registered {
+            direct.extend(segs);
+        } else {
+            other.extend(segs);
         }
     }
-    let _unmap = Unmap(base, size as usize);
-    let mut total = 0u64;
-    let tid = r.tid;
-    let mut local: Vec<std::io::IoSlice> = Vec::with_capacity(IOV_BATCH);
-    let mut remote: Vec<RemoteIoVec> = Vec::with_capacity(IOV_BATCH);
-    let flush = |local: &mut Vec<std::io::IoSlice>, remote: &mut Vec<RemoteIoVec>| -> Result<()> {
-        let want: usize = remote.iter().map(|v| v.len).sum();
-        let mut done = 0;
-        while done < want {
-            // Skip what was written already.
-            let (mut l, mut rm) = (Vec::new(), Vec::new());
-            let mut skip = done;
-            for (a, b) in local.iter().zip(remote.iter()) {
-                if skip >= b.len {
-                    skip -= b.len;
-                    continue;
-                }
-                l.push(std::io::IoSlice::new(&a[skip..]));
-                rm.push(RemoteIoVec {
-                    base: b.base + skip,
-                    len: b.len - skip,
-                });
-                skip = 0;
+    if let Some(u) = uffd {
+        if !direct.is_empty() {
+            other.extend(copy_direct(u.fd(), pages, &direct, r.tid)?);
+        }
+        u.finish(r.tid)?;
+    }
+    write_other(r, pages, &other)?;
+    Ok(total)
+}
+
+/// A userfaultfd of the task, held here only, and the ranges registered on
+/// it. Dropped, it unregisters them (best effort: `finish` reports errors).
+struct Registered {
+    fd: std::os::fd::OwnedFd,
+    ranges: Vec<(u64, u64)>,
+}
+
+impl Registered {
+    /// Creates the task's userfaultfd and takes it over: the task's own
+    /// descriptor is closed before this returns.
+    fn open(r: &mut Remote) -> Result<Self> {
+        use sys::uffd;
+        // User-mode-only needs no privilege; nothing faults on the areas
+        // while they are registered (the task is stopped, and this side only
+        // fills them with UFFDIO_COPY).
+        let tfd = r.call(
+            "userfaultfd",
+            libc::SYS_userfaultfd,
+            [
+                (libc::O_CLOEXEC | libc::O_NONBLOCK | uffd::UFFD_USER_MODE_ONLY) as u64,
+                0,
+                0,
+                0,
+                0,
+                0,
+            ],
+        )?;
+        let tid = r.tid;
+        let got = sys::pidfd::pidfd_open(tid).and_then(|pidfd| {
+            sys::pidfd::pidfd_getfd(std::os::fd::AsFd::as_fd(&pidfd), tfd as i32)
+        });
+        let closed = r.call("close(userfaultfd)", libc::SYS_close, [tfd, 0, 0, 0, 0, 0]);
+        let fd = got.map_err(|e| Error::Process {
+            pid: tid,
+            reason: format!("taking the task's userfaultfd: {e}"),
+        })?;
+        closed?;
+        uffd::api(std::os::fd::AsFd::as_fd(&fd), 0).map_err(|e| Error::Process {
+            pid: tid,
+            reason: format!("userfaultfd handshake: {e}"),
+        })?;
+        Ok(Registered {
+            fd,
+            ranges: Vec::new(),
+        })
+    }
+
+    fn fd(&self) -> std::os::fd::BorrowedFd<'_> {
+        std::os::fd::AsFd::as_fd(&self.fd)
+    }
+
+    /// Registers an area for missing-page filling; false if the kernel
+    /// refuses (the area is then filled the other way).
+    fn register(&mut self, start: u64, len: u64) -> bool {
+        use sys::uffd;
+        match uffd::register(self.fd(), start, len, uffd::UFFDIO_REGISTER_MODE_MISSING) {
+            Ok(ioctls) if ioctls & (1 << (uffd::UFFDIO_COPY & 0xff)) != 0 => {
+                self.ranges.push((start, len));
+                true
             }
-            let n = nix::sys::uio::process_vm_writev(Pid::from_raw(tid), &l, &rm).map_err(|e| {
-                Error::Process {
-                    pid: tid,
-                    reason: format!("writing pages at {:#x}: {e}", rm[0].base),
-                }
+            Ok(_) => {
+                let _ = uffd::unregister(self.fd(), start, len);
+                false
+            }
+            Err(e) => {
+                tracing::debug!("area {start:#x}: userfaultfd registration refused: {e}");
+                false
+            }
+        }
+    }
+
+    /// Unregisters every range and closes the descriptor.
+    fn finish(mut self, tid: i32) -> Result<()> {
+        for (start, len) in std::mem::take(&mut self.ranges) {
+            sys::uffd::unregister(self.fd(), start, len).map_err(|e| Error::Process {
+                pid: tid,
+                reason: format!("unregistering area {start:#x} from userfaultfd: {e}"),
             })?;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Registered {
+    fn drop(&mut self) {
+        for &(start, len) in &self.ranges {
+            let _ = sys::uffd::unregister(std::os::fd::AsFd::as_fd(&self.fd), start, len);
+        }
+    }
+}
+
+/// `struct uffdio_copy` (include/uapi/linux/userfaultfd.h).
+#[repr(C)]
+struct UffdioCopy {
+    dst: u64,
+    src: u64,
+    len: u64,
+    mode: u64,
+    copy: i64,
+}
+
+/// UFFDIO_COPY of `src` to `dst` in the registered task; returns the bytes
+/// copied before any error (all of `src` on success) and the error.
+fn uffd_copy(uffd: std::os::fd::BorrowedFd, dst: u64, src: &[u8]) -> (u64, Option<std::io::Error>) {
+    use std::os::fd::AsRawFd;
+    let mut done = 0u64;
+    while done < src.len() as u64 {
+        let mut c = UffdioCopy {
+            dst: dst + done,
+            src: src.as_ptr() as u64 + done,
+            len: src.len() as u64 - done,
+            mode: 0,
+            copy: 0,
+        };
+        // SAFETY: `c` is a valid uffdio_copy; its source lies inside `src`,
+        // readable for the whole call.
+        let ret = unsafe {
+            libc::ioctl(
+                uffd.as_raw_fd(),
+                sys::uffd::UFFDIO_COPY as _,
+                &mut c as *mut UffdioCopy,
+            )
+        };
+        let err = (ret == -1).then(std::io::Error::last_os_error);
+        if c.copy > 0 {
+            done += c.copy as u64;
+        }
+        match err {
+            None => {}
+            // Partial progress: go on with the rest.
+            Some(e) if e.raw_os_error() == Some(libc::EAGAIN) && c.copy > 0 => {}
+            Some(e) => return (done, Some(e)),
+        }
+    }
+    (done, None)
+}
+
+/// Reads `segs` from the page file through `buf`: as many consecutive
+/// segments (or parts) per pread as fit, handing `put` each batch as
+/// (segment part, its offset in the buffer) and the bytes read.
+fn stream(
+    pages: &File,
+    segs: &[Seg],
+    buf: &mut [u8],
+    mut put: impl FnMut(&[(Seg, usize)], &[u8]) -> Result<()>,
+) -> Result<()> {
+    let mut parts: Vec<(Seg, usize)> = Vec::new();
+    let (mut i, mut done) = (0usize, 0u64);
+    while i < segs.len() {
+        parts.clear();
+        let first = segs[i].off + done;
+        let mut used = 0usize;
+        while i < segs.len() && used < buf.len() && parts.len() < IOV_BATCH {
+            let s = segs[i];
+            if s.off + done != first + used as u64 {
+                break;
+            }
+            let n = ((s.len - done) as usize).min(buf.len() - used);
+            parts.push((
+                Seg {
+                    addr: s.addr + done,
+                    off: s.off + done,
+                    len: n as u64,
+                },
+                used,
+            ));
+            used += n;
+            done += n as u64;
+            if done == s.len {
+                i += 1;
+                done = 0;
+            }
+        }
+        pages
+            .read_exact_at(&mut buf[..used], first)
+            .map_err(|e| Error::Other(format!("reading the page file at {first}: {e}")))?;
+        put(&parts, &buf[..used])?;
+    }
+    Ok(())
+}
+
+/// UFFDIO_COPY of every segment, on two threads when there is enough to copy;
+/// returns the parts the kernel refused (to be written the other way).
+fn copy_direct(
+    uffd: std::os::fd::BorrowedFd,
+    pages: &File,
+    segs: &[Seg],
+    tid: i32,
+) -> Result<Vec<Seg>> {
+    let work = |segs: &[Seg]| -> Result<Vec<Seg>> {
+        let mut buf = crate::memory::buf::AlignedBuf::new(READ_BUF)?;
+        let mut refused = Vec::new();
+        stream(pages, segs, &mut buf, |parts, bytes| {
+            for &(s, at) in parts {
+                let (n, err) = uffd_copy(uffd, s.addr, &bytes[at..at + s.len as usize]);
+                if let Some(e) = err {
+                    tracing::debug!(
+                        "process {tid}: UFFDIO_COPY at {:#x} stopped after {n} bytes: {e}",
+                        s.addr
+                    );
+                    refused.push(Seg {
+                        addr: s.addr + n,
+                        off: s.off + n,
+                        len: s.len - n,
+                    });
+                }
+            }
+            Ok(())
+        })?;
+        Ok(refused)
+    };
+    let bytes: u64 = segs.iter().map(|s| s.len).sum();
+    let cores = std::thread::available_parallelism().map_or(1, |n| n.get());
+    if bytes < PARALLEL_MIN || cores < 2 {
+        return work(segs);
+    }
+    // Two halves of equal size, the segment at the middle split in two.
+    let (mut first, mut second) = (Vec::new(), Vec::new());
+    let mut seen = 0u64;
+    for &s in segs {
+        let half = bytes / 2 / PAGE_SIZE * PAGE_SIZE;
+        if seen + s.len <= half {
+            first.push(s);
+        } else if seen >= half {
+            second.push(s);
+        } else {
+            let k = half - seen;
+            first.push(Seg { len: k, ..s });
+            second.push(Seg {
+                addr: s.addr + k,
+                off: s.off + k,
+                len: s.len - k,
+            });
+        }
+        seen += s.len;
+    }
+    let (a, b) = std::thread::scope(|sc| {
+        let other = sc.spawn(|| work(&second));
+        let a = work(&first);
+        let b = other.join();
+        (a, b)
+    });
+    let mut refused = a?;
+    refused.extend(b.map_err(|_| Error::Process {
+        pid: tid,
+        reason: "a memory copy thread panicked".into(),
+    })??);
+    Ok(refused)
+}
+
+/// process_vm_writev of `segs` into the task, large runs populated first.
+fn write_other(r: &mut Remote, pages: &File, segs: &[Seg]) -> Result<()> {
+    if segs.is_empty() {
+        return Ok(());
+    }
+    for s in segs {
+        if s.len >= POPULATE_MIN {
+            // Best effort: without it the pages fault in one by one.
+            let _ = r.syscall_raw(
+                libc::SYS_madvise,
+                [s.addr, s.len, MADV_POPULATE_WRITE, 0, 0, 0],
+            );
+        }
+    }
+    let tid = r.tid;
+    let mut buf = crate::memory::buf::AlignedBuf::new(READ_BUF)?;
+    stream(pages, segs, &mut buf, |parts, bytes| {
+        let mut i = 0usize; // first part not fully written
+        let mut skip = 0usize; // bytes of it already written
+        while i < parts.len() {
+            let local: Vec<std::io::IoSlice> = parts[i..]
+                .iter()
+                .enumerate()
+                .map(|(k, &(s, at))| {
+                    let from = if k == 0 { skip } else { 0 };
+                    std::io::IoSlice::new(&bytes[at + from..at + s.len as usize])
+                })
+                .collect();
+            let remote: Vec<RemoteIoVec> = parts[i..]
+                .iter()
+                .enumerate()
+                .map(|(k, &(s, _))| {
+                    let from = if k == 0 { skip } else { 0 };
+                    RemoteIoVec {
+                        base: s.addr as usize + from,
+                        len: s.len as usize - from,
+                    }
+                })
+                .collect();
+            let mut n = nix::sys::uio::process_vm_writev(Pid::from_raw(tid), &local, &remote)
+                .map_err(|e| Error::Process {
+                    pid: tid,
+                    reason: format!("writing pages at {:#x}: {e}", remote[0].base),
+                })?;
             if n == 0 {
                 return Err(Error::Process {
                     pid: tid,
-                    reason: "writing pages made no progress".into(),
+                    reason: format!("writing pages at {:#x} made no progress", remote[0].base),
                 });
             }
-            done += n;
-        }
-        // Our view of what was copied goes: stasis's memory stays bounded by
-        // one batch whatever the image's size (the page cache keeps the data).
-        for a in local.iter() {
-            let start = (a.as_ptr() as usize) & !(PAGE_SIZE as usize - 1);
-            let end = a.as_ptr() as usize + a.len();
-            // SAFETY: dropping the page table entries of our own read-only
-            // private file mapping; the pages are read again from the file if
-            // touched.
-            unsafe { libc::madvise(start as *mut libc::c_void, end - start, libc::MADV_DONTNEED) };
-        }
-        local.clear();
-        remote.clear();
-        Ok(())
-    };
-    let mut batch_bytes = 0usize;
-    for v in vmas {
-        for run in &v.pages {
-            let len = run.npages * PAGE_SIZE;
-            if len >= POPULATE_MIN {
-                // Best effort: without it the pages fault in one by one.
-                let _ = r.syscall_raw(
-                    libc::SYS_madvise,
-                    [run.addr, len, MADV_POPULATE_WRITE, 0, 0, 0],
-                );
-            }
-            // SAFETY: `validate` checked offset + len <= size of the mapping.
-            let src = unsafe {
-                std::slice::from_raw_parts(
-                    (base as *const u8).add(run.offset as usize),
-                    len as usize,
-                )
-            };
-            // In pieces of at most one batch, each mapped in bulk on our side
-            // (MADV_POPULATE_READ) rather than faulted page by page.
-            for (i, piece) in src.chunks(BATCH_BYTES).enumerate() {
-                // SAFETY: advice on a range of our own file mapping; failure
-                // only costs speed.
-                unsafe {
-                    libc::madvise(
-                        piece.as_ptr() as *mut libc::c_void,
-                        piece.len(),
-                        MADV_POPULATE_READ,
-                    )
-                };
-                local.push(std::io::IoSlice::new(piece));
-                remote.push(RemoteIoVec {
-                    base: (run.addr + (i * BATCH_BYTES) as u64) as usize,
-                    len: piece.len(),
-                });
-                batch_bytes += piece.len();
-                if local.len() == IOV_BATCH || batch_bytes >= BATCH_BYTES {
-                    flush(&mut local, &mut remote)?;
-                    batch_bytes = 0;
+            while n > 0 {
+                let left = parts[i].0.len as usize - skip;
+                if n >= left {
+                    n -= left;
+                    i += 1;
+                    skip = 0;
+                } else {
+                    skip += n;
+                    n = 0;
                 }
             }
-            total += run.npages;
         }
-    }
-    flush(&mut local, &mut remote)?;
-    Ok(total)
+        Ok(())
+    })
 }

@@ -210,7 +210,7 @@ pub fn data_ranges(f: &File, size: u64) -> std::io::Result<Vec<(u64, u64)>> {
 /// the object.
 pub fn save_object(f: &File, size: u64, sink: &mut PageSink) -> Result<Vec<PageRun>> {
     let ranges = data_ranges(f, size).map_err(|e| Error::Other(format!("SEEK_DATA: {e}")))?;
-    let mut buf = vec![0u8; super::pages::CHUNK];
+    let mut buf = super::buf::AlignedBuf::new(super::pages::CHUNK)?;
     let mut runs = Vec::new();
     for (start, end) in ranges {
         runs.push(PageRun {

@@ -10,21 +10,23 @@
  * to a child process. The child checks that it reads 1, 2, 3, ... without a
  * gap or a repeat and keeps its own count and checksum of what it read. Two
  * threads each keep a counter and a checksum of their own and a shared total
- * under a mutex, sleeping 1 ms per step. DIR/count holds i (every 16 steps);
- * DIR/ready appears after 50 steps.
+ * under a mutex, sleeping 1 ms per step. An interval timer (ITIMER_REAL,
+ * 2 ms) counts its SIGALRMs in the main thread. DIR/count holds i (every 16
+ * steps); DIR/ready appears after 50 steps.
  *
  * Every 1024 steps the main thread checks that both threads made progress
- * since the last check. On SIGTERM it stops the threads and checks, by
+ * and that SIGALRM came since the last check. On SIGTERM it stops the threads and checks, by
  * replaying steps 1..i from scratch: the memory area word for word, the
  * checksum, the journal's length, offset, O_APPEND and every record; each
  * thread's checksum against its counter, and the shared total against both
- * counters; that the timer still runs at a 1 ms interval and has ticked at
- * least i times. It closes the pipe; the child answers with its count and
+ * counters; that the timerfd still runs at a 1 ms interval and has ticked
+ * at least i times, and the interval timer at 2 ms. It closes the pipe; the child answers with its count and
  * checksum, which must be i and the replayed checksum of 1..i. */
 #include "wl.h"
 
 #include <pthread.h>
 #include <sys/mman.h>
+#include <sys/time.h>
 #include <sys/timerfd.h>
 #include <sys/wait.h>
 
@@ -71,6 +73,13 @@ static struct {
 	uint64_t sum;
 } th[THREADS];
 static uint64_t total;
+static volatile uint64_t alarms;
+
+static void on_alarm(int sig)
+{
+	(void)sig;
+	alarms++;
+}
 
 static void *worker(void *arg)
 {
@@ -78,6 +87,7 @@ static void *worker(void *arg)
 	sigset_t set;
 	sigemptyset(&set);
 	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGALRM);
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
 	while (!stop) {
 		pthread_mutex_lock(&mu);
@@ -161,13 +171,23 @@ int main(int argc, char **argv)
 		perror("timerfd_settime");
 		return 2;
 	}
+	struct sigaction sa;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_alarm;
+	sa.sa_flags = SA_RESTART;
+	sigemptyset(&sa.sa_mask);
+	struct itimerval alarm_every = { { 0, 2000 }, { 0, 2000 } };
+	if (sigaction(SIGALRM, &sa, NULL) != 0 || setitimer(ITIMER_REAL, &alarm_every, NULL) != 0) {
+		perror("SIGALRM or setitimer");
+		return 2;
+	}
 	for (long k = 0; k < THREADS; k++)
 		if (pthread_create(&th[k].t, NULL, worker, (void *)k) != 0) {
 			dprintf(2, "pthread_create failed\n");
 			return 2;
 		}
 
-	uint64_t seen[THREADS] = { 0 };
+	uint64_t seen[THREADS] = { 0 }, seen_alarms = 0;
 	while (!wl_term && !wl_failed()) {
 		uint64_t n;
 		ssize_t got = read(tfd, &n, sizeof(n));
@@ -194,6 +214,11 @@ int main(int argc, char **argv)
 						PROGRESS_WINDOW, (unsigned long long)c);
 				seen[k] = c;
 			}
+			uint64_t a = alarms;
+			if (a == seen_alarms)
+				wl_fail("no SIGALRM during the last %d steps (still %llu)", PROGRESS_WINDOW,
+					(unsigned long long)a);
+			seen_alarms = a;
 		}
 		if (i % 16 == 0)
 			wl_write("count", "%llu\n", (unsigned long long)i);
@@ -201,6 +226,11 @@ int main(int argc, char **argv)
 			wl_write("ready", "%llu\n", (unsigned long long)i);
 	}
 
+	struct itimerval it, off = { { 0, 0 }, { 0, 0 } };
+	if (getitimer(ITIMER_REAL, &it) != 0 || it.it_interval.tv_sec != 0 || it.it_interval.tv_usec != 2000)
+		wl_fail("ITIMER_REAL interval is %ld.%06ld s, expected 0.002", (long)it.it_interval.tv_sec,
+			(long)it.it_interval.tv_usec);
+	setitimer(ITIMER_REAL, &off, NULL);
 	stop = 1;
 	for (int k = 0; k < THREADS; k++)
 		pthread_join(th[k].t, NULL);
@@ -287,7 +317,7 @@ int main(int argc, char **argv)
 	else if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
 		wl_fail("the child ended with status %#x", status);
 
-	wl_pass_note("steps=%llu thread0=%llu thread1=%llu", (unsigned long long)steps,
-		     (unsigned long long)th[0].count, (unsigned long long)th[1].count);
+	wl_pass_note("steps=%llu thread0=%llu thread1=%llu alarms=%llu", (unsigned long long)steps,
+		     (unsigned long long)th[0].count, (unsigned long long)th[1].count, (unsigned long long)alarms);
 	return wl_finish();
 }

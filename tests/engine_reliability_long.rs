@@ -436,7 +436,7 @@ fn endurance(cycles: usize) {
     }
 }
 
-/// 100 consecutive dump/restore cycles (about 30 s here).
+/// 100 consecutive dump/restore cycles (25-30 s here).
 #[test]
 fn endurance_100_cycles() {
     endurance(100);

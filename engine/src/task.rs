@@ -436,3 +436,26 @@ fn set_creds(r: &mut Remote, cr: &Creds, now: &Creds, scratch: u64) -> Result<()
     raise_ambient(r, cr.cap_amb)?;
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// /proc/PID/limits says what prlimit says.
+    #[test]
+    fn limits_from_proc_match_prlimit() {
+        // SAFETY: getpid has no preconditions.
+        let pid = unsafe { libc::getpid() };
+        let from_proc = rlimits_from_proc(pid).expect("parsing /proc/self/limits");
+        let direct = collect_rlimits(pid).expect("prlimit of our own process");
+        assert_eq!(from_proc.len(), direct.len());
+        for (a, b) in from_proc.iter().zip(&direct) {
+            assert_eq!(
+                (a.resource, a.soft, a.hard),
+                (b.resource, b.soft, b.hard),
+                "rlimit {}",
+                a.resource
+            );
+        }
+    }
+}

@@ -129,6 +129,16 @@ pub fn validate(pid: i32, t: &ThreadImage) -> Result<()> {
             t.xstate.len()
         )));
     }
+    // NGROUPS_MAX
+    if let Some(c) = &t.creds {
+        if c.groups.len() > 65536 {
+            return Err(Error::Other(format!(
+                "image of process {pid}: thread {} has {} supplementary groups",
+                t.tid,
+                c.groups.len()
+            )));
+        }
+    }
     Ok(())
 }
 

@@ -327,7 +327,16 @@ pub fn restore(r: &mut Remote, t: &TimersImage, scratch: u64) -> Result<()> {
         }
     }
     for (which, it) in t.itimers.iter().enumerate() {
-        if is_zero(&it.value) {
+        // A periodic ITIMER_REAL that expired while the process was stopped
+        // is re-armed only when its SIGALRM is dequeued: until then
+        // getitimer shows no time left. The SIGALRM travels with the
+        // pending signals; the timer goes on with its next period.
+        let value = if is_zero(&it.value) {
+            it.interval
+        } else {
+            it.value
+        };
+        if is_zero(&value) {
             continue;
         }
         let us = |t: &Timespec| Timespec {
@@ -336,7 +345,7 @@ pub fn restore(r: &mut Remote, t: &TimersImage, scratch: u64) -> Result<()> {
         };
         let mut b = Vec::with_capacity(32);
         b.extend_from_slice(&ts_bytes(&us(&it.interval)));
-        b.extend_from_slice(&ts_bytes(&us(&it.value)));
+        b.extend_from_slice(&ts_bytes(&us(&value)));
         r.write_mem(scratch, &b)?;
         r.call(
             &format!("setitimer({which})"),

@@ -10,21 +10,24 @@
  * to a child process. The child checks that it reads 1, 2, 3, ... without a
  * gap or a repeat and keeps its own count and checksum of what it read. Two
  * threads each keep a counter and a checksum of their own and a shared total
- * under a mutex, sleeping 1 ms per step. DIR/count holds i (every 16 steps);
- * DIR/ready appears after 50 steps.
+ * under a mutex, sleeping 1 ms per step. An interval timer (ITIMER_REAL,
+ * 2 ms) and a POSIX timer (CLOCK_MONOTONIC, SIGUSR2, 3 ms) count their
+ * signals in the main thread. DIR/count holds i (every 16
+ * steps); DIR/ready appears after 50 steps.
  *
  * Every 1024 steps the main thread checks that both threads made progress
- * since the last check. On SIGTERM it stops the threads and checks, by
+ * and that SIGALRM and SIGUSR2 came since the last check. On SIGTERM it stops the threads and checks, by
  * replaying steps 1..i from scratch: the memory area word for word, the
  * checksum, the journal's length, offset, O_APPEND and every record; each
  * thread's checksum against its counter, and the shared total against both
- * counters; that the timer still runs at a 1 ms interval and has ticked at
- * least i times. It closes the pipe; the child answers with its count and
+ * counters; that the timerfd still runs at a 1 ms interval and has ticked
+ * at least i times, the interval timer at 2 ms and the POSIX timer at 3 ms. It closes the pipe; the child answers with its count and
  * checksum, which must be i and the replayed checksum of 1..i. */
 #include "wl.h"
 
 #include <pthread.h>
 #include <sys/mman.h>
+#include <sys/time.h>
 #include <sys/timerfd.h>
 #include <sys/wait.h>
 
@@ -71,6 +74,15 @@ static struct {
 	uint64_t sum;
 } th[THREADS];
 static uint64_t total;
+static volatile uint64_t alarms, usr2s;
+
+static void on_alarm(int sig)
+{
+	if (sig == SIGALRM)
+		alarms++;
+	else
+		usr2s++;
+}
 
 static void *worker(void *arg)
 {
@@ -78,6 +90,8 @@ static void *worker(void *arg)
 	sigset_t set;
 	sigemptyset(&set);
 	sigaddset(&set, SIGTERM);
+	sigaddset(&set, SIGALRM);
+	sigaddset(&set, SIGUSR2);
 	pthread_sigmask(SIG_BLOCK, &set, NULL);
 	while (!stop) {
 		pthread_mutex_lock(&mu);
@@ -161,13 +175,34 @@ int main(int argc, char **argv)
 		perror("timerfd_settime");
 		return 2;
 	}
+	struct sigaction sa;
+	memset(&sa, 0, sizeof(sa));
+	sa.sa_handler = on_alarm;
+	sa.sa_flags = SA_RESTART;
+	sigemptyset(&sa.sa_mask);
+	struct itimerval alarm_every = { { 0, 2000 }, { 0, 2000 } };
+	if (sigaction(SIGALRM, &sa, NULL) != 0 || setitimer(ITIMER_REAL, &alarm_every, NULL) != 0) {
+		perror("SIGALRM or setitimer");
+		return 2;
+	}
+	timer_t posix_timer;
+	struct sigevent sev;
+	memset(&sev, 0, sizeof(sev));
+	sev.sigev_notify = SIGEV_SIGNAL;
+	sev.sigev_signo = SIGUSR2;
+	struct itimerspec usr2_every = { { 0, 3000000 }, { 0, 3000000 } };
+	if (sigaction(SIGUSR2, &sa, NULL) != 0 || timer_create(CLOCK_MONOTONIC, &sev, &posix_timer) != 0 ||
+	    timer_settime(posix_timer, 0, &usr2_every, NULL) != 0) {
+		perror("SIGUSR2 or the POSIX timer");
+		return 2;
+	}
 	for (long k = 0; k < THREADS; k++)
 		if (pthread_create(&th[k].t, NULL, worker, (void *)k) != 0) {
 			dprintf(2, "pthread_create failed\n");
 			return 2;
 		}
 
-	uint64_t seen[THREADS] = { 0 };
+	uint64_t seen[THREADS] = { 0 }, seen_alarms = 0, seen_usr2s = 0;
 	while (!wl_term && !wl_failed()) {
 		uint64_t n;
 		ssize_t got = read(tfd, &n, sizeof(n));
@@ -194,6 +229,16 @@ int main(int argc, char **argv)
 						PROGRESS_WINDOW, (unsigned long long)c);
 				seen[k] = c;
 			}
+			uint64_t a = alarms;
+			if (a == seen_alarms)
+				wl_fail("no SIGALRM during the last %d steps (still %llu)", PROGRESS_WINDOW,
+					(unsigned long long)a);
+			seen_alarms = a;
+			a = usr2s;
+			if (a == seen_usr2s)
+				wl_fail("no SIGUSR2 from the POSIX timer during the last %d steps (still %llu)",
+					PROGRESS_WINDOW, (unsigned long long)a);
+			seen_usr2s = a;
 		}
 		if (i % 16 == 0)
 			wl_write("count", "%llu\n", (unsigned long long)i);
@@ -201,6 +246,16 @@ int main(int argc, char **argv)
 			wl_write("ready", "%llu\n", (unsigned long long)i);
 	}
 
+	struct itimerval it, off = { { 0, 0 }, { 0, 0 } };
+	if (getitimer(ITIMER_REAL, &it) != 0 || it.it_interval.tv_sec != 0 || it.it_interval.tv_usec != 2000)
+		wl_fail("ITIMER_REAL interval is %ld.%06ld s, expected 0.002", (long)it.it_interval.tv_sec,
+			(long)it.it_interval.tv_usec);
+	setitimer(ITIMER_REAL, &off, NULL);
+	struct itimerspec pt;
+	if (timer_gettime(posix_timer, &pt) != 0 || pt.it_interval.tv_sec != 0 || pt.it_interval.tv_nsec != 3000000)
+		wl_fail("POSIX timer interval is %ld.%09ld s, expected 0.003", (long)pt.it_interval.tv_sec,
+			pt.it_interval.tv_nsec);
+	timer_delete(posix_timer);
 	stop = 1;
 	for (int k = 0; k < THREADS; k++)
 		pthread_join(th[k].t, NULL);
@@ -287,7 +342,8 @@ int main(int argc, char **argv)
 	else if (!WIFEXITED(status) || WEXITSTATUS(status) != 0)
 		wl_fail("the child ended with status %#x", status);
 
-	wl_pass_note("steps=%llu thread0=%llu thread1=%llu", (unsigned long long)steps,
-		     (unsigned long long)th[0].count, (unsigned long long)th[1].count);
+	wl_pass_note("steps=%llu thread0=%llu thread1=%llu alarms=%llu usr2=%llu", (unsigned long long)steps,
+		     (unsigned long long)th[0].count, (unsigned long long)th[1].count, (unsigned long long)alarms,
+		     (unsigned long long)usr2s);
 	return wl_finish();
 }

@@ -1,9 +1,54 @@
 /* bigmem [MIB] DIR: one anonymous area of MIB MiB (default 1024), every
  * 8-byte word of every page holding a value derived from its page index and
- * its place in the page. On SIGTERM every word of every page is checked. */
+ * its place in the page. On SIGTERM every word of every page is checked, and
+ * that nothing of a restore's filling is left behind: no userfaultfd among
+ * the fds, the area registered with none (no "um"/"uw"/"ui" VmFlags). */
 #include "wl.h"
 
+#include <dirent.h>
 #include <sys/mman.h>
+
+static void check_no_userfaultfd(void *area)
+{
+	DIR *d = opendir("/proc/self/fd");
+	if (!d) {
+		wl_fail("opendir /proc/self/fd: %s", strerror(errno));
+		return;
+	}
+	struct dirent *e;
+	while ((e = readdir(d))) {
+		char path[320], link[256];
+		snprintf(path, sizeof(path), "/proc/self/fd/%s", e->d_name);
+		ssize_t n = readlink(path, link, sizeof(link) - 1);
+		if (n <= 0)
+			continue;
+		link[n] = 0;
+		if (strstr(link, "userfaultfd"))
+			wl_fail("fd %s is %s", e->d_name, link);
+	}
+	closedir(d);
+	FILE *f = fopen("/proc/self/smaps", "r");
+	if (!f) {
+		wl_fail("fopen /proc/self/smaps: %s", strerror(errno));
+		return;
+	}
+	char line[512], want[32];
+	snprintf(want, sizeof(want), "%lx-", (unsigned long)area);
+	int in_area = 0, seen = 0;
+	while (fgets(line, sizeof(line), f)) {
+		if (strchr(line, '-') && strchr(line, ' ') && strchr(line, '-') < strchr(line, ' '))
+			in_area = strncmp(line, want, strlen(want)) == 0;
+		if (!in_area || strncmp(line, "VmFlags:", 8))
+			continue;
+		seen = 1;
+		for (char *t = strtok(line + 8, " \n"); t; t = strtok(NULL, " \n"))
+			if (!strcmp(t, "um") || !strcmp(t, "uw") || !strcmp(t, "ui"))
+				wl_fail("the area at %p is registered with userfaultfd (VmFlags %s)", area, t);
+	}
+	fclose(f);
+	if (!seen)
+		wl_fail("the area at %p has no VmFlags in /proc/self/smaps", area);
+}
 
 static inline uint64_t word(uint64_t page, uint64_t i)
 {
@@ -46,6 +91,7 @@ int main(int argc, char **argv)
 			bad_pages, pages, first_page, (void *)&area[at], first_word, (unsigned long long)area[at],
 			(unsigned long long)word(first_page, first_word));
 	}
+	check_no_userfaultfd(area);
 	wl_pass_note("pages=%zu", pages);
 	return wl_finish();
 }

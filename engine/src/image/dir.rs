@@ -55,6 +55,15 @@ impl PageSink {
         self.size
     }
 
+    /// A second handle on the file, for writes at offsets that a later
+    /// `append_in_place` covers (its windows then see those bytes and hash
+    /// them with the rest).
+    pub fn try_clone_file(&self) -> Result<File> {
+        self.file
+            .try_clone()
+            .map_err(io(format!("duplicating image file {}", self.name)))
+    }
+
     /// Appends `len` bytes produced in place: the file is extended, mapped
     /// window by window (at most `window` bytes, page-aligned), and `fill`
     /// writes each window directly, given its offset from the start of this

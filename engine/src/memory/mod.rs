@@ -5,6 +5,7 @@
 //! the address space from outside, through syscalls injected at a trampoline
 //! page mapped where neither the old nor the new layout has anything.
 
+pub mod live;
 pub mod mm;
 pub mod pages;
 pub mod shared;

@@ -305,17 +305,25 @@ fn collect_process(
     let mut img = res?;
     fin?;
     let tm = Instant::now();
+    // --leave-running: private anonymous memory is write-protected (by a
+    // thread, while the areas and pages are read) and copied after the
+    // release (`memory::live`); the rest is copied now.
+    let arming = match (&p.pidfd, opts.leave_running) {
+        (Some(pidfd), true) => memory::live::begin(p.pid, main.tid, gadget, pidfd.as_fd())?,
+        _ => None,
+    };
     let mut vmas = memory::collect(p.pid)?;
     files.attach_memfds(p.pid, p.ns_pid, &mut vmas, blobs)?;
     shared.collect(p.pid, p.ns_pid, &mut vmas, shmem)?;
     memory::pages::scan(p.pid, &mut vmas)?;
-    // --leave-running: private anonymous pages are write-protected now and
-    // copied after the release (`memory::live`); the rest is copied now.
-    let armed = match (&p.pidfd, opts.leave_running) {
-        (Some(pidfd), true) => {
-            memory::live::arm(p.pid, main.tid, gadget, pidfd.as_fd(), &mut vmas)?
-        }
-        _ => None,
+    tracing::debug!(
+        pid = p.pid,
+        ms = ms(tm.elapsed()),
+        "areas and pages scanned"
+    );
+    let armed = match arming {
+        Some(a) => a.finish(&mut vmas)?,
+        None => None,
     };
     let mut sink = writer.create_file(&format!("pages-{}.img", p.ns_pid))?;
     let ns_pid = p.ns_pid;

@@ -169,18 +169,88 @@ fn take_uffd(pid: i32, tid: i32, gadget: u64, pidfd: BorrowedFd) -> Result<Optio
     Ok(out)
 }
 
-/// Write-protects the pages of `vmas` (as `pages::scan` found them) that can
-/// be copied after the release, and takes their runs out of the areas.
-/// `Ok(None)` when nothing can be (all is copied while frozen, as for a
-/// normal dump). Called while the process is stopped.
-pub fn arm(
+/// Private anonymous areas of `pid` with some access, from /proc/PID/maps
+/// (cheap: no page walk), as (start, end).
+fn anon_areas(pid: i32) -> Result<Vec<(u64, u64)>> {
+    let text =
+        std::fs::read_to_string(format!("/proc/{pid}/maps")).map_err(|e| Error::Process {
+            pid,
+            reason: format!("reading maps: {e}"),
+        })?;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(range), Some(perms)) = (f.next(), f.next()) else {
+            continue;
+        };
+        let name = f.nth(3).unwrap_or("");
+        let private = perms.as_bytes().get(3) == Some(&b'p');
+        let no_access = perms.starts_with("---");
+        if !private || no_access || !(name.is_empty() || name == "[heap]" || name == "[stack]") {
+            continue;
+        }
+        if let Some((a, b)) = range.split_once('-') {
+            if let (Ok(a), Ok(b)) = (u64::from_str_radix(a, 16), u64::from_str_radix(b, 16)) {
+                out.push((a, b));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Registers `areas` for write-protect faults and write-protects them whole;
+/// returns the areas done. An area the kernel refuses is left out (its
+/// pages are copied while frozen).
+fn protect(pid: i32, fd: BorrowedFd, areas: &[(u64, u64)]) -> Result<Vec<(u64, u64)>> {
+    let mut done = Vec::new();
+    for &(start, end) in areas {
+        // The whole area, so that registering splits nothing.
+        match uffd::register(fd, start, end - start, uffd::UFFDIO_REGISTER_MODE_WP) {
+            Ok(ioctls) if ioctls & UFFDIO_WRITEPROTECT_BIT != 0 => {}
+            Ok(_) => {
+                let _ = uffd::unregister(fd, start, end - start);
+                tracing::debug!(
+                    pid,
+                    start,
+                    "area without write-protection: copied while frozen"
+                );
+                continue;
+            }
+            Err(e) => {
+                tracing::debug!(pid, start, "area not registered ({e}): copied while frozen");
+                continue;
+            }
+        }
+        uffd::writeprotect(fd, start, end - start, true).map_err(|e| Error::Process {
+            pid,
+            reason: format!("write-protecting memory {start:#x}-{end:#x}: {e}"),
+        })?;
+        done.push((start, end));
+    }
+    Ok(done)
+}
+
+type Protecting = std::thread::JoinHandle<(OwnedFd, Result<Vec<(u64, u64)>>)>;
+
+/// A process whose private anonymous areas are being write-protected by a
+/// helper thread (page-table walks: tens of milliseconds per GiB), while the
+/// caller reads the areas and pages. `finish` joins the thread; dropping it
+/// joins it too, so no thread outlives the dump.
+pub struct Arming {
     pid: i32,
-    tid: i32,
-    gadget: u64,
-    pidfd: BorrowedFd,
-    vmas: &mut [Vma],
-) -> Result<Option<Armed>> {
-    if !vmas.iter().any(eligible) {
+    started: Instant,
+    thread: Option<Protecting>,
+}
+
+/// Starts write-protecting the private anonymous memory of stopped process
+/// `pid` (whole areas; `finish` decides which pages are saved): a userfaultfd
+/// is made in its thread `tid` (injected syscalls, so on the calling thread,
+/// the tracer), then a thread registers and protects. `Ok(None)` when the
+/// task can have no userfaultfd: then everything is copied while frozen.
+pub fn begin(pid: i32, tid: i32, gadget: u64, pidfd: BorrowedFd) -> Result<Option<Arming>> {
+    let started = Instant::now();
+    let areas = anon_areas(pid)?;
+    if areas.is_empty() {
         return Ok(None);
     }
     let Some(fd) = take_uffd(pid, tid, gadget, pidfd)? else {
@@ -193,59 +263,66 @@ pub fn arm(
         );
         return Ok(None);
     }
-    let mut taken = Vec::new();
-    for (i, v) in vmas.iter_mut().enumerate() {
-        if !eligible(v) {
-            continue;
-        }
-        // The whole area, so that registering splits nothing.
-        match uffd::register(
-            fd.as_fd(),
-            v.start,
-            v.end - v.start,
-            uffd::UFFDIO_REGISTER_MODE_WP,
-        ) {
-            Ok(ioctls) if ioctls & UFFDIO_WRITEPROTECT_BIT != 0 => {}
-            Ok(_) => {
-                let _ = uffd::unregister(fd.as_fd(), v.start, v.end - v.start);
-                tracing::debug!(
-                    pid,
-                    start = v.start,
-                    "area without write-protection: copied while frozen"
-                );
-                continue;
-            }
-            Err(e) => {
-                tracing::debug!(
-                    pid,
-                    start = v.start,
-                    "area not registered ({e}): copied while frozen"
-                );
-                continue;
-            }
-        }
-        for run in &v.pages {
-            uffd::writeprotect(fd.as_fd(), run.addr, run.npages * PAGE_SIZE, true).map_err(
-                |e| Error::Process {
-                    pid,
-                    reason: format!(
-                        "write-protecting memory {:#x}-{:#x}: {e}",
-                        run.addr,
-                        run.addr + run.npages * PAGE_SIZE
-                    ),
-                },
-            )?;
-        }
-        taken.push((i, std::mem::take(&mut v.pages)));
-    }
-    if taken.is_empty() {
-        return Ok(None);
-    }
-    Ok(Some(Armed {
+    let thread = std::thread::Builder::new()
+        .name("stasis-protect".into())
+        .spawn(move || {
+            let r = protect(pid, fd.as_fd(), &areas);
+            (fd, r)
+        })
+        .map_err(io("starting the write-protecting thread"))?;
+    Ok(Some(Arming {
         pid,
-        uffd: fd,
-        taken,
+        started,
+        thread: Some(thread),
     }))
+}
+
+impl Arming {
+    fn join(&mut self) -> Result<(OwnedFd, Vec<(u64, u64)>)> {
+        let t = self.thread.take().expect("joined once");
+        let (fd, r) = t.join().map_err(|_| Error::Process {
+            pid: self.pid,
+            reason: "the write-protecting thread panicked".into(),
+        })?;
+        Ok((fd, r?))
+    }
+
+    /// Waits for the protection, then takes the runs of the protected areas
+    /// out of `vmas` (as `pages::scan` found them), so that the frozen copy
+    /// skips them. `Ok(None)` when no area with pages to save is protected.
+    pub fn finish(mut self, vmas: &mut [Vma]) -> Result<Option<Armed>> {
+        let (fd, done) = self.join()?;
+        let mut taken = Vec::new();
+        for (i, v) in vmas.iter_mut().enumerate() {
+            if eligible(v) && done.binary_search(&(v.start, v.end)).is_ok() {
+                taken.push((i, std::mem::take(&mut v.pages)));
+            }
+        }
+        tracing::debug!(
+            pid = self.pid,
+            areas = done.len(),
+            with_pages = taken.len(),
+            ms = self.started.elapsed().as_secs_f64() * 1e3,
+            "memory write-protected for the live copy"
+        );
+        if taken.is_empty() {
+            return Ok(None);
+        }
+        Ok(Some(Armed {
+            pid: self.pid,
+            uffd: fd,
+            taken,
+        }))
+    }
+}
+
+impl Drop for Arming {
+    fn drop(&mut self) {
+        if self.thread.is_some() {
+            // Closing the userfaultfd (with the joined result) lifts the protection.
+            let _ = self.join();
+        }
+    }
 }
 
 impl Armed {

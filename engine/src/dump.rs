@@ -313,9 +313,10 @@ fn collect_process(
         _ => None,
     };
     let mut vmas = memory::collect(p.pid)?;
+    tracing::debug!(pid = p.pid, ms = ms(tm.elapsed()), "areas read");
     files.attach_memfds(p.pid, p.ns_pid, &mut vmas, blobs)?;
     shared.collect(p.pid, p.ns_pid, &mut vmas, shmem)?;
-    memory::pages::scan(p.pid, &mut vmas)?;
+    memory::live::scan(p.pid, arming.as_ref(), &mut vmas)?;
     tracing::debug!(
         pid = p.pid,
         ms = ms(tm.elapsed()),

@@ -88,9 +88,9 @@ pub struct Armed {
     taken: Vec<(usize, Vec<PageRun>)>,
 }
 
-/// Whether an area's pages can be copied live.
-fn eligible(v: &Vma) -> bool {
-    matches!(v.kind, VmaKind::Anon) && !v.shared && v.shared_object.is_none() && !v.pages.is_empty()
+/// Whether an area is private anonymous memory (what can be copied live).
+fn live_kind(v: &Vma) -> bool {
+    matches!(v.kind, VmaKind::Anon) && !v.shared && v.shared_object.is_none()
 }
 
 /// `USERFAULTFD_IOC_NEW` (include/uapi/linux/userfaultfd.h): `_IO(0xAA, 0x00)`
@@ -198,10 +198,48 @@ fn anon_areas(pid: i32) -> Result<Vec<(u64, u64)>> {
     Ok(out)
 }
 
-/// Registers `areas` for write-protect faults and write-protects them whole;
-/// returns the areas done. An area the kernel refuses is left out (its
-/// pages are copied while frozen).
-fn protect(pid: i32, fd: BorrowedFd, areas: &[(u64, u64)]) -> Result<Vec<(u64, u64)>> {
+/// An area registered and write-protected, with the runs of pages to save
+/// when `PAGEMAP_SCAN` could tell them.
+struct Protected {
+    start: u64,
+    end: u64,
+    runs: Option<Vec<PageRun>>,
+}
+
+/// The pages of `[start, end)` to save, in one `PAGEMAP_SCAN` walk: present
+/// or swapped, and not the shared zero page. `None` if the kernel cannot.
+fn scan_area(pagemap: Option<&File>, start: u64, end: u64) -> Option<Vec<PageRun>> {
+    use sys::mm::{PAGE_IS_PFNZERO, PAGE_IS_PRESENT, PAGE_IS_SWAPPED};
+    let req = sys::mm::ScanRequest {
+        start,
+        end,
+        category_inverted: PAGE_IS_PFNZERO,
+        category_mask: PAGE_IS_PFNZERO,
+        category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+        ..Default::default()
+    };
+    let regions = sys::mm::pagemap_scan_with(pagemap?.as_fd(), &req).ok()?;
+    let mut runs: Vec<PageRun> = Vec::new();
+    for r in regions {
+        match runs.last_mut() {
+            Some(l) if l.addr + l.npages * PAGE_SIZE == r.start => {
+                l.npages += (r.end - r.start) / PAGE_SIZE
+            }
+            _ => runs.push(PageRun {
+                addr: r.start,
+                npages: (r.end - r.start) / PAGE_SIZE,
+                offset: 0,
+            }),
+        }
+    }
+    Some(runs)
+}
+
+/// Registers `areas` for write-protect faults, write-protects them whole and
+/// finds their pages to save; returns the areas done. An area the kernel
+/// refuses is left out (its pages are copied while frozen).
+fn protect(pid: i32, fd: BorrowedFd, areas: &[(u64, u64)]) -> Result<Vec<Protected>> {
+    let pagemap = File::open(format!("/proc/{pid}/pagemap")).ok();
     let mut done = Vec::new();
     for &(start, end) in areas {
         // The whole area, so that registering splits nothing.
@@ -225,12 +263,16 @@ fn protect(pid: i32, fd: BorrowedFd, areas: &[(u64, u64)]) -> Result<Vec<(u64, u
             pid,
             reason: format!("write-protecting memory {start:#x}-{end:#x}: {e}"),
         })?;
-        done.push((start, end));
+        done.push(Protected {
+            start,
+            end,
+            runs: scan_area(pagemap.as_ref(), start, end),
+        });
     }
     Ok(done)
 }
 
-type Protecting = std::thread::JoinHandle<(OwnedFd, Result<Vec<(u64, u64)>>)>;
+type Protecting = std::thread::JoinHandle<(OwnedFd, Result<Vec<Protected>>)>;
 
 /// A process whose private anonymous areas are being write-protected by a
 /// helper thread (page-table walks: tens of milliseconds per GiB), while the
@@ -238,6 +280,8 @@ type Protecting = std::thread::JoinHandle<(OwnedFd, Result<Vec<(u64, u64)>>)>;
 /// joins it too, so no thread outlives the dump.
 pub struct Arming {
     pid: i32,
+    /// The areas handed to the thread (sorted).
+    areas: Vec<(u64, u64)>,
     started: Instant,
     thread: Option<Protecting>,
 }
@@ -263,22 +307,24 @@ pub fn begin(pid: i32, tid: i32, gadget: u64, pidfd: BorrowedFd) -> Result<Optio
         );
         return Ok(None);
     }
+    let mine = areas.clone();
     let thread = std::thread::Builder::new()
         .name("stasis-protect".into())
         .spawn(move || {
-            let r = protect(pid, fd.as_fd(), &areas);
+            let r = protect(pid, fd.as_fd(), &mine);
             (fd, r)
         })
         .map_err(io("starting the write-protecting thread"))?;
     Ok(Some(Arming {
         pid,
+        areas,
         started,
         thread: Some(thread),
     }))
 }
 
 impl Arming {
-    fn join(&mut self) -> Result<(OwnedFd, Vec<(u64, u64)>)> {
+    fn join(&mut self) -> Result<(OwnedFd, Vec<Protected>)> {
         let t = self.thread.take().expect("joined once");
         let (fd, r) = t.join().map_err(|_| Error::Process {
             pid: self.pid,
@@ -287,15 +333,40 @@ impl Arming {
         Ok((fd, r?))
     }
 
+    /// Whether the thread finds the pages of area `v` itself.
+    fn covers(&self, v: &Vma) -> bool {
+        live_kind(v) && self.areas.binary_search(&(v.start, v.end)).is_ok()
+    }
+
     /// Waits for the protection, then takes the runs of the protected areas
-    /// out of `vmas` (as `pages::scan` found them), so that the frozen copy
-    /// skips them. `Ok(None)` when no area with pages to save is protected.
+    /// out of `vmas` (as `PAGEMAP_SCAN` found them, or `pages::scan` where
+    /// it could not), so that the frozen copy skips them. `Ok(None)` when no
+    /// area with pages to save is protected.
     pub fn finish(mut self, vmas: &mut [Vma]) -> Result<Option<Armed>> {
         let (fd, done) = self.join()?;
-        let mut taken = Vec::new();
+        let mut unscanned = Vec::new();
+        let mut live = Vec::new();
         for (i, v) in vmas.iter_mut().enumerate() {
-            if eligible(v) && done.binary_search(&(v.start, v.end)).is_ok() {
-                taken.push((i, std::mem::take(&mut v.pages)));
+            if !self.covers(v) {
+                continue;
+            }
+            let k = done.partition_point(|d| d.start < v.start);
+            match done.get(k).filter(|d| d.start == v.start && d.end == v.end) {
+                Some(d) => {
+                    live.push(i);
+                    match &d.runs {
+                        Some(runs) => v.pages = runs.clone(),
+                        None => unscanned.push(i),
+                    }
+                }
+                None => unscanned.push(i),
+            }
+        }
+        scan_only(self.pid, vmas, &unscanned)?;
+        let mut taken = Vec::new();
+        for i in live {
+            if !vmas[i].pages.is_empty() {
+                taken.push((i, std::mem::take(&mut vmas[i].pages)));
             }
         }
         tracing::debug!(
@@ -314,6 +385,29 @@ impl Arming {
             taken,
         }))
     }
+}
+
+/// `pages::scan` of the areas at `idx` only.
+fn scan_only(pid: i32, vmas: &mut [Vma], idx: &[usize]) -> Result<()> {
+    if idx.is_empty() {
+        return Ok(());
+    }
+    let mut sub: Vec<Vma> = idx.iter().map(|&i| vmas[i].clone()).collect();
+    super::pages::scan(pid, &mut sub)?;
+    for (k, &i) in idx.iter().enumerate() {
+        vmas[i].pages = std::mem::take(&mut sub[k].pages);
+    }
+    Ok(())
+}
+
+/// Finds the pages to save of every area (`pages::scan`), but of those whose
+/// pages `arming`'s thread finds while it protects them.
+pub fn scan(pid: i32, arming: Option<&Arming>, vmas: &mut [Vma]) -> Result<()> {
+    let Some(a) = arming else {
+        return super::pages::scan(pid, vmas);
+    };
+    let idx: Vec<usize> = (0..vmas.len()).filter(|&i| !a.covers(&vmas[i])).collect();
+    scan_only(pid, vmas, &idx)
 }
 
 impl Drop for Arming {

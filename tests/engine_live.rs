@@ -168,3 +168,36 @@ fn killed_live_dump_leaves_workload_running() {
     let v = h.expect_pass(&sb);
     eprintln!("after the killed dump: {v}");
 }
+
+/// Memory of every kind (private and shared anonymous, file mappings, heap,
+/// stack, PROT_NONE, MAP_GROWSDOWN, never-touched pages) through a
+/// `--leave-running` dump: the original's memory map and contents are as
+/// before (the write-protection leaves no trace), and the restored copy
+/// finds every pattern where it was.
+#[test]
+fn leave_running_memory_of_every_kind() {
+    let h = Harness::new("live-kinds");
+    if missing(&h, "leave_running_memory_of_every_kind", "userfaultfd") {
+        return;
+    }
+    let sb = h.start_c("memory", &[]);
+    let image = h.dump(&sb, &["--leave-running"]);
+    h.expect_pass(&sb);
+    let restored = h.restore(&image);
+    h.expect_pass(&restored);
+}
+
+/// Eight threads running and sleeping through a `--leave-running` dump: the
+/// original and the restored copy both check their threads.
+#[test]
+fn leave_running_threads() {
+    let h = Harness::new("live-threads");
+    if missing(&h, "leave_running_threads", "userfaultfd") {
+        return;
+    }
+    let sb = h.start_c("threads", &["8"]);
+    let image = h.dump(&sb, &["--leave-running"]);
+    h.expect_pass(&sb);
+    let restored = h.restore(&image);
+    h.expect_pass(&restored);
+}

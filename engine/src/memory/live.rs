@@ -308,19 +308,31 @@ pub fn begin(pid: i32, tid: i32, gadget: u64, pidfd: BorrowedFd) -> Result<Optio
         return Ok(None);
     }
     let mine = areas.clone();
+    // The thread blocks every signal (it inherits the mask it is started
+    // with): SIGCHLD of the tracees must reach the tracer thread's signalfd,
+    // not be discarded by a thread that does not block it.
+    use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow};
+    let mut old = SigSet::empty();
+    pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&SigSet::all()), Some(&mut old)).map_err(
+        crate::error::errno("blocking signals for the write-protecting thread"),
+    )?;
     let thread = std::thread::Builder::new()
         .name("stasis-protect".into())
         .spawn(move || {
             let r = protect(pid, fd.as_fd(), &mine);
             (fd, r)
-        })
-        .map_err(io("starting the write-protecting thread"))?;
-    Ok(Some(Arming {
+        });
+    let restored = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+    let thread = thread.map_err(io("starting the write-protecting thread"))?;
+    // From here on, dropping the Arming joins the thread.
+    let arming = Arming {
         pid,
         areas,
         started,
         thread: Some(thread),
-    }))
+    };
+    restored.map_err(crate::error::errno("restoring the signal mask"))?;
+    Ok(Some(arming))
 }
 
 impl Arming {
@@ -400,8 +412,8 @@ fn scan_only(pid: i32, vmas: &mut [Vma], idx: &[usize]) -> Result<()> {
     Ok(())
 }
 
-/// Finds the pages to save of every area (`pages::scan`), but of those whose
-/// pages `arming`'s thread finds while it protects them.
+/// Finds the pages to save of every area with `pages::scan`, except the
+/// areas whose pages `arming`'s thread finds while it protects them.
 pub fn scan(pid: i32, arming: Option<&Arming>, vmas: &mut [Vma]) -> Result<()> {
     let Some(a) = arming else {
         return super::pages::scan(pid, vmas);

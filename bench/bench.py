@@ -356,6 +356,8 @@ class Bench:
             try:
                 r, st = self.stasis_dump(name, img, leave_running=True)
                 self.add(f"{key}.lr.frozen_ms", st["frozen_ms"])
+                self.add(f"{key}.lr.live_ms", st.get("live_ms", 0.0))
+                self.add(f"{key}.lr.live_faults", st.get("live_faults", 0))
                 self.add(f"{key}.lr.wall", r.wall)
                 self.finish_sandbox(name, verdict, mib, f"{mib} MiB workload after --leave-running dump")
             finally:
@@ -579,6 +581,11 @@ class Bench:
             if lr:
                 rows.append((f"dump --leave-running {size}: frozen", fmt(lr, "ms"), "", "", "",
                              goal(lr[0], "<150 ms", lambda x: x < 150), "", ""))
+                lw, ll = self.stat(f"{k}.lr.wall"), self.stat(f"{k}.lr.live_ms")
+                rows.append((f"dump --leave-running {size}: total, CLI wall", fmt(lw, "s"), "", "", "", "", "",
+                             ""))
+                rows.append((f"dump --leave-running {size}: copy after the release (live_ms)", fmt(ll, "ms"), "",
+                             "", "", "", "", ""))
         ver, tru = self.stat("small.version"), self.stat("small.true")
         for what, lim in (("dump", 10), ("restore", 30)) if "small" in self.groups() else ():
             w = self.stat(f"small.{what}.wall")

@@ -124,6 +124,11 @@ fn selfcheck_bigmem() {
 }
 
 #[test]
+fn selfcheck_livemem() {
+    selfcheck("livemem", c_workload("livemem", &["64", "2"]));
+}
+
+#[test]
 fn selfcheck_pipe() {
     selfcheck("pipe", c_workload("pipe", &[]));
 }

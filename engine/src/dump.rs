@@ -2,6 +2,7 @@
 //! tree or let it run on. Any error before the image is complete releases the
 //! workload exactly as it was and removes the partial image.
 
+use std::os::fd::AsFd;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
@@ -86,11 +87,13 @@ pub fn dump(state_dir: &Path, name: &str, dir: &Path, opts: &DumpOptions) -> Res
         workload_ns,
         clocks,
     };
+    // Pages to copy after the release (--leave-running), write-protected.
+    let mut live = Vec::new();
     let repair = collect_all(
         &seized,
         &sb,
         about,
-        &mut writer,
+        (&mut writer, &mut live),
         &mut stats,
         opts,
         &mut locks,
@@ -101,14 +104,22 @@ pub fn dump(state_dir: &Path, name: &str, dir: &Path, opts: &DumpOptions) -> Res
     // Release or kill before the manifest? The image must be complete before
     // the workload is killed; with --leave-running the workload goes on first.
     if opts.leave_running {
-        let tw = Instant::now();
-        let total = writer.finish(cpu_features())?;
-        stats.write_ms = ms(tw.elapsed());
-        stats.image_bytes = total;
         // Connections leave repair mode before the workload goes on.
         drop(repair);
         seized.release()?;
         stats.frozen_ms = ms(t0.elapsed());
+        // The protected pages, copied while the workload runs; an error
+        // closes the userfaultfds, which lifts every protection.
+        let tl = Instant::now();
+        let ls = memory::live::copy_all(&mut live, &mut writer, opts.progress)?;
+        drop(live);
+        stats.live_ms = ms(tl.elapsed());
+        stats.live_pages = ls.pages;
+        stats.live_faults = ls.faults;
+        let tw = Instant::now();
+        let total = writer.finish(cpu_features())?;
+        stats.write_ms = ms(tw.elapsed());
+        stats.image_bytes = total;
     } else {
         let tw = Instant::now();
         let total = writer.finish(cpu_features())?;
@@ -155,7 +166,7 @@ fn collect_all(
     seized: &Seized,
     sb: &sandbox::Sandbox,
     about: About<'_>,
-    writer: &mut ImageWriter,
+    (writer, live): (&mut ImageWriter, &mut Vec<memory::live::Job>),
     stats: &mut DumpStats,
     opts: &DumpOptions,
     locks: &mut crate::files::LocksReader,
@@ -186,7 +197,7 @@ fn collect_all(
             &mut files,
             &mut blobs,
             (&mut shared, &mut shmem),
-            writer,
+            (&mut *writer, &mut *live),
             stats,
             opts,
         )?;
@@ -243,7 +254,7 @@ fn collect_process(
     files: &mut FileTable,
     blobs: &mut crate::image::PageSink,
     (shared, shmem): (&mut memory::shared::Table, &mut crate::image::PageSink),
-    writer: &mut ImageWriter,
+    (writer, live): (&mut ImageWriter, &mut Vec<memory::live::Job>),
     stats: &mut DumpStats,
     opts: &DumpOptions,
 ) -> Result<ProcessImage> {
@@ -306,17 +317,43 @@ fn collect_process(
     let mut img = res?;
     fin?;
     let tm = Instant::now();
+    // --leave-running: private anonymous memory is write-protected (by a
+    // thread, while the areas and pages are read) and copied after the
+    // release (`memory::live`); the rest is copied now.
+    let arming = match (&p.pidfd, opts.leave_running) {
+        (Some(pidfd), true) => memory::live::begin(p.pid, main.tid, gadget, pidfd.as_fd())?,
+        _ => None,
+    };
     let mut vmas = memory::collect(p.pid)?;
+    tracing::debug!(pid = p.pid, ms = ms(tm.elapsed()), "areas read");
     files.attach_memfds(p.pid, p.ns_pid, &mut vmas, blobs)?;
     shared.collect(p.pid, p.ns_pid, &mut vmas, shmem)?;
-    memory::pages::scan(p.pid, &mut vmas)?;
+    memory::live::scan(p.pid, arming.as_ref(), &mut vmas)?;
+    tracing::debug!(
+        pid = p.pid,
+        ms = ms(tm.elapsed()),
+        "areas and pages scanned"
+    );
+    let armed = match arming {
+        Some(a) => a.finish(&mut vmas)?,
+        None => None,
+    };
     let mut sink = writer.create_file(&format!("pages-{}.img", p.ns_pid))?;
     let ns_pid = p.ns_pid;
     let progress = opts
         .progress
         .map(|f| move |done, total| f(ns_pid, done, total));
-    let pages = memory::pages::dump(p.pid, &mut vmas, &mut sink, progress)?;
-    writer.commit_file(sink)?;
+    let mut pages = memory::pages::dump(p.pid, &mut vmas, &mut sink, progress)?;
+    match armed {
+        Some(a) => {
+            let job = a.plan(&mut vmas, sink, p.ns_pid)?;
+            pages += job.pages();
+            live.push(job);
+        }
+        None => {
+            writer.commit_file(sink)?;
+        }
+    }
     stats.memory_ms += ms(tm.elapsed());
     stats.pages += pages;
     stats.page_bytes += pages * PAGE_SIZE;

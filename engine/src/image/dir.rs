@@ -55,6 +55,81 @@ impl PageSink {
         self.size
     }
 
+    /// A second handle on the file, for writes at offsets that a later
+    /// `append_in_place` covers (its windows then see those bytes and hash
+    /// them with the rest).
+    pub fn try_clone_file(&self) -> Result<File> {
+        self.file
+            .try_clone()
+            .map_err(io(format!("duplicating image file {}", self.name)))
+    }
+
+    /// Appends `len` bytes produced in place: the file is extended, mapped
+    /// window by window (at most `window` bytes, page-aligned), and `fill`
+    /// writes each window directly, given its offset from the start of this
+    /// append. One copy from the source into the file's pages, and the
+    /// memory used is one window whatever `len` is. The current position
+    /// must be page-aligned (page files hold whole pages only).
+    pub fn append_in_place(
+        &mut self,
+        len: u64,
+        window: usize,
+        mut fill: impl FnMut(u64, &mut [u8]) -> Result<()>,
+    ) -> Result<()> {
+        use std::os::fd::AsRawFd;
+        if len == 0 {
+            return Ok(());
+        }
+        let page = super::PAGE_SIZE;
+        debug_assert!(self.size.is_multiple_of(page) && (window as u64).is_multiple_of(page));
+        let start = self.size;
+        self.file
+            .set_len(start + len)
+            .map_err(io(format!("extending image file {}", self.name)))?;
+        let mut done = 0u64;
+        while done < len {
+            let n = ((len - done) as usize).min(window);
+            // SAFETY: a shared read-write mapping of `n` bytes of our own image
+            // file, inside the length just set; only used as a byte slice below
+            // and unmapped before the next window.
+            let p = unsafe {
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    n,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED,
+                    self.file.as_raw_fd(),
+                    (start + done) as libc::off_t,
+                )
+            };
+            if p == libc::MAP_FAILED {
+                return Err(io(format!("mapping image file {}", self.name))(
+                    std::io::Error::last_os_error(),
+                ));
+            }
+            struct Unmap(*mut libc::c_void, usize);
+            impl Drop for Unmap {
+                fn drop(&mut self) {
+                    // SAFETY: unmapping the window mapped above.
+                    unsafe { libc::munmap(self.0, self.1) };
+                }
+            }
+            let _unmap = Unmap(p, n);
+            // Allocate the window's pages in one go rather than one fault each.
+            // SAFETY: madvise on the mapping above; failure only costs speed.
+            unsafe {
+                libc::madvise(p, n, 23 /* MADV_POPULATE_WRITE */)
+            };
+            // SAFETY: `p` is a valid mapping of `n` bytes, exclusively ours.
+            let buf = unsafe { std::slice::from_raw_parts_mut(p as *mut u8, n) };
+            fill(done, buf)?;
+            self.hasher.update(buf);
+            done += n as u64;
+        }
+        self.size = start + len;
+        Ok(())
+    }
+
     /// Appends `len` bytes produced by `fill`, given a page-aligned buffer and
     /// its offset from the start of this append. Large appends run as a
     /// pipeline on two threads: this thread fills and hashes one buffer while

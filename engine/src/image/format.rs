@@ -98,6 +98,14 @@ pub struct DumpStats {
     pub pages: u64,
     pub page_bytes: u64,
     pub image_bytes: u64,
+    /// `--leave-running`: time spent copying pages after the release, the
+    /// pages copied then, and the write faults served meanwhile.
+    #[serde(default)]
+    pub live_ms: f64,
+    #[serde(default)]
+    pub live_pages: u64,
+    #[serde(default)]
+    pub live_faults: u64,
 }
 
 /// `proc-<pid>.json`: everything about one live process but its pages.

@@ -6,6 +6,7 @@
 //! page mapped where neither the old nor the new layout has anything.
 
 pub(crate) mod buf;
+pub mod live;
 pub mod mm;
 pub mod pages;
 pub mod shared;

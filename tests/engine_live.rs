@@ -1,0 +1,203 @@
+//! `stasis dump --leave-running` copying memory after the workload runs again:
+//! the image still holds one instant, the workload is never harmed, and a
+//! dump that dies half-way leaves the workload running free.
+
+mod common;
+
+use std::process::Stdio;
+use std::time::{Duration, Instant};
+
+use common::*;
+
+/// Whether `stasis check` finds `feature` missing on this machine (the test
+/// then says so and skips).
+fn missing(h: &Harness, test: &str, feature: &str) -> bool {
+    let out = h.stasis(["check", "--feature", feature, "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stasis check --json: {e}: {}", describe(&out)));
+    let f = &v["features"][0];
+    if f["status"] == "missing" {
+        eprintln!(
+            "skipping {test}: stasis check says {feature} is missing ({})",
+            f["detail"]
+        );
+        return true;
+    }
+    false
+}
+
+/// Host PID of the workload of sandbox `name` (the child of its init).
+fn workload_pid(h: &Harness, name: &str) -> i32 {
+    let init = h
+        .ps_json()
+        .as_array()
+        .and_then(|a| a.iter().find(|e| e["name"] == name))
+        .and_then(|e| e["init_pid"].as_i64())
+        .unwrap_or_else(|| panic!("init_pid of sandbox {name}"));
+    let children = std::fs::read_to_string(format!("/proc/{init}/task/{init}/children"))
+        .unwrap_or_else(|e| panic!("children of init {init}: {e}"));
+    children
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or_else(|| panic!("sandbox {name}: init {init} has no child"))
+}
+
+fn tracer_of(pid: i32) -> i32 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("TracerPid:"))
+                .and_then(|v| v.trim().parse().ok())
+        })
+        .unwrap_or_else(|| panic!("TracerPid of process {pid}"))
+}
+
+/// Two threads rewrite 256 MiB without pause, each checking every page
+/// before it rewrites it, while a `--leave-running` dump copies it. Write
+/// faults must be served during the copy (the workload is not frozen for
+/// the copy); the original checks itself and goes on; the restored copy
+/// resumes from the image and finds every page consistent with the one
+/// instant it was frozen at (a page saved after the workload wrote it would
+/// hold a generation from the future, which the restored writer finds when
+/// it gets there or in its final check).
+#[test]
+fn leave_running_image_is_one_instant() {
+    let h = Harness::new("live-instant");
+    if missing(&h, "leave_running_image_is_one_instant", "userfaultfd") {
+        return;
+    }
+    let sb = h.start_c("livemem", &["256", "2"]);
+    let image = h.image_path();
+    let out = h.dump_raw(&sb, &image, &["--leave-running", "--json"]);
+    assert!(
+        out.status.success(),
+        "stasis dump --leave-running failed: {}\n{}",
+        describe(&out),
+        h.logs(&sb)
+    );
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("dump --json printed no JSON ({e}): {}", describe(&out)));
+    let live_pages = st["live_pages"].as_u64().unwrap_or(0);
+    let faults = st["live_faults"].as_u64().unwrap_or(0);
+    eprintln!(
+        "frozen {} ms, live copy {} ms, {live_pages} pages copied live, {faults} write faults served",
+        st["frozen_ms"], st["live_ms"]
+    );
+    assert!(
+        live_pages >= 65536,
+        "the 256 MiB area was not copied after the release: {st:#}"
+    );
+    assert!(
+        faults > 0,
+        "no write fault was served while the writers ran: {st:#}"
+    );
+
+    // The original runs on, unharmed.
+    let before = read_number(&h.path("count")).unwrap_or(0);
+    h.wait_count_above(&sb, before + 1);
+    let v = h.expect_pass(&sb);
+    eprintln!("original: {v}");
+
+    let restored = h.restore(&image);
+    let at_restore = read_number(&h.path("count")).unwrap_or(0);
+    h.wait_count_above(&restored, at_restore + 1);
+    let v = h.expect_pass(&restored);
+    eprintln!("restored: {v}");
+}
+
+/// A `--leave-running` dump killed while it copies memory after the release:
+/// the kernel lifts every write-protection when the userfaultfd goes, so the
+/// workload (whose writers were waiting on protected pages) runs on and
+/// checks itself; no image is left claiming to be complete.
+#[test]
+fn killed_live_dump_leaves_workload_running() {
+    let h = Harness::new("live-killed");
+    if missing(
+        &h,
+        "killed_live_dump_leaves_workload_running",
+        "userfaultfd",
+    ) {
+        return;
+    }
+    let sb = h.start_c("livemem", &["1024", "2"]);
+    let pid = workload_pid(&h, &sb);
+    let image = h.image_path();
+    let mut dump = h
+        .command()
+        .args(["dump", &sb, "-D"])
+        .arg(&image)
+        .arg("--leave-running")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting stasis dump");
+    // Released = traced (stopped for the dump), then no longer traced.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut traced = false;
+    loop {
+        let tracer = tracer_of(pid);
+        if tracer == dump.id() as i32 {
+            traced = true;
+        } else if traced && tracer == 0 {
+            break;
+        }
+        if let Some(st) = dump.try_wait().expect("try_wait") {
+            panic!(
+                "stasis dump exited ({st}) before it could be caught copying after the release \
+                 (traced seen: {traced})"
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stasis dump did not release the workload within 60 s"
+        );
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    dump.kill().expect("killing stasis dump");
+    let st = dump.wait().expect("waiting for stasis dump");
+    assert!(!st.success(), "stasis dump was killed, yet exited {st}");
+    assert!(
+        !image.join("manifest.json").exists(),
+        "a dump killed during its copy left a complete-looking image"
+    );
+    // The writers go on: more passes, then a clean verdict.
+    let now = read_number(&h.path("count")).unwrap_or(0);
+    h.wait_count_above(&sb, now + 2);
+    let v = h.expect_pass(&sb);
+    eprintln!("after the killed dump: {v}");
+}
+
+/// Memory of every kind (private and shared anonymous, file mappings, heap,
+/// stack, PROT_NONE, MAP_GROWSDOWN, never-touched pages) through a
+/// `--leave-running` dump: the original's memory map and contents are as
+/// before (the write-protection leaves no trace), and the restored copy
+/// finds every pattern where it was.
+#[test]
+fn leave_running_memory_of_every_kind() {
+    let h = Harness::new("live-kinds");
+    if missing(&h, "leave_running_memory_of_every_kind", "userfaultfd") {
+        return;
+    }
+    let sb = h.start_c("memory", &[]);
+    let image = h.dump(&sb, &["--leave-running"]);
+    h.expect_pass(&sb);
+    let restored = h.restore(&image);
+    h.expect_pass(&restored);
+}
+
+/// Eight threads running and sleeping through a `--leave-running` dump: the
+/// original and the restored copy both check their threads.
+#[test]
+fn leave_running_threads() {
+    let h = Harness::new("live-threads");
+    if missing(&h, "leave_running_threads", "userfaultfd") {
+        return;
+    }
+    let sb = h.start_c("threads", &["8"]);
+    let image = h.dump(&sb, &["--leave-running"]);
+    h.expect_pass(&sb);
+    let restored = h.restore(&image);
+    h.expect_pass(&restored);
+}

@@ -201,3 +201,30 @@ fn leave_running_threads() {
     let restored = h.restore(&image);
     h.expect_pass(&restored);
 }
+
+/// A tree of processes through a `--leave-running` dump: one userfaultfd per
+/// process, the faults of all of them served while each one's pages are
+/// copied; the original and the restored tree both check themselves.
+#[test]
+fn leave_running_tree() {
+    let h = Harness::new("live-tree");
+    if missing(&h, "leave_running_tree", "userfaultfd") {
+        return;
+    }
+    let sb = h.start_c("tree", &[]);
+    let image = h.image_path();
+    let out = h.dump_raw(&sb, &image, &["--leave-running", "--json"]);
+    assert!(out.status.success(), "dump: {}", describe(&out));
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).expect("dump --json");
+    assert!(
+        st["processes"].as_u64().unwrap_or(0) > 1,
+        "the tree workload has more than one process: {st:#}"
+    );
+    assert!(
+        st["live_pages"].as_u64().unwrap_or(0) > 0,
+        "no page copied after the release: {st:#}"
+    );
+    h.expect_pass(&sb);
+    let restored = h.restore(&image);
+    h.expect_pass(&restored);
+}

@@ -201,3 +201,99 @@ fn leave_running_threads() {
     let restored = h.restore(&image);
     h.expect_pass(&restored);
 }
+
+/// A tree of processes through a `--leave-running` dump: one userfaultfd per
+/// process, the faults of all of them served while each one's pages are
+/// copied; the original and the restored tree both check themselves.
+#[test]
+fn leave_running_tree() {
+    let h = Harness::new("live-tree");
+    if missing(&h, "leave_running_tree", "userfaultfd") {
+        return;
+    }
+    let sb = h.start_c("tree", &[]);
+    let image = h.image_path();
+    let out = h.dump_raw(&sb, &image, &["--leave-running", "--json"]);
+    assert!(out.status.success(), "dump: {}", describe(&out));
+    let st: serde_json::Value = serde_json::from_slice(&out.stdout).expect("dump --json");
+    assert!(
+        st["processes"].as_u64().unwrap_or(0) > 1,
+        "the tree workload has more than one process: {st:#}"
+    );
+    assert!(
+        st["live_pages"].as_u64().unwrap_or(0) > 0,
+        "no page copied after the release: {st:#}"
+    );
+    h.expect_pass(&sb);
+    let restored = h.restore(&image);
+    h.expect_pass(&restored);
+}
+
+/// The workload unmaps memory the `--leave-running` dump has not saved yet:
+/// its frozen content is gone, so the dump fails, naming the process and the
+/// range, leaves no complete image, and the workload runs on unharmed.
+#[test]
+fn live_dump_fails_when_unsaved_memory_is_unmapped() {
+    let h = Harness::new("live-unmap");
+    if missing(
+        &h,
+        "live_dump_fails_when_unsaved_memory_is_unmapped",
+        "userfaultfd",
+    ) {
+        return;
+    }
+    let sb = h.start_c("livemem", &["1024", "2", "unmap"]);
+    let pid = workload_pid(&h, &sb);
+    let image = h.image_path();
+    let dump = h
+        .command()
+        .args(["dump", &sb, "-D"])
+        .arg(&image)
+        .arg("--leave-running")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting stasis dump");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut traced = false;
+    loop {
+        let tracer = tracer_of(pid);
+        if tracer == dump.id() as i32 {
+            traced = true;
+        } else if traced && tracer == 0 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stasis dump did not release the workload within 60 s"
+        );
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    std::fs::write(h.path("unmap-now"), "now").expect("writing unmap-now");
+    let out = dump.wait_with_output().expect("waiting for stasis dump");
+    let err = text(&out.stderr);
+    assert!(
+        !out.status.success(),
+        "the dump succeeded although unsaved memory was unmapped during its copy: {}",
+        describe(&out)
+    );
+    assert!(
+        err.contains("was unmapped while the --leave-running dump was still copying it"),
+        "the error does not say what happened: {err}"
+    );
+    // The workload says so once its munmap returned (the dump may exit first).
+    let unmapped = h.path("unmapped");
+    wait_until(
+        "the workload to unmap its second area",
+        READY_TIMEOUT,
+        || unmapped.exists(),
+        || h.logs(&sb),
+    );
+    assert!(
+        !image.join("manifest.json").exists(),
+        "a failed dump left a complete-looking image"
+    );
+    let now = read_number(&h.path("count")).unwrap_or(0);
+    h.wait_count_above(&sb, now + 1);
+    h.expect_pass(&sb);
+}

@@ -77,6 +77,15 @@ pub fn dump(state_dir: &Path, a: DumpArgs) -> Result<u8> {
             "freeze {:.1} ms, collect {:.1} ms, memory {:.1} ms, write {:.1} ms; frozen {:.1} ms, total {:.1} ms",
             st.freeze_ms, st.collect_ms, st.memory_ms, st.write_ms, st.frozen_ms, st.total_ms
         );
+        if st.live_pages > 0 {
+            println!(
+                "after the release: {} pages ({:.1} MiB) copied in {:.1} ms, {} write faults served",
+                st.live_pages,
+                mib(st.live_pages * 4096),
+                st.live_ms,
+                st.live_faults
+            );
+        }
     }
     Ok(0)
 }

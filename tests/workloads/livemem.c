@@ -1,5 +1,5 @@
-/* livemem [MIB [THREADS]] DIR: memory written all the time, checked against
- * one instant.
+/* livemem [MIB [THREADS [unmap]]] DIR: memory written all the time, checked
+ * against one instant.
  *
  * One private anonymous area of MIB MiB (default 256), split between THREADS
  * writer threads (default 2). Each thread goes over its pages in order, pass
@@ -17,7 +17,12 @@
  * to DIR/count every 20 ms. Ready once every thread has done two passes. On
  * SIGTERM the threads stop at a page boundary, and every page is checked
  * against the thread's (generation, position); the verdict is PASS with the
- * passes made, or the first page that was wrong. */
+ * passes made, or the first page that was wrong.
+ *
+ * With "unmap", a second area of 4 MiB is mapped above the first (so a copy
+ * in address order reaches it last) and filled; when DIR/unmap-now appears
+ * (looked for every millisecond), the main thread unmaps it and writes
+ * DIR/unmapped. */
 #include "wl.h"
 
 #include <pthread.h>
@@ -124,7 +129,19 @@ int main(int argc, char **argv)
 		dprintf(2, "usage: livemem [MIB [THREADS]] DIR\n");
 		return 2;
 	}
+	int unmap = argc > 4 && strcmp(argv[3], "unmap") == 0;
 	size_t npages = (mib << 20) / WL_PAGE;
+	size_t extra_len = 4 << 20;
+	char *extra = NULL;
+	if (unmap) {
+		/* Mapped first: top-down placement puts it above the writers' area. */
+		extra = mmap(NULL, extra_len, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (extra == MAP_FAILED) {
+			perror("mmap");
+			return 2;
+		}
+		memset(extra, 0x5a, extra_len);
+	}
 	uint64_t *area = mmap(NULL, npages * WL_PAGE, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	if (area == MAP_FAILED) {
 		perror("mmap");
@@ -144,9 +161,17 @@ int main(int argc, char **argv)
 		wl_sleep_ms(1);
 	wl_write("ready", "%zu pages, %d threads\n", npages, nthreads);
 
-	while (!wl_term) {
-		wl_write("count", "%llu\n", (unsigned long long)slowest(nthreads));
-		wl_sleep_ms(20);
+	for (unsigned tick = 0; !wl_term; tick++) {
+		if (tick % 20 == 0)
+			wl_write("count", "%llu\n", (unsigned long long)slowest(nthreads));
+		char buf[16];
+		if (extra && wl_read("unmap-now", buf, sizeof(buf)) >= 0) {
+			if (munmap(extra, extra_len) != 0)
+				wl_fail("munmap: %s", strerror(errno));
+			extra = NULL;
+			wl_write("unmapped", "yes\n");
+		}
+		wl_sleep_ms(1);
 	}
 	stop = 1;
 	for (int t = 0; t < nthreads; t++)

@@ -464,7 +464,11 @@ impl Sandbox {
                     }
                 })?;
         let (init_pid, init_fd) = match forked {
-            Forked::Child => init_main(setup, launch),
+            Forked::Child => {
+                // Init keeps no fd of the cgroup directory.
+                drop(cgroup_fd);
+                init_main(setup, launch)
+            }
             Forked::Parent { pid, pidfd } => (pid, pidfd),
         };
         drop(cgroup_fd);

@@ -318,3 +318,10 @@ fn selfcheck_timers() {
 fn selfcheck_seccomp() {
     selfcheck("seccomp", c_workload("seccomp", &[]));
 }
+
+#[test]
+fn selfcheck_intact() {
+    for mode in ["plain", "forker", "uring-child"] {
+        selfcheck(&format!("intact-{mode}"), c_workload("intact", &[mode, "4"]));
+    }
+}

@@ -12,7 +12,7 @@ use crate::image::{
 };
 use crate::remote::Remote;
 use crate::seize::{self, Seized, SeizedProcess};
-use crate::{memory, seccomp, signals, task, thread, timers, tree};
+use crate::{interrupt, memory, seccomp, signals, task, thread, timers, tree};
 
 #[derive(Debug, Clone, Default)]
 pub struct DumpOptions {
@@ -37,25 +37,63 @@ pub fn cpu_features() -> CpuFeatures {
 }
 
 /// Dumps sandbox `name` into `dir`.
+///
+/// SIGINT, SIGTERM and SIGHUP are held while it runs and answered with a
+/// rollback; a guard process undoes what a SIGKILL would leave (see
+/// [`crate::interrupt`]).
 pub fn dump(state_dir: &Path, name: &str, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
     let t0 = Instant::now();
-    let mut sb = sandbox::Sandbox::open(state_dir, name)?;
+    let held = interrupt::HeldSignals::hold();
+    let sb = sandbox::Sandbox::open(state_dir, name)?;
     let lock = sb.lock_exclusive()?;
     let workload = sb
         .workload_pid()
         .ok_or_else(|| Error::Other(format!("sandbox {name} has no running workload")))?;
-    let log_path = sb.log_path();
+    // Before anything touches the workload: an image directory that cannot
+    // be made is an error with nothing to undo.
+    let writer = ImageWriter::create(dir)?;
+    let guard = interrupt::Guard::start(&interrupt::GuardTask {
+        cgroup: sb.cgroup(),
+        sandbox: name,
+        image_dir: dir,
+        created_dir: writer.created_dir(),
+    })?;
+    let res = dump_locked(t0, sb, lock, workload, writer, &guard, opts);
+    // Everything is undone or complete by now (the rollback happens as
+    // `dump_locked` returns).
+    guard.disarm();
+    drop(held);
+    res
+}
 
+fn dump_locked(
+    t0: Instant,
+    mut sb: sandbox::Sandbox,
+    lock: sandbox::LockGuard,
+    workload: i32,
+    mut writer: ImageWriter,
+    guard: &interrupt::Guard,
+    opts: &DumpOptions,
+) -> Result<DumpStats> {
+    let log_path = sb.log_path();
+    interrupt::check()?;
     sb.cgroup().freeze()?;
     let seized = (|| -> Result<Seized> {
         let procs = seize::discover(sb.init_pid())?;
         check_supported(&procs)?;
         Seized::seize(procs)
     })();
+    // The tree is frozen and its threads seized (their stops come after the thaw).
+    let paused = match &seized {
+        Ok(_) => interrupt::pause_at("freeze", Some(guard)),
+        Err(_) => Ok(()),
+    };
     let thawed = sb.cgroup().thaw();
     let mut seized = seized?;
     thawed?;
+    paused?;
     seized.wait_stops(Duration::from_secs(10))?;
+    interrupt::check()?;
     // The clocks as the workload last saw them: restore goes on from here.
     let live: Vec<i32> = seized
         .procs
@@ -71,7 +109,6 @@ pub fn dump(state_dir: &Path, name: &str, dir: &Path, opts: &DumpOptions) -> Res
         freeze_ms,
         ..Default::default()
     };
-    let mut writer = ImageWriter::create(dir)?;
     let workload_ns = seized
         .procs
         .iter()
@@ -84,6 +121,7 @@ pub fn dump(state_dir: &Path, name: &str, dir: &Path, opts: &DumpOptions) -> Res
         clocks,
     };
     let repair = collect_all(&seized, &sb, about, &mut writer, &mut stats, opts)?;
+    interrupt::check()?;
     let t_collected = Instant::now();
     stats.collect_ms = ms(t_collected - t_frozen) - stats.memory_ms;
 
@@ -169,6 +207,7 @@ fn collect_all(
         if p.zombie.is_some() {
             continue;
         }
+        interrupt::check()?;
         let img = collect_process(
             p,
             &mut files,
@@ -244,6 +283,8 @@ fn collect_process(
     let res = (|| -> Result<ProcessImage> {
         let status = task::read_status(p.pid)?;
         let (core, creds) = task::collect_core(p.pid, &status, &mut r)?;
+        // Mid-injection: the scratch space is taken, syscalls have run.
+        interrupt::pause_at("collect", None)?;
         let mm = memory::mm::collect(p.pid, &mut r)?;
         let sigactions = signals::collect_actions(&status, &mut r)?;
         let shared_pending = signals::peek_pending(main.tid, true)?;
@@ -297,6 +338,8 @@ fn collect_process(
         .progress
         .map(|f| move |done, total| f(ns_pid, done, total));
     let pages = memory::pages::dump(p.pid, &mut vmas, &mut sink, progress)?;
+    // Page data written, not yet committed to the image.
+    interrupt::pause_at("write", None)?;
     writer.commit_file(sink)?;
     stats.memory_ms += ms(tm.elapsed());
     stats.pages += pages;

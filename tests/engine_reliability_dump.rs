@@ -346,7 +346,10 @@ fn unsupported_resource_found_late_fails_cleanly() {
     let image = h.image_path();
     let out = h.dump_raw(&sb, &image, &[]);
     let err = text(&out.stderr);
-    assert!(!out.status.success(), "dump with an io_uring succeeded: {err}");
+    assert!(
+        !out.status.success(),
+        "dump with an io_uring succeeded: {err}"
+    );
     assert!(
         err.contains("process 3") && err.contains("io_uring"),
         "the refusal does not name process 3 and its io_uring: {err}"

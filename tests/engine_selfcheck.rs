@@ -322,6 +322,9 @@ fn selfcheck_seccomp() {
 #[test]
 fn selfcheck_intact() {
     for mode in ["plain", "forker", "uring-child"] {
-        selfcheck(&format!("intact-{mode}"), c_workload("intact", &[mode, "4"]));
+        selfcheck(
+            &format!("intact-{mode}"),
+            c_workload("intact", &[mode, "4"]),
+        );
     }
 }

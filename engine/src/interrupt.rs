@@ -154,11 +154,7 @@ pub fn pause_at(phase: &str, guard: Option<&Guard>) -> Result<()> {
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
     let ready = PathBuf::from(ready);
     let tmp = ready.with_extension("tmp");
-    let text = format!(
-        "{} {}\n",
-        std::process::id(),
-        guard.map_or(0, |g| g.pid)
-    );
+    let text = format!("{} {}\n", std::process::id(), guard.map_or(0, |g| g.pid));
     std::fs::write(&tmp, text)
         .and_then(|_| std::fs::rename(&tmp, &ready))
         .map_err(crate::error::io(format!("writing {}", ready.display())))?;

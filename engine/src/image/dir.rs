@@ -130,7 +130,9 @@ impl PageSink {
             // each. Where fallocate is not supported, this is also where a
             // full disk shows (EFAULT/ENOMEM: writing would raise SIGBUS).
             // SAFETY: madvise on the mapping above.
-            let rc = unsafe { libc::madvise(p, n, 23 /* MADV_POPULATE_WRITE */) };
+            let rc = unsafe {
+                libc::madvise(p, n, 23 /* MADV_POPULATE_WRITE */)
+            };
             if rc != 0 {
                 let e = std::io::Error::last_os_error();
                 if matches!(e.raw_os_error(), Some(libc::EFAULT | libc::ENOMEM)) {

@@ -276,7 +276,11 @@ int main(int argc, char **argv)
 			if (c == 0)
 				_exit((int)(steps & 0x3f));
 			int st = 0;
-			if (c < 0 || waitpid(c, &st, 0) != c)
+			pid_t w;
+			do
+				w = c < 0 ? -1 : waitpid(c, &st, 0);
+			while (w < 0 && errno == EINTR);
+			if (w != c)
 				wl_fail("step %llu: fork or waitpid failed: %s", (unsigned long long)steps,
 					strerror(errno));
 			else if (!WIFEXITED(st) || WEXITSTATUS(st) != (int)(steps & 0x3f))
@@ -322,8 +326,12 @@ int main(int argc, char **argv)
 	pthread_join(th, NULL);
 	if (child > 0) {
 		int st = 0;
+		pid_t w;
 		kill(child, SIGTERM);
-		if (waitpid(child, &st, 0) != child || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
+		do
+			w = waitpid(child, &st, 0);
+		while (w < 0 && errno == EINTR);
+		if (w != child || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
 			wl_fail("the io_uring child ended with status %#x (its ring is gone?)", st);
 	}
 	wl_pass_note("steps=%llu forks=%llu threads=%d", (unsigned long long)steps, (unsigned long long)forks,

@@ -52,16 +52,20 @@ pub fn dump(state_dir: &Path, name: &str, dir: &Path, opts: &DumpOptions) -> Res
     // Before anything touches the workload: an image directory that cannot
     // be made is an error with nothing to undo.
     let writer = ImageWriter::create(dir)?;
+    let tg = Instant::now();
     let guard = interrupt::Guard::start(&interrupt::GuardTask {
         cgroup: sb.cgroup(),
         sandbox: name,
         image_dir: dir,
         created_dir: writer.created_dir(),
     })?;
+    tracing::debug!("dump guard {} started in {:?}", guard.pid, tg.elapsed());
     let res = dump_locked(t0, sb, lock, workload, writer, &guard, opts);
     // Everything is undone or complete by now (the rollback happens as
     // `dump_locked` returns).
+    let td = Instant::now();
     guard.disarm();
+    tracing::debug!("dump guard ended in {:?}", td.elapsed());
     drop(held);
     res
 }

@@ -156,6 +156,8 @@ pub struct Injector {
     deferred: Vec<i32>,
     /// The gadget is `syscall; int3`: one stop per syscall instead of two.
     trap_after: bool,
+    /// The thread's mask is the fully blocked one set for injection.
+    blocked: bool,
     done: bool,
 }
 
@@ -172,6 +174,7 @@ impl Injector {
             saved_mask,
             deferred: Vec::new(),
             trap_after: false,
+            blocked: false,
             done: false,
         })
     }
@@ -195,7 +198,10 @@ impl Injector {
 
     /// Runs later syscalls at `gadget`, which must hold `syscall` followed
     /// by `int3` (bytes 0f 05 cc): the thread runs to the breakpoint, one
-    /// ptrace stop per syscall instead of the entry and exit stops.
+    /// ptrace stop per syscall instead of the entry and exit stops. Such a
+    /// gadget is a restore trampoline: the task is being rebuilt (and is
+    /// discarded if the tracer dies), so its registers and mask are not put
+    /// back between these syscalls, only by `finish`.
     pub fn set_trap_gadget(&mut self, gadget: u64) {
         self.gadget = gadget;
         self.trap_after = true;
@@ -208,14 +214,18 @@ impl Injector {
 
     /// Runs syscall `nr` with `args` (rdi, rsi, rdx, r10, r8, r9) in the thread
     /// and returns the raw result (a negative errno on failure). Before it
-    /// returns, the thread's own registers and signal mask are back in place.
+    /// returns, the thread's own registers and signal mask are back in place
+    /// (not at a restore trampoline: see [`Injector::set_trap_gadget`]).
     pub fn syscall(&mut self, nr: i64, args: [u64; 6]) -> Result<i64> {
         if self.done {
             return Err(Error::new("injected syscall: thread exited", Errno::ESRCH));
         }
-        ptrace::set_sigmask(self.tid, !0u64)?;
+        if !self.blocked {
+            ptrace::set_sigmask(self.tid, !0u64)?;
+            self.blocked = true;
+        }
         let res = self.run_syscall(nr, args);
-        if self.done {
+        if self.done || self.trap_after {
             return res;
         }
         // Put back even after a failure, so the thread never keeps injected state.
@@ -231,7 +241,9 @@ impl Injector {
         let mut regs = self.saved;
         apply_syscall_restart(&mut regs);
         ptrace::set_regs(self.tid, &regs)?;
-        ptrace::set_sigmask(self.tid, self.saved_mask)
+        ptrace::set_sigmask(self.tid, self.saved_mask)?;
+        self.blocked = false;
+        Ok(())
     }
 
     fn run_syscall(&mut self, nr: i64, args: [u64; 6]) -> Result<i64> {

@@ -305,8 +305,14 @@ int main(int argc, char **argv)
 		if (masks_start.tid[i] != masks_end.tid[i] || masks_start.blk[i] != masks_end.blk[i])
 			wl_fail("thread %ld blocked %016llx at start; now thread %ld blocks %016llx",
 				masks_start.tid[i], masks_start.blk[i], masks_end.tid[i], masks_end.blk[i]);
-	if (fds_start.n != fds_end.n)
-		wl_fail("%d fds at start, %d now", fds_start.n, fds_end.n);
+	if (fds_start.n != fds_end.n) {
+		char a[512] = "", b[512] = "";
+		for (int i = 0; i < fds_start.n; i++)
+			snprintf(a + strlen(a), sizeof(a) - strlen(a), " %d=%s", fds_start.e[i].fd, fds_start.e[i].what);
+		for (int i = 0; i < fds_end.n; i++)
+			snprintf(b + strlen(b), sizeof(b) - strlen(b), " %d=%s", fds_end.e[i].fd, fds_end.e[i].what);
+		wl_fail("%d fds at start (%s), %d now (%s)", fds_start.n, a, fds_end.n, b);
+	}
 	for (int i = 0; i < fds_start.n && i < fds_end.n; i++)
 		if (fds_start.e[i].fd != fds_end.e[i].fd || strcmp(fds_start.e[i].what, fds_end.e[i].what))
 			wl_fail("fd %d was %s at start; now fd %d is %s", fds_start.e[i].fd, fds_start.e[i].what,

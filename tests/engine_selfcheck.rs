@@ -357,3 +357,13 @@ fn selfcheck_creds() {
     );
     selfcheck("creds", c_workload("creds", &[&expect]));
 }
+
+#[test]
+fn selfcheck_intact() {
+    for mode in ["plain", "forker", "uring-child"] {
+        selfcheck(
+            &format!("intact-{mode}"),
+            c_workload("intact", &[mode, "4"]),
+        );
+    }
+}

@@ -13,7 +13,7 @@ use crate::image::{
 };
 use crate::remote::Remote;
 use crate::seize::{self, Seized, SeizedProcess};
-use crate::{memory, seccomp, signals, task, thread, timers, tree};
+use crate::{interrupt, memory, seccomp, signals, task, thread, timers, tree};
 
 #[derive(Debug, Clone, Default)]
 pub struct DumpOptions {
@@ -38,28 +38,72 @@ pub fn cpu_features() -> CpuFeatures {
 }
 
 /// Dumps sandbox `name` into `dir`.
+///
+/// SIGINT, SIGTERM and SIGHUP are held while it runs and answered with a
+/// rollback; a guard process undoes what a SIGKILL would leave (see
+/// [`crate::interrupt`]).
 pub fn dump(state_dir: &Path, name: &str, dir: &Path, opts: &DumpOptions) -> Result<DumpStats> {
     let t0 = Instant::now();
-    // /proc/locks is read beside the dump (see `LocksReader`).
-    let mut locks = crate::files::LocksReader::start();
-    let mut sb = sandbox::Sandbox::open(state_dir, name)?;
+    let held = interrupt::HeldSignals::hold();
+    let sb = sandbox::Sandbox::open(state_dir, name)?;
     let lock = sb.lock_exclusive()?;
     let workload = sb
         .workload_pid()
         .ok_or_else(|| Error::Other(format!("sandbox {name} has no running workload")))?;
-    let log_path = sb.log_path();
+    // Before anything touches the workload: an image directory that cannot
+    // be made is an error with nothing to undo.
+    let writer = ImageWriter::create(dir)?;
+    let tg = Instant::now();
+    let guard = interrupt::Guard::start(&interrupt::GuardTask {
+        cgroup: sb.cgroup(),
+        sandbox: name,
+        image_dir: dir,
+        created_dir: writer.created_dir(),
+    })?;
+    tracing::debug!("dump guard {} started in {:?}", guard.pid, tg.elapsed());
+    // /proc/locks is read beside the dump (see `LocksReader`): its thread
+    // starts after the guard's fork, with the held signals blocked.
+    let locks = crate::files::LocksReader::start();
+    let res = dump_locked(t0, sb, lock, workload, writer, &guard, locks, opts);
+    // Everything is undone or complete by now (the rollback happens as
+    // `dump_locked` returns).
+    let td = Instant::now();
+    guard.disarm();
+    tracing::debug!("dump guard ended in {:?}", td.elapsed());
+    drop(held);
+    res
+}
 
+fn dump_locked(
+    t0: Instant,
+    mut sb: sandbox::Sandbox,
+    lock: sandbox::LockGuard,
+    workload: i32,
+    mut writer: ImageWriter,
+    guard: &interrupt::Guard,
+    mut locks: crate::files::LocksReader,
+    opts: &DumpOptions,
+) -> Result<DumpStats> {
+    let log_path = sb.log_path();
+    interrupt::check()?;
     sb.cgroup().freeze()?;
     let seized = (|| -> Result<Seized> {
         let procs = seize::discover(sb.init_pid())?;
         check_supported(&procs)?;
         Seized::seize(procs)
     })();
+    // The tree is frozen and its threads seized (their stops come after the thaw).
+    let paused = match &seized {
+        Ok(_) => interrupt::pause_at("freeze", Some(guard)),
+        Err(_) => Ok(()),
+    };
     let thawed = sb.cgroup().thaw();
     let mut seized = seized?;
     thawed?;
+    paused?;
     seized.wait_stops(Duration::from_secs(10))?;
     locks.tree_stopped();
+    interrupt::check()?;
     // The clocks as the workload last saw them: restore goes on from here.
     let live: Vec<i32> = seized
         .procs
@@ -75,7 +119,6 @@ pub fn dump(state_dir: &Path, name: &str, dir: &Path, opts: &DumpOptions) -> Res
         freeze_ms,
         ..Default::default()
     };
-    let mut writer = ImageWriter::create(dir)?;
     let workload_ns = seized
         .procs
         .iter()
@@ -98,6 +141,7 @@ pub fn dump(state_dir: &Path, name: &str, dir: &Path, opts: &DumpOptions) -> Res
         opts,
         &mut locks,
     )?;
+    interrupt::check()?;
     let t_collected = Instant::now();
     stats.collect_ms = ms(t_collected - t_frozen) - stats.memory_ms;
 
@@ -192,6 +236,7 @@ fn collect_all(
         if p.zombie.is_some() {
             continue;
         }
+        interrupt::check()?;
         let img = collect_process(
             p,
             &mut files,
@@ -267,6 +312,8 @@ fn collect_process(
     let res = (|| -> Result<ProcessImage> {
         let status = task::read_status(p.pid)?;
         let (core, creds) = task::collect_core(p.pid, &status, &mut r)?;
+        // Mid-injection: the scratch space is taken, syscalls have run.
+        interrupt::pause_at("collect", None)?;
         let mm = memory::mm::collect(p.pid, &mut r)?;
         let sigactions = signals::collect_actions(&status, &mut r)?;
         let shared_pending = signals::peek_pending(main.tid, true)?;
@@ -344,6 +391,8 @@ fn collect_process(
         .progress
         .map(|f| move |done, total| f(ns_pid, done, total));
     let mut pages = memory::pages::dump(p.pid, &mut vmas, &mut sink, progress)?;
+    // Page data written, not yet committed to the image.
+    interrupt::pause_at("write", None)?;
     match armed {
         Some(a) => {
             let job = a.plan(&mut vmas, sink, p.ns_pid)?;

@@ -25,6 +25,8 @@ pub enum Error {
     Sandbox(#[from] sandbox::Error),
     #[error("cgroup: {0}")]
     Cgroup(#[from] sandbox::cgroup::CgroupError),
+    #[error("interrupted by {0}: rolled back, the workload runs on as it was and the partial image is removed")]
+    Interrupted(String),
     #[error("{0}")]
     Other(String),
 }

@@ -19,7 +19,8 @@
 //! - `seccomp`: seccomp filters and modes.
 //!
 //! `seize` stops and releases the tree, `remote` runs syscalls inside a
-//! stopped task, `image` is the on-disk format; `dump` and `restore` are the
+//! stopped task, `interrupt` keeps an interrupted dump from harming the
+//! workload, `image` is the on-disk format; `dump` and `restore` are the
 //! two orchestrations, `inspect` reads an image for people.
 
 pub mod dump;
@@ -27,6 +28,7 @@ pub mod error;
 pub mod files;
 pub mod image;
 pub mod inspect;
+pub mod interrupt;
 pub mod ipc;
 pub mod memory;
 pub mod mounts;

@@ -1,7 +1,22 @@
-//! Running syscalls inside a ptrace-stopped task, with a scratch page for the
+//! Running syscalls inside a ptrace-stopped task, with a scratch area for the
 //! structures they read and write. Built on `sys::inject`, which runs one
 //! syscall at a `syscall` instruction already in the task (its vDSO, or the
-//! restore trampoline), so nothing is written into the task's code.
+//! restore trampoline), so nothing is written into the task's code, and which
+//! gives the thread its own registers and signal mask back after every call.
+//!
+//! The scratch area is taken from the thread's own stack, below the 128-byte
+//! red zone under its stack pointer: the x86-64 ABI lets the kernel write a
+//! signal frame there at any moment, so no program can keep anything there.
+//! The bytes are saved first and put back by `finish` all the same. This
+//! adds no mapping to the task, so a `stasis dump` killed mid-collection
+//! leaves its memory map as it was. The stack is used only where it is
+//! recognisably a stack, with room below the red zone inside the same memory
+//! area (the area is never grown): the process's `[stack]`, or a thread stack
+//! as glibc and musl make them (an anonymous private read-write area right
+//! above its inaccessible guard area). Otherwise (a thread running on a stack
+//! of its own making, such as a coroutine's or a Go goroutine's, or a stack
+//! with no room left) the area is mapped with an injected `mmap` and unmapped
+//! by `finish`: a dump killed while it exists leaves that one page mapped.
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -17,6 +32,55 @@ pub struct Remote {
     inj: Option<Injector>,
     mem: File,
     scratch: Option<(u64, u64)>,
+    /// The scratch area is on the thread's stack: the bytes it held.
+    stack_saved: Option<Vec<u8>>,
+}
+
+/// Scratch requests the collectors make: the structures they read are at
+/// most 32 bytes.
+pub const SMALL_SCRATCH: u64 = 64;
+/// x86-64 red zone below the stack pointer, which leaf functions may use.
+const RED_ZONE: u64 = 128;
+/// The most scratch space taken from a stack.
+const STACK_SCRATCH_MAX: u64 = 1024;
+
+/// The areas of /proc/TID/maps: start, end, permissions, path.
+fn maps_areas(tid: i32) -> Option<Vec<(u64, u64, String, String)>> {
+    let text = std::fs::read_to_string(format!("/proc/{tid}/maps")).ok()?;
+    let mut out = Vec::new();
+    for line in text.lines() {
+        let mut w = line.split_whitespace();
+        let (s, e) = w.next()?.split_once('-')?;
+        let perms = w.next()?.to_string();
+        let path = w.nth(3).unwrap_or("").to_string();
+        out.push((
+            u64::from_str_radix(s, 16).ok()?,
+            u64::from_str_radix(e, 16).ok()?,
+            perms,
+            path,
+        ));
+    }
+    Some(out)
+}
+
+/// Where `len` bytes of scratch space fit below the red zone under `rsp`, if
+/// the area holding `rsp` is a stack with room inside it.
+fn stack_scratch_at(tid: i32, rsp: u64, len: u64) -> Option<u64> {
+    let top = rsp.checked_sub(RED_ZONE)? & !63;
+    let addr = top.checked_sub(len)? & !63;
+    let areas = maps_areas(tid)?;
+    let i = areas.iter().position(|a| a.0 <= rsp && rsp < a.1)?;
+    let (start, _, perms, path) = &areas[i];
+    if perms != "rw-p" || addr < *start {
+        return None;
+    }
+    let is_stack = path == "[stack]"
+        || (path.is_empty()
+            && i > 0
+            && areas[i - 1].1 == *start
+            && areas[i - 1].2 == "---p"
+            && areas[i - 1].3.is_empty());
+    is_stack.then_some(addr)
 }
 
 impl Remote {
@@ -36,6 +100,7 @@ impl Remote {
             inj: Some(Injector::new(tid, gadget)?),
             mem,
             scratch: None,
+            stack_saved: None,
         })
     }
 
@@ -90,18 +155,29 @@ impl Remote {
         Ok(r as u64)
     }
 
-    /// Address of a scratch area of at least `len` bytes, mapped on first use.
+    /// Address of a scratch area of at least `len` bytes: on the thread's
+    /// stack where it can be (see the module's documentation), else mapped
+    /// with an injected `mmap` on first use.
     pub fn scratch(&mut self, len: u64) -> Result<u64> {
         if let Some((addr, have)) = self.scratch {
             if have >= len {
                 return Ok(addr);
             }
-            self.call(
-                "munmap(scratch)",
-                libc::SYS_munmap,
-                [addr, have, 0, 0, 0, 0],
-            )?;
-            self.scratch = None;
+            self.release_scratch()?;
+        }
+        if len <= STACK_SCRATCH_MAX {
+            let size = len.div_ceil(64).max(1) * 64;
+            let rsp = self.saved_regs().rsp;
+            if let Some(addr) = stack_scratch_at(self.tid, rsp, size) {
+                let saved = self.read_mem(addr, size as usize)?;
+                self.stack_saved = Some(saved);
+                self.scratch = Some((addr, size));
+                return Ok(addr);
+            }
+            tracing::debug!(
+                "thread {}: no room on a stack at {rsp:#x}, scratch space is mapped",
+                self.tid
+            );
         }
         let size = len.div_ceil(PAGE_SIZE).max(1) * PAGE_SIZE;
         let addr = self.call(
@@ -120,14 +196,35 @@ impl Remote {
         Ok(addr)
     }
 
+    /// Whether the scratch area is on the thread's stack (not a mapping).
+    pub fn scratch_on_stack(&self) -> bool {
+        self.stack_saved.is_some()
+    }
+
+    /// Gives the scratch area back: the stack's bytes put back, or the
+    /// mapping unmapped.
+    fn release_scratch(&mut self) -> Result<()> {
+        let Some((addr, len)) = self.scratch.take() else {
+            return Ok(());
+        };
+        match self.stack_saved.take() {
+            Some(saved) => self.write_mem(addr, &saved),
+            None => self
+                .call("munmap(scratch)", libc::SYS_munmap, [addr, len, 0, 0, 0, 0])
+                .map(|_| ()),
+        }
+    }
+
     /// Uses an area the caller mapped as scratch space (at restore, the trampoline's data page).
     pub fn adopt_scratch(&mut self, addr: u64, len: u64) {
         self.scratch = Some((addr, len));
+        self.stack_saved = None;
     }
 
     /// Forgets the scratch area without unmapping it (the caller unmaps it).
     pub fn drop_scratch(&mut self) {
         self.scratch = None;
+        self.stack_saved = None;
     }
 
     pub fn write_mem(&self, addr: u64, bytes: &[u8]) -> Result<()> {
@@ -167,11 +264,10 @@ impl Remote {
             .set_trap_gadget(gadget);
     }
 
-    /// Unmaps the scratch area and gives the task its registers back.
+    /// Gives the scratch area back (the stack's bytes put back, or the
+    /// mapping unmapped) and the task its registers and signal mask.
     pub fn finish(mut self) -> Result<()> {
-        if let Some((addr, len)) = self.scratch.take() {
-            self.call("munmap(scratch)", libc::SYS_munmap, [addr, len, 0, 0, 0, 0])?;
-        }
+        self.release_scratch()?;
         if let Some(inj) = self.inj.take() {
             inj.finish()?;
         }
@@ -181,8 +277,19 @@ impl Remote {
     /// Leaves the task's registers as the injector last left them (restore
     /// sets the final registers itself).
     pub fn abandon(mut self) {
+        self.drop_scratch();
         if let Some(inj) = self.inj.take() {
             std::mem::forget(inj);
+        }
+    }
+}
+
+impl Drop for Remote {
+    /// Without `finish` (an error on the way): the stack's bytes go back all
+    /// the same; the injector puts the registers back as it drops.
+    fn drop(&mut self) {
+        if self.stack_saved.is_some() {
+            let _ = self.release_scratch();
         }
     }
 }

@@ -424,6 +424,7 @@ pub fn restore(state_dir: &Path, dir: &Path, opts: &RestoreOptions) -> Result<Re
             .collect();
         for (host_pid, ns_pid, main_tid) in held {
             let p = &img.procs[&ns_pid];
+            close_ready_copy(host_pid, main_tid, ready_w_raw)?;
             let (n, threads) = rebuild_process(
                 host_pid,
                 main_tid,
@@ -546,6 +547,16 @@ const SCRATCH_LEN: u64 = (TRAMPOLINE_PAGES - 1) * PAGE_SIZE;
 fn prefix_len(p: &ProcessImage) -> usize {
     let all: Vec<i32> = p.threads.iter().map(|t| t.tid).collect();
     crate::seccomp::shared_prefix(&p.seccomp, &all).len()
+}
+
+/// A restored process closes its copy of the ready pipe right after it
+/// reports, but it may be seized in between: the copy is closed from here
+/// (EBADF when the process got there first), or it would stay open in the
+/// restored process.
+fn close_ready_copy(pid: i32, tid: i32, fd: i32) -> Result<()> {
+    let mut r = Remote::new(tid, sys::inject::find_syscall_gadget(pid)?)?;
+    r.syscall_raw(libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0])?;
+    r.finish()
 }
 
 /// Turns a restored process (stopped, running stasis code) into the dumped

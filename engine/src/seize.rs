@@ -236,7 +236,7 @@ impl Seized {
         let events = ChildEvents::new();
         for p in &mut self.procs {
             for t in &mut p.threads {
-                wait_stop(t, deadline, events.as_ref())
+                wait_stop(p.pid, t, deadline, events.as_ref())
                     .map_err(|e| proc_err(p.pid, &format!("stopping thread {}", t.tid), e))?;
             }
         }
@@ -393,6 +393,7 @@ impl Drop for ChildEvents {
 }
 
 fn wait_stop(
+    tgid: i32,
     t: &mut SeizedThread,
     deadline: Instant,
     events: Option<&ChildEvents>,
@@ -406,11 +407,21 @@ fn wait_stop(
         match st {
             WaitStatus::PtraceEvent(_, _, ev) if ev == libc::PTRACE_EVENT_STOP => return Ok(()),
             WaitStatus::PtraceEvent(_, sig, _) | WaitStatus::Stopped(_, sig) => {
-                // A signal-delivery stop: keep the signal for later and let the
-                // pending interrupt stop the thread.
+                // A signal-delivery stop: the signal is off the thread's
+                // queues. Queue it again at once (it stays pending, blocked
+                // while stasis injects, and is recorded with the pending
+                // signals), so that it is not lost should stasis die before
+                // releasing the thread; only if that fails is it kept here.
+                // The pending interrupt stops the thread before it could
+                // take the signal again (the kernel handles ptrace traps
+                // before it dequeues signals).
                 let signo = sig as i32;
                 if signo != libc::SIGTRAP && signo != libc::SIGSTOP {
-                    t.deferred_signal = Some(signo);
+                    // SAFETY: tgkill takes plain integers.
+                    let rc = unsafe { libc::syscall(libc::SYS_tgkill, tgid, t.tid, signo) };
+                    if rc != 0 {
+                        t.deferred_signal = Some(signo);
+                    }
                 }
                 sys::ptrace::cont(t.tid, 0).map_err(|e| format!("PTRACE_CONT: {e}"))?;
             }

@@ -12,7 +12,7 @@ const NSIG: i32 = 64;
 /// flags matter even at SIG_DFL). The rest are SIG_DFL.
 pub fn collect_actions(status: &procfs::process::Status, r: &mut Remote) -> Result<Vec<SigAction>> {
     let interesting = status.sigcgt | status.sigign | (1 << (libc::SIGCHLD - 1));
-    let scratch = r.scratch(4096)?;
+    let scratch = r.scratch(crate::remote::SMALL_SCRATCH)?;
     let mut out = Vec::new();
     for signo in 1..=NSIG {
         if interesting & (1u64 << (signo - 1)) == 0
@@ -140,7 +140,7 @@ pub fn restore_pending(
 }
 
 pub fn get_altstack(r: &mut Remote) -> Result<AltStack> {
-    let scratch = r.scratch(4096)?;
+    let scratch = r.scratch(crate::remote::SMALL_SCRATCH)?;
     r.call(
         "sigaltstack",
         libc::SYS_sigaltstack,
@@ -155,7 +155,7 @@ pub fn get_altstack(r: &mut Remote) -> Result<AltStack> {
 }
 
 pub fn set_altstack(r: &mut Remote, a: &AltStack) -> Result<()> {
-    let scratch = r.scratch(4096)?;
+    let scratch = r.scratch(crate::remote::SMALL_SCRATCH)?;
     let mut b = vec![0u8; 24];
     let flags = if a.flags & libc::SS_DISABLE != 0 || a.size == 0 {
         libc::SS_DISABLE

@@ -46,7 +46,7 @@ pub fn collect_core(
         libc::SYS_prctl,
         [libc::PR_GET_DUMPABLE as u64, 0, 0, 0, 0, 0],
     )? as i32;
-    let scratch = r.scratch(4096)?;
+    let scratch = r.scratch(crate::remote::SMALL_SCRATCH)?;
     r.call(
         "prctl(PR_GET_PDEATHSIG)",
         libc::SYS_prctl,

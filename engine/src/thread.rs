@@ -75,7 +75,7 @@ pub fn collect(
         }),
         _ => None,
     };
-    let scratch = r.scratch(4096)?;
+    let scratch = r.scratch(crate::remote::SMALL_SCRATCH)?;
     r.call(
         "prctl(PR_GET_TID_ADDRESS)",
         libc::SYS_prctl,

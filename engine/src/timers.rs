@@ -159,7 +159,7 @@ fn clock_supported(clock: i32, threads: usize) -> std::result::Result<(), String
 /// for messages); `r` controls its main thread; `tids` maps host TIDs to
 /// TIDs in the sandbox.
 pub fn collect(pid: i32, ns_pid: i32, r: &mut Remote, tids: &[(i32, i32)]) -> Result<TimersImage> {
-    let scratch = r.scratch(4096)?;
+    let scratch = r.scratch(crate::remote::SMALL_SCRATCH)?;
     let mut img = TimersImage::default();
     for (which, slot) in img.itimers.iter_mut().enumerate() {
         r.call(

@@ -129,10 +129,16 @@ pub fn apply_syscall_restart(regs: &mut libc::user_regs_struct) -> bool {
 
 /// Runs syscalls inside a seized, stopped thread.
 ///
-/// On creation it saves the thread's registers and signal mask and blocks
-/// every blockable signal, so no handler can run while the thread executes
-/// injected code; signals that arrive stay pending and are delivered after the
-/// thread resumes. `finish()` (or drop) puts the registers and mask back.
+/// On creation it saves the thread's registers and signal mask. Each
+/// `syscall()` blocks every blockable signal, so no handler can run while the
+/// thread executes injected code (signals that arrive stay pending and are
+/// delivered after the thread resumes), and afterwards puts the registers and
+/// the mask back. Between two injected syscalls the thread therefore holds
+/// its own registers and mask: should the tracer die (SIGKILL), the kernel
+/// detaches the thread and it runs on as it was. Only while one injected
+/// syscall is in flight (microseconds) does it hold injected state.
+/// `finish()` (or drop) puts the registers and mask back a last time and
+/// re-sends deferred stop signals.
 ///
 /// If the thread was stopped inside an interruptible syscall (its saved `rax`
 /// is `-ERESTART*`), the registers put back are those the kernel would have
@@ -150,6 +156,8 @@ pub struct Injector {
     deferred: Vec<i32>,
     /// The gadget is `syscall; int3`: one stop per syscall instead of two.
     trap_after: bool,
+    /// The thread's mask is the fully blocked one set for injection.
+    blocked: bool,
     done: bool,
     /// TID (in our PID namespace) of the thread or process the last injected
     /// syscall created, from its PTRACE_EVENT_CLONE/FORK/VFORK stop.
@@ -162,7 +170,6 @@ impl Injector {
     pub fn new(tid: i32, gadget: u64) -> Result<Self> {
         let saved = ptrace::get_regs(tid)?;
         let saved_mask = ptrace::get_sigmask(tid)?;
-        ptrace::set_sigmask(tid, !0u64)?;
         Ok(Self {
             tid,
             gadget,
@@ -170,6 +177,7 @@ impl Injector {
             saved_mask,
             deferred: Vec::new(),
             trap_after: false,
+            blocked: false,
             done: false,
             last_child: None,
         })
@@ -211,7 +219,10 @@ impl Injector {
 
     /// Runs later syscalls at `gadget`, which must hold `syscall` followed
     /// by `int3` (bytes 0f 05 cc): the thread runs to the breakpoint, one
-    /// ptrace stop per syscall instead of the entry and exit stops.
+    /// ptrace stop per syscall instead of the entry and exit stops. Such a
+    /// gadget is a restore trampoline: the task is being rebuilt (and is
+    /// discarded if the tracer dies), so its registers and mask are not put
+    /// back between these syscalls, only by `finish`.
     pub fn set_trap_gadget(&mut self, gadget: u64) {
         self.gadget = gadget;
         self.trap_after = true;
@@ -223,8 +234,40 @@ impl Injector {
     }
 
     /// Runs syscall `nr` with `args` (rdi, rsi, rdx, r10, r8, r9) in the thread
-    /// and returns the raw result (a negative errno on failure).
+    /// and returns the raw result (a negative errno on failure). Before it
+    /// returns, the thread's own registers and signal mask are back in place
+    /// (not at a restore trampoline: see [`Injector::set_trap_gadget`]).
     pub fn syscall(&mut self, nr: i64, args: [u64; 6]) -> Result<i64> {
+        if self.done {
+            return Err(Error::new("injected syscall: thread exited", Errno::ESRCH));
+        }
+        if !self.blocked {
+            ptrace::set_sigmask(self.tid, !0u64)?;
+            self.blocked = true;
+        }
+        let res = self.run_syscall(nr, args);
+        if self.done || self.trap_after {
+            return res;
+        }
+        // Put back even after a failure, so the thread never keeps injected state.
+        let back = self.put_back();
+        let ret = res?;
+        back?;
+        Ok(ret)
+    }
+
+    /// The thread's own registers (with an interrupted syscall set up to
+    /// restart) and signal mask, as they are between injected syscalls.
+    fn put_back(&mut self) -> Result<()> {
+        let mut regs = self.saved;
+        apply_syscall_restart(&mut regs);
+        ptrace::set_regs(self.tid, &regs)?;
+        ptrace::set_sigmask(self.tid, self.saved_mask)?;
+        self.blocked = false;
+        Ok(())
+    }
+
+    fn run_syscall(&mut self, nr: i64, args: [u64; 6]) -> Result<i64> {
         let mut regs = self.saved;
         regs.rip = self.gadget;
         regs.orig_rax = u64::MAX; // no syscall-restart logic touches these registers
@@ -353,11 +396,8 @@ impl Injector {
         if self.done {
             return Ok(());
         }
+        self.put_back()?;
         self.done = true;
-        let mut regs = self.saved;
-        apply_syscall_restart(&mut regs);
-        ptrace::set_regs(self.tid, &regs)?;
-        ptrace::set_sigmask(self.tid, self.saved_mask)?;
         for &sig in &self.deferred {
             // SAFETY: getpid and tgkill take integers only.
             let ret = unsafe {

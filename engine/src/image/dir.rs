@@ -86,6 +86,26 @@ impl PageSink {
         self.file
             .set_len(start + len)
             .map_err(io(format!("extending image file {}", self.name)))?;
+        // The blocks are reserved before the file is written through a
+        // mapping: a full disk is then an error here, not a SIGBUS later.
+        // SAFETY: fallocate on our own file, within its length.
+        let rc = unsafe {
+            libc::fallocate(
+                self.file.as_raw_fd(),
+                0,
+                start as libc::off_t,
+                len as libc::off_t,
+            )
+        };
+        if rc != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() != Some(libc::EOPNOTSUPP) {
+                return Err(io(format!(
+                    "reserving {len} bytes in image file {}",
+                    self.name
+                ))(e));
+            }
+        }
         let mut done = 0u64;
         while done < len {
             let n = ((len - done) as usize).min(window);
@@ -115,11 +135,22 @@ impl PageSink {
                 }
             }
             let _unmap = Unmap(p, n);
-            // Allocate the window's pages in one go rather than one fault each.
-            // SAFETY: madvise on the mapping above; failure only costs speed.
-            unsafe {
+            // Allocate the window's pages in one go rather than one fault
+            // each. Where fallocate is not supported, this is also where a
+            // full disk shows (EFAULT/ENOMEM: writing would raise SIGBUS).
+            // SAFETY: madvise on the mapping above.
+            let rc = unsafe {
                 libc::madvise(p, n, 23 /* MADV_POPULATE_WRITE */)
             };
+            if rc != 0 {
+                let e = std::io::Error::last_os_error();
+                if matches!(e.raw_os_error(), Some(libc::EFAULT | libc::ENOMEM)) {
+                    return Err(io(format!(
+                        "writing image file {} (no space left?)",
+                        self.name
+                    ))(e));
+                }
+            }
             // SAFETY: `p` is a valid mapping of `n` bytes, exclusively ours.
             let buf = unsafe { std::slice::from_raw_parts_mut(p as *mut u8, n) };
             fill(done, buf)?;
@@ -266,6 +297,12 @@ impl ImageWriter {
 
     pub fn dir(&self) -> &Path {
         &self.dir
+    }
+
+    /// Whether the writer made the image directory (rather than taking an
+    /// empty one).
+    pub fn created_dir(&self) -> bool {
+        self.created_dir
     }
 
     /// Opens a new file of the image for streaming.

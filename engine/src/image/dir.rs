@@ -204,6 +204,18 @@ impl PageSink {
                 .send(Ok(AlignedBuf::new(STREAM_BUF)?))
                 .expect("the channel holds every buffer");
         }
+        // The writer stops at its first failed write, after handing the error
+        // back: that error is the cause to report.
+        let writer_stopped = |free: &mpsc::Receiver<std::io::Result<AlignedBuf>>| {
+            free.try_iter()
+                .find_map(|r| r.err())
+                .map(|e| io(format!("writing image file {name}"))(e))
+                .unwrap_or_else(|| {
+                    Error::Other(format!(
+                        "writing image file {name}: the writer thread stopped"
+                    ))
+                })
+        };
         let file = &self.file;
         let hasher = &mut self.hasher;
         let (res, writer) = std::thread::scope(|s| {
@@ -222,20 +234,14 @@ impl PageSink {
                     let mut buf = match free.recv() {
                         Ok(Ok(b)) => b,
                         Ok(Err(e)) => return Err(io(format!("writing image file {name}"))(e)),
-                        Err(_) => {
-                            return Err(Error::Other(format!(
-                                "writing image file {name}: the writer thread stopped"
-                            )))
-                        }
+                        Err(_) => return Err(writer_stopped(&free)),
                     };
                     let n = ((len - done) as usize).min(buf.len());
                     fill(done, &mut buf[..n])?;
                     hasher.update(&buf[..n]);
-                    to_writer.send((buf, n)).map_err(|_| {
-                        Error::Other(format!(
-                            "writing image file {name}: the writer thread stopped"
-                        ))
-                    })?;
+                    to_writer
+                        .send((buf, n))
+                        .map_err(|_| writer_stopped(&free))?;
                     done += n as u64;
                 }
                 Ok(())

@@ -64,7 +64,11 @@ pub fn dump(state_dir: &Path, name: &str, dir: &Path, opts: &DumpOptions) -> Res
     // /proc/locks is read beside the dump (see `LocksReader`): its thread
     // starts after the guard's fork, with the held signals blocked.
     let locks = crate::files::LocksReader::start();
-    let res = dump_locked(t0, sb, lock, workload, writer, &guard, locks, opts);
+    let beside = Beside {
+        guard: &guard,
+        locks,
+    };
+    let res = dump_locked(t0, sb, lock, workload, writer, beside, opts);
     // Everything is undone or complete by now (the rollback happens as
     // `dump_locked` returns).
     let td = Instant::now();
@@ -74,16 +78,23 @@ pub fn dump(state_dir: &Path, name: &str, dir: &Path, opts: &DumpOptions) -> Res
     res
 }
 
+/// What runs beside a dump: the guard process that undoes a killed dump, and
+/// the thread that reads /proc/locks.
+struct Beside<'a> {
+    guard: &'a interrupt::Guard,
+    locks: crate::files::LocksReader,
+}
+
 fn dump_locked(
     t0: Instant,
     mut sb: sandbox::Sandbox,
     lock: sandbox::LockGuard,
     workload: i32,
     mut writer: ImageWriter,
-    guard: &interrupt::Guard,
-    mut locks: crate::files::LocksReader,
+    beside: Beside<'_>,
     opts: &DumpOptions,
 ) -> Result<DumpStats> {
+    let Beside { guard, mut locks } = beside;
     let log_path = sb.log_path();
     interrupt::check()?;
     sb.cgroup().freeze()?;

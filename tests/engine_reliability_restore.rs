@@ -398,6 +398,73 @@ fn sigkill_while_processes_are_rebuilt() {
     sigkill_at("restore-rebuild");
 }
 
+/// Both `stasis restore` and its watcher killed with SIGKILL: init, armed
+/// with PR_SET_PDEATHSIG until the restore is complete, dies with the
+/// restore, and the kernel ends the tree and (with the network namespace)
+/// the veth. What is left is a sandbox `stasis ps` shows as exited, which
+/// `stasis rm` removes whole.
+#[test]
+fn sigkill_of_restore_and_its_watcher() {
+    let h = Harness::new("rel-kill-both");
+    let image = veth_image(&h, "counter");
+    let name = h.new_name("killed");
+    let ready = h.root.join("paused");
+    let b = before();
+    let mut child = h
+        .command()
+        .arg("restore")
+        .arg(&image)
+        .args(["--name", &name, "-d"])
+        .env(
+            "STASIS_TEST_PAUSE_AT",
+            format!("restore-tree:{}", ready.display()),
+        )
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("starting stasis restore");
+    wait_until(
+        "stasis restore to pause at restore-tree",
+        Duration::from_secs(30),
+        || ready.exists(),
+        String::new,
+    );
+    let cli = child.id();
+    let children = fs::read_to_string(format!("/proc/{cli}/task/{cli}/children")).unwrap();
+    let watcher: Vec<i32> = children
+        .split_whitespace()
+        .filter_map(|p| p.parse().ok())
+        .filter(|p| {
+            fs::read_to_string(format!("/proc/{p}/comm")).is_ok_and(|c| c.trim() == "stasis-guard")
+        })
+        .collect();
+    assert_eq!(watcher.len(), 1, "children of stasis restore: {children}");
+    let veth = veth_name(&h, &name);
+    assert!(link_exists(&veth));
+    // SAFETY: kill(2) of the watcher found above (a child of our child,
+    // which is alive, so the PID is not reused).
+    assert_eq!(unsafe { libc::kill(watcher[0], libc::SIGKILL) }, 0);
+    child.kill().expect("SIGKILL to stasis restore");
+    child.wait().expect("waiting for stasis restore");
+    wait_until(
+        "init and the tree to end with stasis restore",
+        Duration::from_secs(20),
+        || processes_mentioning(&h.root).is_empty(),
+        || format!("{:?}", processes_mentioning(&h.root)),
+    );
+    wait_until(
+        "the veth to go with the network namespace",
+        Duration::from_secs(20),
+        || !link_exists(&veth),
+        String::new,
+    );
+    let ps = h.ps_json();
+    assert!(json_has_string(&ps, &name), "stasis ps: {ps}");
+    let out = h.rm(&name);
+    assert!(out.status.success(), "stasis rm: {}", describe(&out));
+    assert_nothing_left(&h, &name, &b, "a restore killed with its watcher, after rm");
+}
+
 /// A restore under the name of a running sandbox is refused before
 /// anything is made, and the running sandbox is untouched.
 #[test]

@@ -82,6 +82,8 @@ pub struct Sandbox {
     state: State,
     /// pidfd of init when this process created the sandbox (init is our child).
     child: Option<OwnedFd>,
+    /// The go pipe of a guarded creation, until `mark_complete`.
+    go: Option<File>,
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
@@ -442,6 +444,8 @@ impl Sandbox {
             devnull_fd: devnull.as_raw_fd(),
             state_fd: state_fd.as_raw_fd(),
             go_r: go_r.as_raw_fd(),
+            go_w: go_w.as_raw_fd(),
+            armed: guard.is_some(),
             report_w: rep_w.as_raw_fd(),
         };
         let (init_pid, init_fd) = match clone_with_namespaces(flags).map_err(|e| {
@@ -499,7 +503,9 @@ impl Sandbox {
         let mut go = File::from(go_w);
         go.write_all(b"g")
             .map_err(|e| Error::InitDied(format!("signalling init: {e}")))?;
-        drop(go);
+        // A guarded creation keeps it for `mark_complete`; else init reads
+        // end-of-file after the byte, which it ignores.
+        let go = guard.is_some().then_some(go);
         let mut rep = io::BufReader::new(File::from(rep_r));
         let mut line = String::new();
         io::BufRead::read_line(&mut rep, &mut line).map_err(sys_err("read init's report"))?;
@@ -537,6 +543,7 @@ impl Sandbox {
             profile: profile.clone(),
             state,
             child: Some(init_fd),
+            go,
         };
         sb.save_state()?;
         // Success: nothing to undo any more.
@@ -581,6 +588,7 @@ impl Sandbox {
             profile,
             state,
             child: None,
+            go: None,
         })
     }
 
@@ -639,6 +647,19 @@ impl Sandbox {
     /// Seconds since the epoch when the sandbox was made.
     pub fn created(&self) -> u64 {
         self.state.created
+    }
+
+    /// Tells the init of a sandbox made by [`Sandbox::create_guarded`] that
+    /// it is complete: from now on it outlives this process. Until then,
+    /// init dies with this process (PR_SET_PDEATHSIG), and when this process
+    /// ends without it, init kills the tree. Does nothing for other sandboxes.
+    pub fn mark_complete(&mut self) -> Result<()> {
+        if let Some(mut go) = self.go.take() {
+            go.write_all(b"c").map_err(|e| {
+                Error::InitDied(format!("telling init the sandbox is complete: {e}"))
+            })?;
+        }
+        Ok(())
     }
 
     /// Records a (restored) workload's root process by host PID.

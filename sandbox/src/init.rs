@@ -302,9 +302,16 @@ fn run(s: InitSetup, launch: Launch) -> i32 {
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
-    close(s.report_w);
+    // Armed, the report pipe stays open to acknowledge `mark_complete`.
+    let go = match go_fd {
+        Some(fd) => Some((fd, s.report_w)),
+        None => {
+            close(s.report_w);
+            None
+        }
+    };
 
-    let rec = supervise(pid, s.profile.namespaces.pid, go_fd);
+    let rec = supervise(pid, s.profile.namespaces.pid, go);
     write_exit(s.state_fd, &rec);
     rec.shell_code()
 }
@@ -436,28 +443,34 @@ fn arm_go_pipe(fd: RawFd) -> Option<RawFd> {
 }
 
 /// Reads what the creator sent on the go pipe since arming. Returns false
-/// once the pipe is done with (closed by init): the sandbox was marked
-/// complete (init disarmed), or the creator ended without marking it, and
-/// then the tree is killed.
-fn check_go_pipe(fd: RawFd, pid_ns: bool) -> bool {
+/// once the pipes are done with (closed by init): the sandbox was marked
+/// complete (init disarmed, and says so on the report pipe, which the
+/// creator waits for before it may end), or the creator ended without
+/// marking it, and then the tree is killed.
+fn check_go_pipe((go, report): (RawFd, RawFd), pid_ns: bool) -> bool {
     let mut b = [0u8; 1];
     // SAFETY: reading one byte from init's own non-blocking fd.
-    let n = unsafe { libc::read(fd, b.as_mut_ptr().cast(), 1) };
+    let n = unsafe { libc::read(go, b.as_mut_ptr().cast(), 1) };
     if n < 0 {
         // Nothing yet (EAGAIN).
         return true;
     }
     if n == 1 && b[0] == b'c' {
-        // SAFETY: prctl with integer arguments.
-        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0) };
+        // SAFETY: prctl with integer arguments, then a one-byte write of our
+        // buffer to the report pipe.
+        unsafe {
+            libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0);
+            libc::write(report, b.as_ptr().cast(), 1);
+        }
     } else {
         kill_rest(pid_ns);
     }
-    close(fd);
+    close(go);
+    close(report);
     false
 }
 
-fn supervise(workload: i32, pid_ns: bool, mut go: Option<RawFd>) -> ExitRecord {
+fn supervise(workload: i32, pid_ns: bool, mut go: Option<(RawFd, RawFd)>) -> ExitRecord {
     if let Some(fd) = go {
         if !check_go_pipe(fd, pid_ns) {
             go = None;

@@ -7,7 +7,7 @@
 //! (written by init when the workload has exited).
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Write};
+use std::io::{self, Read, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -82,8 +82,9 @@ pub struct Sandbox {
     state: State,
     /// pidfd of init when this process created the sandbox (init is our child).
     child: Option<OwnedFd>,
-    /// The go pipe of a guarded creation, until `mark_complete`.
-    go: Option<File>,
+    /// The go pipe and init's report pipe of a guarded creation, until
+    /// `mark_complete`.
+    go: Option<(File, io::BufReader<File>)>,
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
@@ -505,7 +506,7 @@ impl Sandbox {
             .map_err(|e| Error::InitDied(format!("signalling init: {e}")))?;
         // A guarded creation keeps it for `mark_complete`; else init reads
         // end-of-file after the byte, which it ignores.
-        let go = guard.is_some().then_some(go);
+        let mut go = guard.is_some().then_some(go);
         let mut rep = io::BufReader::new(File::from(rep_r));
         let mut line = String::new();
         io::BufRead::read_line(&mut rep, &mut line).map_err(sys_err("read init's report"))?;
@@ -543,7 +544,7 @@ impl Sandbox {
             profile: profile.clone(),
             state,
             child: Some(init_fd),
-            go,
+            go: go.take().map(|g| (g, rep)),
         };
         sb.save_state()?;
         // Success: nothing to undo any more.
@@ -654,12 +655,19 @@ impl Sandbox {
     /// init dies with this process (PR_SET_PDEATHSIG), and when this process
     /// ends without it, init kills the tree. Does nothing for other sandboxes.
     pub fn mark_complete(&mut self) -> Result<()> {
-        if let Some(mut go) = self.go.take() {
-            go.write_all(b"c").map_err(|e| {
-                Error::InitDied(format!("telling init the sandbox is complete: {e}"))
-            })?;
+        let Some((mut go, mut report)) = self.go.take() else {
+            return Ok(());
+        };
+        let what = "telling init the sandbox is complete";
+        go.write_all(b"c")
+            .map_err(|e| Error::InitDied(format!("{what}: {e}")))?;
+        // Init disarms, then acknowledges: only then may this process end.
+        let mut b = [0u8; 1];
+        match report.read(&mut b) {
+            Ok(1) if b[0] == b'c' => Ok(()),
+            Ok(_) => Err(Error::InitDied(format!("{what}: no acknowledgement"))),
+            Err(e) => Err(Error::InitDied(format!("{what}: {e}"))),
         }
-        Ok(())
     }
 
     /// Records a (restored) workload's root process by host PID.

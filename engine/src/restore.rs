@@ -503,8 +503,6 @@ fn restore_guarded(
         if let Some(&h) = host.get(&workload) {
             sb.set_workload_pid(h)?;
         }
-        // Init no longer dies with this process.
-        sb.mark_complete()?;
         tracing::debug!(ms = ms(tm.elapsed()), "sandbox state updated");
         Ok(RestoreStats {
             verify_ms,

@@ -113,14 +113,7 @@ pub(crate) struct InitSetup {
     pub devnull_fd: RawFd,
     pub state_fd: RawFd,
     pub go_r: RawFd,
-    /// The creator's end of the go pipe (inherited by the fork): closed by
-    /// init at once, so that the creator's death reads as end-of-file.
-    pub go_w: RawFd,
     pub report_w: RawFd,
-    /// Until the creator says the sandbox is complete (a `c` on the go
-    /// pipe, [`crate::Sandbox::mark_complete`]), init dies with its creator
-    /// (PR_SET_PDEATHSIG): a restore killed half-way leaves no tree running.
-    pub armed: bool,
 }
 
 /// Exit record written by init as `exit.json` in the state directory.
@@ -215,11 +208,6 @@ pub(crate) fn init_main(s: InitSetup, launch: Launch) -> ! {
 
 fn run(s: InitSetup, launch: Launch) -> i32 {
     block_all_signals();
-    if s.armed {
-        // SAFETY: prctl with integer arguments.
-        unsafe { libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL, 0, 0, 0) };
-    }
-    close(s.go_w);
     // SAFETY: setsid and prctl with integer arguments.
     unsafe {
         libc::setsid();
@@ -239,15 +227,10 @@ fn run(s: InitSetup, launch: Launch) -> i32 {
     // SAFETY: the go pipe's read end, owned by init; ManuallyDrop keeps it open.
     let mut go = std::mem::ManuallyDrop::new(unsafe { std::fs::File::from_raw_fd(s.go_r) });
     let ok = matches!(go.read(&mut b), Ok(1));
-    if !ok || !s.armed {
-        close(s.go_r);
-    }
+    close(s.go_r);
     if !ok {
         return 1;
     }
-    // Armed: the go pipe stays open and signals (SIGIO, from the kernel)
-    // when the creator marks the sandbox complete or ends.
-    let go_fd = if s.armed { arm_go_pipe(s.go_r) } else { None };
 
     if let Err((step, message)) = setup_inside(&s) {
         send_report(s.report_w, &Report::SetupFailed { step, message });
@@ -274,9 +257,7 @@ fn run(s: InitSetup, launch: Launch) -> i32 {
                 init_fds: vec![s.report_w, s.state_fd],
             };
             let r = f(&ctx);
-            let mut keep = vec![s.report_w, s.state_fd];
-            keep.extend(go_fd);
-            close_fds_except(&keep);
+            close_fds_except(&[s.report_w, s.state_fd]);
             match r {
                 Ok(pid) if pid > 0 => pid,
                 Ok(pid) => {
@@ -302,16 +283,9 @@ fn run(s: InitSetup, launch: Launch) -> i32 {
         // SAFETY: kill(2) on our own child.
         unsafe { libc::kill(pid, libc::SIGKILL) };
     }
-    // Armed, the report pipe stays open to acknowledge `mark_complete`.
-    let go = match go_fd {
-        Some(fd) => Some((fd, s.report_w)),
-        None => {
-            close(s.report_w);
-            None
-        }
-    };
+    close(s.report_w);
 
-    let rec = supervise(pid, s.profile.namespaces.pid, go);
+    let rec = supervise(pid, s.profile.namespaces.pid);
     write_exit(s.state_fd, &rec);
     rec.shell_code()
 }
@@ -430,52 +404,7 @@ fn kill_rest(pid_ns: bool) {
     }
 }
 
-/// Makes the go pipe signal init (SIGIO, sent by the kernel) when readable; None when that cannot be set up (init then stays armed: it dies
-/// with its creator, which the creator's `mark_complete` cannot change).
-fn arm_go_pipe(fd: RawFd) -> Option<RawFd> {
-    // SAFETY: fcntl on init's own fd with integer arguments.
-    let ok = unsafe {
-        let fl = libc::fcntl(fd, libc::F_GETFL);
-        libc::fcntl(fd, libc::F_SETOWN, libc::getpid()) == 0
-            && libc::fcntl(fd, libc::F_SETFL, fl | libc::O_ASYNC | libc::O_NONBLOCK) == 0
-    };
-    ok.then_some(fd)
-}
-
-/// Reads what the creator sent on the go pipe since arming. Returns false
-/// once the pipes are done with (closed by init): the sandbox was marked
-/// complete (init disarmed, and says so on the report pipe, which the
-/// creator waits for before it may end), or the creator ended without
-/// marking it, and then the tree is killed.
-fn check_go_pipe((go, report): (RawFd, RawFd), pid_ns: bool) -> bool {
-    let mut b = [0u8; 1];
-    // SAFETY: reading one byte from init's own non-blocking fd.
-    let n = unsafe { libc::read(go, b.as_mut_ptr().cast(), 1) };
-    if n < 0 {
-        // Nothing yet (EAGAIN).
-        return true;
-    }
-    if n == 1 && b[0] == b'c' {
-        // SAFETY: prctl with integer arguments, then a one-byte write of our
-        // buffer to the report pipe.
-        unsafe {
-            libc::prctl(libc::PR_SET_PDEATHSIG, 0, 0, 0, 0);
-            libc::write(report, b.as_ptr().cast(), 1);
-        }
-    } else {
-        kill_rest(pid_ns);
-    }
-    close(go);
-    close(report);
-    false
-}
-
-fn supervise(workload: i32, pid_ns: bool, mut go: Option<(RawFd, RawFd)>) -> ExitRecord {
-    if let Some(fd) = go {
-        if !check_go_pipe(fd, pid_ns) {
-            go = None;
-        }
-    }
+fn supervise(workload: i32, pid_ns: bool) -> ExitRecord {
     // SAFETY: an initialised, full signal set.
     let set = unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
@@ -510,26 +439,16 @@ fn supervise(workload: i32, pid_ns: bool, mut go: Option<(RawFd, RawFd)>) -> Exi
                 break;
             }
         }
-        // SAFETY: an all-zero siginfo_t is a valid value to be overwritten.
-        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
         // SAFETY: `set` is initialised; `info` is a valid out pointer.
-        let sig = unsafe { libc::sigwaitinfo(&set, &mut info) };
+        let sig = unsafe {
+            let mut info: libc::siginfo_t = std::mem::zeroed();
+            libc::sigwaitinfo(&set, &mut info)
+        };
         if sig < 0 {
             check_children = false;
             continue;
         }
         check_children = sig == libc::SIGCHLD;
-        // SIGIO from the kernel (si_code > 0: no process can send that) is
-        // the go pipe's, the only fd init set O_ASYNC on; it is for init.
-        // Any other signal goes on to the workload.
-        if let Some(fd) = go {
-            if sig == libc::SIGIO && info.si_code > 0 {
-                if !check_go_pipe(fd, pid_ns) {
-                    go = None;
-                }
-                continue;
-            }
-        }
         if sig != libc::SIGCHLD && result.is_none() {
             // SAFETY: kill(2) on our child, the workload, not yet reaped.
             unsafe { libc::kill(workload, sig) };

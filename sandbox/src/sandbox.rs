@@ -7,7 +7,7 @@
 //! (written by init when the workload has exited).
 
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
@@ -82,9 +82,6 @@ pub struct Sandbox {
     state: State,
     /// pidfd of init when this process created the sandbox (init is our child).
     child: Option<OwnedFd>,
-    /// The go pipe and init's report pipe of a guarded creation, until
-    /// `mark_complete`.
-    go: Option<(File, io::BufReader<File>)>,
 }
 
 fn io_err<'a>(what: &'static str, path: &'a Path) -> impl FnOnce(io::Error) -> Error + 'a {
@@ -445,8 +442,6 @@ impl Sandbox {
             devnull_fd: devnull.as_raw_fd(),
             state_fd: state_fd.as_raw_fd(),
             go_r: go_r.as_raw_fd(),
-            go_w: go_w.as_raw_fd(),
-            armed: guard.is_some(),
             report_w: rep_w.as_raw_fd(),
         };
         let (init_pid, init_fd) = match clone_with_namespaces(flags).map_err(|e| {
@@ -504,9 +499,7 @@ impl Sandbox {
         let mut go = File::from(go_w);
         go.write_all(b"g")
             .map_err(|e| Error::InitDied(format!("signalling init: {e}")))?;
-        // A guarded creation keeps it for `mark_complete`; else init reads
-        // end-of-file after the byte, which it ignores.
-        let mut go = guard.is_some().then_some(go);
+        drop(go);
         let mut rep = io::BufReader::new(File::from(rep_r));
         let mut line = String::new();
         io::BufRead::read_line(&mut rep, &mut line).map_err(sys_err("read init's report"))?;
@@ -544,7 +537,6 @@ impl Sandbox {
             profile: profile.clone(),
             state,
             child: Some(init_fd),
-            go: go.take().map(|g| (g, rep)),
         };
         sb.save_state()?;
         // Success: nothing to undo any more.
@@ -589,7 +581,6 @@ impl Sandbox {
             profile,
             state,
             child: None,
-            go: None,
         })
     }
 
@@ -648,26 +639,6 @@ impl Sandbox {
     /// Seconds since the epoch when the sandbox was made.
     pub fn created(&self) -> u64 {
         self.state.created
-    }
-
-    /// Tells the init of a sandbox made by [`Sandbox::create_guarded`] that
-    /// it is complete: from now on it outlives this process. Until then,
-    /// init dies with this process (PR_SET_PDEATHSIG), and when this process
-    /// ends without it, init kills the tree. Does nothing for other sandboxes.
-    pub fn mark_complete(&mut self) -> Result<()> {
-        let Some((mut go, mut report)) = self.go.take() else {
-            return Ok(());
-        };
-        let what = "telling init the sandbox is complete";
-        go.write_all(b"c")
-            .map_err(|e| Error::InitDied(format!("{what}: {e}")))?;
-        // Init disarms, then acknowledges: only then may this process end.
-        let mut b = [0u8; 1];
-        match report.read(&mut b) {
-            Ok(1) if b[0] == b'c' => Ok(()),
-            Ok(_) => Err(Error::InitDied(format!("{what}: no acknowledgement"))),
-            Err(e) => Err(Error::InitDied(format!("{what}: {e}"))),
-        }
     }
 
     /// Records a (restored) workload's root process by host PID.

@@ -21,12 +21,18 @@ pub enum Error {
     },
     #[error("process {pid}: {reason}")]
     Process { pid: i32, reason: String },
-    #[error("sandbox: {0}")]
+    // Transparent: the sandbox's errors say what they are about, and a
+    // prefix here would print the message twice in an error chain.
+    #[error(transparent)]
     Sandbox(#[from] sandbox::Error),
     #[error("cgroup: {0}")]
     Cgroup(#[from] sandbox::cgroup::CgroupError),
     #[error("interrupted by {0}: rolled back, the workload runs on as it was and the partial image is removed")]
     Interrupted(String),
+    /// Opening an open file description of the image failed (restore
+    /// names the processes and fds that hold it).
+    #[error("open file description {id}: {cause}")]
+    File { id: u32, cause: Box<Error> },
     #[error("{0}")]
     Other(String),
 }

@@ -25,6 +25,7 @@
 
 pub mod dump;
 pub mod error;
+pub mod faults;
 pub mod files;
 pub mod image;
 pub mod inspect;

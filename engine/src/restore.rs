@@ -63,6 +63,10 @@ pub struct LoadedImage {
     pub ipc: IpcImage,
 }
 
+/// The kernel's PID_MAX_LIMIT on 64-bit: the pid_max of a fresh PID
+/// namespace, so every PID below it can be had there with clone3(set_tid).
+pub const PID_MAX_LIMIT: i32 = 4 * 1024 * 1024;
+
 /// Opens and verifies an image: every checksum, every bound.
 pub fn load(dir: &Path) -> Result<LoadedImage> {
     let reader = ImageReader::open(dir)?;
@@ -95,7 +99,7 @@ pub fn load(dir: &Path) -> Result<LoadedImage> {
     };
     let mut procs = BTreeMap::new();
     for e in &inventory.processes {
-        if e.pid <= 1 || e.pid > 4 * 1024 * 1024 {
+        if e.pid <= 1 || e.pid >= PID_MAX_LIMIT {
             return Err(Error::Other(format!("image: bad PID {}", e.pid)));
         }
         if e.zombie.is_some() {
@@ -167,7 +171,10 @@ fn validate_process(reader: &ImageReader, p: &ProcessImage, files: &FilesImage) 
     let mut tids: Vec<i32> = p.threads.iter().map(|t| t.tid).collect();
     tids.sort_unstable();
     tids.dedup();
-    if p.threads[0].tid != p.pid || tids.len() != p.threads.len() || tids.iter().any(|&t| t <= 1) {
+    if p.threads[0].tid != p.pid
+        || tids.len() != p.threads.len()
+        || tids.iter().any(|&t| t <= 1 || t >= PID_MAX_LIMIT)
+    {
         return Err(Error::Other(format!(
             "image of process {}: bad thread ids {tids:?}",
             p.pid
@@ -216,7 +223,41 @@ fn raise_nofile() {
     }
 }
 
+/// Restores an image into a new sandbox. A watcher process (a
+/// `sandbox::Guard`, forked first, while stasis is single-threaded) removes
+/// the new sandbox whole should this process die before the restore is done;
+/// failures seen here are undone here.
 pub fn restore(state_dir: &Path, dir: &Path, opts: &RestoreOptions) -> Result<Restored> {
+    let guard = sandbox::Guard::spawn()?;
+    let r = restore_guarded(state_dir, dir, opts, &guard);
+    guard.disarm();
+    r
+}
+
+/// "process P fd N, ..." for the fds of the image that hold file description `id`.
+fn holders_of(procs: &BTreeMap<i32, ProcessImage>, id: u32) -> String {
+    let v: Vec<String> = procs
+        .values()
+        .flat_map(|p| {
+            p.fds
+                .iter()
+                .filter(|f| f.file == id)
+                .map(move |f| format!("process {} fd {}", p.pid, f.fd))
+        })
+        .collect();
+    if v.is_empty() {
+        format!("file description {id}")
+    } else {
+        v.join(", ")
+    }
+}
+
+fn restore_guarded(
+    state_dir: &Path,
+    dir: &Path,
+    opts: &RestoreOptions,
+    guard: &sandbox::Guard,
+) -> Result<Restored> {
     let t0 = Instant::now();
     let img = load(dir)?;
     let verify_ms = ms(t0.elapsed());
@@ -315,6 +356,12 @@ pub fn restore(state_dir: &Path, dir: &Path, opts: &RestoreOptions) -> Result<Re
         .collect();
     let workload = img.inventory.workload_pid;
     let ready_w_raw = ready_w.as_raw_fd();
+    let holders: BTreeMap<u32, String> = img
+        .files
+        .files
+        .iter()
+        .map(|f| (f.id, holders_of(&img.procs, f.id)))
+        .collect();
     let launch = sandbox::Launch::Custom(Box::new(move |ctx: &sandbox::InitContext| {
         // Held open until the tree is forked.
         let _keep = &ready_w;
@@ -334,7 +381,15 @@ pub fn restore(state_dir: &Path, dir: &Path, opts: &RestoreOptions) -> Result<Re
         }
         crate::ipc::remove_destroyed(&ipc_img)?;
         let files::OpenFiles { fds, holders } =
-            files::open_all(&files_img, Some(&blobs), ctx.log_fd).map_err(|e| e.to_string())?;
+            files::open_all(&files_img, Some(&blobs), ctx.log_fd).map_err(|e| match e {
+                Error::File { id, cause } => format!(
+                    "{}: {cause}",
+                    holders
+                        .get(&id)
+                        .map_or("a file of the image", |h| h.as_str())
+                ),
+                e => e.to_string(),
+            })?;
         let mut held = Vec::new();
         let mut plans = plans;
         for fd in fds {
@@ -347,6 +402,10 @@ pub fn restore(state_dir: &Path, dir: &Path, opts: &RestoreOptions) -> Result<Re
                     .map(|&(fd, file, cx)| (fd, held[file as usize].as_raw_fd(), cx))
                     .collect();
             }
+        }
+        crate::faults::pause_point("restore-launch");
+        if crate::faults::fail_point("restore-pid-taken") {
+            occupy_pid(plans[roots[0]].pid)?;
         }
         let pids = tree::fork_roots(&plans, &roots, ready_w_raw)?;
         // The tree holds the shared memory objects now.
@@ -371,7 +430,8 @@ pub fn restore(state_dir: &Path, dir: &Path, opts: &RestoreOptions) -> Result<Re
         Some(c) => crate::timers::TimeNamespace::for_children(c)?,
         None => None,
     };
-    let created = sandbox::Sandbox::create(state_dir, Some(&name), &profile, launch);
+    let created =
+        sandbox::Sandbox::create_guarded(state_dir, Some(&name), &profile, launch, Some(guard));
     drop(timens);
     let mut sb = created?;
     let sandbox_ms = ms(t1.elapsed());
@@ -380,6 +440,7 @@ pub fn restore(state_dir: &Path, dir: &Path, opts: &RestoreOptions) -> Result<Re
     let t2 = Instant::now();
     let result = (|| -> Result<RestoreStats> {
         wait_ready(&ready_r, live, &sb)?;
+        crate::faults::pause_point("restore-tree");
         let fork_ms = ms(t2.elapsed());
         let tm = Instant::now();
         // Zombies report nothing: a process whose last child reports ready
@@ -465,6 +526,23 @@ pub fn restore(state_dir: &Path, dir: &Path, opts: &RestoreOptions) -> Result<Re
             Err(e)
         }
     }
+}
+
+/// For the reliability tests (`STASIS_TEST_FAIL_AT=restore-pid-taken`):
+/// a process of init's that takes `pid` in the new PID namespace before the
+/// tree is forked, so that clone3(set_tid) meets a PID in use. It waits
+/// (every signal blocked, as in init) until the namespace ends.
+fn occupy_pid(pid: i32) -> std::result::Result<(), String> {
+    // SAFETY: init is single-threaded; the child only loops in pause().
+    let r = unsafe { sys::clone3::clone3(0, libc::SIGCHLD as u64, &[pid]) }
+        .map_err(|e| format!("taking PID {pid} for the test: {e}"))?;
+    if r == 0 {
+        loop {
+            // SAFETY: pause has no arguments.
+            unsafe { libc::pause() };
+        }
+    }
+    Ok(())
 }
 
 fn pipe() -> Result<(OwnedFd, OwnedFd)> {
@@ -586,6 +664,7 @@ fn rebuild_process(
         rb.map_area(&mut r, v)?;
     }
     let pages = memory::pages::restore(&mut r, &p.vmas, pages)?;
+    crate::faults::pause_point("restore-rebuild");
     for v in &p.vmas {
         rb.finish_area(&mut r, v)?;
     }

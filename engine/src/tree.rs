@@ -82,6 +82,15 @@ fn spawn(plans: &[Plan], idx: usize, ready_fd: i32) -> std::result::Result<i32, 
     Ok(pid)
 }
 
+/// What a clone3(set_tid) errno means for the PID asked for.
+pub fn pid_hint(errno: i32) -> &'static str {
+    match errno {
+        libc::EEXIST => " (the PID is taken in the sandbox's PID namespace)",
+        libc::EINVAL => " (the PID is beyond the PID namespace's pid_max)",
+        _ => "",
+    }
+}
+
 fn errno() -> i32 {
     std::io::Error::last_os_error()
         .raw_os_error()
@@ -169,9 +178,10 @@ pub fn fork_roots(
     for &r in roots {
         let pid = spawn(plans, r, ready_fd).map_err(|e| {
             format!(
-                "forking process {} with its PID: {}",
+                "forking process {} with its PID: {}{}",
                 plans[r].pid,
-                std::io::Error::from_raw_os_error(e)
+                std::io::Error::from_raw_os_error(e),
+                pid_hint(e)
             )
         })?;
         out.push(pid);

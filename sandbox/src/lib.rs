@@ -9,6 +9,7 @@
 
 pub mod cgroup;
 pub mod clone;
+pub mod guard;
 pub mod init;
 pub mod mounts;
 pub mod netlink;
@@ -19,6 +20,7 @@ mod sandbox;
 use std::path::PathBuf;
 
 pub use cgroup::{Cgroup, CgroupError, Freezer};
+pub use guard::Guard;
 pub use init::{ExitRecord, InitContext, Launch, LaunchFn};
 pub use netlink::NetlinkError;
 pub use process::ExecFailure;

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::cgroup::Cgroup;
 use crate::clone::{clone_with_namespaces, Forked};
+use crate::guard::{Guard, Made};
 use crate::init::{init_main, ExitRecord, InitSetup, Launch, Report};
 use crate::netlink::Rtnl;
 use crate::profile::Profile;
@@ -300,6 +301,19 @@ impl Sandbox {
         profile: &Profile,
         launch: Launch,
     ) -> Result<Sandbox> {
+        Sandbox::create_guarded(state_dir, name, profile, launch, None)
+    }
+
+    /// [`Sandbox::create`], telling `guard`'s watcher about everything it
+    /// makes as soon as it exists, so that the watcher can remove it all if
+    /// the calling process dies before it disarms the guard.
+    pub fn create_guarded(
+        state_dir: &Path,
+        name: Option<&str>,
+        profile: &Profile,
+        launch: Launch,
+        guard: Option<&Guard>,
+    ) -> Result<Sandbox> {
         let name = match name {
             Some(n) if !valid_name(n) => return Err(Error::BadName(n.to_string())),
             Some(n) => n.to_string(),
@@ -334,13 +348,16 @@ impl Sandbox {
             }
             Err(e) => return Err(io_err("create state directory", &dir)(e)),
         }
+        if let Some(g) = guard {
+            g.note(&Made::Dir(dir.clone()));
+        }
         let mut undo = Undo {
             dir: Some(dir.clone()),
             cgroup: None,
             init: None,
             veth: None,
         };
-        let r = Sandbox::create_in(&dir, &name, profile, launch, &mut undo);
+        let r = Sandbox::create_in(&dir, &name, profile, launch, &mut undo, guard);
         if r.is_err() {
             undo.run();
         }
@@ -353,7 +370,13 @@ impl Sandbox {
         profile: &Profile,
         launch: Launch,
         undo: &mut Undo,
+        guard: Option<&Guard>,
     ) -> Result<Sandbox> {
+        let note = |m: Made| {
+            if let Some(g) = guard {
+                g.note(&m);
+            }
+        };
         let command = match &launch {
             Launch::Command(c) => c.clone(),
             Launch::Custom(_) => vec!["(restored)".to_string()],
@@ -395,6 +418,7 @@ impl Sandbox {
 
         let cgroup = Cgroup::create(&leaf_name(dir, name), &profile.cgroup)?;
         undo.cgroup = Some(cgroup.clone());
+        note(Made::Cgroup(cgroup.clone()));
 
         let veth_host = profile.network.veth.as_ref().map(|v| {
             v.host_name
@@ -484,6 +508,10 @@ impl Sandbox {
         undo.init = Some((init_pid, dup));
         let init_start = start_time(init_pid)
             .ok_or_else(|| Error::InitDied("before it could be inspected".into()))?;
+        note(Made::Init {
+            pid: init_pid,
+            start: init_start,
+        });
 
         // Init does its own setup meanwhile (mounts, loopback, host name), up
         // to what needs the cgroup or the veth.
@@ -496,6 +524,7 @@ impl Sandbox {
             if let (Some(h), Some(n), Some(v)) = (&veth_host, nl.as_mut(), &profile.network.veth) {
                 n.create_veth(h, &v.name, init_pid)?;
                 undo.veth = Some(h.clone());
+                note(Made::Veth(h.clone()));
                 if let Some(a) = v.host_address {
                     n.add_address(h, a)?;
                 }

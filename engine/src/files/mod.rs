@@ -560,29 +560,39 @@ pub fn open_all(
                 f.id
             )));
         }
-        let fd = match &f.kind {
-            FileKind::SandboxLog => regular::dup_log(log_fd)?,
-            FileKind::Path { .. } => regular::open(f, blobs)?,
-            FileKind::Pipe { pipe, fifo } => pipes.open_end(*pipe, fifo.as_deref(), f.flags)?,
-            FileKind::Memfd { memfd, pos } => {
-                let m = *memfd as usize;
-                memfd::open_desc(&files.memfds[m], &memfds[m], f.flags, *pos)?
-            }
-            FileKind::Eventfd { count, semaphore } => {
-                set_status_flags(f, eventfd::open(f.id, *count, *semaphore)?)?
-            }
-            FileKind::Timerfd { .. } => set_status_flags(f, timerfd::open(f.id, &f.kind)?)?,
-            FileKind::Signalfd { sigmask } => set_status_flags(f, signalfd::open(f.id, *sigmask)?)?,
-            FileKind::Epoll { .. } => set_status_flags(f, epoll::open(f.id)?)?,
-            FileKind::Inotify { watches } => set_status_flags(f, inotify::open(f.id, watches)?)?,
-            // The process opens the pidfd itself once the tree exists
-            // (`restore_in_task`); until then its fds hold /dev/null.
-            FileKind::Pidfd { .. } => pidfd::open_placeholder()?,
-            FileKind::Socket { socket } => sockets
-                .as_mut()
-                .ok_or_else(|| Error::Other(format!("image: file {i} is a socket of none")))?
-                .open(*socket, f.flags)?,
-        };
+        let fd = (|| -> Result<OwnedFd> {
+            Ok(match &f.kind {
+                FileKind::SandboxLog => regular::dup_log(log_fd)?,
+                FileKind::Path { .. } => regular::open(f, blobs)?,
+                FileKind::Pipe { pipe, fifo } => pipes.open_end(*pipe, fifo.as_deref(), f.flags)?,
+                FileKind::Memfd { memfd, pos } => {
+                    let m = *memfd as usize;
+                    memfd::open_desc(&files.memfds[m], &memfds[m], f.flags, *pos)?
+                }
+                FileKind::Eventfd { count, semaphore } => {
+                    set_status_flags(f, eventfd::open(f.id, *count, *semaphore)?)?
+                }
+                FileKind::Timerfd { .. } => set_status_flags(f, timerfd::open(f.id, &f.kind)?)?,
+                FileKind::Signalfd { sigmask } => {
+                    set_status_flags(f, signalfd::open(f.id, *sigmask)?)?
+                }
+                FileKind::Epoll { .. } => set_status_flags(f, epoll::open(f.id)?)?,
+                FileKind::Inotify { watches } => {
+                    set_status_flags(f, inotify::open(f.id, watches)?)?
+                }
+                // The process opens the pidfd itself once the tree exists
+                // (`restore_in_task`); until then its fds hold /dev/null.
+                FileKind::Pidfd { .. } => pidfd::open_placeholder()?,
+                FileKind::Socket { socket } => sockets
+                    .as_mut()
+                    .ok_or_else(|| Error::Other(format!("image: file {i} is a socket of none")))?
+                    .open(*socket, f.flags)?,
+            })
+        })()
+        .map_err(|cause| Error::File {
+            id: f.id,
+            cause: Box::new(cause),
+        })?;
         fds.push(fd);
     }
     locks::restore_desc(files, &fds)?;

@@ -1,0 +1,420 @@
+//! Property tests of the image reader: a real image (a dumped counter) is
+//! mutated at random (truncated files, flipped bits, numbers in the
+//! metadata set to extremes with the checksums made right again so that the
+//! decoders and validators see them, arrays grown, whole files replaced by
+//! random JSON, manifest sizes and bytes changed, files removed) and read
+//! with `engine::restore::load` (everything restore checks before it makes
+//! anything) and `engine::inspect::inspect`. Each must return, never panic,
+//! and never make one allocation above 64 MiB (the image is well under
+//! 1 MiB of metadata): the global allocator of this test aborts on one.
+//! A damaged checksummed file must always be refused.
+
+mod common;
+
+use std::alloc::{GlobalAlloc, Layout, System};
+use std::collections::BTreeMap;
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use proptest::prelude::*;
+use proptest::test_runner::{Config, TestRunner};
+use serde_json::Value;
+
+use common::*;
+
+/// Largest single allocation allowed while images are read.
+const ALLOC_CAP: usize = 64 << 20;
+
+struct Capped;
+
+// SAFETY: forwards to the system allocator; only refuses (by aborting)
+// requests above the cap.
+unsafe impl GlobalAlloc for Capped {
+    unsafe fn alloc(&self, layout: Layout) -> *mut u8 {
+        check(layout.size());
+        // SAFETY: the caller's contract is passed on unchanged.
+        unsafe { System.alloc(layout) }
+    }
+    unsafe fn alloc_zeroed(&self, layout: Layout) -> *mut u8 {
+        check(layout.size());
+        // SAFETY: as above.
+        unsafe { System.alloc_zeroed(layout) }
+    }
+    unsafe fn dealloc(&self, ptr: *mut u8, layout: Layout) {
+        // SAFETY: as above.
+        unsafe { System.dealloc(ptr, layout) }
+    }
+    unsafe fn realloc(&self, ptr: *mut u8, layout: Layout, new_size: usize) -> *mut u8 {
+        check(new_size);
+        // SAFETY: as above.
+        unsafe { System.realloc(ptr, layout, new_size) }
+    }
+}
+
+fn check(size: usize) {
+    if size > ALLOC_CAP {
+        let msg = b"image_proptest: an allocation above 64 MiB while reading an image\n";
+        // SAFETY: write(2) of a static buffer to stderr, then abort: nothing
+        // here allocates.
+        unsafe {
+            libc::write(2, msg.as_ptr().cast(), msg.len());
+            libc::abort();
+        }
+    }
+}
+
+#[global_allocator]
+static ALLOC: Capped = Capped;
+
+#[derive(Debug, Clone)]
+enum Num {
+    U(u64),
+    I(i64),
+}
+
+#[derive(Debug, Clone)]
+enum Mutation {
+    /// Cut file `file` (index into the image's files) to a fraction of its size.
+    Truncate { file: usize, keep: f64 },
+    /// Flip one bit of a file.
+    Flip { file: usize, at: f64, bit: u8 },
+    /// Set the `which`-th number of a metadata file, checksum made right.
+    SetNumber {
+        file: usize,
+        which: usize,
+        value: Num,
+    },
+    /// Repeat an element of the `which`-th array `times` times, checksum made right.
+    Grow {
+        file: usize,
+        which: usize,
+        times: usize,
+    },
+    /// Replace a metadata file by random JSON, checksum made right.
+    Replace { file: usize, value: Value },
+    /// Set a file's size in the manifest.
+    ManifestSize { file: usize, size: u64 },
+    /// Set the `which`-th number of the manifest.
+    ManifestNumber { which: usize, value: Num },
+    /// Replace the manifest by random bytes.
+    ManifestBytes(Vec<u8>),
+    /// Remove a file.
+    Remove { file: usize },
+}
+
+fn num() -> impl Strategy<Value = Num> {
+    prop_oneof![
+        Just(Num::U(0)),
+        Just(Num::U(1)),
+        Just(Num::U(4096)),
+        Just(Num::U(u32::MAX as u64)),
+        Just(Num::U(1 << 32)),
+        Just(Num::U(1 << 40)),
+        Just(Num::U(i64::MAX as u64)),
+        Just(Num::U(u64::MAX)),
+        Just(Num::I(-1)),
+        Just(Num::I(i64::MIN)),
+        any::<u64>().prop_map(Num::U),
+        (0u64..100_000).prop_map(Num::U),
+    ]
+}
+
+fn json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::Bool),
+        any::<i64>().prop_map(Value::from),
+        any::<u64>().prop_map(Value::from),
+        "[a-z0-9_/.-]{0,12}".prop_map(Value::String),
+    ];
+    leaf.prop_recursive(4, 48, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            prop::collection::btree_map("[a-z_]{1,10}", inner, 0..6)
+                .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+fn mutation() -> impl Strategy<Value = Mutation> {
+    let f = 0usize..64;
+    prop_oneof![
+        1 => (f.clone(), 0.0f64..1.0).prop_map(|(file, keep)| Mutation::Truncate { file, keep }),
+        1 => (f.clone(), 0.0f64..1.0, 0u8..8).prop_map(|(file, at, bit)| Mutation::Flip {
+            file,
+            at,
+            bit
+        }),
+        4 => (f.clone(), any::<usize>(), num()).prop_map(|(file, which, value)| {
+            Mutation::SetNumber { file, which, value }
+        }),
+        1 => (f.clone(), any::<usize>(), 1usize..2000).prop_map(|(file, which, times)| {
+            Mutation::Grow { file, which, times }
+        }),
+        1 => (f.clone(), json()).prop_map(|(file, value)| Mutation::Replace { file, value }),
+        1 => (f.clone(), prop_oneof![Just(0u64), Just(u64::MAX), Just(1 << 40), any::<u64>()])
+            .prop_map(|(file, size)| Mutation::ManifestSize { file, size }),
+        1 => (any::<usize>(), num())
+            .prop_map(|(which, value)| Mutation::ManifestNumber { which, value }),
+        1 => prop::collection::vec(any::<u8>(), 0..256).prop_map(Mutation::ManifestBytes),
+        1 => f.prop_map(|file| Mutation::Remove { file }),
+    ]
+}
+
+fn is_number(v: &Value) -> bool {
+    v.is_number()
+}
+
+fn is_array(v: &Value) -> bool {
+    v.is_array()
+}
+
+/// How many values of `v` (itself included) `want` picks.
+fn count(v: &Value, want: fn(&Value) -> bool) -> usize {
+    let inner = match v {
+        Value::Array(a) => a.iter().map(|x| count(x, want)).sum(),
+        Value::Object(o) => o.values().map(|x| count(x, want)).sum(),
+        _ => 0,
+    };
+    inner + want(v) as usize
+}
+
+/// Applies `f` to the `k`-th value (in visiting order) that `want` picks.
+fn visit(
+    v: &mut Value,
+    want: fn(&Value) -> bool,
+    k: &mut usize,
+    f: &mut dyn FnMut(&mut Value),
+) -> bool {
+    if want(v) {
+        if *k == 0 {
+            f(v);
+            return true;
+        }
+        *k -= 1;
+    }
+    match v {
+        Value::Array(a) => a.iter_mut().any(|x| visit(x, want, k, f)),
+        Value::Object(o) => o.values_mut().any(|x| visit(x, want, k, f)),
+        _ => false,
+    }
+}
+
+/// Applies `f` to the `which`-th (modulo their number) value `want` picks.
+fn change(v: &mut Value, want: fn(&Value) -> bool, which: usize, f: &mut dyn FnMut(&mut Value)) {
+    let n = count(v, want);
+    if n > 0 {
+        visit(v, want, &mut (which % n), f);
+    }
+}
+
+fn set(v: &mut Value, n: &Num) {
+    *v = match *n {
+        Num::U(u) => Value::from(u),
+        Num::I(i) => Value::from(i),
+    };
+}
+
+/// The image's files, manifest excluded, sorted.
+fn files(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n != "manifest.json")
+        .collect();
+    v.sort();
+    v
+}
+
+fn manifest(dir: &Path) -> Option<Value> {
+    serde_json::from_slice(&fs::read(dir.join("manifest.json")).ok()?).ok()
+}
+
+fn write_manifest(dir: &Path, m: &Value) {
+    fs::write(
+        dir.join("manifest.json"),
+        serde_json::to_vec_pretty(m).unwrap(),
+    )
+    .unwrap();
+}
+
+/// Writes `bytes` as image file `name` and records its size and checksum
+/// in the manifest; false (and nothing written) when the manifest cannot be
+/// read or does not list the file.
+fn rewrite(dir: &Path, name: &str, bytes: &[u8]) -> bool {
+    let Some(mut m) = manifest(dir) else {
+        return false;
+    };
+    let Some(e) = m.get_mut("files").and_then(|f| f.get_mut(name)) else {
+        return false;
+    };
+    if !e.is_object() {
+        return false;
+    }
+    e["size"] = Value::from(bytes.len() as u64);
+    e["xxh3"] = Value::from(format!("{:016x}", xxhash_rust::xxh3::xxh3_64(bytes)));
+    fs::write(dir.join(name), bytes).unwrap();
+    write_manifest(dir, &m);
+    true
+}
+
+/// Applies a mutation, recording in `damaged` which files it changed behind
+/// the manifest's back (true) or wrote again with their checksum (false).
+fn apply(dir: &Path, m: &Mutation, damaged: &mut BTreeMap<String, bool>) {
+    let names = files(dir);
+    if names.is_empty() {
+        return;
+    }
+    let pick = |i: usize| names[i % names.len()].clone();
+    let jsons: Vec<String> = names
+        .iter()
+        .filter(|n| n.ends_with(".json"))
+        .cloned()
+        .collect();
+    let pick_json = |i: usize| jsons.get(i % jsons.len().max(1)).cloned();
+    let json_of =
+        |name: &str| serde_json::from_slice::<Value>(&fs::read(dir.join(name)).ok()?).ok();
+    match m {
+        Mutation::Truncate { file, keep } => {
+            let name = pick(*file);
+            let p = dir.join(&name);
+            let len = fs::metadata(&p).unwrap().len();
+            let to = (len as f64 * keep) as u64;
+            fs::OpenOptions::new()
+                .write(true)
+                .open(&p)
+                .unwrap()
+                .set_len(to)
+                .unwrap();
+            if to < len {
+                damaged.insert(name, true);
+            }
+        }
+        Mutation::Flip { file, at, bit } => {
+            let name = pick(*file);
+            let p = dir.join(&name);
+            let mut b = fs::read(&p).unwrap();
+            if b.is_empty() {
+                return;
+            }
+            let i = ((b.len() as f64 * at) as usize).min(b.len() - 1);
+            b[i] ^= 1 << bit;
+            fs::write(&p, &b).unwrap();
+            damaged.insert(name, true);
+        }
+        Mutation::SetNumber { file, which, value } => {
+            let Some(name) = pick_json(*file) else { return };
+            let Some(mut v) = json_of(&name) else { return };
+            change(&mut v, is_number, *which, &mut |x| set(x, value));
+            if rewrite(dir, &name, &serde_json::to_vec(&v).unwrap()) {
+                damaged.insert(name, false);
+            }
+        }
+        Mutation::Grow { file, which, times } => {
+            let Some(name) = pick_json(*file) else { return };
+            let Some(mut v) = json_of(&name) else { return };
+            change(&mut v, is_array, *which, &mut |x| {
+                if let Value::Array(a) = x {
+                    if let Some(first) = a.first().cloned() {
+                        a.extend(std::iter::repeat_n(first, *times));
+                    }
+                }
+            });
+            if rewrite(dir, &name, &serde_json::to_vec(&v).unwrap()) {
+                damaged.insert(name, false);
+            }
+        }
+        Mutation::Replace { file, value } => {
+            if let Some(name) = pick_json(*file) {
+                if rewrite(dir, &name, &serde_json::to_vec(value).unwrap()) {
+                    damaged.insert(name, false);
+                }
+            }
+        }
+        Mutation::ManifestSize { file, size } => {
+            let name = pick(*file);
+            if let Some(mut m) = manifest(dir) {
+                if let Some(e) = m
+                    .get_mut("files")
+                    .and_then(|f| f.get_mut(&name))
+                    .filter(|e| e.is_object())
+                {
+                    if e["size"].as_u64() != Some(*size) {
+                        e["size"] = Value::from(*size);
+                        write_manifest(dir, &m);
+                        damaged.insert(name, true);
+                    }
+                }
+            }
+        }
+        Mutation::ManifestNumber { which, value } => {
+            if let Some(mut m) = manifest(dir) {
+                change(&mut m, is_number, *which, &mut |x| set(x, value));
+                write_manifest(dir, &m);
+            }
+        }
+        Mutation::ManifestBytes(b) => {
+            fs::write(dir.join("manifest.json"), b).unwrap();
+            damaged.insert("manifest.json".into(), true);
+        }
+        Mutation::Remove { file } => {
+            fs::remove_file(dir.join(pick(*file))).unwrap();
+            // Written again later, it would have the default mode: refused too.
+            damaged.insert(format!("removed {}", pick(*file)), true);
+        }
+    }
+}
+
+/// Copies the image to a fresh directory (files 0600 as written, since
+/// `fs::write` on an existing file keeps its mode).
+fn fresh_copy(image: &Path, root: &Path, n: usize) -> PathBuf {
+    let to = root.join(format!("case-{n}"));
+    let _ = fs::remove_dir_all(&to);
+    copy_image(image, &to);
+    to
+}
+
+#[test]
+fn mutated_images_are_refused_cleanly() {
+    let h = Harness::new("image-proptest");
+    let sb = h.start_c("counter", &[]);
+    let image = h.dump(&sb, &[]);
+    engine::restore::load(&image).expect("the intact image loads");
+    let work = h.root.join("cases");
+    fs::create_dir_all(&work).unwrap();
+    let mut runner = TestRunner::new(Config {
+        // A few seconds by default; STASIS_PROPTEST_CASES runs more.
+        cases: std::env::var("STASIS_PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(160),
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let n = std::cell::Cell::new(0usize);
+    let result = runner.run(&prop::collection::vec(mutation(), 1..4), |ms| {
+        n.set(n.get() + 1);
+        let dir = fresh_copy(&image, &work, n.get());
+        let mut damaged = BTreeMap::new();
+        for m in &ms {
+            apply(&dir, m, &mut damaged);
+        }
+        let must_fail = damaged.values().any(|&d| d);
+        let loaded = engine::restore::load(&dir);
+        let inspected = engine::inspect::inspect(&dir);
+        if must_fail {
+            prop_assert!(loaded.is_err(), "a damaged image loaded: {ms:?}");
+            prop_assert!(inspected.is_err(), "a damaged image was inspected: {ms:?}");
+        }
+        if let Err(e) = &loaded {
+            // A clean error: a message that says something.
+            prop_assert!(!e.to_string().is_empty());
+        }
+        fs::remove_dir_all(&dir).unwrap();
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+}

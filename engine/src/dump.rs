@@ -334,8 +334,17 @@ fn collect_process(
             &mut r,
             main.deferred_signal,
         )?];
+        // Read once for all threads: nothing below changes the areas (each
+        // thread's scratch is gone before the next thread's is taken).
+        let areas = (p.threads.len() > 1)
+            .then(|| crate::remote::maps_areas(p.pid))
+            .flatten()
+            .map(std::rc::Rc::new);
         for t in &p.threads[1..] {
             let mut r2 = Remote::new(t.tid, gadget)?;
+            if let Some(a) = &areas {
+                r2.use_areas(a.clone());
+            }
             let res = thread::collect(t.tid, t.ns_tid, &mut r2, t.deferred_signal);
             let fin = r2.finish();
             threads.push(res?);

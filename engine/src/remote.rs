@@ -20,6 +20,7 @@
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt;
+use std::rc::Rc;
 
 use sys::inject::Injector;
 
@@ -34,6 +35,11 @@ pub struct Remote {
     scratch: Option<(u64, u64)>,
     /// The scratch area is on the thread's stack: the bytes it held.
     stack_saved: Option<Vec<u8>>,
+    /// The process's memory areas as the caller last read them, shared by
+    /// the threads of one process (its maps list every thread's stack, so
+    /// reading it again for each thread would grow with the square of the
+    /// thread count). None: read /proc/TID/maps when needed.
+    areas: Option<Rc<Vec<MapsArea>>>,
 }
 
 /// Scratch requests the collectors make: the structures they read are at
@@ -44,8 +50,11 @@ const RED_ZONE: u64 = 128;
 /// The most scratch space taken from a stack.
 const STACK_SCRATCH_MAX: u64 = 1024;
 
+/// One line of /proc/TID/maps: start, end, permissions, path.
+pub type MapsArea = (u64, u64, String, String);
+
 /// The areas of /proc/TID/maps: start, end, permissions, path.
-fn maps_areas(tid: i32) -> Option<Vec<(u64, u64, String, String)>> {
+pub fn maps_areas(tid: i32) -> Option<Vec<MapsArea>> {
     let text = std::fs::read_to_string(format!("/proc/{tid}/maps")).ok()?;
     let mut out = Vec::new();
     for line in text.lines() {
@@ -65,10 +74,9 @@ fn maps_areas(tid: i32) -> Option<Vec<(u64, u64, String, String)>> {
 
 /// Where `len` bytes of scratch space fit below the red zone under `rsp`, if
 /// the area holding `rsp` is a stack with room inside it.
-fn stack_scratch_at(tid: i32, rsp: u64, len: u64) -> Option<u64> {
+fn stack_scratch_at(areas: &[MapsArea], rsp: u64, len: u64) -> Option<u64> {
     let top = rsp.checked_sub(RED_ZONE)? & !63;
     let addr = top.checked_sub(len)? & !63;
-    let areas = maps_areas(tid)?;
     let i = areas.iter().position(|a| a.0 <= rsp && rsp < a.1)?;
     let (start, _, perms, path) = &areas[i];
     if perms != "rw-p" || addr < *start {
@@ -101,7 +109,14 @@ impl Remote {
             mem,
             scratch: None,
             stack_saved: None,
+            areas: None,
         })
+    }
+
+    /// Looks for stack scratch space in `areas` (the process's memory areas,
+    /// current as long as they are unchanged) instead of reading the maps.
+    pub fn use_areas(&mut self, areas: Rc<Vec<MapsArea>>) {
+        self.areas = Some(areas);
     }
 
     /// Registers the task had when we took control (restored by `finish`).
@@ -168,7 +183,11 @@ impl Remote {
         if len <= STACK_SCRATCH_MAX {
             let size = len.div_ceil(64).max(1) * 64;
             let rsp = self.saved_regs().rsp;
-            if let Some(addr) = stack_scratch_at(self.tid, rsp, size) {
+            let found = match &self.areas {
+                Some(areas) => stack_scratch_at(areas, rsp, size),
+                None => maps_areas(self.tid).and_then(|a| stack_scratch_at(&a, rsp, size)),
+            };
+            if let Some(addr) = found {
                 let saved = self.read_mem(addr, size as usize)?;
                 self.stack_saved = Some(saved);
                 self.scratch = Some((addr, size));

@@ -12,7 +12,19 @@
 use std::path::PathBuf;
 use std::sync::OnceLock;
 
-fn pause_spec() -> Option<&'static (String, PathBuf)> {
+/// Every phase `STASIS_TEST_PAUSE_AT` can name: the dump's (answered by
+/// `interrupt::pause_at`, which also takes SIGUSR1 to go on) and restore's.
+pub const PHASES: [&str; 6] = [
+    "freeze",
+    "collect",
+    "write",
+    "restore-launch",
+    "restore-tree",
+    "restore-rebuild",
+];
+
+/// The phase and ready file `STASIS_TEST_PAUSE_AT` names, read once.
+pub(crate) fn pause_spec() -> Option<&'static (String, PathBuf)> {
     static SPEC: OnceLock<Option<(String, PathBuf)>> = OnceLock::new();
     SPEC.get_or_init(|| {
         let v = std::env::var("STASIS_TEST_PAUSE_AT").ok()?;

@@ -18,7 +18,7 @@
 
 use std::io::Write;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use crate::error::{Error, Result};
@@ -28,9 +28,6 @@ pub const STOP_SIGNALS: [i32; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
 
 /// The environment variable of the fault-injection hook.
 pub const PAUSE_ENV: &str = "STASIS_TEST_PAUSE_AT";
-
-/// The phases [`pause_at`] knows, in the order a dump passes them.
-pub const PHASES: [&str; 3] = ["freeze", "collect", "write"];
 
 fn sigset(sigs: &[i32]) -> libc::sigset_t {
     // SAFETY: sigemptyset/sigaddset on a local set.
@@ -130,18 +127,13 @@ pub fn check() -> Result<()> {
 /// ends the dump there, SIGINT/SIGTERM/SIGHUP interrupt it (a rollback), and
 /// SIGUSR1 lets it go on. Does nothing otherwise.
 pub fn pause_at(phase: &str, guard: Option<&Guard>) -> Result<()> {
-    let Ok(spec) = std::env::var(PAUSE_ENV) else {
+    let Some((want, ready)) = crate::faults::pause_spec() else {
         return Ok(());
     };
-    let Some((want, ready)) = spec.split_once(':') else {
-        return Err(Error::Other(format!(
-            "{PAUSE_ENV}={spec}: expected <phase>:<ready file>"
-        )));
-    };
-    if !PHASES.contains(&want) {
+    if !crate::faults::PHASES.contains(&want.as_str()) {
         return Err(Error::Other(format!(
             "{PAUSE_ENV}: unknown phase {want:?} (one of {})",
-            PHASES.join(", ")
+            crate::faults::PHASES.join(", ")
         )));
     }
     if want != phase {
@@ -152,11 +144,10 @@ pub fn pause_at(phase: &str, guard: Option<&Guard>) -> Result<()> {
     let set = sigset(&sigs);
     // SAFETY: blocking signals of this thread with a valid set.
     unsafe { libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut()) };
-    let ready = PathBuf::from(ready);
     let tmp = ready.with_extension("tmp");
     let text = format!("{} {}\n", std::process::id(), guard.map_or(0, |g| g.pid));
     std::fs::write(&tmp, text)
-        .and_then(|_| std::fs::rename(&tmp, &ready))
+        .and_then(|_| std::fs::rename(&tmp, ready))
         .map_err(crate::error::io(format!("writing {}", ready.display())))?;
     tracing::warn!("{PAUSE_ENV}: paused at {phase}");
     match take_signal(&sigs, None) {

@@ -179,6 +179,42 @@ pub unsafe fn copy(uffd: BorrowedFd, dst: u64, src: *const u8, len: u64, mode: u
     Ok(c.copy)
 }
 
+/// `UFFDIO_COPY` of all of `src` to `dst` in the registered address space,
+/// going on after partial progress (EAGAIN with bytes copied); returns the
+/// bytes copied before any error (all of `src` on success) and the error.
+pub fn copy_all(uffd: BorrowedFd, dst: u64, src: &[u8]) -> (u64, Option<std::io::Error>) {
+    let mut done = 0u64;
+    while done < src.len() as u64 {
+        let mut c = UffdioCopy {
+            dst: dst + done,
+            src: src.as_ptr() as u64 + done,
+            len: src.len() as u64 - done,
+            mode: 0,
+            copy: 0,
+        };
+        // SAFETY: `c` is a valid uffdio_copy; its source lies inside `src`,
+        // readable for the whole call.
+        let ret = unsafe {
+            libc::ioctl(
+                uffd.as_raw_fd(),
+                UFFDIO_COPY as _,
+                &mut c as *mut UffdioCopy,
+            )
+        };
+        let err = (ret == -1).then(std::io::Error::last_os_error);
+        if c.copy > 0 {
+            done += c.copy as u64;
+        }
+        match err {
+            None => {}
+            // Partial progress: go on with the rest.
+            Some(e) if e.raw_os_error() == Some(libc::EAGAIN) && c.copy > 0 => {}
+            Some(e) => return (done, Some(e)),
+        }
+    }
+    (done, None)
+}
+
 /// `struct uffd_msg` (include/uapi/linux/userfaultfd.h), 32 bytes. For a
 /// page fault `arg[0]` holds the flags and `arg[1]` the address.
 #[repr(C)]

@@ -450,52 +450,6 @@ impl Drop for Registered {
     }
 }
 
-/// `struct uffdio_copy` (include/uapi/linux/userfaultfd.h).
-#[repr(C)]
-struct UffdioCopy {
-    dst: u64,
-    src: u64,
-    len: u64,
-    mode: u64,
-    copy: i64,
-}
-
-/// UFFDIO_COPY of `src` to `dst` in the registered task; returns the bytes
-/// copied before any error (all of `src` on success) and the error.
-fn uffd_copy(uffd: std::os::fd::BorrowedFd, dst: u64, src: &[u8]) -> (u64, Option<std::io::Error>) {
-    use std::os::fd::AsRawFd;
-    let mut done = 0u64;
-    while done < src.len() as u64 {
-        let mut c = UffdioCopy {
-            dst: dst + done,
-            src: src.as_ptr() as u64 + done,
-            len: src.len() as u64 - done,
-            mode: 0,
-            copy: 0,
-        };
-        // SAFETY: `c` is a valid uffdio_copy; its source lies inside `src`,
-        // readable for the whole call.
-        let ret = unsafe {
-            libc::ioctl(
-                uffd.as_raw_fd(),
-                sys::uffd::UFFDIO_COPY as _,
-                &mut c as *mut UffdioCopy,
-            )
-        };
-        let err = (ret == -1).then(std::io::Error::last_os_error);
-        if c.copy > 0 {
-            done += c.copy as u64;
-        }
-        match err {
-            None => {}
-            // Partial progress: go on with the rest.
-            Some(e) if e.raw_os_error() == Some(libc::EAGAIN) && c.copy > 0 => {}
-            Some(e) => return (done, Some(e)),
-        }
-    }
-    (done, None)
-}
-
 /// Reads `segs` from the page file through `buf`: as many consecutive
 /// segments (or parts) per pread as fit, handing `put` each batch as
 /// (segment part, its offset in the buffer) and the bytes read.
@@ -553,7 +507,7 @@ fn copy_direct(
         let mut refused = Vec::new();
         stream(pages, segs, &mut buf, |parts, bytes| {
             for &(s, at) in parts {
-                let (n, err) = uffd_copy(uffd, s.addr, &bytes[at..at + s.len as usize]);
+                let (n, err) = sys::uffd::copy_all(uffd, s.addr, &bytes[at..at + s.len as usize]);
                 if let Some(e) = err {
                     tracing::debug!(
                         "process {tid}: UFFDIO_COPY at {:#x} stopped after {n} bytes: {e}",

@@ -12,13 +12,18 @@
  *   fd 15  TCP socket bound to 127.0.0.1:S, neither listening nor connected
  *   fd 16  TCP socket never bound
  *   fd 17  UDP socket bound to 0.0.0.0:W
+ *   fd 18  a connection accepted on fd 11 that has ended (this side shut
+ *          down, the peer closed): still open, in state CLOSE, its address
+ *          [::1]:Q, the listener's port (as a server thread holds a
+ *          connection between its shutdown and its close)
  *
  * Queued for fd 13: datagrams of 100 and 200 bytes from fd 14, then 300
  * bytes from fd 17; for fd 14: 400 bytes from fd 13.
  *
  * After SIGTERM: every address and option is as it was; each listener
  * accepts a connection made to its address and carries data both ways; the
- * UDP pair carries datagrams both ways; fd 15 can listen on its address. */
+ * UDP pair carries datagrams both ways; fd 15 can listen on its address;
+ * fd 18 is a TCP socket in state CLOSE. */
 #include "wl.h"
 
 #include <arpa/inet.h>
@@ -113,6 +118,18 @@ static int queued_datagrams(int fd)
 		n++;
 	setsockopt(fd, SOL_SOCKET, SO_PEEK_OFF, &off, sizeof(off));
 	return n;
+}
+
+static char buf0[16];
+
+/* The TCP state of `fd` (TCP_INFO), or -1. */
+static int tcp_state(int fd)
+{
+	struct tcp_info ti;
+	socklen_t l = sizeof(ti);
+	if (getsockopt(fd, IPPROTO_TCP, TCP_INFO, &ti, &l) != 0)
+		return -1;
+	return ti.tcpi_state;
 }
 
 static int port_of(int fd)
@@ -212,6 +229,18 @@ int main(int argc, char **argv)
 	must(bind(17, (struct sockaddr *)&a4, sizeof(a4)) == 0, "bind 17");
 	for (int fd = 10; fd <= 17; fd++)
 		remember(fd);
+	{
+		int c = socket(AF_INET6, SOCK_STREAM, 0);
+		must(c >= 0 && connect(c, (struct sockaddr *)&names[11], sizeof(a6)) == 0, "connect to 11");
+		at(accept(11, NULL, NULL), 18);
+		must(shutdown(18, SHUT_WR) == 0, "shutdown 18");
+		must(read(c, buf0, sizeof(buf0)) == 0, "EOF at the peer of 18");
+		close(c);
+		/* The peer's FIN ends the connection: this side goes to CLOSE. */
+		for (int i = 0; i < 5000 && tcp_state(18) != TCP_CLOSE; i++)
+			wl_sleep_ms(1);
+		must(tcp_state(18) == TCP_CLOSE, "fd 18 in state CLOSE");
+	}
 	static unsigned char dg[400];
 	wl_fill(dg, 100, 1401);
 	must(send(14, dg, 100, 0) == 100, "datagram 14 -> 13");
@@ -271,6 +300,8 @@ int main(int argc, char **argv)
 		wl_fail("UDP fd 13 -> fd 14 carries no datagram, or not from fd 13's address");
 
 	must(listen(15, 1) == 0 || (wl_fail("fd 15 cannot listen: %s", strerror(errno)), 1), "listen 15");
+	if (tcp_state(18) != TCP_CLOSE)
+		wl_fail("fd 18: TCP state %d, expected CLOSE", tcp_state(18));
 	wl_pass_note("port=%d", port_of(10));
 	return wl_finish();
 }

@@ -794,6 +794,10 @@ pub struct InetSocketImage {
     pub datagrams: Vec<UdpDatagram>,
     /// An established TCP connection, restored with TCP_REPAIR.
     pub tcp: Option<TcpConnImage>,
+    /// TCP in state CLOSE after a connection ended (fd still open): restored
+    /// unbound, as a fresh socket.
+    #[serde(default)]
+    pub ended: bool,
 }
 
 /// A datagram queued on a UDP socket, sent by socket `sender` of the tree.

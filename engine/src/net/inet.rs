@@ -114,12 +114,12 @@ fn name(fd: RawFd, peer: bool) -> Option<SocketAddr> {
     to_std(&st)
 }
 
-/// The raw `struct tcp_info` (the part we read).
-pub struct TcpInfo(pub [u8; 104]);
+/// The raw `struct tcp_info` (the part we read, up to `tcpi_segs_in`).
+pub struct TcpInfo(pub [u8; 144]);
 
 impl TcpInfo {
     pub fn get(fd: RawFd) -> std::io::Result<TcpInfo> {
-        let mut b = [0u8; 104];
+        let mut b = [0u8; 144];
         opts::get_bytes(fd, libc::IPPROTO_TCP, libc::TCP_INFO, &mut b)?;
         Ok(TcpInfo(b))
     }
@@ -145,6 +145,10 @@ impl TcpInfo {
     /// Listening: the backlog.
     pub fn sacked(&self) -> u32 {
         self.u32_at(28)
+    }
+    /// Segments received: none on a socket that never had a connection.
+    pub fn segs_in(&self) -> u32 {
+        self.u32_at(140)
     }
 }
 
@@ -186,7 +190,14 @@ pub(crate) fn collect(
                     ));
                 }
             }
-            TCP_CLOSE => {}
+            TCP_CLOSE => {
+                // A connection that has ended while its fd stays open (a
+                // server between its shutdown and its close). Its address
+                // is the connection's: the port it shares with a listener
+                // is no binding a restored socket could take (bind would
+                // find the port in use), so it comes back unbound.
+                img.ended = info.segs_in() > 0;
+            }
             TCP_ESTABLISHED => {
                 let conn = format!("{} -> {}", show(&img.local), show(&img.peer));
                 if !opts_.tcp_established {
@@ -482,7 +493,7 @@ pub fn restore(s: &SocketImage, blobs: Option<&std::fs::File>) -> Result<OwnedFd
     let fd = new_socket(s.family, s.sock_type)?;
     let raw = fd.as_raw_fd();
     opts::restore(raw, &s.opts, s.family, s.sock_type).map_err(err)?;
-    if let Some(l) = &i.local {
+    if let Some(l) = i.local.as_ref().filter(|_| !i.ended) {
         bind(raw, &parse(l, "local")?, s.family, &what)?;
     }
     if s.sock_type == libc::SOCK_STREAM && s.state == TCP_LISTEN {

@@ -27,6 +27,17 @@ use sys::inject::Injector;
 use crate::error::{Error, Result};
 use crate::image::PAGE_SIZE;
 
+/// One call of a syscall batch (see [`Remote::batch`]).
+#[derive(Debug, Clone)]
+pub struct BatchCall {
+    /// What the call does, for the error if it fails.
+    pub what: String,
+    pub nr: i64,
+    pub args: [u64; 6],
+    /// A failure is not an error: the batch goes on after it.
+    pub may_fail: bool,
+}
+
 pub struct Remote {
     /// Host TID of the task.
     pub tid: i32,
@@ -168,6 +179,78 @@ impl Remote {
             });
         }
         Ok(r as u64)
+    }
+
+    /// Runs `calls` in order through the batch loop of a restore trampoline
+    /// (`sys::inject::BATCH_CODE` at `entry`), with the table at `table`
+    /// (room for `cap` entries): one ptrace round trip per `cap` calls.
+    /// A failing call stops the batch; when it `may_fail` the batch goes on
+    /// after it, else the error names its `what`. Returns every result.
+    pub fn batch(
+        &mut self,
+        entry: u64,
+        table: u64,
+        cap: usize,
+        calls: &[BatchCall],
+    ) -> Result<Vec<i64>> {
+        use sys::inject::BATCH_ENTRY;
+        let tid = self.tid;
+        let mut results = vec![0i64; calls.len()];
+        let mut i = 0;
+        let mut bytes = Vec::with_capacity(cap.min(calls.len()) * BATCH_ENTRY);
+        while i < calls.len() {
+            let chunk = &calls[i..(i + cap).min(calls.len())];
+            bytes.clear();
+            for c in chunk {
+                bytes.extend_from_slice(&(c.nr as u64).to_le_bytes());
+                for a in c.args {
+                    bytes.extend_from_slice(&a.to_le_bytes());
+                }
+                bytes.extend_from_slice(&0u64.to_le_bytes());
+            }
+            self.write_mem(table, &bytes)?;
+            let reached = self
+                .inj
+                .as_mut()
+                .expect("injector present until finish")
+                .run_batch(entry, table, chunk.len() as u64)
+                .map_err(|e| Error::Process {
+                    pid: tid,
+                    reason: format!("syscall batch from {}: {e}", chunk[0].what),
+                })? as usize;
+            if reached > chunk.len() {
+                return Err(Error::Process {
+                    pid: tid,
+                    reason: format!(
+                        "syscall batch of {} calls stopped at index {reached}",
+                        chunk.len()
+                    ),
+                });
+            }
+            let ran = (reached + 1).min(chunk.len());
+            let back = self.read_mem(table, ran * BATCH_ENTRY)?;
+            for k in 0..ran {
+                let at = k * BATCH_ENTRY + BATCH_ENTRY - 8;
+                results[i + k] = i64::from_le_bytes(back[at..at + 8].try_into().expect("8 bytes"));
+            }
+            if reached == chunk.len() {
+                i += chunk.len();
+                continue;
+            }
+            let failed = &chunk[reached];
+            if !failed.may_fail {
+                return Err(Error::Process {
+                    pid: tid,
+                    reason: format!(
+                        "{} in the task failed: {}",
+                        failed.what,
+                        std::io::Error::from_raw_os_error((-results[i + reached]) as i32)
+                    ),
+                });
+            }
+            i += reached + 1;
+        }
+        Ok(results)
     }
 
     /// Address of a scratch area of at least `len` bytes: on the thread's

@@ -403,3 +403,112 @@ pub fn put_cstr(r: &mut Remote, at: u64, s: &str) -> Result<u64> {
     r.write_mem(at, &bytes)?;
     Ok(at)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    use nix::unistd::Pid;
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    /// A `sleep` seized and stopped, with a trampoline (`syscall; int3`, the
+    /// batch loop at offset 16, a table page after it) mapped in it.
+    fn traced_sleep() -> (std::process::Child, Remote, u64) {
+        let child = Command::new("sleep")
+            .arg("30")
+            .stdin(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("spawn sleep");
+        let pid = child.id() as i32;
+        let stat = format!("/proc/{pid}/stat");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !std::fs::read_to_string(&stat)
+            .unwrap_or_default()
+            .rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with('S'))
+        {
+            assert!(Instant::now() < deadline, "sleep did not start");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        sys::ptrace::seize(
+            pid,
+            sys::ptrace::PTRACE_O_TRACESYSGOOD | sys::ptrace::PTRACE_O_EXITKILL,
+        )
+        .unwrap();
+        sys::ptrace::interrupt(pid).unwrap();
+        let st = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::__WALL)).unwrap();
+        assert!(matches!(st, WaitStatus::PtraceEvent(..)), "stop: {st:?}");
+        let mut r = Remote::new(pid, sys::inject::find_syscall_gadget(pid).unwrap()).unwrap();
+        let at = r
+            .call(
+                "mmap(trampoline)",
+                libc::SYS_mmap,
+                [
+                    0,
+                    2 * PAGE_SIZE,
+                    (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64,
+                    (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
+                    u64::MAX,
+                    0,
+                ],
+            )
+            .unwrap();
+        r.write_mem(at, &[0x0f, 0x05, 0xcc]).unwrap();
+        r.write_mem(at + 16, &sys::inject::BATCH_CODE).unwrap();
+        r.set_trap_gadget(at);
+        (child, r, at)
+    }
+
+    fn call(what: &str, nr: i64, a0: u64, may_fail: bool) -> BatchCall {
+        BatchCall {
+            what: what.into(),
+            nr,
+            args: [a0, 0, 0, 0, 0, 0],
+            may_fail,
+        }
+    }
+
+    /// Batches split into tables of `cap` entries, go on after a failure
+    /// that may fail, and stop with an error naming the first call that may not.
+    #[test]
+    fn batch_runs_in_chunks_and_names_the_failing_call() {
+        let (mut child, mut r, at) = traced_sleep();
+        let pid = r.tid;
+        let bad = u64::from(u32::MAX >> 1);
+        let calls = vec![
+            call("getpid", libc::SYS_getpid, 0, false),
+            call("close of a closed fd", libc::SYS_close, bad, true),
+            call("getppid", libc::SYS_getppid, 0, false),
+            call("getpid again", libc::SYS_getpid, 0, false),
+            call("getpid thrice", libc::SYS_getpid, 0, false),
+        ];
+        let got = r.batch(at + 16, at + PAGE_SIZE, 2, &calls).unwrap();
+        let me = i64::from(std::process::id() as i32);
+        let p = i64::from(pid);
+        assert_eq!(got, vec![p, -i64::from(libc::EBADF), me, p, p]);
+
+        let calls = vec![
+            call("getpid", libc::SYS_getpid, 0, false),
+            call("close of fd 2147483647", libc::SYS_close, bad, false),
+            call("getpid after", libc::SYS_getpid, 0, false),
+        ];
+        let err = r
+            .batch(at + 16, at + PAGE_SIZE, 64, &calls)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("close of fd 2147483647") && err.contains("Bad file descriptor"),
+            "error does not name the failing call: {err}"
+        );
+        r.abandon();
+        let _ = child.kill();
+        // Reaped through its ptrace stops.
+        while !matches!(
+            waitpid(Pid::from_raw(pid), Some(WaitPidFlag::__WALL)),
+            Ok(WaitStatus::Exited(..)) | Ok(WaitStatus::Signaled(..)) | Err(_)
+        ) {}
+    }
+}

@@ -27,6 +27,17 @@ use sys::inject::Injector;
 use crate::error::{Error, Result};
 use crate::image::PAGE_SIZE;
 
+/// One call of a syscall batch (see [`Remote::batch`]).
+#[derive(Debug, Clone)]
+pub struct BatchCall {
+    /// What the call does, for the error if it fails.
+    pub what: String,
+    pub nr: i64,
+    pub args: [u64; 6],
+    /// A failure is not an error: the batch goes on after it.
+    pub may_fail: bool,
+}
+
 pub struct Remote {
     /// Host TID of the task.
     pub tid: i32,
@@ -168,6 +179,78 @@ impl Remote {
             });
         }
         Ok(r as u64)
+    }
+
+    /// Runs `calls` in order through the batch loop of a restore trampoline
+    /// (`sys::inject::BATCH_CODE` at `entry`), with the table at `table`
+    /// (room for `cap` entries): one ptrace round trip per `cap` calls.
+    /// A failing call stops the batch; when it `may_fail` the batch goes on
+    /// after it, else the error names its `what`. Returns every result.
+    pub fn batch(
+        &mut self,
+        entry: u64,
+        table: u64,
+        cap: usize,
+        calls: &[BatchCall],
+    ) -> Result<Vec<i64>> {
+        use sys::inject::BATCH_ENTRY;
+        let tid = self.tid;
+        let mut results = vec![0i64; calls.len()];
+        let mut i = 0;
+        let mut bytes = Vec::with_capacity(cap.min(calls.len()) * BATCH_ENTRY);
+        while i < calls.len() {
+            let chunk = &calls[i..(i + cap).min(calls.len())];
+            bytes.clear();
+            for c in chunk {
+                bytes.extend_from_slice(&(c.nr as u64).to_le_bytes());
+                for a in c.args {
+                    bytes.extend_from_slice(&a.to_le_bytes());
+                }
+                bytes.extend_from_slice(&0u64.to_le_bytes());
+            }
+            self.write_mem(table, &bytes)?;
+            let reached = self
+                .inj
+                .as_mut()
+                .expect("injector present until finish")
+                .run_batch(entry, table, chunk.len() as u64)
+                .map_err(|e| Error::Process {
+                    pid: tid,
+                    reason: format!("syscall batch from {}: {e}", chunk[0].what),
+                })? as usize;
+            if reached > chunk.len() {
+                return Err(Error::Process {
+                    pid: tid,
+                    reason: format!(
+                        "syscall batch of {} calls stopped at index {reached}",
+                        chunk.len()
+                    ),
+                });
+            }
+            let ran = (reached + 1).min(chunk.len());
+            let back = self.read_mem(table, ran * BATCH_ENTRY)?;
+            for k in 0..ran {
+                let at = k * BATCH_ENTRY + BATCH_ENTRY - 8;
+                results[i + k] = i64::from_le_bytes(back[at..at + 8].try_into().expect("8 bytes"));
+            }
+            if reached == chunk.len() {
+                i += chunk.len();
+                continue;
+            }
+            let failed = &chunk[reached];
+            if !failed.may_fail {
+                return Err(Error::Process {
+                    pid: tid,
+                    reason: format!(
+                        "{} in the task failed: {}",
+                        failed.what,
+                        std::io::Error::from_raw_os_error((-results[i + reached]) as i32)
+                    ),
+                });
+            }
+            i += reached + 1;
+        }
+        Ok(results)
     }
 
     /// Address of a scratch area of at least `len` bytes: on the thread's
@@ -319,4 +402,113 @@ pub fn put_cstr(r: &mut Remote, at: u64, s: &str) -> Result<u64> {
     bytes.push(0);
     r.write_mem(at, &bytes)?;
     Ok(at)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
+    use nix::unistd::Pid;
+    use std::os::unix::process::CommandExt;
+    use std::process::{Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    /// A `sleep` seized and stopped, with a trampoline (`syscall; int3`, the
+    /// batch loop at offset 16, a table page after it) mapped in it.
+    fn traced_sleep() -> (std::process::Child, Remote, u64) {
+        let child = Command::new("sleep")
+            .arg("30")
+            .stdin(Stdio::null())
+            .process_group(0)
+            .spawn()
+            .expect("spawn sleep");
+        let pid = child.id() as i32;
+        let stat = format!("/proc/{pid}/stat");
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !std::fs::read_to_string(&stat)
+            .unwrap_or_default()
+            .rsplit_once(')')
+            .is_some_and(|(_, r)| r.trim_start().starts_with('S'))
+        {
+            assert!(Instant::now() < deadline, "sleep did not start");
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        sys::ptrace::seize(
+            pid,
+            sys::ptrace::PTRACE_O_TRACESYSGOOD | sys::ptrace::PTRACE_O_EXITKILL,
+        )
+        .unwrap();
+        sys::ptrace::interrupt(pid).unwrap();
+        let st = waitpid(Pid::from_raw(pid), Some(WaitPidFlag::__WALL)).unwrap();
+        assert!(matches!(st, WaitStatus::PtraceEvent(..)), "stop: {st:?}");
+        let mut r = Remote::new(pid, sys::inject::find_syscall_gadget(pid).unwrap()).unwrap();
+        let at = r
+            .call(
+                "mmap(trampoline)",
+                libc::SYS_mmap,
+                [
+                    0,
+                    2 * PAGE_SIZE,
+                    (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64,
+                    (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
+                    u64::MAX,
+                    0,
+                ],
+            )
+            .unwrap();
+        r.write_mem(at, &[0x0f, 0x05, 0xcc]).unwrap();
+        r.write_mem(at + 16, &sys::inject::BATCH_CODE).unwrap();
+        r.set_trap_gadget(at);
+        (child, r, at)
+    }
+
+    fn call(what: &str, nr: i64, a0: u64, may_fail: bool) -> BatchCall {
+        BatchCall {
+            what: what.into(),
+            nr,
+            args: [a0, 0, 0, 0, 0, 0],
+            may_fail,
+        }
+    }
+
+    /// Batches split into tables of `cap` entries, go on after a failure
+    /// that may fail, and stop with an error naming the first call that may not.
+    #[test]
+    fn batch_runs_in_chunks_and_names_the_failing_call() {
+        let (mut child, mut r, at) = traced_sleep();
+        let pid = r.tid;
+        let bad = u64::from(u32::MAX >> 1);
+        let calls = vec![
+            call("getpid", libc::SYS_getpid, 0, false),
+            call("close of a closed fd", libc::SYS_close, bad, true),
+            call("getppid", libc::SYS_getppid, 0, false),
+            call("getpid again", libc::SYS_getpid, 0, false),
+            call("getpid thrice", libc::SYS_getpid, 0, false),
+        ];
+        let got = r.batch(at + 16, at + PAGE_SIZE, 2, &calls).unwrap();
+        let me = i64::from(std::process::id() as i32);
+        let p = i64::from(pid);
+        assert_eq!(got, vec![p, -i64::from(libc::EBADF), me, p, p]);
+
+        let calls = vec![
+            call("getpid", libc::SYS_getpid, 0, false),
+            call("close of fd 2147483647", libc::SYS_close, bad, false),
+            call("getpid after", libc::SYS_getpid, 0, false),
+        ];
+        let err = r
+            .batch(at + 16, at + PAGE_SIZE, 64, &calls)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("close of fd 2147483647") && err.contains("Bad file descriptor"),
+            "error does not name the failing call: {err}"
+        );
+        r.abandon();
+        let _ = child.kill();
+        // Reaped through its ptrace stops.
+        while !matches!(
+            waitpid(Pid::from_raw(pid), Some(WaitPidFlag::__WALL)),
+            Ok(WaitStatus::Exited(..)) | Ok(WaitStatus::Signaled(..)) | Err(_)
+        ) {}
+    }
 }

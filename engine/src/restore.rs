@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::image::{
     FilesImage, ImageReader, Inventory, IpcImage, ProcessImage, SharedMemoryImage, PAGE_SIZE,
 };
-use crate::memory::{self, Rebuild, TRAMPOLINE_PAGES};
+use crate::memory::{self, Rebuild, SCRATCH_PAGES, TRAMPOLINE_PAGES};
 use crate::remote::{put_cstr, Remote};
 use crate::seize::{self, Seized};
 use crate::tree::{self, Plan, READY_RECORD};
@@ -620,7 +620,7 @@ fn wait_ready(r: &OwnedFd, n: usize, sb: &sandbox::Sandbox) -> Result<()> {
 }
 
 /// Bytes of the trampoline's scratch area.
-const SCRATCH_LEN: u64 = (TRAMPOLINE_PAGES - 1) * PAGE_SIZE;
+const SCRATCH_LEN: u64 = SCRATCH_PAGES * PAGE_SIZE;
 
 fn prefix_len(p: &ProcessImage) -> usize {
     let all: Vec<i32> = p.threads.iter().map(|t| t.tid).collect();
@@ -663,11 +663,13 @@ fn rebuild_process(
     for v in &p.vmas {
         rb.map_area(&mut r, v)?;
     }
+    rb.flush(&mut r)?;
     let pages = memory::pages::restore(&mut r, &p.vmas, pages)?;
     crate::faults::pause_point("restore-rebuild");
     for v in &p.vmas {
-        rb.finish_area(&mut r, v)?;
+        rb.finish_area(v)?;
     }
+    rb.flush(&mut r)?;
     rb.unpark(&mut r)?;
     memory::mm::restore_vdso(&mut r, &p.vmas)?;
     put_cstr(&mut r, scratch, &p.mm.exe)?;

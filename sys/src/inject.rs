@@ -17,6 +17,42 @@ use nix::unistd::Pid;
 use crate::error::{Error, Result};
 use crate::ptrace::{self, SyscallOp};
 
+/// Size of one entry of a syscall batch table: the number, six arguments and
+/// the result slot, 8 bytes each (see [`BATCH_CODE`]).
+pub const BATCH_ENTRY: usize = 64;
+
+/// A loop that runs a table of syscalls, for a restore trampoline. Entered
+/// with `rbx` = address of the table, `r12` = number of entries; each entry
+/// is [`BATCH_ENTRY`] bytes: nr, rdi, rsi, rdx, r10, r8, r9, result (u64 each).
+/// It stores each call's `rax` in the entry's result slot and stops at the
+/// first failing call (a result in -4095..=-1), leaving in `r13` the index it
+/// reached (the entry count when every call succeeded), at its final `int3`.
+pub const BATCH_CODE: [u8; 59] = [
+    0x45, 0x31, 0xed, //                   xor    r13d, r13d
+    // loop:
+    0x4d, 0x39, 0xe5, //                   cmp    r13, r12
+    0x73, 0x32, //                         jae    done
+    0x48, 0x8b, 0x03, //                   mov    rax, [rbx]
+    0x48, 0x8b, 0x7b, 0x08, //             mov    rdi, [rbx+0x8]
+    0x48, 0x8b, 0x73, 0x10, //             mov    rsi, [rbx+0x10]
+    0x48, 0x8b, 0x53, 0x18, //             mov    rdx, [rbx+0x18]
+    0x4c, 0x8b, 0x53, 0x20, //             mov    r10, [rbx+0x20]
+    0x4c, 0x8b, 0x43, 0x28, //             mov    r8, [rbx+0x28]
+    0x4c, 0x8b, 0x4b, 0x30, //             mov    r9, [rbx+0x30]
+    0x0f, 0x05, //                         syscall
+    0x48, 0x89, 0x43, 0x38, //             mov    [rbx+0x38], rax
+    0x48, 0x3d, 0x01, 0xf0, 0xff, 0xff, // cmp    rax, -4095
+    0x73, 0x09, //                         jae    done   (unsigned: an errno)
+    0x48, 0x83, 0xc3, 0x40, //             add    rbx, 0x40
+    0x49, 0xff, 0xc5, //                   inc    r13
+    0xeb, 0xc9, //                         jmp    loop
+    // done:
+    0xcc, //                               int3
+];
+
+/// Offset in [`BATCH_CODE`] just past its `int3` (where the thread stops).
+const BATCH_TRAP_OFFSET: u64 = BATCH_CODE.len() as u64;
+
 /// The `syscall` instruction.
 const SYSCALL_INSN: [u8; 2] = [0x0f, 0x05];
 
@@ -352,9 +388,45 @@ impl Injector {
         }
     }
 
+    /// Runs the batch loop of a restore trampoline (see [`BATCH_CODE`]) at
+    /// `entry` over the `count` entries of the table at `table` in the
+    /// thread's memory, in one ptrace round trip. Returns the index the loop
+    /// stopped at: `count` when every call succeeded, else the index of the
+    /// first failing call (whose result slot holds its negative errno).
+    pub fn run_batch(&mut self, entry: u64, table: u64, count: u64) -> Result<u64> {
+        if self.done {
+            return Err(Error::new("injected syscall: thread exited", Errno::ESRCH));
+        }
+        if !self.trap_after {
+            return Err(Error::new(
+                "syscall batch outside a restore trampoline",
+                Errno::EINVAL,
+            ));
+        }
+        if !self.blocked {
+            ptrace::set_sigmask(self.tid, !0u64)?;
+            self.blocked = true;
+        }
+        let mut regs = self.saved;
+        regs.rip = entry;
+        regs.orig_rax = u64::MAX;
+        regs.rbx = table;
+        regs.r12 = count;
+        ptrace::set_regs(self.tid, &regs)?;
+        self.last_child = None;
+        self.wait_trap(entry + BATCH_TRAP_OFFSET)?;
+        let regs = ptrace::get_regs(self.tid)?;
+        Ok(regs.r13)
+    }
+
     /// Runs from the gadget to the `int3` after its `syscall` and reads the result.
     fn run_to_trap(&mut self) -> Result<i64> {
-        let trap_ip = self.gadget + 3;
+        self.wait_trap(self.gadget + 3)
+    }
+
+    /// Resumes the thread until it stops at the breakpoint whose `int3` ends
+    /// just before `trap_ip`; returns its `rax`.
+    fn wait_trap(&mut self, trap_ip: u64) -> Result<i64> {
         ptrace::cont(self.tid, 0)?;
         loop {
             let status = waitpid(Pid::from_raw(self.tid), Some(WaitPidFlag::__WALL))

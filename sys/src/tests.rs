@@ -520,3 +520,118 @@ fn error_names_call_and_errno() {
     assert_eq!(e.call, "pidfd_open");
     assert_eq!(e.to_string(), format!("pidfd_open: {}", Errno::EINVAL));
 }
+
+/// The batch loop of a restore trampoline runs a table of syscalls in one
+/// ptrace round trip, stores each result and stops at the first failing call,
+/// reporting its index; a later batch from the same trampoline runs to its end.
+#[test]
+fn syscall_batch_runs_a_table_and_stops_at_the_first_failure() {
+    use crate::inject::{BATCH_CODE, BATCH_ENTRY};
+    use std::os::unix::fs::FileExt;
+
+    let child = spawn_sleep("30");
+    let pid = child.id() as i32;
+    seize_and_stop(pid);
+    let mut inj = Injector::new(pid, find_syscall_gadget(pid).unwrap()).unwrap();
+    let tramp = inj
+        .syscall(
+            libc::SYS_mmap,
+            [
+                0,
+                2 * 4096,
+                (libc::PROT_READ | libc::PROT_WRITE | libc::PROT_EXEC) as u64,
+                (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
+                u64::MAX,
+                0,
+            ],
+        )
+        .unwrap() as u64;
+    assert!(
+        tramp > 0 && tramp.is_multiple_of(4096),
+        "trampoline mmap: {tramp}"
+    );
+    let mem = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(format!("/proc/{pid}/mem"))
+        .unwrap();
+    // `syscall; int3` first (single calls), the loop at offset 16.
+    mem.write_all_at(&[0x0f, 0x05, 0xcc], tramp).unwrap();
+    mem.write_all_at(&BATCH_CODE, tramp + 16).unwrap();
+    inj.set_trap_gadget(tramp);
+    let table = tramp + 4096;
+    let sentinel = 0x5a5a_5a5a_u64;
+    let write_table = |calls: &[(i64, [u64; 6])]| {
+        let mut b = Vec::new();
+        for (nr, args) in calls {
+            b.extend_from_slice(&(*nr as u64).to_le_bytes());
+            for a in args {
+                b.extend_from_slice(&a.to_le_bytes());
+            }
+            b.extend_from_slice(&sentinel.to_le_bytes());
+        }
+        mem.write_all_at(&b, table).unwrap();
+    };
+    let results = |n: usize| -> Vec<i64> {
+        let mut b = vec![0u8; n * BATCH_ENTRY];
+        mem.read_exact_at(&mut b, table).unwrap();
+        (0..n)
+            .map(|k| {
+                let at = k * BATCH_ENTRY + 56;
+                i64::from_le_bytes(b[at..at + 8].try_into().unwrap())
+            })
+            .collect()
+    };
+
+    let bad_fd = u64::from(u32::MAX >> 1);
+    write_table(&[
+        (libc::SYS_getpid, [0; 6]),
+        (
+            libc::SYS_mmap,
+            [
+                0,
+                4096,
+                (libc::PROT_READ | libc::PROT_WRITE) as u64,
+                (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
+                u64::MAX,
+                0,
+            ],
+        ),
+        (libc::SYS_close, [bad_fd, 0, 0, 0, 0, 0]),
+        (libc::SYS_getpid, [0; 6]),
+    ]);
+    let reached = inj.run_batch(tramp + 16, table, 4).unwrap();
+    assert_eq!(reached, 2, "the batch stops at the failing close");
+    let got = results(4);
+    assert_eq!(got[0], i64::from(pid), "getpid in the batch");
+    let area = got[1] as u64;
+    assert!(
+        area > 0 && area.is_multiple_of(4096),
+        "mmap in the batch: {}",
+        got[1]
+    );
+    assert!(maps_have(pid, area), "batch mmap at {area:#x} not in maps");
+    assert_eq!(got[2], -i64::from(libc::EBADF), "the failing call's errno");
+    assert_eq!(got[3] as u64, sentinel, "no call ran after the failure");
+
+    // Single calls still work at the same trampoline between batches.
+    assert_eq!(
+        inj.syscall(libc::SYS_getpid, [0; 6]).unwrap(),
+        i64::from(pid)
+    );
+
+    write_table(&[
+        (libc::SYS_munmap, [area, 4096, 0, 0, 0, 0]),
+        (libc::SYS_getppid, [0; 6]),
+    ]);
+    assert_eq!(inj.run_batch(tramp + 16, table, 2).unwrap(), 2, "all ran");
+    let got = results(2);
+    assert_eq!(got[0], 0, "munmap in the batch");
+    assert_eq!(got[1], i64::from(std::process::id() as i32), "getppid");
+    assert!(!maps_have(pid, area), "batch munmap left {area:#x} mapped");
+    // An empty table runs nothing.
+    assert_eq!(inj.run_batch(tramp + 16, table, 0).unwrap(), 0);
+    inj.finish().unwrap();
+    kill_and_reap(pid);
+    drop(child);
+}

@@ -80,12 +80,31 @@ pub fn restore_vdso(r: &mut Remote, vmas: &[Vma]) -> Result<()> {
         libc::SYS_arch_prctl,
         [ARCH_MAP_VDSO_64, first.start, 0, 0, 0, 0],
     )?;
-    // The kernel's layout must match the dumped one, area by area.
-    let now = crate::memory::collect(r.tid)?;
+    // The kernel's layout must match the dumped one, area by area (from the
+    // maps list: smaps would cost a page-table walk of every area).
+    let maps =
+        std::fs::read_to_string(format!("/proc/{}/maps", r.tid)).map_err(|e| Error::Process {
+            pid: r.tid,
+            reason: format!("reading maps: {e}"),
+        })?;
+    let now: Vec<(u64, u64, &str)> = maps
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (a, b) = f.next()?.split_once('-')?;
+            let name = f.nth(4)?;
+            let a = u64::from_str_radix(a, 16).ok()?;
+            let b = u64::from_str_radix(b, 16).ok()?;
+            name.starts_with('[').then_some((a, b, name))
+        })
+        .collect();
     for v in &special {
+        let VmaKind::Special { name } = &v.kind else {
+            continue;
+        };
         let ok = now
             .iter()
-            .any(|n| n.start == v.start && n.end == v.end && n.kind == v.kind);
+            .any(|&(a, b, n)| a == v.start && b == v.end && n == name);
         if !ok {
             return Err(Error::Process {
                 pid: r.tid,

@@ -17,7 +17,7 @@ use procfs::process::{MMPermissions, MMapPath, VmFlags};
 
 use crate::error::{Error, Result};
 use crate::image::{SharedRef, Vma, VmaKind, PAGE_SIZE};
-use crate::remote::Remote;
+use crate::remote::{BatchCall, Remote};
 
 /// Highest user address plus one with 4-level page tables.
 pub const TASK_SIZE: u64 = 0x7fff_ffff_f000;
@@ -213,10 +213,20 @@ fn free_in_both(a: &[(u64, u64)], b: &[(u64, u64)], len: u64) -> Option<u64> {
     (cursor + len <= TASK_SIZE).then_some(cursor)
 }
 
-/// Bytes of a restore trampoline: a `syscall` instruction followed by `int3`.
+/// Bytes at the start of a restore trampoline: a `syscall` instruction
+/// followed by `int3` (single injected calls); the batch loop
+/// (`sys::inject::BATCH_CODE`) follows at `BATCH_CODE_AT`.
 const TRAMPOLINE_CODE: [u8; 3] = [0x0f, 0x05, 0xcc];
-/// Pages of the trampoline: one of code, the rest scratch for syscall arguments.
-pub const TRAMPOLINE_PAGES: u64 = 4;
+/// Offset of the batch loop in the trampoline's code page.
+const BATCH_CODE_AT: u64 = 16;
+/// Pages of scratch for syscall arguments, after the code page.
+pub const SCRATCH_PAGES: u64 = 3;
+/// Pages of the batch table, after the scratch.
+const BATCH_PAGES: u64 = 16;
+/// Pages of the trampoline: code, scratch, batch table.
+pub const TRAMPOLINE_PAGES: u64 = 1 + SCRATCH_PAGES + BATCH_PAGES;
+/// Entries of the batch table.
+const BATCH_CAP: usize = (BATCH_PAGES * PAGE_SIZE) as usize / sys::inject::BATCH_ENTRY;
 
 /// The address space being rebuilt in a restored task.
 pub struct Rebuild {
@@ -226,6 +236,9 @@ pub struct Rebuild {
     /// Shared memory objects inherited from init, kept while the areas that
     /// map them are made: object id -> address.
     parked: BTreeMap<u32, (u64, u64)>,
+    /// Calls waiting for `flush`, with the result each must return (mmap
+    /// at a fixed address), if any.
+    pending: Vec<(BatchCall, Option<u64>)>,
 }
 
 impl Rebuild {
@@ -259,6 +272,7 @@ impl Rebuild {
             });
         }
         r.write_mem(at, &TRAMPOLINE_CODE)?;
+        r.write_mem(at + BATCH_CODE_AT, &sys::inject::BATCH_CODE)?;
         r.set_trap_gadget(at);
         r.adopt_scratch(at + PAGE_SIZE, len - PAGE_SIZE);
         // Everything around the trampoline and the kept objects goes.
@@ -280,7 +294,39 @@ impl Rebuild {
             trampoline: at,
             files: HashMap::new(),
             parked: keep.iter().map(|&(id, a, l)| (id, (a, l))).collect(),
+            pending: Vec::new(),
         })
+    }
+
+    /// Runs the calls `map_area` and `finish_area` queued, in order, in
+    /// batches at the trampoline; an error names the area whose call failed.
+    pub fn flush(&mut self, r: &mut Remote) -> Result<()> {
+        if self.pending.is_empty() {
+            return Ok(());
+        }
+        let pending = std::mem::take(&mut self.pending);
+        let calls: Vec<BatchCall> = pending.iter().map(|(c, _)| c.clone()).collect();
+        let got = r.batch(
+            self.trampoline + BATCH_CODE_AT,
+            self.batch_table(),
+            BATCH_CAP,
+            &calls,
+        )?;
+        for ((c, want), got) in pending.iter().zip(got) {
+            if let Some(want) = *want {
+                if got as u64 != want {
+                    return Err(Error::Process {
+                        pid: r.tid,
+                        reason: format!("{}: mapped at {got:#x}, wanted {want:#x}", c.what),
+                    });
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn batch_table(&self) -> u64 {
+        self.trampoline + (1 + SCRATCH_PAGES) * PAGE_SIZE
     }
 
     /// Unmaps the shared memory objects kept for the areas (once they are all mapped).
@@ -334,7 +380,8 @@ impl Rebuild {
     }
 
     /// Maps one area at its address: writable at first when it has pages to
-    /// fill (`finish_area` puts the recorded protection back).
+    /// fill (`finish_area` puts the recorded protection back). A plain mmap
+    /// is queued for `flush`, which must run before the area is used.
     pub fn map_area(&mut self, r: &mut Remote, v: &Vma) -> Result<()> {
         let len = v.end - v.start;
         let mut prot = v.prot as u64;
@@ -392,37 +439,48 @@ impl Rebuild {
                 (self.open_in_task(r, path, oflags)?, *offset)
             }
         };
-        let got = r.call(
-            &format!("mmap of area {:#x}-{:#x}", v.start, v.end),
-            libc::SYS_mmap,
-            [v.start, len, prot, flags, fd, off],
-        )?;
-        if got != v.start {
-            return Err(Error::Process {
-                pid: r.tid,
-                reason: format!("area {:#x} mapped at {got:#x}", v.start),
-            });
-        }
+        self.pending.push((
+            BatchCall {
+                what: format!("mmap of area {:#x}-{:#x}", v.start, v.end),
+                nr: libc::SYS_mmap,
+                args: [v.start, len, prot, flags, fd, off],
+                may_fail: false,
+            },
+            Some(v.start),
+        ));
         Ok(())
     }
 
-    /// Puts back an area's protection and madvise flags.
-    pub fn finish_area(&mut self, r: &mut Remote, v: &Vma) -> Result<()> {
+    /// Queues the calls that put back an area's protection and madvise flags
+    /// (run by `flush`).
+    pub fn finish_area(&mut self, v: &Vma) -> Result<()> {
         if matches!(v.kind, VmaKind::Special { .. }) {
             return Ok(());
         }
         let len = v.end - v.start;
         if !v.pages.is_empty() && v.prot & libc::PROT_WRITE as u32 == 0 {
-            r.call(
-                "mprotect",
-                libc::SYS_mprotect,
-                [v.start, len, v.prot as u64, 0, 0, 0],
-            )?;
+            self.pending.push((
+                BatchCall {
+                    what: format!("mprotect of area {:#x}-{:#x}", v.start, v.end),
+                    nr: libc::SYS_mprotect,
+                    args: [v.start, len, v.prot as u64, 0, 0, 0],
+                    may_fail: false,
+                },
+                None,
+            ));
         }
         for a in &v.advice {
             if let Some((_, _, adv)) = ADVICE.iter().find(|(_, n, _)| n == a) {
                 // KSM may be off; the other advice is not worth failing a restore for either.
-                let _ = r.syscall_raw(libc::SYS_madvise, [v.start, len, *adv as u64, 0, 0, 0]);
+                self.pending.push((
+                    BatchCall {
+                        what: format!("madvise({a}) of area {:#x}-{:#x}", v.start, v.end),
+                        nr: libc::SYS_madvise,
+                        args: [v.start, len, *adv as u64, 0, 0, 0],
+                        may_fail: true,
+                    },
+                    None,
+                ));
             }
         }
         Ok(())

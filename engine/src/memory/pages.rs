@@ -279,6 +279,10 @@ const READ_BUF: usize = 256 << 10;
 /// Processes with less than this in private anonymous areas are filled
 /// without userfaultfd (setting it up costs a few injected syscalls).
 const UFFD_MIN: u64 = 1 << 20;
+/// Areas smaller than this are filled with process_vm_writev even when
+/// userfaultfd is used: registering, copying and unregistering cost three
+/// ioctls per area, more than a few iovecs of one process_vm_writev.
+const UFFD_AREA_MIN: u64 = 64 << 10;
 /// Below this many bytes the copy runs on one thread.
 const PARALLEL_MIN: u64 = 16 << 20;
 /// Runs at least this long are populated in bulk before process_vm_writev
@@ -308,8 +312,12 @@ const IOV_BATCH: usize = 512;
 /// buffers whatever the image's size.
 pub fn restore(r: &mut Remote, vmas: &[Vma], pages: &File) -> Result<u64> {
     let mut total = 0u64;
-    let eligible =
-        |v: &Vma| matches!(v.kind, VmaKind::Anon) && !v.shared && v.shared_object.is_none();
+    let eligible = |v: &Vma| {
+        matches!(v.kind, VmaKind::Anon)
+            && !v.shared
+            && v.shared_object.is_none()
+            && v.end - v.start >= UFFD_AREA_MIN
+    };
     let direct_bytes: u64 = vmas
         .iter()
         .filter(|v| eligible(v))

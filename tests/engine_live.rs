@@ -54,6 +54,32 @@ fn tracer_of(pid: i32) -> i32 {
         .unwrap_or_else(|| panic!("TracerPid of process {pid}"))
 }
 
+/// Waits until the running `stasis dump --leave-running` has released
+/// `pid` (traced by the dump, then no longer traced): the copy after the
+/// release is under way.
+fn wait_released(pid: i32, dump: &mut std::process::Child) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut traced = false;
+    loop {
+        let tracer = tracer_of(pid);
+        if tracer == dump.id() as i32 {
+            traced = true;
+        } else if traced && tracer == 0 {
+            return;
+        }
+        if let Some(st) = dump.try_wait().expect("try_wait") {
+            panic!(
+                "stasis dump exited ({st}) before it could be caught copying after the release \
+                 (traced seen: {traced})"
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "stasis dump did not release the workload within 60 s"
+        );
+        std::thread::sleep(Duration::from_micros(200));
+    }
+}
 /// Two threads rewrite 256 MiB without pause, each checking every page
 /// before it rewrites it, while a `--leave-running` dump copies it. Write
 /// faults must be served during the copy (the workload is not frozen for
@@ -133,28 +159,7 @@ fn killed_live_dump_leaves_workload_running() {
         .stderr(Stdio::null())
         .spawn()
         .expect("starting stasis dump");
-    // Released = traced (stopped for the dump), then no longer traced.
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut traced = false;
-    loop {
-        let tracer = tracer_of(pid);
-        if tracer == dump.id() as i32 {
-            traced = true;
-        } else if traced && tracer == 0 {
-            break;
-        }
-        if let Some(st) = dump.try_wait().expect("try_wait") {
-            panic!(
-                "stasis dump exited ({st}) before it could be caught copying after the release \
-                 (traced seen: {traced})"
-            );
-        }
-        assert!(
-            Instant::now() < deadline,
-            "stasis dump did not release the workload within 60 s"
-        );
-        std::thread::sleep(Duration::from_micros(200));
-    }
+    wait_released(pid, &mut dump);
     dump.kill().expect("killing stasis dump");
     let st = dump.wait().expect("waiting for stasis dump");
     assert!(!st.success(), "stasis dump was killed, yet exited {st}");
@@ -245,7 +250,7 @@ fn live_dump_fails_when_unsaved_memory_is_unmapped() {
     let sb = h.start_c("livemem", &["1024", "2", "unmap"]);
     let pid = workload_pid(&h, &sb);
     let image = h.image_path();
-    let dump = h
+    let mut dump = h
         .command()
         .args(["dump", &sb, "-D"])
         .arg(&image)
@@ -254,21 +259,7 @@ fn live_dump_fails_when_unsaved_memory_is_unmapped() {
         .stderr(Stdio::piped())
         .spawn()
         .expect("starting stasis dump");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    let mut traced = false;
-    loop {
-        let tracer = tracer_of(pid);
-        if tracer == dump.id() as i32 {
-            traced = true;
-        } else if traced && tracer == 0 {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "stasis dump did not release the workload within 60 s"
-        );
-        std::thread::sleep(Duration::from_micros(200));
-    }
+    wait_released(pid, &mut dump);
     std::fs::write(h.path("unmap-now"), "now").expect("writing unmap-now");
     let out = dump.wait_with_output().expect("waiting for stasis dump");
     let err = text(&out.stderr);

@@ -9,23 +9,6 @@ use std::time::{Duration, Instant};
 
 use common::*;
 
-/// Whether `stasis check` finds `feature` missing on this machine (the test
-/// then says so and skips).
-fn missing(h: &Harness, test: &str, feature: &str) -> bool {
-    let out = h.stasis(["check", "--feature", feature, "--json"]);
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("stasis check --json: {e}: {}", describe(&out)));
-    let f = &v["features"][0];
-    if f["status"] == "missing" {
-        eprintln!(
-            "skipping {test}: stasis check says {feature} is missing ({})",
-            f["detail"]
-        );
-        return true;
-    }
-    false
-}
-
 /// Host PID of the workload of sandbox `name` (the child of its init).
 fn workload_pid(h: &Harness, name: &str) -> i32 {
     let init = h
@@ -91,7 +74,7 @@ fn wait_released(pid: i32, dump: &mut std::process::Child) {
 #[test]
 fn leave_running_image_is_one_instant() {
     let h = Harness::new("live-instant");
-    if missing(&h, "leave_running_image_is_one_instant", "userfaultfd") {
+    if missing(&h, "leave_running_image_is_one_instant", &["userfaultfd"]) {
         return;
     }
     let sb = h.start_c("livemem", &["256", "2"]);
@@ -143,7 +126,7 @@ fn killed_live_dump_leaves_workload_running() {
     if missing(
         &h,
         "killed_live_dump_leaves_workload_running",
-        "userfaultfd",
+        &["userfaultfd"],
     ) {
         return;
     }
@@ -182,7 +165,7 @@ fn killed_live_dump_leaves_workload_running() {
 #[test]
 fn leave_running_memory_of_every_kind() {
     let h = Harness::new("live-kinds");
-    if missing(&h, "leave_running_memory_of_every_kind", "userfaultfd") {
+    if missing(&h, "leave_running_memory_of_every_kind", &["userfaultfd"]) {
         return;
     }
     let sb = h.start_c("memory", &[]);
@@ -197,7 +180,7 @@ fn leave_running_memory_of_every_kind() {
 #[test]
 fn leave_running_threads() {
     let h = Harness::new("live-threads");
-    if missing(&h, "leave_running_threads", "userfaultfd") {
+    if missing(&h, "leave_running_threads", &["userfaultfd"]) {
         return;
     }
     let sb = h.start_c("threads", &["8"]);
@@ -213,7 +196,7 @@ fn leave_running_threads() {
 #[test]
 fn leave_running_tree() {
     let h = Harness::new("live-tree");
-    if missing(&h, "leave_running_tree", "userfaultfd") {
+    if missing(&h, "leave_running_tree", &["userfaultfd"]) {
         return;
     }
     let sb = h.start_c("tree", &[]);
@@ -243,7 +226,7 @@ fn live_dump_fails_when_unsaved_memory_is_unmapped() {
     if missing(
         &h,
         "live_dump_fails_when_unsaved_memory_is_unmapped",
-        "userfaultfd",
+        &["userfaultfd"],
     ) {
         return;
     }

@@ -66,33 +66,6 @@ use std::time::Duration;
 
 const IO_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// The features among `names` that `stasis check` finds missing here
-/// (a test needing them is skipped, saying so).
-fn missing(h: &Harness, test: &str, names: &[&str]) -> bool {
-    let mut c = h.command();
-    c.args(["check", "--json"]);
-    for n in names {
-        c.args(["--feature", n]);
-    }
-    let out = c.output().expect("running stasis check");
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
-        .unwrap_or_else(|e| panic!("stasis check --json: {e}: {}", describe(&out)));
-    let gone: Vec<String> = v["features"]
-        .as_array()
-        .expect("features")
-        .iter()
-        .filter(|f| f["status"] != "ok")
-        .map(|f| format!("{} ({})", f["name"], f["detail"]))
-        .collect();
-    if !gone.is_empty() {
-        eprintln!(
-            "skipping {test}: stasis check says missing: {}",
-            gone.join(", ")
-        );
-    }
-    !gone.is_empty()
-}
-
 /// A profile with a veth on a /30 of its own (10.X.Y.0/30, X from this
 /// process, Y from a counter): returns the profile's path, the sandbox's
 /// address and the host's.

@@ -559,3 +559,30 @@ pub fn copy_image(from: &Path, to: &Path) {
             .expect("chmod of an image file");
     }
 }
+
+/// Whether `stasis check` finds any of `names` missing on this machine (a
+/// test needing them is then skipped, and says so).
+pub fn missing(h: &Harness, test: &str, names: &[&str]) -> bool {
+    let mut c = h.command();
+    c.args(["check", "--json"]);
+    for n in names {
+        c.args(["--feature", n]);
+    }
+    let out = c.output().expect("running stasis check");
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout)
+        .unwrap_or_else(|e| panic!("stasis check --json: {e}: {}", describe(&out)));
+    let gone: Vec<String> = v["features"]
+        .as_array()
+        .expect("features")
+        .iter()
+        .filter(|f| f["status"] == "missing")
+        .map(|f| format!("{} ({})", f["name"], f["detail"]))
+        .collect();
+    if !gone.is_empty() {
+        eprintln!(
+            "skipping {test}: stasis check says missing: {}",
+            gone.join(", ")
+        );
+    }
+    !gone.is_empty()
+}

@@ -450,3 +450,28 @@ pub(crate) fn read_blob(
         })?;
     Ok(buf)
 }
+
+/// Sends all of `data` on our socket `fd` (`MSG_NOSIGNAL` added to `flags`),
+/// as restore refills a queue; `what` names the queue in the error.
+pub(crate) fn send_all(fd: RawFd, data: &[u8], flags: i32, what: &str) -> Result<()> {
+    let mut done = 0;
+    while done < data.len() {
+        // SAFETY: sending from our buffer on our socket.
+        let n = unsafe {
+            libc::send(
+                fd,
+                data[done..].as_ptr().cast(),
+                data.len() - done,
+                flags | libc::MSG_NOSIGNAL,
+            )
+        };
+        if n <= 0 {
+            return Err(Error::Io {
+                what: format!("refilling {what}"),
+                cause: std::io::Error::last_os_error(),
+            });
+        }
+        done += n as usize;
+    }
+    Ok(())
+}

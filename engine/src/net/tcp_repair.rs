@@ -256,29 +256,6 @@ fn collect(s: &Seen, blobs: &mut PageSink) -> Result<TcpConnImage> {
     })
 }
 
-fn send_queue(fd: RawFd, data: &[u8], what: &str) -> Result<()> {
-    let mut done = 0;
-    while done < data.len() {
-        // SAFETY: sending from our buffer on our socket.
-        let n = unsafe {
-            libc::send(
-                fd,
-                data[done..].as_ptr().cast(),
-                data.len() - done,
-                libc::MSG_NOSIGNAL | libc::MSG_DONTWAIT,
-            )
-        };
-        if n <= 0 {
-            return Err(Error::Io {
-                what: format!("refilling {what}"),
-                cause: std::io::Error::last_os_error(),
-            });
-        }
-        done += n as usize;
-    }
-    Ok(())
-}
-
 /// Recreates an established connection, left in repair mode: every
 /// connection of the image is made before any leaves repair mode (`go_live`),
 /// so that the window probe one end sends on leaving it finds the other end
@@ -358,10 +335,20 @@ pub(crate) fn restore(
     let sent = send.len() - unsent;
     opts::set_int(raw, tcp, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)
         .map_err(|e| ctx("TCP_REPAIR_QUEUE", e))?;
-    send_queue(raw, &send[..sent], &format!("the send queue of {what}"))?;
+    super::send_all(
+        raw,
+        &send[..sent],
+        libc::MSG_DONTWAIT,
+        &format!("the send queue of {what}"),
+    )?;
     opts::set_int(raw, tcp, TCP_REPAIR_QUEUE, TCP_RECV_QUEUE)
         .map_err(|e| ctx("TCP_REPAIR_QUEUE", e))?;
-    send_queue(raw, &recv, &format!("the receive queue of {what}"))?;
+    super::send_all(
+        raw,
+        &recv,
+        libc::MSG_DONTWAIT,
+        &format!("the receive queue of {what}"),
+    )?;
     opts::set_int(raw, tcp, TCP_REPAIR_QUEUE, TCP_NO_QUEUE)
         .map_err(|e| ctx("TCP_REPAIR_QUEUE", e))?;
     let mut win = Vec::with_capacity(20);
@@ -393,7 +380,12 @@ pub(crate) fn go_live(
     // What had not been sent yet goes out as new data.
     let send = super::read_blob(blobs, t.send_queue, &format!("the send queue of {what}"))?;
     let sent = send.len() - (t.unsent as usize).min(send.len());
-    send_queue(raw, &send[sent..], &format!("the unsent data of {what}"))?;
+    super::send_all(
+        raw,
+        &send[sent..],
+        libc::MSG_DONTWAIT,
+        &format!("the unsent data of {what}"),
+    )?;
     opts::restore(raw, &s.opts, s.family, s.sock_type)
         .map_err(|e| Error::Other(format!("{what}: {e}")))?;
     opts::restore_late(raw, &s.opts, s.sock_type, true)

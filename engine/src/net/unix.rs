@@ -589,26 +589,6 @@ fn socketpair(ty: i32) -> Result<(OwnedFd, OwnedFd)> {
     Ok(unsafe { (OwnedFd::from_raw_fd(sv[0]), OwnedFd::from_raw_fd(sv[1])) })
 }
 
-fn send_all(fd: RawFd, data: &[u8], what: &str) -> Result<()> {
-    let mut done = 0;
-    while done < data.len() {
-        // SAFETY: sending from our buffer on our socket.
-        let n = unsafe {
-            libc::send(
-                fd,
-                data[done..].as_ptr().cast(),
-                data.len() - done,
-                libc::MSG_NOSIGNAL,
-            )
-        };
-        if n < 0 {
-            return Err(sys_err(format!("refilling {what}")));
-        }
-        done += n as usize;
-    }
-    Ok(())
-}
-
 fn send_packet(
     fd: RawFd,
     data: &[u8],
@@ -790,7 +770,7 @@ pub(crate) fn restore_all(
             let data = read_blob(blobs, u.stream_queue, &what)?;
             let w = writer()?;
             grow_sndbuf(w, data.len());
-            send_all(w, &data, &what)?;
+            super::send_all(w, &data, 0, &what)?;
         }
         if s.sock_type == libc::SOCK_SEQPACKET && !u.packets.is_empty() {
             let w = writer()?;

@@ -99,25 +99,6 @@ fn start_with_profile<S: AsRef<std::ffi::OsStr>>(
     name
 }
 
-/// `stasis run -d --profile PROFILE -- ARGV`.
-fn run_with_profile<S: AsRef<std::ffi::OsStr>>(h: &Harness, profile: &Path, argv: &[S]) -> String {
-    let name = h.new_name("run");
-    let out = h
-        .command()
-        .args(["run", "-d", "--name", &name, "--profile"])
-        .arg(profile)
-        .arg("--")
-        .args(argv)
-        .output()
-        .expect("running stasis run");
-    assert!(
-        out.status.success(),
-        "stasis run failed: {}",
-        describe(&out)
-    );
-    name
-}
-
 /// GET `path` from `addr` over HTTP/1.0; returns the body of a 200 answer.
 fn http_get(addr: SocketAddr, path: &str) -> String {
     let mut s = TcpStream::connect_timeout(&addr, IO_TIMEOUT)

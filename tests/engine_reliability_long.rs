@@ -27,7 +27,6 @@
 mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
-use std::ffi::OsString;
 use std::fs;
 use std::net::Ipv4Addr;
 use std::os::unix::fs::MetadataExt;
@@ -109,25 +108,6 @@ fn veth_profile(h: &Harness) -> (PathBuf, Ipv4Addr) {
     )
     .expect("writing the profile");
     (path, host)
-}
-
-/// `stasis run -d --profile PROFILE --name NAME -- ARGV`; returns NAME.
-fn run_with_profile(h: &Harness, profile: &Path, argv: &[OsString]) -> String {
-    let name = h.new_name("run");
-    let out = h
-        .command()
-        .args(["run", "-d", "--name", &name, "--profile"])
-        .arg(profile)
-        .arg("--")
-        .args(argv)
-        .output()
-        .expect("running stasis run");
-    assert!(
-        out.status.success(),
-        "stasis run failed: {}",
-        describe(&out)
-    );
-    name
 }
 
 /// Host interfaces by name (`ip -o link`).

@@ -586,3 +586,27 @@ pub fn missing(h: &Harness, test: &str, names: &[&str]) -> bool {
     }
     !gone.is_empty()
 }
+
+/// `stasis run -d --profile PROFILE --name NAME -- ARGV` (no wait for
+/// readiness); returns NAME.
+pub fn run_with_profile<S: AsRef<std::ffi::OsStr>>(
+    h: &Harness,
+    profile: &Path,
+    argv: &[S],
+) -> String {
+    let name = h.new_name("run");
+    let out = h
+        .command()
+        .args(["run", "-d", "--name", &name, "--profile"])
+        .arg(profile)
+        .arg("--")
+        .args(argv)
+        .output()
+        .expect("running stasis run");
+    assert!(
+        out.status.success(),
+        "stasis run failed: {}",
+        describe(&out)
+    );
+    name
+}

@@ -199,7 +199,8 @@ fn pidfd_send_signal(fd: &OwnedFd, sig: i32) -> io::Result<()> {
     Ok(())
 }
 
-/// Waits until a pidfd reports its process gone, or the timeout passes.
+/// Waits until a pidfd reports its process gone (or another fd has something
+/// to read), or the timeout passes.
 fn wait_pidfd(fd: &OwnedFd, timeout: Option<Duration>) -> io::Result<bool> {
     let deadline = timeout.map(|t| Instant::now() + t);
     loop {
@@ -533,9 +534,11 @@ impl Sandbox {
             Ok(())
         })();
         if let Err(e) = placed {
-            // Init gone already: its early setup failed, and its report says
-            // why (the cgroup move or the veth then found no process).
-            if wait_pidfd(&init_fd, Some(Duration::ZERO)).unwrap_or(false) {
+            // Init gone or on its way out: its early setup failed, and its
+            // report (written before it exits) says why; the cgroup move or
+            // the veth then found no process, or a process without namespaces.
+            let readable = |fd: &OwnedFd| wait_pidfd(fd, Some(Duration::ZERO)).unwrap_or(false);
+            if readable(&rep_r) || readable(&init_fd) {
                 drop(go_w);
                 let mut line = String::new();
                 let _ =

@@ -64,9 +64,12 @@ fn wait_released(pid: i32, dump: &mut std::process::Child) {
     }
 }
 /// Two threads rewrite 256 MiB without pause, each checking every page
-/// before it rewrites it, while a `--leave-running` dump copies it. Write
-/// faults must be served during the copy (the workload is not frozen for
-/// the copy); the original checks itself and goes on; the restored copy
+/// before it rewrites it, while a `--leave-running` dump copies it. The dump
+/// is held (STASIS_TEST_PAUSE_AT=live-copy) after the release, before its
+/// first page, until the writers have gone over all their pages once more:
+/// every one of those writes met a write-protected page whose frozen content
+/// the dump had to save first, so write faults were served while the
+/// workload ran. The original checks itself and goes on; the restored copy
 /// resumes from the image and finds every page consistent with the one
 /// instant it was frozen at (a page saved after the workload wrote it would
 /// hold a generation from the future, which the restored writer finds when
@@ -79,7 +82,39 @@ fn leave_running_image_is_one_instant() {
     }
     let sb = h.start_c("livemem", &["256", "2"]);
     let image = h.image_path();
-    let out = h.dump_raw(&sb, &image, &["--leave-running", "--json"]);
+    let ready = h.path("live-copy-paused");
+    let dump = h
+        .command()
+        .args(["dump", &sb, "-D"])
+        .arg(&image)
+        .args(["--leave-running", "--json"])
+        .env(
+            "STASIS_TEST_PAUSE_AT",
+            format!("live-copy:{}", ready.display()),
+        )
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("starting stasis dump");
+    wait_until(
+        "the dump to pause before its live copy",
+        Duration::from_secs(60),
+        || ready.exists(),
+        || h.logs(&sb),
+    );
+    let dump_pid: i32 = std::fs::read_to_string(&ready)
+        .expect("reading the pause's ready file")
+        .split_whitespace()
+        .next()
+        .and_then(|p| p.parse().ok())
+        .expect("the dump's PID in the ready file");
+    // Two more passes of the slowest writer: at least one whole pass began
+    // after the pause did.
+    let before = read_number(&h.path("count")).unwrap_or(0);
+    h.wait_count_above(&sb, before + 1);
+    // SAFETY: kill() with integers only.
+    assert_eq!(unsafe { libc::kill(dump_pid, libc::SIGUSR1) }, 0);
+    let out = dump.wait_with_output().expect("waiting for stasis dump");
     assert!(
         out.status.success(),
         "stasis dump --leave-running failed: {}\n{}",
@@ -100,7 +135,7 @@ fn leave_running_image_is_one_instant() {
     );
     assert!(
         faults > 0,
-        "no write fault was served while the writers ran: {st:#}"
+        "the writers went over their pages while the copy waited, yet no write fault was served: {st:#}"
     );
 
     // The original runs on, unharmed.

@@ -13,11 +13,14 @@ use std::path::PathBuf;
 use std::sync::OnceLock;
 
 /// Every phase `STASIS_TEST_PAUSE_AT` can name: the dump's (answered by
-/// `interrupt::pause_at`, which also takes SIGUSR1 to go on) and restore's.
-pub const PHASES: [&str; 6] = [
+/// `interrupt::pause_at`, which also takes SIGUSR1 to go on; at `live-copy`,
+/// after a `--leave-running` dump released the workload and before it copies
+/// the first page, write faults are served while it waits) and restore's.
+pub const PHASES: [&str; 7] = [
     "freeze",
     "collect",
     "write",
+    "live-copy",
     "restore-launch",
     "restore-tree",
     "restore-rebuild",

@@ -127,6 +127,22 @@ pub fn check() -> Result<()> {
 /// ends the dump there, SIGINT/SIGTERM/SIGHUP interrupt it (a rollback), and
 /// SIGUSR1 lets it go on. Does nothing otherwise.
 pub fn pause_at(phase: &str, guard: Option<&Guard>) -> Result<()> {
+    pause(phase, guard, None::<fn() -> Result<()>>)
+}
+
+/// [`pause_at`] for a phase where the dump has work that cannot wait (the
+/// write faults of a workload running again): `serve` runs in a loop while
+/// paused (it waits for its work a millisecond at most), and its error ends
+/// the pause.
+pub fn pause_serving(phase: &str, serve: impl FnMut() -> Result<()>) -> Result<()> {
+    pause(phase, None, Some(serve))
+}
+
+fn pause(
+    phase: &str,
+    guard: Option<&Guard>,
+    mut serve: Option<impl FnMut() -> Result<()>>,
+) -> Result<()> {
     let Some((want, ready)) = crate::faults::pause_spec() else {
         return Ok(());
     };
@@ -150,7 +166,16 @@ pub fn pause_at(phase: &str, guard: Option<&Guard>) -> Result<()> {
         .and_then(|_| std::fs::rename(&tmp, ready))
         .map_err(crate::error::io(format!("writing {}", ready.display())))?;
     tracing::warn!("{PAUSE_ENV}: paused at {phase}");
-    match take_signal(&sigs, None) {
+    let sig = match serve.as_mut() {
+        None => take_signal(&sigs, None),
+        Some(serve) => loop {
+            if let Some(sig) = take_signal(&sigs, Some(Duration::ZERO)) {
+                break Some(sig);
+            }
+            serve()?;
+        },
+    };
+    match sig {
         Some(libc::SIGUSR1) | None => Ok(()),
         Some(sig) => Err(Error::Interrupted(signal_name(sig))),
     }

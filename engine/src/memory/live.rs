@@ -28,7 +28,7 @@
 
 use std::collections::VecDeque;
 use std::fs::File;
-use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 
@@ -800,6 +800,23 @@ pub fn copy_all(
     progress: Option<fn(i32, u64, u64)>,
 ) -> Result<LiveStats> {
     let mut stats = LiveStats::default();
+    crate::interrupt::pause_serving("live-copy", || {
+        let mut fds: Vec<libc::pollfd> = jobs
+            .iter()
+            .filter_map(|j| j.uffd.as_ref())
+            .map(|fd| libc::pollfd {
+                fd: fd.as_raw_fd(),
+                events: libc::POLLIN,
+                revents: 0,
+            })
+            .collect();
+        // SAFETY: poll on an array of valid pollfds of descriptors we hold.
+        unsafe { libc::poll(fds.as_mut_ptr(), fds.len() as libc::nfds_t, 1) };
+        for job in jobs.iter_mut() {
+            job.serve()?;
+        }
+        Ok(())
+    })?;
     for j in 0..jobs.len() {
         let mut sink = jobs[j].sink.take().expect("each job is copied once");
         let total = jobs[j].npages * PAGE_SIZE;

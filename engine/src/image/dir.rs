@@ -503,16 +503,16 @@ impl ImageReader {
         self.verify_all_except(&BTreeSet::new())
     }
 
-    /// Verifies every file but those in `streamed` (page files the memory
-    /// restore reads whole and verifies as it goes: `open_streamed`), whose
-    /// ownership, permissions and size are checked by `open_streamed`.
+    /// Verifies every file; of those in `streamed` (page files the memory
+    /// restore reads whole and verifies as it goes: `open_streamed`), only
+    /// the ownership, permissions and size.
     pub fn verify_all_except(&self, streamed: &BTreeSet<String>) -> Result<()> {
         for (name, entry) in &self.manifest.files {
+            let path = self.dir.join(name);
+            let f = self.open_checked(name)?;
             if streamed.contains(name) {
                 continue;
             }
-            let path = self.dir.join(name);
-            let f = self.open_checked(name)?;
             let sum = format!(
                 "{:016x}",
                 hash_file(&f, entry.size).map_err(io(format!("reading {}", path.display())))?

@@ -31,9 +31,13 @@ pub struct RestoreOptions {
 /// Phase times (milliseconds) of a restore.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RestoreStats {
+    /// Reading and verifying the image (`load`): the page files the memory
+    /// restore reads are verified there, in `memory_ms`.
     pub verify_ms: f64,
     pub sandbox_ms: f64,
     pub fork_ms: f64,
+    /// Rebuilding the processes: their memory (page files read and verified
+    /// on the way) and everything else, until the tree is released.
     pub memory_ms: f64,
     pub total_ms: f64,
     pub processes: usize,

@@ -1,9 +1,11 @@
 //! Page contents. Dump: find the pages that exist (the kernel's pagemap), read
 //! them with process_vm_readv (/proc/PID/mem for areas without read
-//! permission) into small page-aligned buffers, and stream them into the
-//! process's page file (`PageSink::append_streamed`: hashed on this thread,
-//! written on a second one). Restore: UFFDIO_COPY of private anonymous memory
-//! from the page file, process_vm_writev for the rest (`restore`).
+//! permission) into small page-aligned buffers, hash them and write them to
+//! the process's page file, or to two page files written at once by two
+//! threads for a large process (`dump`). Restore: each page file read once,
+//! start to end, verified on the way, its bytes put in place with
+//! UFFDIO_COPY (private anonymous memory) or process_vm_writev (the rest)
+//! as they pass, one thread per file (`restore`).
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;

@@ -141,8 +141,11 @@ pub fn scan(pid: i32, vmas: &mut [Vma]) -> Result<()> {
 
 /// Pages of a process worth two page files, written by two threads at once
 /// (on at least two CPUs): tmpfs takes a file's inode lock for every write,
-/// so one file is written no faster than by one writer.
-pub const SPLIT_MIN: u64 = 32 << 20;
+/// so one file is written no faster than by one writer. Measured on two
+/// cores, two files already shorten the dump's and the restore's memory
+/// phases by a quarter at 16 MiB (a fifth at 8 MiB); small processes keep
+/// one file.
+pub const SPLIT_MIN: u64 = 16 << 20;
 
 /// Whether a process with `bytes` of pages to save gets two page files.
 pub fn split_pages(bytes: u64) -> bool {

@@ -809,6 +809,60 @@ mod tests {
     }
 
     #[test]
+    fn streamed_file_is_verified_as_it_is_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("img");
+        let mut w = ImageWriter::create(&dir).unwrap();
+        let mut s = w.create_file("pages-2-1.img").unwrap();
+        let data: Vec<u8> = (0..3 * 4096 + 100).map(|i| (i * 7 % 251) as u8).collect();
+        s.write_all(&data).unwrap();
+        w.commit_file(s).unwrap();
+        w.finish(cpu()).unwrap();
+        let r = ImageReader::open(&dir).unwrap();
+        // Every byte handed over, in order, through a buffer smaller than the file.
+        let mut buf = vec![0u8; 4096];
+        let mut seen = Vec::new();
+        r.open_streamed("pages-2-1.img")
+            .unwrap()
+            .read_verified(&mut buf, |at, b| {
+                assert_eq!(at, seen.len() as u64);
+                seen.extend_from_slice(b);
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(seen, data);
+        // A flipped byte: the whole file is read, then refused by name.
+        let p = dir.join("pages-2-1.img");
+        let mut bytes = fs::read(&p).unwrap();
+        bytes[5000] ^= 1;
+        fs::write(&p, &bytes).unwrap();
+        let mut n = 0;
+        let err = r
+            .open_streamed("pages-2-1.img")
+            .unwrap()
+            .read_verified(&mut buf, |_, b| {
+                n += b.len();
+                Ok(())
+            })
+            .unwrap_err()
+            .to_string();
+        assert_eq!(n, data.len());
+        assert!(
+            err.contains("checksum mismatch") && err.contains("pages-2-1.img"),
+            "{err}"
+        );
+        // Grown after it was opened: refused too.
+        bytes[5000] ^= 1;
+        fs::write(&p, &bytes).unwrap();
+        let f = r.open_streamed("pages-2-1.img").unwrap();
+        let mut longer = bytes.clone();
+        longer.push(0);
+        fs::write(&p, &longer).unwrap();
+        let err = f.read_verified(&mut buf, |_, _| Ok(())).unwrap_err();
+        assert!(err.to_string().contains("longer than"), "{err}");
+    }
+
+    #[test]
     fn dropped_writer_leaves_nothing() {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("img");

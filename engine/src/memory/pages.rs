@@ -898,3 +898,62 @@ fn write_other(r: &mut Remote, pages: &File, segs: &[Seg]) -> Result<()> {
         writev_all(tid, &parts)
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn area(runs: &[(u64, u64, u64, u32)]) -> Vma {
+        Vma {
+            start: 0x10000,
+            end: 0x10000 + 64 * PAGE_SIZE,
+            prot: (libc::PROT_READ | libc::PROT_WRITE) as u32,
+            shared: false,
+            growsdown: false,
+            advice: Vec::new(),
+            label: String::new(),
+            kind: VmaKind::Anon,
+            pages: runs
+                .iter()
+                .map(|&(page, npages, offset, file)| PageRun {
+                    addr: 0x10000 + page * PAGE_SIZE,
+                    npages,
+                    offset,
+                    file,
+                })
+                .collect(),
+            shared_object: None,
+        }
+    }
+
+    fn sizes(k: u32) -> Option<u64> {
+        (k < 2).then_some(8 * PAGE_SIZE)
+    }
+
+    #[test]
+    fn runs_in_two_files_validate() {
+        // The same offsets in two files: fine; a run cut in two at the middle.
+        let v = area(&[(0, 8, 0, 0), (8, 8, 0, 1)]);
+        validate(2, &[v], sizes).unwrap();
+        assert_eq!(
+            files_used(&[area(&[(0, 8, 0, 0), (8, 8, 0, 1)])]),
+            BTreeSet::from([0, 1])
+        );
+    }
+
+    #[test]
+    fn overlapping_runs_and_missing_files_are_refused() {
+        let v = area(&[(0, 4, 0, 1), (8, 4, 3 * PAGE_SIZE, 1)]);
+        let err = validate(2, &[v], sizes).unwrap_err().to_string();
+        assert!(
+            err.contains("overlap") && err.contains("pages-2-1.img"),
+            "{err}"
+        );
+        let v = area(&[(0, 4, 0, 2)]);
+        let err = validate(2, &[v], sizes).unwrap_err().to_string();
+        assert!(err.contains("pages-2-2.img"), "{err}");
+        let v = area(&[(0, 4, 6 * PAGE_SIZE, 1)]);
+        let err = validate(2, &[v], sizes).unwrap_err().to_string();
+        assert!(err.contains("outside"), "{err}");
+    }
+}

@@ -313,6 +313,27 @@ fn disk_full_fails_cleanly() {
     assert_untouched(&h, &sb);
 }
 
+/// The same with a process whose pages go to two page files written at
+/// once: the error names the page file that met the full disk, both partial
+/// files are removed, the workload is untouched.
+#[test]
+fn disk_full_with_two_page_files_fails_cleanly() {
+    let h = Harness::new("diskfull2");
+    let sb = h.start_c("intact", &["plain", "48"]);
+    let fs_dir = h.root.join("small-fs");
+    let _m = Mount::tmpfs(fs_dir.clone(), "size=40m,mode=0700");
+    let out = h.dump_raw(&sb, &fs_dir, &[]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "dump into 40 MiB succeeded: {err}");
+    assert!(
+        err.contains("No space left on device")
+            && (err.contains("pages-2.img") || err.contains("pages-2-1.img")),
+        "the error does not name the full disk and the file: {err}"
+    );
+    assert_no_image(&h, &fs_dir);
+    assert_untouched(&h, &sb);
+}
+
 /// The image directory cannot be written (a read-only file system, which
 /// root cannot bypass): refused before the workload is touched.
 #[test]

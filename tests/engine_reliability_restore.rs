@@ -37,6 +37,11 @@ fn veth_profile(h: &Harness) -> PathBuf {
 /// Runs the C workload `wl` in a sandbox with a veth, waits for it, dumps it
 /// and waits until nothing of it runs any more. Returns the image.
 fn veth_image(h: &Harness, wl: &str) -> PathBuf {
+    veth_image_with(h, wl, &[])
+}
+
+/// `veth_image` of the C workload `wl` with arguments `args`.
+fn veth_image_with(h: &Harness, wl: &str, args: &[&str]) -> PathBuf {
     let profile = veth_profile(h);
     let name = h.new_name("run");
     let out = h
@@ -44,7 +49,7 @@ fn veth_image(h: &Harness, wl: &str) -> PathBuf {
         .args(["run", "-d", "--name", &name, "--profile"])
         .arg(&profile)
         .arg("--")
-        .args(h.c_argv(wl, &[]))
+        .args(h.c_argv(wl, args))
         .output()
         .expect("running stasis run");
     assert!(out.status.success(), "stasis run: {}", describe(&out));
@@ -244,10 +249,12 @@ fn flip_byte(file: &Path, at: u64) {
     f.write_all_at(&b, at).expect("writing an image byte");
 }
 
-/// One byte flipped in the page file is caught by its checksum before
-/// anything is made (the watcher has nothing to remove: it says nothing).
+/// One byte flipped in the page file is caught by its checksum while the
+/// memory restore reads it, before the restored tree runs: the half-made
+/// sandbox is removed whole by the restore itself (the watcher has nothing to
+/// remove: it says nothing), and nothing is left behind.
 #[test]
-fn corrupted_page_file_caught_before_anything_is_made() {
+fn corrupted_page_file_caught_before_anything_runs() {
     let h = Harness::new("rel-corrupt");
     let image = veth_image(&h, "counter");
     let copy = h.image_path();
@@ -272,6 +279,28 @@ fn corrupted_page_file_caught_before_anything_is_made() {
         "the sandbox was made before the check: {err}"
     );
     // The intact image restores under the same kind of profile.
+    let restored = h.restore(&image);
+    h.expect_pass(&restored);
+}
+
+/// A process large enough for two page files: a byte flipped in either is
+/// caught (the error names the file), and the restore leaves nothing behind.
+#[test]
+fn corrupted_second_page_file_caught_before_anything_runs() {
+    let h = Harness::new("rel-corrupt2");
+    let image = veth_image_with(&h, "bigmem", &["48"]);
+    for file in ["pages-2-1.img", "pages-2.img"] {
+        let copy = h.image_path();
+        copy_image(&image, &copy);
+        let pages = copy.join(file);
+        let len = fs::metadata(&pages)
+            .unwrap_or_else(|e| panic!("{}: {e}", pages.display()))
+            .len();
+        assert!(len >= 16 << 20, "{file} holds {len} bytes");
+        flip_byte(&pages, len - 4096 + 17);
+        let err = failed_restore(&h, &copy, &[], &["checksum mismatch", file]);
+        assert!(!err.contains("removed"), "{err}");
+    }
     let restored = h.restore(&image);
     h.expect_pass(&restored);
 }

@@ -7,7 +7,9 @@
 //! anything) and `engine::inspect::inspect`. Each must return, never panic,
 //! and never make one allocation above 64 MiB (the image is well under
 //! 1 MiB of metadata): the global allocator of this test aborts on one.
-//! A damaged checksummed file must always be refused.
+//! A damaged checksummed file must always be refused: by `load`, or, for a
+//! page file the memory restore reads whole and verifies as it goes, by that
+//! verification.
 
 mod common;
 
@@ -375,27 +377,27 @@ fn fresh_copy(image: &Path, root: &Path, n: usize) -> PathBuf {
     to
 }
 
-#[test]
-fn mutated_images_are_refused_cleanly() {
-    let h = Harness::new("image-proptest");
-    let sb = h.start_c("counter", &[]);
-    let image = h.dump(&sb, &[]);
-    engine::restore::load(&image).expect("the intact image loads");
-    let work = h.root.join("cases");
+/// Applies `cases` random lists of mutations to copies of `image`; each must
+/// load or be refused cleanly, and a damaged one must be refused by `load`
+/// or, for the page files `load` leaves to the memory restore, by their
+/// verification (`verify_streamed`, the same reading as the restore's), and
+/// by `inspect`.
+fn run_cases(h: &Harness, image: &Path, tag: &str, cases: u32) {
+    let work = h.root.join(format!("cases-{tag}"));
     fs::create_dir_all(&work).unwrap();
     let mut runner = TestRunner::new(Config {
         // A few seconds by default; STASIS_PROPTEST_CASES runs more.
         cases: std::env::var("STASIS_PROPTEST_CASES")
             .ok()
             .and_then(|v| v.parse().ok())
-            .unwrap_or(160),
+            .unwrap_or(cases),
         failure_persistence: None,
         ..Config::default()
     });
     let n = std::cell::Cell::new(0usize);
     let result = runner.run(&prop::collection::vec(mutation(), 1..4), |ms| {
         n.set(n.get() + 1);
-        let dir = fresh_copy(&image, &work, n.get());
+        let dir = fresh_copy(image, &work, n.get());
         let mut damaged = BTreeMap::new();
         for m in &ms {
             apply(&dir, m, &mut damaged);
@@ -404,7 +406,29 @@ fn mutated_images_are_refused_cleanly() {
         let loaded = engine::restore::load(&dir);
         let inspected = engine::inspect::inspect(&dir);
         if must_fail {
-            prop_assert!(loaded.is_err(), "a damaged image loaded: {ms:?}");
+            match &loaded {
+                Err(_) => {}
+                Ok(img) => {
+                    // Only page files the memory restore verifies may be
+                    // damaged behind `load`'s back, and it catches them.
+                    let streamed: Vec<&String> = damaged
+                        .iter()
+                        .filter(|&(_, &d)| d)
+                        .map(|(name, _)| name)
+                        .collect();
+                    prop_assert!(
+                        streamed.iter().all(|n| img.streamed.contains(*n)),
+                        "a damaged image loaded: {ms:?}"
+                    );
+                    let err = img.verify_streamed();
+                    prop_assert!(err.is_err(), "damaged page files verified: {ms:?}");
+                    let err = err.unwrap_err().to_string();
+                    prop_assert!(
+                        streamed.iter().any(|n| err.contains(n.as_str())),
+                        "the error names no damaged file: {err}"
+                    );
+                }
+            }
             prop_assert!(inspected.is_err(), "a damaged image was inspected: {ms:?}");
         }
         if let Err(e) = &loaded {
@@ -416,5 +440,67 @@ fn mutated_images_are_refused_cleanly() {
     });
     if let Err(e) = result {
         panic!("{e}");
+    }
+}
+
+#[test]
+fn mutated_images_are_refused_cleanly() {
+    let h = Harness::new("image-proptest");
+    let sb = h.start_c("counter", &[]);
+    let image = h.dump(&sb, &[]);
+    engine::restore::load(&image).expect("the intact image loads");
+    run_cases(&h, &image, "counter", 160);
+}
+
+/// The same with a process large enough for two page files.
+#[test]
+fn mutated_two_page_file_images_are_refused_cleanly() {
+    let h = Harness::new("image-proptest2");
+    let sb = h.start_c("bigmem", &["40"]);
+    let image = h.dump(&sb, &[]);
+    let names = files(&image);
+    assert!(
+        names.iter().any(|n| n == "pages-2.img") && names.iter().any(|n| n == "pages-2-1.img"),
+        "a 40 MiB process has two page files: {names:?}"
+    );
+    let img = engine::restore::load(&image).expect("the intact image loads");
+    assert!(img.streamed.contains("pages-2-1.img"), "{:?}", img.streamed);
+    img.verify_streamed().expect("the intact page files verify");
+    run_cases(&h, &image, "bigmem", 24);
+}
+
+/// A page file that no run uses (here one the manifest lists beside the
+/// process's own) is verified by `load` itself, before anything is made.
+#[test]
+fn unused_page_file_is_verified_by_load() {
+    let h = Harness::new("image-unused-pages");
+    let sb = h.start_c("counter", &[]);
+    let image = h.dump(&sb, &[]);
+    for (sum, ok) in [(None, true), (Some("0123456789abcdef"), false)] {
+        let dir = fresh_copy(&image, &h.root, usize::from(ok));
+        let bytes = vec![7u8; 8192];
+        let extra = dir.join("pages-2-1.img");
+        fs::write(&extra, &bytes).unwrap();
+        fs::set_permissions(&extra, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+        let mut m = manifest(&dir).unwrap();
+        m["files"]["pages-2-1.img"] = serde_json::json!({
+            "size": bytes.len(),
+            "xxh3": sum.map(str::to_string).unwrap_or_else(|| format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&bytes))),
+        });
+        write_manifest(&dir, &m);
+        let loaded = engine::restore::load(&dir);
+        if ok {
+            let img = loaded.expect("an intact extra page file loads");
+            assert!(!img.streamed.contains("pages-2-1.img"));
+        } else {
+            let err = loaded
+                .err()
+                .expect("a damaged unused page file is refused")
+                .to_string();
+            assert!(
+                err.contains("pages-2-1.img") && err.contains("checksum mismatch"),
+                "{err}"
+            );
+        }
     }
 }

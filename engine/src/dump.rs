@@ -9,7 +9,8 @@ use std::time::{Duration, Instant};
 use crate::error::{Error, Result};
 use crate::files::FileTable;
 use crate::image::{
-    Clocks, CpuFeatures, DumpStats, ImageWriter, Inventory, ProcessEntry, ProcessImage, PAGE_SIZE,
+    page_file_name, Clocks, CpuFeatures, DumpStats, ImageWriter, Inventory, ProcessEntry,
+    ProcessImage, PAGE_SIZE,
 };
 use crate::remote::Remote;
 use crate::seize::{self, Seized, SeizedProcess};
@@ -405,22 +406,30 @@ fn collect_process(
         Some(a) => a.finish(&mut vmas)?,
         None => None,
     };
-    let mut sink = writer.create_file(&format!("pages-{}.img", p.ns_pid))?;
+    // A large process's pages go to two files written at once (the live
+    // copy of --leave-running appends to the first file alone).
+    let mut sinks = vec![writer.create_file(&page_file_name(p.ns_pid, 0))?];
+    if armed.is_none() && memory::pages::split_pages(memory::pages::scanned_bytes(&vmas)) {
+        sinks.push(writer.create_file(&page_file_name(p.ns_pid, 1))?);
+    }
     let ns_pid = p.ns_pid;
     let progress = opts
         .progress
         .map(|f| move |done, total| f(ns_pid, done, total));
-    let mut pages = memory::pages::dump(p.pid, &mut vmas, &mut sink, progress)?;
+    let mut pages = memory::pages::dump(p.pid, &mut vmas, &mut sinks, progress)?;
     // Page data written, not yet committed to the image.
     interrupt::pause_at("write", None)?;
     match armed {
         Some(a) => {
+            let sink = sinks.pop().expect("one page file");
             let job = a.plan(&mut vmas, sink, p.ns_pid)?;
             pages += job.pages();
             live.push(job);
         }
         None => {
-            writer.commit_file(sink)?;
+            for sink in sinks {
+                writer.commit_file(sink)?;
+            }
         }
     }
     stats.memory_ms += ms(tm.elapsed());

@@ -74,6 +74,8 @@ fn prot(p: u32) -> String {
 /// Reads and verifies the image at `dir`.
 pub fn inspect(dir: &Path) -> Result<ImageSummary> {
     let img = load(dir)?;
+    // Every page file too, as restore would before the workload runs again.
+    img.verify_streamed()?;
     let mut processes = Vec::new();
     for e in &img.inventory.processes {
         let Some(p) = img.procs.get(&e.pid) else {

@@ -3,7 +3,7 @@
 //! process into the dumped one from outside, under ptrace, and let them all
 //! run together. Any failure removes the new sandbox whole.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::path::Path;
@@ -13,7 +13,8 @@ use serde::Serialize;
 
 use crate::error::{Error, Result};
 use crate::image::{
-    FilesImage, ImageReader, Inventory, IpcImage, ProcessImage, SharedMemoryImage, PAGE_SIZE,
+    page_file_name, FilesImage, ImageReader, Inventory, IpcImage, ProcessImage, SharedMemoryImage,
+    PAGE_SIZE,
 };
 use crate::memory::{self, Rebuild, SCRATCH_PAGES, TRAMPOLINE_PAGES};
 use crate::remote::{put_cstr, Remote};
@@ -30,9 +31,13 @@ pub struct RestoreOptions {
 /// Phase times (milliseconds) of a restore.
 #[derive(Debug, Clone, Default, Serialize)]
 pub struct RestoreStats {
+    /// Reading and verifying the image (`load`): the page files the memory
+    /// restore reads are verified there, in `memory_ms`.
     pub verify_ms: f64,
     pub sandbox_ms: f64,
     pub fork_ms: f64,
+    /// Rebuilding the processes: their memory (page files read and verified
+    /// on the way) and everything else, until the tree is released.
     pub memory_ms: f64,
     pub total_ms: f64,
     pub processes: usize,
@@ -61,16 +66,35 @@ pub struct LoadedImage {
     pub shmem: SharedMemoryImage,
     /// SysV IPC objects of the sandbox's IPC namespace.
     pub ipc: IpcImage,
+    /// Page files not verified by `load`: the memory restore reads each of
+    /// them whole and verifies it as it goes (`memory::pages::restore`);
+    /// `verify_streamed` verifies them without restoring.
+    pub streamed: BTreeSet<String>,
+}
+
+impl LoadedImage {
+    /// Verifies the page files `load` left to the memory restore (for
+    /// `inspect`, and whoever wants the whole image verified up front).
+    pub fn verify_streamed(&self) -> Result<()> {
+        let mut buf = memory::buf::AlignedBuf::new(256 << 10)?;
+        for name in &self.streamed {
+            self.reader
+                .open_streamed(name)?
+                .read_verified(&mut buf, |_, _| Ok(()))?;
+        }
+        Ok(())
+    }
 }
 
 /// The kernel's PID_MAX_LIMIT on 64-bit: the pid_max of a fresh PID
 /// namespace, so every PID below it can be had there with clone3(set_tid).
 pub const PID_MAX_LIMIT: i32 = 4 * 1024 * 1024;
 
-/// Opens and verifies an image: every checksum, every bound.
+/// Opens and verifies an image: every bound, and every checksum but those of
+/// the page files the memory restore reads whole (`LoadedImage::streamed`),
+/// which it verifies as it reads them.
 pub fn load(dir: &Path) -> Result<LoadedImage> {
     let reader = ImageReader::open(dir)?;
-    reader.verify_all()?;
     let here = crate::dump::cpu_features();
     let cpu = &reader.manifest().cpu;
     if cpu.xcr0 & !here.xcr0 != 0 || cpu.xstate_size > here.xstate_size {
@@ -141,6 +165,17 @@ pub fn load(dir: &Path) -> Result<LoadedImage> {
     if let Some(c) = &inventory.clocks {
         crate::timers::validate_clocks(c)?;
     }
+    // Every other file (page files no restored process reads included) is
+    // verified here, before anything is made.
+    let streamed: BTreeSet<String> = procs
+        .values()
+        .flat_map(|p| {
+            memory::pages::files_used(&p.vmas)
+                .into_iter()
+                .map(|k| page_file_name(p.pid, k))
+        })
+        .collect();
+    reader.verify_all_except(&streamed)?;
     Ok(LoadedImage {
         reader,
         inventory,
@@ -150,6 +185,7 @@ pub fn load(dir: &Path) -> Result<LoadedImage> {
         procs,
         shmem,
         ipc,
+        streamed,
     })
 }
 
@@ -180,10 +216,9 @@ fn validate_process(reader: &ImageReader, p: &ProcessImage, files: &FilesImage) 
             p.pid
         )));
     }
-    let size = reader
-        .file_size(&format!("pages-{}.img", p.pid))
-        .unwrap_or(0);
-    memory::pages::validate(p.pid, &p.vmas, size)?;
+    memory::pages::validate(p.pid, &p.vmas, |k| {
+        reader.file_size(&page_file_name(p.pid, k))
+    })?;
     memory::mm::validate(p.pid, &p.mm)?;
     for t in &p.threads {
         thread::validate(p.pid, t)?;
@@ -288,9 +323,13 @@ fn restore_guarded(
     let base = (slot_base + extra).max(64);
     let blobs = img.reader.open_checked("blobs.img")?;
     let blobs = File::from(move_high(blobs.into(), base)?);
-    let mut pages: BTreeMap<i32, File> = BTreeMap::new();
-    for pid in img.procs.keys() {
-        pages.insert(*pid, img.reader.open_checked(&format!("pages-{pid}.img"))?);
+    let mut pages: BTreeMap<i32, memory::pages::PageFiles> = BTreeMap::new();
+    for (pid, p) in &img.procs {
+        let mut files = memory::pages::PageFiles::new();
+        for k in memory::pages::files_used(&p.vmas) {
+            files.insert(k, img.reader.open_streamed(&page_file_name(*pid, k))?);
+        }
+        pages.insert(*pid, files);
     }
     let shmem_file = match img.reader.file_size("shmem.img") {
         Some(_) => Some(File::from(move_high(
@@ -646,7 +685,7 @@ fn rebuild_process(
     pid: i32,
     tid: i32,
     p: &ProcessImage,
-    pages: &File,
+    pages: &memory::pages::PageFiles,
     files_img: &FilesImage,
     slots: (i32, &[(u32, u32)]),
     layout: &memory::shared::Layout,

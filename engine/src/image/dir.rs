@@ -1,7 +1,7 @@
 //! The image directory: files written with their checksums, the manifest last;
 //! files read back only after their size and checksum are verified.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{self, File, OpenOptions};
 use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
@@ -182,19 +182,7 @@ impl PageSink {
         }
         let name = &self.name;
         if len <= STREAM_PIPELINE_MIN {
-            let mut buf = AlignedBuf::new((len as usize).min(STREAM_BUF))?;
-            let mut done = 0u64;
-            while done < len {
-                let n = ((len - done) as usize).min(buf.len());
-                fill(done, &mut buf[..n])?;
-                self.hasher.update(&buf[..n]);
-                (&self.file)
-                    .write_all(&buf[..n])
-                    .map_err(io(format!("writing image file {name}")))?;
-                done += n as u64;
-            }
-            self.size += len;
-            return Ok(());
+            return self.append_direct(len, fill);
         }
         // Filled buffers go to the writer; written (or failed) ones come back.
         let (to_writer, filled) = mpsc::sync_channel::<(AlignedBuf, usize)>(STREAM_BUFS);
@@ -258,6 +246,35 @@ impl PageSink {
         // A write error after the last buffer was handed over.
         for r in free.try_iter() {
             r.map_err(io(format!("writing image file {name}")))?;
+        }
+        self.size += len;
+        Ok(())
+    }
+}
+
+impl PageSink {
+    /// Appends `len` bytes produced by `fill` (as `append_streamed`) on this
+    /// thread alone: fill a small page-aligned buffer, hash it, write it.
+    /// For callers that already run one such stream per core.
+    pub fn append_direct(
+        &mut self,
+        len: u64,
+        mut fill: impl FnMut(u64, &mut [u8]) -> Result<()>,
+    ) -> Result<()> {
+        use crate::memory::buf::AlignedBuf;
+        if len == 0 {
+            return Ok(());
+        }
+        let mut buf = AlignedBuf::new((len as usize).min(STREAM_BUF))?;
+        let mut done = 0u64;
+        while done < len {
+            let n = ((len - done) as usize).min(buf.len());
+            fill(done, &mut buf[..n])?;
+            self.hasher.update(&buf[..n]);
+            (&self.file)
+                .write_all(&buf[..n])
+                .map_err(io(format!("writing image file {}", self.name)))?;
+            done += n as u64;
         }
         self.size += len;
         Ok(())
@@ -483,9 +500,19 @@ impl ImageReader {
 
     /// Verifies every file's ownership, permissions, size and checksum.
     pub fn verify_all(&self) -> Result<()> {
+        self.verify_all_except(&BTreeSet::new())
+    }
+
+    /// Verifies every file; of those in `streamed` (page files the memory
+    /// restore reads whole and verifies as it goes: `open_streamed`), only
+    /// the ownership, permissions and size.
+    pub fn verify_all_except(&self, streamed: &BTreeSet<String>) -> Result<()> {
         for (name, entry) in &self.manifest.files {
             let path = self.dir.join(name);
             let f = self.open_checked(name)?;
+            if streamed.contains(name) {
+                continue;
+            }
             let sum = format!(
                 "{:016x}",
                 hash_file(&f, entry.size).map_err(io(format!("reading {}", path.display())))?
@@ -529,6 +556,19 @@ impl ImageReader {
         Ok(f)
     }
 
+    /// Opens a file listed in the manifest (owner, mode and size checked) to
+    /// be read whole, once, by `StreamedFile::read_verified`.
+    pub fn open_streamed(&self, name: &str) -> Result<StreamedFile> {
+        let file = self.open_checked(name)?;
+        let entry = &self.manifest.files[name];
+        Ok(StreamedFile {
+            path: self.dir.join(name),
+            file,
+            size: entry.size,
+            xxh3: entry.xxh3.clone(),
+        })
+    }
+
     /// Size of a file as the manifest records it.
     pub fn file_size(&self, name: &str) -> Option<u64> {
         self.manifest.files.get(name).map(|e| e.size)
@@ -559,6 +599,88 @@ impl ImageReader {
             return Err(bad(&path, "checksum mismatch"));
         }
         serde_json::from_slice(&bytes).map_err(|e| bad(&path, format!("cannot decode: {e}")))
+    }
+}
+
+/// An image file read from its first byte to its last and verified on the
+/// way: whoever reads it uses the bytes before the checksum is known, and
+/// must undo what it did with them when `read_verified` fails.
+pub struct StreamedFile {
+    path: PathBuf,
+    file: File,
+    size: u64,
+    xxh3: String,
+}
+
+impl StreamedFile {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Size the manifest records (and the file had when opened).
+    pub fn size(&self) -> u64 {
+        self.size
+    }
+
+    /// The file, for reads after `read_verified` succeeded.
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
+    /// Reads the whole file in order through `buf` (pread), hashing every
+    /// byte, handing each piece and its offset to `each`; then compares the
+    /// size read and the checksum with the manifest's. A mismatch is
+    /// `Error::BadImage` naming the file.
+    pub fn read_verified(
+        &self,
+        buf: &mut [u8],
+        mut each: impl FnMut(u64, &[u8]) -> Result<()>,
+    ) -> Result<()> {
+        use std::os::unix::fs::FileExt;
+        let mut h = Xxh3::new();
+        let mut at = 0u64;
+        while at < self.size {
+            let want = ((self.size - at) as usize).min(buf.len());
+            let n = self
+                .file
+                .read_at(&mut buf[..want], at)
+                .map_err(io(format!("reading {}", self.path.display())))?;
+            if n == 0 {
+                return Err(bad(
+                    &self.path,
+                    format!(
+                        "ends at {at} bytes, manifest says {} (truncated?)",
+                        self.size
+                    ),
+                ));
+            }
+            h.update(&buf[..n]);
+            each(at, &buf[..n])?;
+            at += n as u64;
+        }
+        // Nothing past the recorded size either.
+        let mut one = [0u8; 1];
+        let more = self
+            .file
+            .read_at(&mut one, at)
+            .map_err(io(format!("reading {}", self.path.display())))?;
+        if more != 0 {
+            return Err(bad(
+                &self.path,
+                format!("longer than the {} bytes the manifest says", self.size),
+            ));
+        }
+        let sum = format!("{:016x}", h.digest());
+        if sum != self.xxh3 {
+            return Err(bad(
+                &self.path,
+                format!(
+                    "checksum mismatch (xxh3 {sum}, manifest says {})",
+                    self.xxh3
+                ),
+            ));
+        }
+        Ok(())
     }
 }
 
@@ -684,6 +806,60 @@ mod tests {
         fs::write(&p, &bytes).unwrap();
         let err = ImageReader::open(&dir).unwrap().verify_all().unwrap_err();
         assert!(err.to_string().contains("checksum mismatch"), "{err}");
+    }
+
+    #[test]
+    fn streamed_file_is_verified_as_it_is_read() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("img");
+        let mut w = ImageWriter::create(&dir).unwrap();
+        let mut s = w.create_file("pages-2-1.img").unwrap();
+        let data: Vec<u8> = (0..3 * 4096 + 100).map(|i| (i * 7 % 251) as u8).collect();
+        s.write_all(&data).unwrap();
+        w.commit_file(s).unwrap();
+        w.finish(cpu()).unwrap();
+        let r = ImageReader::open(&dir).unwrap();
+        // Every byte handed over, in order, through a buffer smaller than the file.
+        let mut buf = vec![0u8; 4096];
+        let mut seen = Vec::new();
+        r.open_streamed("pages-2-1.img")
+            .unwrap()
+            .read_verified(&mut buf, |at, b| {
+                assert_eq!(at, seen.len() as u64);
+                seen.extend_from_slice(b);
+                Ok(())
+            })
+            .unwrap();
+        assert_eq!(seen, data);
+        // A flipped byte: the whole file is read, then refused by name.
+        let p = dir.join("pages-2-1.img");
+        let mut bytes = fs::read(&p).unwrap();
+        bytes[5000] ^= 1;
+        fs::write(&p, &bytes).unwrap();
+        let mut n = 0;
+        let err = r
+            .open_streamed("pages-2-1.img")
+            .unwrap()
+            .read_verified(&mut buf, |_, b| {
+                n += b.len();
+                Ok(())
+            })
+            .unwrap_err()
+            .to_string();
+        assert_eq!(n, data.len());
+        assert!(
+            err.contains("checksum mismatch") && err.contains("pages-2-1.img"),
+            "{err}"
+        );
+        // Grown after it was opened: refused too.
+        bytes[5000] ^= 1;
+        fs::write(&p, &bytes).unwrap();
+        let f = r.open_streamed("pages-2-1.img").unwrap();
+        let mut longer = bytes.clone();
+        longer.push(0);
+        fs::write(&p, &longer).unwrap();
+        let err = f.read_verified(&mut buf, |_, _| Ok(())).unwrap_err();
+        assert!(err.to_string().contains("longer than"), "{err}");
     }
 
     #[test]

@@ -391,12 +391,30 @@ pub struct IpcMessage {
     pub data: Blob,
 }
 
-/// `npages` pages at `addr`, stored at `offset` of the process's page file.
+/// `npages` pages at `addr`, stored at `offset` of one of the process's page
+/// files: `file` 0 is `pages-<pid>.img`, `file` k > 0 is `pages-<pid>-<k>.img`
+/// (`page_file_name`). Runs of shared memory objects live in `shmem.img` and
+/// keep `file` 0.
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PageRun {
     pub addr: u64,
     pub npages: u64,
     pub offset: u64,
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub file: u32,
+}
+
+fn is_zero(v: &u32) -> bool {
+    *v == 0
+}
+
+/// The name of page file `index` of process `pid`.
+pub fn page_file_name(pid: i32, index: u32) -> String {
+    if index == 0 {
+        format!("pages-{pid}.img")
+    } else {
+        format!("pages-{pid}-{index}.img")
+    }
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

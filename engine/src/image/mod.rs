@@ -9,7 +9,7 @@
 mod dir;
 pub mod format;
 
-pub use dir::{ImageReader, ImageWriter, PageSink};
+pub use dir::{ImageReader, ImageWriter, PageSink, StreamedFile};
 pub use format::*;
 
 /// Format version written into the manifest; restore refuses any other.

@@ -229,6 +229,7 @@ fn scan_area(pagemap: Option<&File>, start: u64, end: u64) -> Option<Vec<PageRun
                 addr: r.start,
                 npages: (r.end - r.start) / PAGE_SIZE,
                 offset: 0,
+                file: 0,
             }),
         }
     }

@@ -217,6 +217,7 @@ pub fn save_object(f: &File, size: u64, sink: &mut PageSink) -> Result<Vec<PageR
             addr: start,
             npages: (end - start) / PAGE_SIZE,
             offset: sink.position(),
+            file: 0,
         });
         let mut at = start;
         while at < end {

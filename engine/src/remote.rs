@@ -38,11 +38,128 @@ pub struct BatchCall {
     pub may_fail: bool,
 }
 
+/// Where a restore trampoline runs syscall batches: the loop's entry, its
+/// table (room for `cap` entries) and a data area for the structures the
+/// calls point to.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchSite {
+    pub entry: u64,
+    pub table: u64,
+    pub cap: usize,
+    pub data: u64,
+    pub data_len: u64,
+}
+
+/// Calls gathered to run as one batch (see [`Remote::batch`]), with the
+/// bytes they read from the task's memory, placed in the site's data area.
+pub struct Staged {
+    site: BatchSite,
+    calls: Vec<BatchCall>,
+    data: Vec<u8>,
+    results: Vec<i64>,
+}
+
+impl Staged {
+    pub fn new(site: BatchSite) -> Self {
+        Staged {
+            site,
+            calls: Vec::new(),
+            data: Vec::new(),
+            results: Vec::new(),
+        }
+    }
+
+    /// Places `bytes` (8-byte aligned) in the data area and returns their
+    /// address in the task. When the area is full, what is staged runs
+    /// first (in `r`) and the area starts over.
+    pub fn put(&mut self, r: &mut Remote, bytes: &[u8]) -> Result<u64> {
+        self.put_with(r, bytes.len(), |_| bytes.to_vec())
+    }
+
+    /// Like `put`, for `len` bytes that `make` builds knowing their address.
+    pub fn put_with(
+        &mut self,
+        r: &mut Remote,
+        len: usize,
+        make: impl FnOnce(u64) -> Vec<u8>,
+    ) -> Result<u64> {
+        let len = len as u64;
+        if len > self.site.data_len {
+            return Err(Error::Process {
+                pid: r.tid,
+                reason: format!(
+                    "{len} bytes of syscall arguments do not fit in {} bytes of scratch",
+                    self.site.data_len
+                ),
+            });
+        }
+        let mut at = (self.data.len() as u64).div_ceil(8) * 8;
+        if at + len > self.site.data_len {
+            self.run(r)?;
+            at = 0;
+        }
+        let bytes = make(self.site.data + at);
+        debug_assert_eq!(bytes.len() as u64, len);
+        self.data.resize(at as usize, 0);
+        self.data.extend_from_slice(&bytes);
+        Ok(self.site.data + at)
+    }
+
+    /// Stages a call whose failure is an error naming `what`.
+    pub fn call(&mut self, what: impl Into<String>, nr: i64, args: [u64; 6]) {
+        self.calls.push(BatchCall {
+            what: what.into(),
+            nr,
+            args,
+            may_fail: false,
+        });
+    }
+
+    /// Stages a call whose failure is ignored.
+    pub fn call_may_fail(&mut self, what: impl Into<String>, nr: i64, args: [u64; 6]) {
+        self.calls.push(BatchCall {
+            what: what.into(),
+            nr,
+            args,
+            may_fail: true,
+        });
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.calls.is_empty()
+    }
+
+    /// Runs the calls staged so far in `r`'s thread, in order; the first
+    /// failure of a call that may not fail is an error naming the call (and
+    /// the thread). Their results are kept for `finish`.
+    pub fn run(&mut self, r: &mut Remote) -> Result<()> {
+        let calls = std::mem::take(&mut self.calls);
+        let data = std::mem::take(&mut self.data);
+        if calls.is_empty() {
+            return Ok(());
+        }
+        if !data.is_empty() {
+            r.write_mem(self.site.data, &data)?;
+        }
+        let got = r.batch(self.site.entry, self.site.table, self.site.cap, &calls)?;
+        self.results.extend(got);
+        Ok(())
+    }
+
+    /// Runs what is still staged and returns the results of every call
+    /// staged since `new`, in order.
+    pub fn finish(mut self, r: &mut Remote) -> Result<Vec<i64>> {
+        self.run(r)?;
+        Ok(self.results)
+    }
+}
+
 pub struct Remote {
     /// Host TID of the task.
     pub tid: i32,
     inj: Option<Injector>,
-    mem: File,
+    /// /proc/TID/mem, shared with the `sibling`s of the same address space.
+    mem: Rc<File>,
     scratch: Option<(u64, u64)>,
     /// The scratch area is on the thread's stack: the bytes it held.
     stack_saved: Option<Vec<u8>>,
@@ -117,11 +234,33 @@ impl Remote {
         Ok(Remote {
             tid,
             inj: Some(Injector::new(tid, gadget)?),
-            mem,
+            mem: Rc::new(mem),
             scratch: None,
             stack_saved: None,
             areas: None,
         })
+    }
+
+    /// Takes control of another seized, stopped thread of the same process,
+    /// reaching its memory through this one's /proc/TID/mem (no open per thread).
+    pub fn sibling(&self, tid: i32, gadget: u64) -> Result<Self> {
+        Ok(Remote {
+            tid,
+            inj: Some(Injector::new(tid, gadget)?),
+            mem: Rc::clone(&self.mem),
+            scratch: None,
+            stack_saved: None,
+            areas: None,
+        })
+    }
+
+    /// The host TIDs of the threads (or processes) the injected calls
+    /// created since the last time this was asked, in creation order.
+    pub fn take_children(&mut self) -> Vec<i32> {
+        self.inj
+            .as_mut()
+            .map(|i| i.take_children())
+            .unwrap_or_default()
     }
 
     /// Looks for stack scratch space in `areas` (the process's memory areas,

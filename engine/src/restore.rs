@@ -16,7 +16,7 @@ use crate::image::{
     FilesImage, ImageReader, Inventory, IpcImage, ProcessImage, SharedMemoryImage, PAGE_SIZE,
 };
 use crate::memory::{self, Rebuild, SCRATCH_PAGES, TRAMPOLINE_PAGES};
-use crate::remote::{put_cstr, Remote};
+use crate::remote::{put_cstr, Remote, Staged};
 use crate::seize::{self, Seized};
 use crate::tree::{self, Plan, READY_RECORD};
 use crate::{files, image, signals, task, thread};
@@ -622,11 +622,6 @@ fn wait_ready(r: &OwnedFd, n: usize, sb: &sandbox::Sandbox) -> Result<()> {
 /// Bytes of the trampoline's scratch area.
 const SCRATCH_LEN: u64 = SCRATCH_PAGES * PAGE_SIZE;
 
-fn prefix_len(p: &ProcessImage) -> usize {
-    let all: Vec<i32> = p.threads.iter().map(|t| t.tid).collect();
-    crate::seccomp::shared_prefix(&p.seccomp, &all).len()
-}
-
 /// A restored process closes its copy of the ready pipe right after it
 /// reports, but it may be seized in between: the copy is closed from here
 /// (EBADF when the process got there first), or it would stay open in the
@@ -689,34 +684,32 @@ fn rebuild_process(
     r.call("close(exe)", libc::SYS_close, [exe_fd, 0, 0, 0, 0, 0])?;
     rb.close_files(&mut r)?;
     files::restore_in_task(&mut r, p, files_img, scratch)?;
-    signals::restore_actions(&mut r, &p.sigactions, scratch)?;
-    task::restore_core(&mut r, &p.core, scratch)?;
+    let site = rb.site();
+    let mut st = Staged::new(site);
+    signals::stage_actions(&mut st, &mut r, &p.sigactions)?;
+    task::stage_core(&mut st, &mut r, &p.core)?;
+    st.finish(&mut r)?;
     task::restore_rlimits(pid, &p.rlimits)?;
+    // The credentials every thread starts with (the others are cloned
+    // from this one), read once.
+    let creds_now = task::creds_now(&mut r)?;
     // The other threads, cloned from this one with their TIDs: they share
     // everything set so far and get their own registrations below.
-    let mut others: Vec<(i32, Remote, &crate::image::ThreadImage)> = Vec::new();
+    let ns_tids: Vec<i32> = p.threads[1..].iter().map(|t| t.tid).collect();
+    let hosts = thread::clone_threads(&mut r, pid, &ns_tids, site)?;
+    let all: Vec<i32> = p.threads.iter().map(|t| t.tid).collect();
+    let prefix = crate::seccomp::shared_prefix(&p.seccomp, &all);
     let res = (|| -> Result<()> {
-        for t2 in &p.threads[1..] {
-            let host = thread::clone_thread(&mut r, pid, t2.tid, scratch)?;
-            let mut r2 = Remote::new(host, rb.trampoline)?;
-            r2.set_trap_gadget(rb.trampoline);
-            r2.adopt_scratch(scratch, SCRATCH_LEN);
-            others.push((host, r2, t2));
-        }
-        for (_, r2, t2) in others.iter_mut() {
-            thread::restore_registrations(r2, t2)?;
-            signals::restore_pending(r2, p.pid, t2.tid, &t2.pending, false, scratch)?;
-        }
-        thread::restore_registrations(&mut r, t)?;
+        let mut st = Staged::new(site);
+        thread::stage_registrations(&mut st, &mut r, t)?;
         // The task names itself by its PIDs in its own namespace.
-        signals::restore_pending(&mut r, p.pid, t.tid, &t.pending, false, scratch)?;
-        signals::restore_pending(&mut r, p.pid, t.tid, &p.shared_pending, true, scratch)?;
+        signals::stage_pending(&mut st, &mut r, p.pid, t.tid, &t.pending, false)?;
+        signals::stage_pending(&mut st, &mut r, p.pid, t.tid, &p.shared_pending, true)?;
+        st.finish(&mut r)?;
         // Timers once every thread they may signal exists.
         crate::timers::restore(&mut r, &p.timers, scratch)?;
         // seccomp before the credentials (see `seccomp`): the chain all
         // threads share from the main thread, synchronised to all of them.
-        let all: Vec<i32> = p.threads.iter().map(|t| t.tid).collect();
-        let prefix = crate::seccomp::shared_prefix(&p.seccomp, &all);
         crate::seccomp::install(
             &mut r,
             &p.seccomp,
@@ -725,36 +718,45 @@ fn rebuild_process(
             scratch,
             SCRATCH_LEN,
         )?;
-        for (_, r2, t2) in others.iter_mut() {
+        // Each other thread: its own seccomp filters, then one batch of its
+        // registrations, pending signals and credentials, run by itself.
+        for (&host, t2) in hosts.iter().zip(&p.threads[1..]) {
+            let mut r2 = r.sibling(host, rb.trampoline)?;
+            r2.set_trap_gadget(rb.trampoline);
+            r2.adopt_scratch(scratch, SCRATCH_LEN);
             crate::seccomp::restore_thread(
-                r2,
+                &mut r2,
                 &p.seccomp,
                 t2.tid,
                 prefix.len(),
                 scratch,
                 SCRATCH_LEN,
             )?;
-            task::restore_creds(r2, t2.creds.as_ref().unwrap_or(&p.creds), &p.core, scratch)?;
             r2.drop_scratch();
+            let mut st = Staged::new(site);
+            thread::stage_registrations(&mut st, &mut r2, t2)?;
+            signals::stage_pending(&mut st, &mut r2, p.pid, t2.tid, &t2.pending, false)?;
+            let cr = t2.creds.as_ref().unwrap_or(&p.creds);
+            task::stage_creds(&mut st, &mut r2, cr, &creds_now, &p.core)?;
+            st.finish(&mut r2)?;
+            thread::restore_cpu(host, t2)?;
+            r2.abandon();
         }
         Ok(())
     })();
-    let hosts: Vec<i32> = others.iter().map(|(h, _, _)| *h).collect();
-    if let Err(e) = res {
-        for (_, r2, _) in others {
-            r2.abandon();
-        }
-        return Err(e);
-    }
+    res?;
     crate::seccomp::restore_thread(
         &mut r,
         &p.seccomp,
         t.tid,
-        prefix_len(p),
+        prefix.len(),
         scratch,
         SCRATCH_LEN,
     )?;
-    task::restore_creds(&mut r, &p.creds, &p.core, scratch)?;
+    let mut st = Staged::new(site);
+    task::stage_creds(&mut st, &mut r, &p.creds, &creds_now, &p.core)?;
+    st.finish(&mut r)?;
+    task::restore_dumpable(&mut r, &p.core)?;
     r.drop_scratch();
     // The breakpoint goes with the page: stop at the syscall's exit instead.
     r.set_gadget(rb.trampoline);
@@ -763,10 +765,6 @@ fn rebuild_process(
         libc::SYS_munmap,
         [rb.trampoline, TRAMPOLINE_PAGES * PAGE_SIZE, 0, 0, 0, 0],
     )?;
-    for (host, r2, t2) in others {
-        thread::restore_cpu(host, t2)?;
-        r2.abandon();
-    }
     thread::restore_cpu(tid, t)?;
     r.abandon();
     Ok((pages, hosts))

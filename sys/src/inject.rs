@@ -198,6 +198,9 @@ pub struct Injector {
     /// TID (in our PID namespace) of the thread or process the last injected
     /// syscall created, from its PTRACE_EVENT_CLONE/FORK/VFORK stop.
     last_child: Option<i32>,
+    /// Every thread or process the injected calls created since the last
+    /// [`Injector::take_children`], in the order of their events.
+    children: Vec<i32>,
 }
 
 impl Injector {
@@ -216,6 +219,7 @@ impl Injector {
             blocked: false,
             done: false,
             last_child: None,
+            children: Vec::new(),
         })
     }
 
@@ -233,7 +237,17 @@ impl Injector {
             libc::PTRACE_EVENT_CLONE | libc::PTRACE_EVENT_FORK | libc::PTRACE_EVENT_VFORK
         ) {
             self.last_child = ptrace::get_event_msg(self.tid).ok().map(|m| m as i32);
+            if let Some(c) = self.last_child {
+                self.children.push(c);
+            }
         }
+    }
+
+    /// The TIDs (in our PID namespace) of every thread or process created by
+    /// the calls injected since the last time this was asked, in creation
+    /// order (a batch of clone3 calls reports one event per call).
+    pub fn take_children(&mut self) -> Vec<i32> {
+        std::mem::take(&mut self.children)
     }
 
     /// The thread's registers as they were when the injector was created.

@@ -17,7 +17,7 @@ use procfs::process::{MMPermissions, MMapPath, VmFlags};
 
 use crate::error::{Error, Result};
 use crate::image::{SharedRef, Vma, VmaKind, PAGE_SIZE};
-use crate::remote::{BatchCall, Remote};
+use crate::remote::{BatchCall, BatchSite, Remote};
 
 /// Highest user address plus one with 4-level page tables.
 pub const TASK_SIZE: u64 = 0x7fff_ffff_f000;
@@ -343,6 +343,18 @@ impl Rebuild {
 
     pub fn scratch(&self) -> u64 {
         self.trampoline + PAGE_SIZE
+    }
+
+    /// The trampoline's batch loop and table, with its scratch pages as the
+    /// data area, for calls staged elsewhere (`remote::Staged`).
+    pub fn site(&self) -> BatchSite {
+        BatchSite {
+            entry: self.trampoline + BATCH_CODE_AT,
+            table: self.batch_table(),
+            cap: BATCH_CAP,
+            data: self.scratch(),
+            data_len: SCRATCH_PAGES * PAGE_SIZE,
+        }
     }
 
     fn open_in_task(&mut self, r: &mut Remote, path: &str, flags: i32) -> Result<u64> {

@@ -16,7 +16,7 @@ use crate::image::{
     FilesImage, ImageReader, Inventory, IpcImage, ProcessImage, SharedMemoryImage, PAGE_SIZE,
 };
 use crate::memory::{self, Rebuild, SCRATCH_PAGES, TRAMPOLINE_PAGES};
-use crate::remote::{put_cstr, Remote, Staged};
+use crate::remote::{put_cstr, BatchCall, Remote, Staged};
 use crate::seize::{self, Seized};
 use crate::tree::{self, Plan, READY_RECORD};
 use crate::{files, image, signals, task, thread};
@@ -485,10 +485,10 @@ fn restore_guarded(
             .collect();
         for (host_pid, ns_pid, main_tid) in held {
             let p = &img.procs[&ns_pid];
-            close_ready_copy(host_pid, main_tid, ready_w_raw)?;
             let (n, threads) = rebuild_process(
                 host_pid,
                 main_tid,
+                ready_w_raw,
                 p,
                 &pages[&ns_pid],
                 &img.files,
@@ -622,24 +622,24 @@ fn wait_ready(r: &OwnedFd, n: usize, sb: &sandbox::Sandbox) -> Result<()> {
 /// Bytes of the trampoline's scratch area.
 const SCRATCH_LEN: u64 = SCRATCH_PAGES * PAGE_SIZE;
 
-/// A restored process closes its copy of the ready pipe right after it
-/// reports, but it may be seized in between: the copy is closed from here
-/// (EBADF when the process got there first), or it would stay open in the
-/// restored process.
-fn close_ready_copy(pid: i32, tid: i32, fd: i32) -> Result<()> {
-    let mut r = Remote::new(tid, sys::inject::find_syscall_gadget(pid)?)?;
-    r.syscall_raw(libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0])?;
-    r.finish()
-}
-
 /// Turns a restored process (stopped, running stasis code) into the dumped
 /// one. Returns the number of pages filled and the host TIDs of the threads
 /// it created (traced, to be released with the rest).
+/// `ready_fd` is its copy of the ready pipe: it closes it right after it
+/// reports, but it may be seized in between, so it is closed from here too
+/// (EBADF when the process got there first).
 /// `slots` gives the fd number of the first memfd it maps and the memfds
 /// (`files::memfd_slots`).
+/// Most steps run as batches of syscalls at the trampoline (one ptrace
+/// round trip each): the old layout's unmapping with the new areas' mmaps,
+/// their protection and advice with the vDSO, the mm fields with the
+/// signal actions and core attributes, each thread's registrations,
+/// pending signals and credentials.
+#[allow(clippy::too_many_arguments)]
 fn rebuild_process(
     pid: i32,
     tid: i32,
+    ready_fd: i32,
     p: &ProcessImage,
     pages: &File,
     files_img: &FilesImage,
@@ -649,9 +649,16 @@ fn rebuild_process(
     let gadget = sys::inject::find_syscall_gadget(pid)?;
     let mut r = Remote::new(tid, gadget)?;
     let t = &p.threads[0];
-    thread::unregister_rseq(&mut r)?;
-    let mut rb = Rebuild::start(&mut r, &p.vmas, &layout.keep_for(&p.vmas))?;
+    let mut first = vec![BatchCall {
+        what: "close of the ready pipe".into(),
+        nr: libc::SYS_close,
+        args: [ready_fd as u64, 0, 0, 0, 0, 0],
+        may_fail: true,
+    }];
+    first.extend(thread::unregister_rseq(&r));
+    let mut rb = Rebuild::start(&mut r, &p.vmas, &layout.keep_for(&p.vmas), first)?;
     let scratch = rb.scratch();
+    let site = rb.site();
     for (k, &(memfd, _)) in slots.1.iter().enumerate() {
         rb.add_memfd(memfd, (slots.0 + k as i32) as u64);
     }
@@ -664,9 +671,12 @@ fn rebuild_process(
     for v in &p.vmas {
         rb.finish_area(v)?;
     }
+    rb.unpark();
+    if let Some(c) = memory::mm::vdso_call(&p.vmas) {
+        rb.queue(c);
+    }
     rb.flush(&mut r)?;
-    rb.unpark(&mut r)?;
-    memory::mm::restore_vdso(&mut r, &p.vmas)?;
+    memory::mm::check_vdso(&r, &p.vmas)?;
     put_cstr(&mut r, scratch, &p.mm.exe)?;
     let exe_fd = r.call(
         &format!("open {}", p.mm.exe),
@@ -680,71 +690,80 @@ fn rebuild_process(
             0,
         ],
     )?;
-    memory::mm::restore_mm(&mut r, &p.mm, exe_fd, scratch)?;
-    r.call("close(exe)", libc::SYS_close, [exe_fd, 0, 0, 0, 0, 0])?;
-    rb.close_files(&mut r)?;
-    files::restore_in_task(&mut r, p, files_img, scratch)?;
-    let site = rb.site();
     let mut st = Staged::new(site);
+    memory::mm::stage_mm(&mut st, &mut r, &p.mm, exe_fd)?;
+    st.call("close(exe)", libc::SYS_close, [exe_fd, 0, 0, 0, 0, 0]);
+    rb.stage_close_files(&mut st);
     signals::stage_actions(&mut st, &mut r, &p.sigactions)?;
     task::stage_core(&mut st, &mut r, &p.core)?;
-    st.finish(&mut r)?;
+    st.call(
+        "prctl(PR_GET_SECUREBITS)",
+        libc::SYS_prctl,
+        [libc::PR_GET_SECUREBITS as u64, 0, 0, 0, 0, 0],
+    );
+    let got = st.finish(&mut r)?;
+    let securebits = *got.last().expect("PR_GET_SECUREBITS was staged") as u32;
+    files::restore_in_task(&mut r, p, files_img, scratch)?;
     task::restore_rlimits(pid, &p.rlimits)?;
     // The credentials every thread starts with (the others are cloned
     // from this one), read once.
-    let creds_now = task::creds_now(&mut r)?;
+    let creds_now = task::creds_now(r.tid, securebits)?;
     // The other threads, cloned from this one with their TIDs: they share
     // everything set so far and get their own registrations below.
     let ns_tids: Vec<i32> = p.threads[1..].iter().map(|t| t.tid).collect();
     let hosts = thread::clone_threads(&mut r, pid, &ns_tids, site)?;
     let all: Vec<i32> = p.threads.iter().map(|t| t.tid).collect();
     let prefix = crate::seccomp::shared_prefix(&p.seccomp, &all);
-    let res = (|| -> Result<()> {
-        let mut st = Staged::new(site);
-        thread::stage_registrations(&mut st, &mut r, t)?;
-        // The task names itself by its PIDs in its own namespace.
-        signals::stage_pending(&mut st, &mut r, p.pid, t.tid, &t.pending, false)?;
-        signals::stage_pending(&mut st, &mut r, p.pid, t.tid, &p.shared_pending, true)?;
-        st.finish(&mut r)?;
-        // Timers once every thread they may signal exists.
-        crate::timers::restore(&mut r, &p.timers, scratch)?;
-        // seccomp before the credentials (see `seccomp`): the chain all
-        // threads share from the main thread, synchronised to all of them.
-        crate::seccomp::install(
-            &mut r,
+    // The main thread's registrations and pending signals, run with its
+    // credentials at the end unless timers or seccomp filters come between.
+    let mut main = Staged::new(site);
+    thread::stage_registrations(&mut main, &mut r, t)?;
+    // The task names itself by its PIDs in its own namespace.
+    signals::stage_pending(&mut main, &mut r, p.pid, t.tid, &t.pending, false)?;
+    signals::stage_pending(&mut main, &mut r, p.pid, t.tid, &p.shared_pending, true)?;
+    if crate::timers::has_any(&p.timers)
+        || !p.seccomp.filters.is_empty()
+        || !p.seccomp.threads.is_empty()
+    {
+        main.run(&mut r)?;
+    }
+    // Timers once every thread they may signal exists.
+    crate::timers::restore(&mut r, &p.timers, scratch)?;
+    // seccomp before the credentials (see `seccomp`): the chain all
+    // threads share from the main thread, synchronised to all of them.
+    crate::seccomp::install(
+        &mut r,
+        &p.seccomp,
+        &prefix,
+        all.len() > 1,
+        scratch,
+        SCRATCH_LEN,
+    )?;
+    // Each other thread: its own seccomp filters, then one batch of its
+    // registrations, pending signals and credentials, run by itself; then
+    // its final registers (it stays stopped until the tree is released).
+    for (&host, t2) in hosts.iter().zip(&p.threads[1..]) {
+        let mut r2 = r.sibling(host, rb.trampoline)?;
+        r2.set_trap_gadget(rb.trampoline);
+        r2.adopt_scratch(scratch, SCRATCH_LEN);
+        crate::seccomp::restore_thread(
+            &mut r2,
             &p.seccomp,
-            &prefix,
-            all.len() > 1,
+            t2.tid,
+            prefix.len(),
             scratch,
             SCRATCH_LEN,
         )?;
-        // Each other thread: its own seccomp filters, then one batch of its
-        // registrations, pending signals and credentials, run by itself.
-        for (&host, t2) in hosts.iter().zip(&p.threads[1..]) {
-            let mut r2 = r.sibling(host, rb.trampoline)?;
-            r2.set_trap_gadget(rb.trampoline);
-            r2.adopt_scratch(scratch, SCRATCH_LEN);
-            crate::seccomp::restore_thread(
-                &mut r2,
-                &p.seccomp,
-                t2.tid,
-                prefix.len(),
-                scratch,
-                SCRATCH_LEN,
-            )?;
-            r2.drop_scratch();
-            let mut st = Staged::new(site);
-            thread::stage_registrations(&mut st, &mut r2, t2)?;
-            signals::stage_pending(&mut st, &mut r2, p.pid, t2.tid, &t2.pending, false)?;
-            let cr = t2.creds.as_ref().unwrap_or(&p.creds);
-            task::stage_creds(&mut st, &mut r2, cr, &creds_now, &p.core)?;
-            st.finish(&mut r2)?;
-            thread::restore_cpu(host, t2)?;
-            r2.abandon();
-        }
-        Ok(())
-    })();
-    res?;
+        r2.drop_scratch();
+        let mut st = Staged::new(site);
+        thread::stage_registrations(&mut st, &mut r2, t2)?;
+        signals::stage_pending(&mut st, &mut r2, p.pid, t2.tid, &t2.pending, false)?;
+        let cr = t2.creds.as_ref().unwrap_or(&p.creds);
+        task::stage_creds(&mut st, &mut r2, cr, &creds_now, &p.core)?;
+        st.finish(&mut r2)?;
+        thread::restore_cpu(host, t2)?;
+        r2.abandon();
+    }
     crate::seccomp::restore_thread(
         &mut r,
         &p.seccomp,
@@ -753,10 +772,12 @@ fn rebuild_process(
         scratch,
         SCRATCH_LEN,
     )?;
-    let mut st = Staged::new(site);
-    task::stage_creds(&mut st, &mut r, &p.creds, &creds_now, &p.core)?;
-    st.finish(&mut r)?;
-    task::restore_dumpable(&mut r, &p.core)?;
+    task::stage_creds(&mut main, &mut r, &p.creds, &creds_now, &p.core)?;
+    let dumpable_set = task::stage_dumpable(&mut main, &p.core);
+    main.finish(&mut r)?;
+    if !dumpable_set {
+        task::restore_dumpable(&mut r, &p.core)?;
+    }
     r.drop_scratch();
     // The breakpoint goes with the page: stop at the syscall's exit instead.
     r.set_gadget(rb.trampoline);

@@ -255,12 +255,12 @@ fn current_creds(tid: i32) -> Result<Creds> {
     Ok(creds_of(&s))
 }
 
-/// The credentials of the thread `r` drives, securebits included: at
-/// restore, read once from a process's main thread before it clones the
-/// others, which start with the same.
-pub fn creds_now(r: &mut Remote) -> Result<Creds> {
-    let mut now = current_creds(r.tid)?;
-    now.securebits = securebits(r)?;
+/// The credentials of thread `tid` (host TID), with the `securebits` the
+/// caller read in it: at restore, read once from a process's main thread
+/// before it clones the others, which start with the same.
+pub fn creds_now(tid: i32, securebits: u32) -> Result<Creds> {
+    let mut now = current_creds(tid)?;
+    now.securebits = securebits;
     Ok(now)
 }
 
@@ -287,6 +287,28 @@ pub fn stage_creds(
         );
     }
     Ok(())
+}
+
+/// Stages the process's dumpable flag (after every thread's credentials)
+/// when prctl can set the image's value (0 or 1); false when it cannot be
+/// staged (`restore_dumpable` then puts it back if it differs).
+pub fn stage_dumpable(st: &mut Staged, core: &Core) -> bool {
+    if !matches!(core.dumpable, 0 | 1) {
+        return false;
+    }
+    st.call(
+        "prctl(PR_SET_DUMPABLE)",
+        libc::SYS_prctl,
+        [
+            libc::PR_SET_DUMPABLE as u64,
+            core.dumpable as u64,
+            0,
+            0,
+            0,
+            0,
+        ],
+    );
+    true
 }
 
 /// The process's dumpable flag, once every thread has its credentials.

@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::image::{limits, Regs, Rseq, SyscallState, ThreadImage};
-use crate::remote::{BatchSite, Remote, Staged};
+use crate::remote::{BatchCall, BatchSite, Remote, Staged};
 use crate::signals;
 
 const ERESTARTSYS: i64 = -512;
@@ -142,26 +142,24 @@ pub fn validate(pid: i32, t: &ThreadImage) -> Result<()> {
     Ok(())
 }
 
-/// Drops the restorer's own rseq registration before its memory goes away
-/// (the kernel would write into the unmapped area on the way to user space).
-pub fn unregister_rseq(r: &mut Remote) -> Result<()> {
-    if let Ok(c) = sys::ptrace::get_rseq_config(r.tid) {
-        if c.rseq_abi_pointer != 0 {
-            r.call(
-                "rseq(unregister)",
-                libc::SYS_rseq,
-                [
-                    c.rseq_abi_pointer,
-                    c.rseq_abi_size as u64,
-                    1,
-                    c.signature as u64,
-                    0,
-                    0,
-                ],
-            )?;
-        }
-    }
-    Ok(())
+/// The call that drops the restorer's own rseq registration, to run before
+/// its memory goes away (the kernel would write into the unmapped area on
+/// the way to user space); None when the thread has none.
+pub fn unregister_rseq(r: &Remote) -> Option<BatchCall> {
+    let c = sys::ptrace::get_rseq_config(r.tid).ok()?;
+    (c.rseq_abi_pointer != 0).then(|| BatchCall {
+        what: "rseq(unregister)".into(),
+        nr: libc::SYS_rseq,
+        args: [
+            c.rseq_abi_pointer,
+            c.rseq_abi_size as u64,
+            1,
+            c.signature as u64,
+            0,
+            0,
+        ],
+        may_fail: false,
+    })
 }
 
 /// Stages the per-thread kernel registrations (to run in the thread itself):

@@ -88,8 +88,18 @@ pub(crate) fn io_errno(e: &std::io::Error) -> Errno {
     e.raw_os_error().map(Errno::from_raw).unwrap_or(Errno::EIO)
 }
 
-/// Offset of the first `syscall` instruction in this process's vDSO.
+/// Offset of the first `syscall` instruction in this process's vDSO (found
+/// once: the vDSO image does not change while the process runs).
 fn own_vdso_gadget_offset() -> Result<u64> {
+    static OFFSET: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    if let Some(&off) = OFFSET.get() {
+        return Ok(off);
+    }
+    let off = find_own_vdso_gadget_offset()?;
+    Ok(*OFFSET.get_or_init(|| off))
+}
+
+fn find_own_vdso_gadget_offset() -> Result<u64> {
     let (start, end) = special_mapping_of("self", "[vdso]")?;
     // SAFETY: [start, end) is our own [vdso] mapping, readable and never
     // unmapped while we run (nothing in this crate unmaps our own vDSO).

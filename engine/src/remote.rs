@@ -497,6 +497,16 @@ impl Remote {
             .set_gadget(gadget);
     }
 
+    /// Runs later single syscalls by single-stepping over the `syscall`
+    /// instruction, one stop each (see `Injector::set_step`: only for a task
+    /// that is discarded should stasis die, i.e. at restore).
+    pub fn set_step(&mut self) {
+        self.inj
+            .as_mut()
+            .expect("injector present until finish")
+            .set_step();
+    }
+
     /// Switches to the restore trampoline: `syscall; int3` at `gadget`.
     pub fn set_trap_gadget(&mut self, gadget: u64) {
         self.inj

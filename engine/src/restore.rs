@@ -648,6 +648,8 @@ fn rebuild_process(
 ) -> Result<(u64, Vec<i32>)> {
     let gadget = sys::inject::find_syscall_gadget(pid)?;
     let mut r = Remote::new(tid, gadget)?;
+    // A restored task is discarded should stasis die.
+    r.set_step();
     let t = &p.threads[0];
     let mut first = vec![BatchCall {
         what: "close of the ready pipe".into(),

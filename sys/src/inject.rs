@@ -204,6 +204,9 @@ pub struct Injector {
     trap_after: bool,
     /// The thread's mask is the fully blocked one set for injection.
     blocked: bool,
+    /// Single syscalls run by single-stepping over the `syscall` instruction
+    /// (see [`Injector::set_step`]).
+    step: bool,
     done: bool,
     /// TID (in our PID namespace) of the thread or process the last injected
     /// syscall created, from its PTRACE_EVENT_CLONE/FORK/VFORK stop.
@@ -227,6 +230,7 @@ impl Injector {
             deferred: Vec::new(),
             trap_after: false,
             blocked: false,
+            step: false,
             done: false,
             last_child: None,
             children: Vec::new(),
@@ -288,6 +292,16 @@ impl Injector {
         self.trap_after = true;
     }
 
+    /// Runs later single syscalls (at a gadget without a breakpoint after
+    /// it) by single-stepping over the `syscall` instruction: one ptrace stop
+    /// per syscall instead of its entry and exit. Only for a task that is
+    /// discarded should the tracer die (a restored one): a tracer's death
+    /// leaves the thread's single-step state set, and its next syscall would
+    /// end in a SIGTRAP; a PTRACE_DETACH clears it.
+    pub fn set_step(&mut self) {
+        self.step = true;
+    }
+
     /// The thread this injector drives.
     pub fn tid(&self) -> i32 {
         self.tid
@@ -342,6 +356,11 @@ impl Injector {
         self.last_child = None;
         if self.trap_after {
             return self.run_to_trap();
+        }
+        if self.step {
+            // One instruction, the `syscall`: the step's trap comes once
+            // the syscall has returned, one stop instead of its entry and exit.
+            return self.wait_trap(self.gadget + 2, true);
         }
 
         let mut entered = false;
@@ -438,20 +457,28 @@ impl Injector {
         regs.r12 = count;
         ptrace::set_regs(self.tid, &regs)?;
         self.last_child = None;
-        self.wait_trap(entry + BATCH_TRAP_OFFSET)?;
+        self.wait_trap(entry + BATCH_TRAP_OFFSET, false)?;
         let regs = ptrace::get_regs(self.tid)?;
         Ok(regs.r13)
     }
 
     /// Runs from the gadget to the `int3` after its `syscall` and reads the result.
     fn run_to_trap(&mut self) -> Result<i64> {
-        self.wait_trap(self.gadget + 3)
+        self.wait_trap(self.gadget + 3, false)
     }
 
-    /// Resumes the thread until it stops at the breakpoint whose `int3` ends
-    /// just before `trap_ip`; returns its `rax`.
-    fn wait_trap(&mut self, trap_ip: u64) -> Result<i64> {
-        ptrace::cont(self.tid, 0)?;
+    /// Resumes the thread until it stops with SIGTRAP at `trap_ip` (just
+    /// past a breakpoint's `int3`, or, with `step`, past the single
+    /// instruction it runs); returns its `rax`.
+    fn wait_trap(&mut self, trap_ip: u64, step: bool) -> Result<i64> {
+        let resume = |tid: i32, sig: i32| {
+            if step {
+                ptrace::singlestep(tid, sig)
+            } else {
+                ptrace::cont(tid, sig)
+            }
+        };
+        resume(self.tid, 0)?;
         loop {
             let status = waitpid(Pid::from_raw(self.tid), Some(WaitPidFlag::__WALL))
                 .map_err(|e| Error::new("waitpid(injected syscall)", e))?;
@@ -459,15 +486,15 @@ impl Injector {
                 WaitStatus::Stopped(_, Signal::SIGTRAP) => {
                     let regs = ptrace::get_regs(self.tid)?;
                     if regs.rip == trap_ip {
-                        // The breakpoint's SIGTRAP is dropped: the next resume
+                        // The trap's SIGTRAP is dropped: the next resume
                         // passes no signal.
                         return Ok(regs.rax as i64);
                     }
-                    ptrace::cont(self.tid, libc::SIGTRAP)?;
+                    resume(self.tid, libc::SIGTRAP)?;
                 }
                 WaitStatus::Stopped(_, sig) => {
                     let pass = self.signal_to_pass(sig);
-                    ptrace::cont(self.tid, pass)?;
+                    resume(self.tid, pass)?;
                 }
                 WaitStatus::Exited(..) | WaitStatus::Signaled(..) => {
                     self.done = true;
@@ -475,9 +502,9 @@ impl Injector {
                 }
                 WaitStatus::PtraceEvent(_, _, event) => {
                     self.note_event(event);
-                    ptrace::cont(self.tid, 0)?;
+                    resume(self.tid, 0)?;
                 }
-                _ => ptrace::cont(self.tid, 0)?,
+                _ => resume(self.tid, 0)?,
             }
         }
     }

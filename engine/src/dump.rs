@@ -341,7 +341,7 @@ fn collect_process(
             .flatten()
             .map(std::rc::Rc::new);
         for t in &p.threads[1..] {
-            let mut r2 = Remote::new(t.tid, gadget)?;
+            let mut r2 = r.sibling(t.tid, gadget)?;
             if let Some(a) = &areas {
                 r2.use_areas(a.clone());
             }

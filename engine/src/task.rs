@@ -248,9 +248,9 @@ pub fn stage_core(st: &mut Staged, r: &mut Remote, c: &Core) -> Result<()> {
 /// Credentials as the task has them now.
 /// Credentials of a task (host TID) from /proc, securebits left 0.
 fn current_creds(tid: i32) -> Result<Creds> {
-    // /proc/TID works for any thread, listed or not.
-    let s = procfs::process::Process::new(tid)
-        .and_then(|p| p.status())
+    // /proc/TID works for any thread, listed or not. One open and read.
+    use procfs::FromRead;
+    let s = procfs::process::Status::from_file(format!("/proc/{tid}/status"))
         .map_err(|e| perr(tid, "reading status", e))?;
     Ok(creds_of(&s))
 }

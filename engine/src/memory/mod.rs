@@ -49,16 +49,37 @@ const ADVICE: &[(VmFlags, &str, i32)] = &[
     (VmFlags::MG, "mergeable", libc::MADV_MERGEABLE),
 ];
 
-/// Reads the memory areas of `pid` (pages are filled in by `pages::dump`).
-pub fn collect(pid: i32) -> Result<Vec<Vma>> {
-    let proc = procfs::process::Process::new(pid).map_err(|e| Error::Process {
-        pid,
-        reason: format!("opening /proc: {e}"),
-    })?;
-    let maps = proc.smaps().map_err(|e| Error::Process {
+/// /proc/PID/smaps, parsed for the header line and the `VmFlags` line of
+/// each area only: the other lines (a score of counters per area, most of
+/// the text) are dropped before parsing, which otherwise costs more than
+/// the kernel's writing of them with many areas.
+fn read_smaps(pid: i32) -> Result<procfs::process::MemoryMaps> {
+    use procfs::FromBufRead;
+    let text = std::fs::read(format!("/proc/{pid}/smaps")).map_err(|e| Error::Process {
         pid,
         reason: format!("reading smaps: {e}"),
     })?;
+    let mut kept = Vec::with_capacity(text.len() / 8);
+    for line in text.split(|&b| b == b'\n') {
+        // A header starts with the area's start address in lower-case hex;
+        // every other line with a capitalised key.
+        let header = line
+            .first()
+            .is_some_and(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b));
+        if header || line.starts_with(b"VmFlags:") {
+            kept.extend_from_slice(line);
+            kept.push(b'\n');
+        }
+    }
+    procfs::process::MemoryMaps::from_buf_read(&kept[..]).map_err(|e| Error::Process {
+        pid,
+        reason: format!("parsing smaps: {e}"),
+    })
+}
+
+/// Reads the memory areas of `pid` (pages are filled in by `pages::dump`).
+pub fn collect(pid: i32) -> Result<Vec<Vma>> {
+    let maps = read_smaps(pid)?;
     let mut out = Vec::new();
     for m in maps {
         let (start, end) = m.address;

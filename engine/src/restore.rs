@@ -234,22 +234,30 @@ pub fn restore(state_dir: &Path, dir: &Path, opts: &RestoreOptions) -> Result<Re
     r
 }
 
-/// "process P fd N, ..." for the fds of the image that hold file description `id`.
-fn holders_of(procs: &BTreeMap<i32, ProcessImage>, id: u32) -> String {
-    let v: Vec<String> = procs
-        .values()
-        .flat_map(|p| {
-            p.fds
-                .iter()
-                .filter(|f| f.file == id)
-                .map(move |f| format!("process {} fd {}", p.pid, f.fd))
-        })
-        .collect();
-    if v.is_empty() {
-        format!("file description {id}")
-    } else {
-        v.join(", ")
+/// For every file description of the image, "process P fd N, ..." for the
+/// fds that hold it ("file description ID" when none does), in one pass over
+/// the fd tables.
+fn holders(files: &FilesImage, procs: &BTreeMap<i32, ProcessImage>) -> BTreeMap<u32, String> {
+    let mut by_id: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+    for p in procs.values() {
+        for f in &p.fds {
+            by_id
+                .entry(f.file)
+                .or_default()
+                .push(format!("process {} fd {}", p.pid, f.fd));
+        }
     }
+    files
+        .files
+        .iter()
+        .map(|f| {
+            let text = match by_id.remove(&f.id) {
+                Some(v) => v.join(", "),
+                None => format!("file description {}", f.id),
+            };
+            (f.id, text)
+        })
+        .collect()
 }
 
 fn restore_guarded(
@@ -356,12 +364,7 @@ fn restore_guarded(
         .collect();
     let workload = img.inventory.workload_pid;
     let ready_w_raw = ready_w.as_raw_fd();
-    let holders: BTreeMap<u32, String> = img
-        .files
-        .files
-        .iter()
-        .map(|f| (f.id, holders_of(&img.procs, f.id)))
-        .collect();
+    let holders = holders(&img.files, &img.procs);
     let launch = sandbox::Launch::Custom(Box::new(move |ctx: &sandbox::InitContext| {
         // Held open until the tree is forked.
         let _keep = &ready_w;

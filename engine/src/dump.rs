@@ -112,7 +112,7 @@ fn dump_locked(
     let mut seized = seized?;
     thawed?;
     paused?;
-    seized.wait_stops(Duration::from_secs(10))?;
+    seized.wait_stops(Duration::from_secs(10), true)?;
     locks.tree_stopped();
     interrupt::check()?;
     // The clocks as the workload last saw them: restore goes on from here.

@@ -477,32 +477,93 @@ fn restore_guarded(
             }
         }
         let live_found: Vec<_> = found.into_iter().filter(|p| p.zombie.is_none()).collect();
-        let mut seized = Seized::seize(live_found)?;
-        seized.wait_stops(Duration::from_secs(10))?;
-        tracing::debug!(ms = ms(tm.elapsed()), "tree seized");
+        // The processes are independent while they are rebuilt: with several,
+        // two threads each seize, rebuild and release half of them (ptrace
+        // requests come from the thread that seized). Both meet before either
+        // releases, so no process runs before the whole tree is rebuilt, and
+        // none does if either fails. The threads are joined before anything
+        // else happens; stasis forks nothing meanwhile.
+        let workers = if live_found.len() >= 4 { 2 } else { 1 };
+        let mut groups: Vec<Vec<seize::SeizedProcess>> = (0..workers).map(|_| Vec::new()).collect();
+        for (i, p) in live_found.into_iter().enumerate() {
+            groups[i % workers].push(p);
+        }
+        let failed = std::sync::atomic::AtomicBool::new(false);
+        let meet = std::sync::Barrier::new(workers);
+        // Ok(Some(pages)) when released, Ok(None) when another group failed.
+        let rebuild_group =
+            |group: Vec<seize::SeizedProcess>, alone: bool| -> Result<Option<u64>> {
+                let res = (|| -> Result<(Seized, u64)> {
+                    let mut seized = Seized::seize(group)?;
+                    seized.wait_stops(Duration::from_secs(10), alone)?;
+                    let mut pages_total = 0;
+                    let held: Vec<(i32, i32, i32)> = seized
+                        .procs
+                        .iter()
+                        .map(|sp| (sp.pid, sp.ns_pid, sp.threads[0].tid))
+                        .collect();
+                    for (host_pid, ns_pid, main_tid) in held {
+                        let p = &img.procs[&ns_pid];
+                        let (n, threads) = rebuild_process(
+                            host_pid,
+                            main_tid,
+                            ready_w_raw,
+                            p,
+                            &pages[&ns_pid],
+                            &img.files,
+                            (slot_base, &slots[&ns_pid]),
+                            &layout,
+                        )?;
+                        pages_total += n;
+                        seized.adopt_threads(host_pid, &threads);
+                    }
+                    Ok((seized, pages_total))
+                })();
+                if res.is_err() {
+                    failed.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                meet.wait();
+                let (seized, n) = res?;
+                if failed.load(std::sync::atomic::Ordering::SeqCst) {
+                    // Detached as it drops; the sandbox is removed whole.
+                    return Ok(None);
+                }
+                seized.release()?;
+                Ok(Some(n))
+            };
+        let results: Vec<Result<Option<u64>>> = if workers == 1 {
+            groups.into_iter().map(|g| rebuild_group(g, true)).collect()
+        } else {
+            std::thread::scope(|sc| {
+                let handles: Vec<_> = groups
+                    .into_iter()
+                    .map(|g| sc.spawn(|| rebuild_group(g, false)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(Error::Other("a rebuilding thread panicked".into()))
+                        })
+                    })
+                    .collect()
+            })
+        };
         let mut pages_total = 0;
-        let held: Vec<(i32, i32, i32)> = seized
-            .procs
-            .iter()
-            .map(|sp| (sp.pid, sp.ns_pid, sp.threads[0].tid))
-            .collect();
-        for (host_pid, ns_pid, main_tid) in held {
-            let p = &img.procs[&ns_pid];
-            let (n, threads) = rebuild_process(
-                host_pid,
-                main_tid,
-                ready_w_raw,
-                p,
-                &pages[&ns_pid],
-                &img.files,
-                (slot_base, &slots[&ns_pid]),
-                &layout,
-            )?;
-            pages_total += n;
-            seized.adopt_threads(host_pid, &threads);
+        let mut first_err = None;
+        for r in results {
+            match r {
+                Ok(Some(n)) => pages_total += n,
+                Ok(None) => {}
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_err {
+            return Err(e);
         }
         tracing::debug!(ms = ms(tm.elapsed()), "tree rebuilt");
-        seized.release()?;
         tracing::debug!(ms = ms(tm.elapsed()), "tree released");
         if let Some(&h) = host.get(&workload) {
             sb.set_workload_pid(h)?;

@@ -275,9 +275,12 @@ impl Seized {
     }
 
     /// Waits for every thread's ptrace stop (after the thaw under cgroup v1).
-    pub fn wait_stops(&mut self, timeout: Duration) -> Result<()> {
+    /// `alone`: stasis has no other thread waiting for its own tracees, so
+    /// SIGCHLD (through a signalfd) tells when to look again; otherwise
+    /// another thread could take the signal, and the wait polls.
+    pub fn wait_stops(&mut self, timeout: Duration, alone: bool) -> Result<()> {
         let deadline = Instant::now() + timeout;
-        let events = ChildEvents::new();
+        let events = if alone { ChildEvents::new() } else { None };
         for p in &mut self.procs {
             for t in &mut p.threads {
                 wait_stop(p.pid, t, deadline, events.as_ref())

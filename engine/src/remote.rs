@@ -146,6 +146,30 @@ impl Staged {
         Ok(())
     }
 
+    /// Writes the staged data and sets `r`'s thread running through the
+    /// calls without waiting (several threads, each with a site of its own,
+    /// can run at once); `wait` finishes.
+    pub fn start(&mut self, r: &mut Remote) -> Result<()> {
+        if self.calls.is_empty() {
+            return Ok(());
+        }
+        if !self.data.is_empty() {
+            r.write_mem(self.site.data, &self.data)?;
+        }
+        r.batch_start(self.site.entry, self.site.table, self.site.cap, &self.calls)
+    }
+
+    /// Waits for the calls `start` set going (and runs the rest of them);
+    /// returns the results of every call staged since `new`.
+    pub fn wait(mut self, r: &mut Remote) -> Result<Vec<i64>> {
+        let calls = std::mem::take(&mut self.calls);
+        if !calls.is_empty() {
+            let got = r.batch_wait(self.site.entry, self.site.table, self.site.cap, &calls)?;
+            self.results.extend(got);
+        }
+        Ok(self.results)
+    }
+
     /// Runs what is still staged and returns the results of every call
     /// staged since `new`, in order.
     pub fn finish(mut self, r: &mut Remote) -> Result<Vec<i64>> {
@@ -332,50 +356,86 @@ impl Remote {
         cap: usize,
         calls: &[BatchCall],
     ) -> Result<Vec<i64>> {
+        if calls.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.batch_start(entry, table, cap, calls)?;
+        self.batch_wait(entry, table, cap, calls)
+    }
+
+    /// Writes the first table of `calls` (up to `cap`) and sets the thread
+    /// running through it without waiting, so that several threads run
+    /// their batches at once; `batch_wait`, with the same arguments, waits
+    /// and runs the rest.
+    pub fn batch_start(
+        &mut self,
+        entry: u64,
+        table: u64,
+        cap: usize,
+        calls: &[BatchCall],
+    ) -> Result<()> {
+        let chunk = &calls[..cap.min(calls.len())];
+        let mut bytes = Vec::with_capacity(chunk.len() * sys::inject::BATCH_ENTRY);
+        for c in chunk {
+            bytes.extend_from_slice(&(c.nr as u64).to_le_bytes());
+            for a in c.args {
+                bytes.extend_from_slice(&a.to_le_bytes());
+            }
+            bytes.extend_from_slice(&0u64.to_le_bytes());
+        }
+        self.write_mem(table, &bytes)?;
+        let tid = self.tid;
+        self.inj
+            .as_mut()
+            .expect("injector present until finish")
+            .start_batch(entry, table, chunk.len() as u64)
+            .map_err(|e| Error::Process {
+                pid: tid,
+                reason: format!("syscall batch from {}: {e}", chunk[0].what),
+            })
+    }
+
+    /// Waits for the table `batch_start` started, then runs what is left of
+    /// `calls`; returns every result (see `batch`).
+    pub fn batch_wait(
+        &mut self,
+        entry: u64,
+        table: u64,
+        cap: usize,
+        calls: &[BatchCall],
+    ) -> Result<Vec<i64>> {
         use sys::inject::BATCH_ENTRY;
         let tid = self.tid;
-        let mut results = vec![0i64; calls.len()];
-        let mut i = 0;
-        let mut bytes = Vec::with_capacity(cap.min(calls.len()) * BATCH_ENTRY);
-        while i < calls.len() {
-            let chunk = &calls[i..(i + cap).min(calls.len())];
-            bytes.clear();
-            for c in chunk {
-                bytes.extend_from_slice(&(c.nr as u64).to_le_bytes());
-                for a in c.args {
-                    bytes.extend_from_slice(&a.to_le_bytes());
-                }
-                bytes.extend_from_slice(&0u64.to_le_bytes());
-            }
-            self.write_mem(table, &bytes)?;
-            let reached = self
-                .inj
-                .as_mut()
-                .expect("injector present until finish")
-                .run_batch(entry, table, chunk.len() as u64)
-                .map_err(|e| Error::Process {
-                    pid: tid,
-                    reason: format!("syscall batch from {}: {e}", chunk[0].what),
-                })? as usize;
-            if reached > chunk.len() {
-                return Err(Error::Process {
-                    pid: tid,
-                    reason: format!(
-                        "syscall batch of {} calls stopped at index {reached}",
-                        chunk.len()
-                    ),
-                });
-            }
-            let ran = (reached + 1).min(chunk.len());
-            let back = self.read_mem(table, ran * BATCH_ENTRY)?;
-            for k in 0..ran {
+        let chunk = &calls[..cap.min(calls.len())];
+        let reached = self
+            .inj
+            .as_mut()
+            .expect("injector present until finish")
+            .finish_batch(entry)
+            .map_err(|e| Error::Process {
+                pid: tid,
+                reason: format!("syscall batch from {}: {e}", chunk[0].what),
+            })? as usize;
+        if reached > chunk.len() {
+            return Err(Error::Process {
+                pid: tid,
+                reason: format!(
+                    "syscall batch of {} calls stopped at index {reached}",
+                    chunk.len()
+                ),
+            });
+        }
+        let ran = (reached + 1).min(chunk.len());
+        let back = self.read_mem(table, ran * BATCH_ENTRY)?;
+        let mut results: Vec<i64> = (0..ran)
+            .map(|k| {
                 let at = k * BATCH_ENTRY + BATCH_ENTRY - 8;
-                results[i + k] = i64::from_le_bytes(back[at..at + 8].try_into().expect("8 bytes"));
-            }
-            if reached == chunk.len() {
-                i += chunk.len();
-                continue;
-            }
+                i64::from_le_bytes(back[at..at + 8].try_into().expect("8 bytes"))
+            })
+            .collect();
+        let next = if reached == chunk.len() {
+            reached
+        } else {
             let failed = &chunk[reached];
             if !failed.may_fail {
                 return Err(Error::Process {
@@ -383,12 +443,13 @@ impl Remote {
                     reason: format!(
                         "{} in the task failed: {}",
                         failed.what,
-                        std::io::Error::from_raw_os_error((-results[i + reached]) as i32)
+                        std::io::Error::from_raw_os_error((-results[reached]) as i32)
                     ),
                 });
             }
-            i += reached + 1;
-        }
+            reached + 1
+        };
+        results.extend(self.batch(entry, table, cap, &calls[next..])?);
         Ok(results)
     }
 

@@ -16,7 +16,7 @@ use crate::image::{
     FilesImage, ImageReader, Inventory, IpcImage, ProcessImage, SharedMemoryImage, PAGE_SIZE,
 };
 use crate::memory::{self, Rebuild, SCRATCH_PAGES, TRAMPOLINE_PAGES};
-use crate::remote::{put_cstr, BatchCall, Remote, Staged};
+use crate::remote::{put_cstr, BatchCall, BatchSite, Remote, Staged};
 use crate::seize::{self, Seized};
 use crate::tree::{self, Plan, READY_RECORD};
 use crate::{files, image, signals, task, thread};
@@ -685,6 +685,11 @@ fn wait_ready(r: &OwnedFd, n: usize, sb: &sandbox::Sandbox) -> Result<()> {
 
 /// Bytes of the trampoline's scratch area.
 const SCRATCH_LEN: u64 = SCRATCH_PAGES * PAGE_SIZE;
+/// Entries of each other thread's batch table at restore (more run in turns).
+const THREAD_TABLE: usize = 128;
+const THREAD_TABLE_BYTES: u64 = (THREAD_TABLE * sys::inject::BATCH_ENTRY) as u64;
+/// Bytes of each other thread's slot: its table, then its data.
+const THREAD_SLOT: u64 = THREAD_TABLE_BYTES + PAGE_SIZE;
 
 /// Turns a restored process (stopped, running stasis code) into the dumped
 /// one. Returns the number of pages filled and the host TIDs of the threads
@@ -710,6 +715,7 @@ fn rebuild_process(
     slots: (i32, &[(u32, u32)]),
     layout: &memory::shared::Layout,
 ) -> Result<(u64, Vec<i32>)> {
+    let t0 = Instant::now();
     let gadget = sys::inject::find_syscall_gadget(pid)?;
     let mut r = Remote::new(tid, gadget)?;
     // A restored task is discarded should stasis die.
@@ -732,7 +738,9 @@ fn rebuild_process(
         rb.map_area(&mut r, v)?;
     }
     rb.flush(&mut r)?;
+    tracing::debug!(pid, ms = ms(t0.elapsed()), "areas mapped");
     let pages = memory::pages::restore(&mut r, &p.vmas, pages)?;
+    tracing::debug!(pid, ms = ms(t0.elapsed()), "pages filled");
     crate::faults::pause_point("restore-rebuild");
     for v in &p.vmas {
         rb.finish_area(v)?;
@@ -767,8 +775,29 @@ fn rebuild_process(
         libc::SYS_prctl,
         [libc::PR_GET_SECUREBITS as u64, 0, 0, 0, 0, 0],
     );
+    // The other threads' tables and data, a slot each (unmapped at the end).
+    let others = p.threads.len() - 1;
+    let region_len = THREAD_SLOT * others as u64;
+    if others > 0 {
+        st.call(
+            "mmap(thread batches)",
+            libc::SYS_mmap,
+            [
+                0,
+                region_len,
+                (libc::PROT_READ | libc::PROT_WRITE) as u64,
+                (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
+                u64::MAX,
+                0,
+            ],
+        );
+    }
     let got = st.finish(&mut r)?;
-    let securebits = *got.last().expect("PR_GET_SECUREBITS was staged") as u32;
+    let (securebits, region) = if others > 0 {
+        (got[got.len() - 2] as u32, got[got.len() - 1] as u64)
+    } else {
+        (got[got.len() - 1] as u32, 0)
+    };
     files::restore_in_task(&mut r, p, files_img, scratch)?;
     task::restore_rlimits(pid, &p.rlimits)?;
     // The credentials every thread starts with (the others are cloned
@@ -778,6 +807,12 @@ fn rebuild_process(
     // everything set so far and get their own registrations below.
     let ns_tids: Vec<i32> = p.threads[1..].iter().map(|t| t.tid).collect();
     let hosts = thread::clone_threads(&mut r, pid, &ns_tids, site)?;
+    tracing::debug!(
+        pid,
+        ms = ms(t0.elapsed()),
+        threads = hosts.len(),
+        "threads created"
+    );
     let all: Vec<i32> = p.threads.iter().map(|t| t.tid).collect();
     let prefix = crate::seccomp::shared_prefix(&p.seccomp, &all);
     // The main thread's registrations and pending signals, run with its
@@ -806,9 +841,11 @@ fn rebuild_process(
         SCRATCH_LEN,
     )?;
     // Each other thread: its own seccomp filters, then one batch of its
-    // registrations, pending signals and credentials, run by itself; then
-    // its final registers (it stays stopped until the tree is released).
-    for (&host, t2) in hosts.iter().zip(&p.threads[1..]) {
+    // registrations, pending signals and credentials, run by itself from a
+    // slot of its own, all threads at once; then its final registers (it
+    // stays stopped until the tree is released).
+    let mut running = Vec::with_capacity(hosts.len());
+    for (k, (&host, t2)) in hosts.iter().zip(&p.threads[1..]).enumerate() {
         let mut r2 = r.sibling(host, rb.trampoline)?;
         r2.set_trap_gadget(rb.trampoline);
         r2.adopt_scratch(scratch, SCRATCH_LEN);
@@ -821,15 +858,27 @@ fn rebuild_process(
             SCRATCH_LEN,
         )?;
         r2.drop_scratch();
-        let mut st = Staged::new(site);
+        let at = region + THREAD_SLOT * k as u64;
+        let mut st = Staged::new(BatchSite {
+            entry: site.entry,
+            table: at,
+            cap: THREAD_TABLE,
+            data: at + THREAD_TABLE_BYTES,
+            data_len: THREAD_SLOT - THREAD_TABLE_BYTES,
+        });
         thread::stage_registrations(&mut st, &mut r2, t2)?;
         signals::stage_pending(&mut st, &mut r2, p.pid, t2.tid, &t2.pending, false)?;
         let cr = t2.creds.as_ref().unwrap_or(&p.creds);
         task::stage_creds(&mut st, &mut r2, cr, &creds_now, &p.core)?;
-        st.finish(&mut r2)?;
+        st.start(&mut r2)?;
+        running.push((host, r2, st, t2));
+    }
+    for (host, mut r2, st, t2) in running {
+        st.wait(&mut r2)?;
         thread::restore_cpu(host, t2)?;
         r2.abandon();
     }
+    tracing::debug!(pid, ms = ms(t0.elapsed()), "other threads set up");
     crate::seccomp::restore_thread(
         &mut r,
         &p.seccomp,
@@ -839,6 +888,13 @@ fn rebuild_process(
         SCRATCH_LEN,
     )?;
     task::stage_creds(&mut main, &mut r, &p.creds, &creds_now, &p.core)?;
+    if others > 0 {
+        main.call(
+            "munmap(thread batches)",
+            libc::SYS_munmap,
+            [region, region_len, 0, 0, 0, 0],
+        );
+    }
     let dumpable_set = task::stage_dumpable(&mut main, &p.core);
     main.finish(&mut r)?;
     if !dumpable_set {

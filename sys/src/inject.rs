@@ -437,6 +437,14 @@ impl Injector {
     /// stopped at: `count` when every call succeeded, else the index of the
     /// first failing call (whose result slot holds its negative errno).
     pub fn run_batch(&mut self, entry: u64, table: u64, count: u64) -> Result<u64> {
+        self.start_batch(entry, table, count)?;
+        self.finish_batch(entry)
+    }
+
+    /// The first half of [`Injector::run_batch`]: sets the thread going
+    /// through the table and returns at once, so that several threads can
+    /// run their batches at the same time. [`Injector::finish_batch`] waits.
+    pub fn start_batch(&mut self, entry: u64, table: u64, count: u64) -> Result<()> {
         if self.done {
             return Err(Error::new("injected syscall: thread exited", Errno::ESRCH));
         }
@@ -457,7 +465,13 @@ impl Injector {
         regs.r12 = count;
         ptrace::set_regs(self.tid, &regs)?;
         self.last_child = None;
-        self.wait_trap(entry + BATCH_TRAP_OFFSET, false)?;
+        ptrace::cont(self.tid, 0)
+    }
+
+    /// Waits for the batch [`Injector::start_batch`] started at `entry` to
+    /// stop; returns the index it reached (see [`Injector::run_batch`]).
+    pub fn finish_batch(&mut self, entry: u64) -> Result<u64> {
+        self.wait_trap_resumed(entry + BATCH_TRAP_OFFSET, false)?;
         let regs = ptrace::get_regs(self.tid)?;
         Ok(regs.r13)
     }
@@ -471,6 +485,16 @@ impl Injector {
     /// past a breakpoint's `int3`, or, with `step`, past the single
     /// instruction it runs); returns its `rax`.
     fn wait_trap(&mut self, trap_ip: u64, step: bool) -> Result<i64> {
+        if step {
+            ptrace::singlestep(self.tid, 0)?;
+        } else {
+            ptrace::cont(self.tid, 0)?;
+        }
+        self.wait_trap_resumed(trap_ip, step)
+    }
+
+    /// `wait_trap` once the thread has been resumed.
+    fn wait_trap_resumed(&mut self, trap_ip: u64, step: bool) -> Result<i64> {
         let resume = |tid: i32, sig: i32| {
             if step {
                 ptrace::singlestep(tid, sig)
@@ -478,7 +502,6 @@ impl Injector {
                 ptrace::cont(tid, sig)
             }
         };
-        resume(self.tid, 0)?;
         loop {
             let status = waitpid(Pid::from_raw(self.tid), Some(WaitPidFlag::__WALL))
                 .map_err(|e| Error::new("waitpid(injected syscall)", e))?;

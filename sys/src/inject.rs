@@ -4,7 +4,11 @@
 //! own vDSO: the vDSO image is the same in every process of a kernel, so the
 //! gadget is found in our own vDSO and rebased, and nothing is written into the
 //! tracee. The thread is then driven with `PTRACE_SYSCALL` through the
-//! syscall-entry and syscall-exit stops, and `rax` is read at the exit stop.
+//! syscall-entry and syscall-exit stops, and `rax` is read at the exit stop;
+//! in a task being restored (discarded should the tracer die), it is
+//! single-stepped over the `syscall` instruction instead, one stop per call,
+//! or runs to the `int3` of a restore trampoline, one stop per call or per
+//! batch of calls.
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::FileExt;

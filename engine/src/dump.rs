@@ -113,7 +113,7 @@ fn dump_locked(
     let mut seized = seized?;
     thawed?;
     paused?;
-    seized.wait_stops(Duration::from_secs(10))?;
+    seized.wait_stops(Duration::from_secs(10), true)?;
     locks.tree_stopped();
     interrupt::check()?;
     // The clocks as the workload last saw them: restore goes on from here.
@@ -342,7 +342,7 @@ fn collect_process(
             .flatten()
             .map(std::rc::Rc::new);
         for t in &p.threads[1..] {
-            let mut r2 = Remote::new(t.tid, gadget)?;
+            let mut r2 = r.sibling(t.tid, gadget)?;
             if let Some(a) = &areas {
                 r2.use_areas(a.clone());
             }

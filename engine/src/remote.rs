@@ -38,11 +38,152 @@ pub struct BatchCall {
     pub may_fail: bool,
 }
 
+/// Where a restore trampoline runs syscall batches: the loop's entry, its
+/// table (room for `cap` entries) and a data area for the structures the
+/// calls point to.
+#[derive(Debug, Clone, Copy)]
+pub struct BatchSite {
+    pub entry: u64,
+    pub table: u64,
+    pub cap: usize,
+    pub data: u64,
+    pub data_len: u64,
+}
+
+/// Calls gathered to run as one batch (see [`Remote::batch`]), with the
+/// bytes they read from the task's memory, placed in the site's data area.
+pub struct Staged {
+    site: BatchSite,
+    calls: Vec<BatchCall>,
+    data: Vec<u8>,
+    results: Vec<i64>,
+}
+
+impl Staged {
+    pub fn new(site: BatchSite) -> Self {
+        Staged {
+            site,
+            calls: Vec::new(),
+            data: Vec::new(),
+            results: Vec::new(),
+        }
+    }
+
+    /// Places `bytes` (8-byte aligned) in the data area and returns their
+    /// address in the task. When the area is full, what is staged runs
+    /// first (in `r`) and the area starts over.
+    pub fn put(&mut self, r: &mut Remote, bytes: &[u8]) -> Result<u64> {
+        self.put_with(r, bytes.len(), |_| bytes.to_vec())
+    }
+
+    /// Like `put`, for `len` bytes that `make` builds knowing their address.
+    pub fn put_with(
+        &mut self,
+        r: &mut Remote,
+        len: usize,
+        make: impl FnOnce(u64) -> Vec<u8>,
+    ) -> Result<u64> {
+        let len = len as u64;
+        if len > self.site.data_len {
+            return Err(Error::Process {
+                pid: r.tid,
+                reason: format!(
+                    "{len} bytes of syscall arguments do not fit in {} bytes of scratch",
+                    self.site.data_len
+                ),
+            });
+        }
+        let mut at = (self.data.len() as u64).div_ceil(8) * 8;
+        if at + len > self.site.data_len {
+            self.run(r)?;
+            at = 0;
+        }
+        let bytes = make(self.site.data + at);
+        debug_assert_eq!(bytes.len() as u64, len);
+        self.data.resize(at as usize, 0);
+        self.data.extend_from_slice(&bytes);
+        Ok(self.site.data + at)
+    }
+
+    /// Stages a call whose failure is an error naming `what`.
+    pub fn call(&mut self, what: impl Into<String>, nr: i64, args: [u64; 6]) {
+        self.calls.push(BatchCall {
+            what: what.into(),
+            nr,
+            args,
+            may_fail: false,
+        });
+    }
+
+    /// Stages a call whose failure is ignored.
+    pub fn call_may_fail(&mut self, what: impl Into<String>, nr: i64, args: [u64; 6]) {
+        self.calls.push(BatchCall {
+            what: what.into(),
+            nr,
+            args,
+            may_fail: true,
+        });
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.calls.is_empty()
+    }
+
+    /// Runs the calls staged so far in `r`'s thread, in order; the first
+    /// failure of a call that may not fail is an error naming the call (and
+    /// the thread). Their results are kept for `finish`.
+    pub fn run(&mut self, r: &mut Remote) -> Result<()> {
+        let calls = std::mem::take(&mut self.calls);
+        let data = std::mem::take(&mut self.data);
+        if calls.is_empty() {
+            return Ok(());
+        }
+        if !data.is_empty() {
+            r.write_mem(self.site.data, &data)?;
+        }
+        let got = r.batch(self.site.entry, self.site.table, self.site.cap, &calls)?;
+        self.results.extend(got);
+        Ok(())
+    }
+
+    /// Writes the staged data and sets `r`'s thread running through the
+    /// calls without waiting (several threads, each with a site of its own,
+    /// can run at once); `wait` finishes.
+    pub fn start(&mut self, r: &mut Remote) -> Result<()> {
+        if self.calls.is_empty() {
+            return Ok(());
+        }
+        if !self.data.is_empty() {
+            r.write_mem(self.site.data, &self.data)?;
+        }
+        r.batch_start(self.site.entry, self.site.table, self.site.cap, &self.calls)
+    }
+
+    /// Waits for the calls `start` set going (and runs the rest of them);
+    /// returns the results of every call staged since `new`.
+    pub fn wait(mut self, r: &mut Remote) -> Result<Vec<i64>> {
+        let calls = std::mem::take(&mut self.calls);
+        if !calls.is_empty() {
+            let got = r.batch_wait(self.site.entry, self.site.table, self.site.cap, &calls)?;
+            self.results.extend(got);
+        }
+        Ok(self.results)
+    }
+
+    /// Runs what is still staged and returns the results of every call
+    /// staged since `new`, in order.
+    pub fn finish(mut self, r: &mut Remote) -> Result<Vec<i64>> {
+        self.run(r)?;
+        Ok(self.results)
+    }
+}
+
 pub struct Remote {
     /// Host TID of the task.
     pub tid: i32,
     inj: Option<Injector>,
-    mem: File,
+    /// /proc/TID/mem, shared with the `sibling`s of the same address space.
+    mem: Rc<File>,
     scratch: Option<(u64, u64)>,
     /// The scratch area is on the thread's stack: the bytes it held.
     stack_saved: Option<Vec<u8>>,
@@ -117,11 +258,33 @@ impl Remote {
         Ok(Remote {
             tid,
             inj: Some(Injector::new(tid, gadget)?),
-            mem,
+            mem: Rc::new(mem),
             scratch: None,
             stack_saved: None,
             areas: None,
         })
+    }
+
+    /// Takes control of another seized, stopped thread of the same process,
+    /// reaching its memory through this one's /proc/TID/mem (no open per thread).
+    pub fn sibling(&self, tid: i32, gadget: u64) -> Result<Self> {
+        Ok(Remote {
+            tid,
+            inj: Some(Injector::new(tid, gadget)?),
+            mem: Rc::clone(&self.mem),
+            scratch: None,
+            stack_saved: None,
+            areas: None,
+        })
+    }
+
+    /// The host TIDs of the threads (or processes) the injected calls
+    /// created since the last time this was asked, in creation order.
+    pub fn take_children(&mut self) -> Vec<i32> {
+        self.inj
+            .as_mut()
+            .map(|i| i.take_children())
+            .unwrap_or_default()
     }
 
     /// Looks for stack scratch space in `areas` (the process's memory areas,
@@ -193,50 +356,86 @@ impl Remote {
         cap: usize,
         calls: &[BatchCall],
     ) -> Result<Vec<i64>> {
+        if calls.is_empty() {
+            return Ok(Vec::new());
+        }
+        self.batch_start(entry, table, cap, calls)?;
+        self.batch_wait(entry, table, cap, calls)
+    }
+
+    /// Writes the first table of `calls` (up to `cap`) and sets the thread
+    /// running through it without waiting, so that several threads run
+    /// their batches at once; `batch_wait`, with the same arguments, waits
+    /// and runs the rest.
+    pub fn batch_start(
+        &mut self,
+        entry: u64,
+        table: u64,
+        cap: usize,
+        calls: &[BatchCall],
+    ) -> Result<()> {
+        let chunk = &calls[..cap.min(calls.len())];
+        let mut bytes = Vec::with_capacity(chunk.len() * sys::inject::BATCH_ENTRY);
+        for c in chunk {
+            bytes.extend_from_slice(&(c.nr as u64).to_le_bytes());
+            for a in c.args {
+                bytes.extend_from_slice(&a.to_le_bytes());
+            }
+            bytes.extend_from_slice(&0u64.to_le_bytes());
+        }
+        self.write_mem(table, &bytes)?;
+        let tid = self.tid;
+        self.inj
+            .as_mut()
+            .expect("injector present until finish")
+            .start_batch(entry, table, chunk.len() as u64)
+            .map_err(|e| Error::Process {
+                pid: tid,
+                reason: format!("syscall batch from {}: {e}", chunk[0].what),
+            })
+    }
+
+    /// Waits for the table `batch_start` started, then runs what is left of
+    /// `calls`; returns every result (see `batch`).
+    pub fn batch_wait(
+        &mut self,
+        entry: u64,
+        table: u64,
+        cap: usize,
+        calls: &[BatchCall],
+    ) -> Result<Vec<i64>> {
         use sys::inject::BATCH_ENTRY;
         let tid = self.tid;
-        let mut results = vec![0i64; calls.len()];
-        let mut i = 0;
-        let mut bytes = Vec::with_capacity(cap.min(calls.len()) * BATCH_ENTRY);
-        while i < calls.len() {
-            let chunk = &calls[i..(i + cap).min(calls.len())];
-            bytes.clear();
-            for c in chunk {
-                bytes.extend_from_slice(&(c.nr as u64).to_le_bytes());
-                for a in c.args {
-                    bytes.extend_from_slice(&a.to_le_bytes());
-                }
-                bytes.extend_from_slice(&0u64.to_le_bytes());
-            }
-            self.write_mem(table, &bytes)?;
-            let reached = self
-                .inj
-                .as_mut()
-                .expect("injector present until finish")
-                .run_batch(entry, table, chunk.len() as u64)
-                .map_err(|e| Error::Process {
-                    pid: tid,
-                    reason: format!("syscall batch from {}: {e}", chunk[0].what),
-                })? as usize;
-            if reached > chunk.len() {
-                return Err(Error::Process {
-                    pid: tid,
-                    reason: format!(
-                        "syscall batch of {} calls stopped at index {reached}",
-                        chunk.len()
-                    ),
-                });
-            }
-            let ran = (reached + 1).min(chunk.len());
-            let back = self.read_mem(table, ran * BATCH_ENTRY)?;
-            for k in 0..ran {
+        let chunk = &calls[..cap.min(calls.len())];
+        let reached = self
+            .inj
+            .as_mut()
+            .expect("injector present until finish")
+            .finish_batch(entry)
+            .map_err(|e| Error::Process {
+                pid: tid,
+                reason: format!("syscall batch from {}: {e}", chunk[0].what),
+            })? as usize;
+        if reached > chunk.len() {
+            return Err(Error::Process {
+                pid: tid,
+                reason: format!(
+                    "syscall batch of {} calls stopped at index {reached}",
+                    chunk.len()
+                ),
+            });
+        }
+        let ran = (reached + 1).min(chunk.len());
+        let back = self.read_mem(table, ran * BATCH_ENTRY)?;
+        let mut results: Vec<i64> = (0..ran)
+            .map(|k| {
                 let at = k * BATCH_ENTRY + BATCH_ENTRY - 8;
-                results[i + k] = i64::from_le_bytes(back[at..at + 8].try_into().expect("8 bytes"));
-            }
-            if reached == chunk.len() {
-                i += chunk.len();
-                continue;
-            }
+                i64::from_le_bytes(back[at..at + 8].try_into().expect("8 bytes"))
+            })
+            .collect();
+        let next = if reached == chunk.len() {
+            reached
+        } else {
             let failed = &chunk[reached];
             if !failed.may_fail {
                 return Err(Error::Process {
@@ -244,12 +443,13 @@ impl Remote {
                     reason: format!(
                         "{} in the task failed: {}",
                         failed.what,
-                        std::io::Error::from_raw_os_error((-results[i + reached]) as i32)
+                        std::io::Error::from_raw_os_error((-results[reached]) as i32)
                     ),
                 });
             }
-            i += reached + 1;
-        }
+            reached + 1
+        };
+        results.extend(self.batch(entry, table, cap, &calls[next..])?);
         Ok(results)
     }
 
@@ -356,6 +556,16 @@ impl Remote {
             .as_mut()
             .expect("injector present until finish")
             .set_gadget(gadget);
+    }
+
+    /// Runs later single syscalls by single-stepping over the `syscall`
+    /// instruction, one stop each (see `Injector::set_step`: only for a task
+    /// that is discarded should stasis die, i.e. at restore).
+    pub fn set_step(&mut self) {
+        self.inj
+            .as_mut()
+            .expect("injector present until finish")
+            .set_step();
     }
 
     /// Switches to the restore trampoline: `syscall; int3` at `gadget`.

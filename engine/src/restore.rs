@@ -17,7 +17,7 @@ use crate::image::{
     PAGE_SIZE,
 };
 use crate::memory::{self, Rebuild, SCRATCH_PAGES, TRAMPOLINE_PAGES};
-use crate::remote::{put_cstr, Remote};
+use crate::remote::{put_cstr, BatchCall, BatchSite, Remote, Staged};
 use crate::seize::{self, Seized};
 use crate::tree::{self, Plan, READY_RECORD};
 use crate::{files, image, signals, task, thread};
@@ -269,22 +269,30 @@ pub fn restore(state_dir: &Path, dir: &Path, opts: &RestoreOptions) -> Result<Re
     r
 }
 
-/// "process P fd N, ..." for the fds of the image that hold file description `id`.
-fn holders_of(procs: &BTreeMap<i32, ProcessImage>, id: u32) -> String {
-    let v: Vec<String> = procs
-        .values()
-        .flat_map(|p| {
-            p.fds
-                .iter()
-                .filter(|f| f.file == id)
-                .map(move |f| format!("process {} fd {}", p.pid, f.fd))
-        })
-        .collect();
-    if v.is_empty() {
-        format!("file description {id}")
-    } else {
-        v.join(", ")
+/// For every file description of the image, "process P fd N, ..." for the
+/// fds that hold it ("file description ID" when none does), in one pass over
+/// the fd tables.
+fn holders(files: &FilesImage, procs: &BTreeMap<i32, ProcessImage>) -> BTreeMap<u32, String> {
+    let mut by_id: BTreeMap<u32, Vec<String>> = BTreeMap::new();
+    for p in procs.values() {
+        for f in &p.fds {
+            by_id
+                .entry(f.file)
+                .or_default()
+                .push(format!("process {} fd {}", p.pid, f.fd));
+        }
     }
+    files
+        .files
+        .iter()
+        .map(|f| {
+            let text = match by_id.remove(&f.id) {
+                Some(v) => v.join(", "),
+                None => format!("file description {}", f.id),
+            };
+            (f.id, text)
+        })
+        .collect()
 }
 
 fn restore_guarded(
@@ -395,12 +403,7 @@ fn restore_guarded(
         .collect();
     let workload = img.inventory.workload_pid;
     let ready_w_raw = ready_w.as_raw_fd();
-    let holders: BTreeMap<u32, String> = img
-        .files
-        .files
-        .iter()
-        .map(|f| (f.id, holders_of(&img.procs, f.id)))
-        .collect();
+    let holders = holders(&img.files, &img.procs);
     let launch = sandbox::Launch::Custom(Box::new(move |ctx: &sandbox::InitContext| {
         // Held open until the tree is forked.
         let _keep = &ready_w;
@@ -513,32 +516,93 @@ fn restore_guarded(
             }
         }
         let live_found: Vec<_> = found.into_iter().filter(|p| p.zombie.is_none()).collect();
-        let mut seized = Seized::seize(live_found)?;
-        seized.wait_stops(Duration::from_secs(10))?;
-        tracing::debug!(ms = ms(tm.elapsed()), "tree seized");
+        // The processes are independent while they are rebuilt: with several,
+        // two threads each seize, rebuild and release half of them (ptrace
+        // requests come from the thread that seized). Both meet before either
+        // releases, so no process runs before the whole tree is rebuilt, and
+        // none does if either fails. The threads are joined before anything
+        // else happens; stasis forks nothing meanwhile.
+        let workers = if live_found.len() >= 4 { 2 } else { 1 };
+        let mut groups: Vec<Vec<seize::SeizedProcess>> = (0..workers).map(|_| Vec::new()).collect();
+        for (i, p) in live_found.into_iter().enumerate() {
+            groups[i % workers].push(p);
+        }
+        let failed = std::sync::atomic::AtomicBool::new(false);
+        let meet = std::sync::Barrier::new(workers);
+        // Ok(Some(pages)) when released, Ok(None) when another group failed.
+        let rebuild_group =
+            |group: Vec<seize::SeizedProcess>, alone: bool| -> Result<Option<u64>> {
+                let res = (|| -> Result<(Seized, u64)> {
+                    let mut seized = Seized::seize(group)?;
+                    seized.wait_stops(Duration::from_secs(10), alone)?;
+                    let mut pages_total = 0;
+                    let held: Vec<(i32, i32, i32)> = seized
+                        .procs
+                        .iter()
+                        .map(|sp| (sp.pid, sp.ns_pid, sp.threads[0].tid))
+                        .collect();
+                    for (host_pid, ns_pid, main_tid) in held {
+                        let p = &img.procs[&ns_pid];
+                        let (n, threads) = rebuild_process(
+                            host_pid,
+                            main_tid,
+                            ready_w_raw,
+                            p,
+                            &pages[&ns_pid],
+                            &img.files,
+                            (slot_base, &slots[&ns_pid]),
+                            &layout,
+                        )?;
+                        pages_total += n;
+                        seized.adopt_threads(host_pid, &threads);
+                    }
+                    Ok((seized, pages_total))
+                })();
+                if res.is_err() {
+                    failed.store(true, std::sync::atomic::Ordering::SeqCst);
+                }
+                meet.wait();
+                let (seized, n) = res?;
+                if failed.load(std::sync::atomic::Ordering::SeqCst) {
+                    // Detached as it drops; the sandbox is removed whole.
+                    return Ok(None);
+                }
+                seized.release()?;
+                Ok(Some(n))
+            };
+        let results: Vec<Result<Option<u64>>> = if workers == 1 {
+            groups.into_iter().map(|g| rebuild_group(g, true)).collect()
+        } else {
+            std::thread::scope(|sc| {
+                let handles: Vec<_> = groups
+                    .into_iter()
+                    .map(|g| sc.spawn(|| rebuild_group(g, false)))
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(Error::Other("a rebuilding thread panicked".into()))
+                        })
+                    })
+                    .collect()
+            })
+        };
         let mut pages_total = 0;
-        let held: Vec<(i32, i32, i32)> = seized
-            .procs
-            .iter()
-            .map(|sp| (sp.pid, sp.ns_pid, sp.threads[0].tid))
-            .collect();
-        for (host_pid, ns_pid, main_tid) in held {
-            let p = &img.procs[&ns_pid];
-            close_ready_copy(host_pid, main_tid, ready_w_raw)?;
-            let (n, threads) = rebuild_process(
-                host_pid,
-                main_tid,
-                p,
-                &pages[&ns_pid],
-                &img.files,
-                (slot_base, &slots[&ns_pid]),
-                &layout,
-            )?;
-            pages_total += n;
-            seized.adopt_threads(host_pid, &threads);
+        let mut first_err = None;
+        for r in results {
+            match r {
+                Ok(Some(n)) => pages_total += n,
+                Ok(None) => {}
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        if let Some(e) = first_err {
+            return Err(e);
         }
         tracing::debug!(ms = ms(tm.elapsed()), "tree rebuilt");
-        seized.release()?;
         tracing::debug!(ms = ms(tm.elapsed()), "tree released");
         if let Some(&h) = host.get(&workload) {
             sb.set_workload_pid(h)?;
@@ -660,42 +724,52 @@ fn wait_ready(r: &OwnedFd, n: usize, sb: &sandbox::Sandbox) -> Result<()> {
 
 /// Bytes of the trampoline's scratch area.
 const SCRATCH_LEN: u64 = SCRATCH_PAGES * PAGE_SIZE;
-
-fn prefix_len(p: &ProcessImage) -> usize {
-    let all: Vec<i32> = p.threads.iter().map(|t| t.tid).collect();
-    crate::seccomp::shared_prefix(&p.seccomp, &all).len()
-}
-
-/// A restored process closes its copy of the ready pipe right after it
-/// reports, but it may be seized in between: the copy is closed from here
-/// (EBADF when the process got there first), or it would stay open in the
-/// restored process.
-fn close_ready_copy(pid: i32, tid: i32, fd: i32) -> Result<()> {
-    let mut r = Remote::new(tid, sys::inject::find_syscall_gadget(pid)?)?;
-    r.syscall_raw(libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0])?;
-    r.finish()
-}
+/// Entries of each other thread's batch table at restore (more run in turns).
+const THREAD_TABLE: usize = 128;
+const THREAD_TABLE_BYTES: u64 = (THREAD_TABLE * sys::inject::BATCH_ENTRY) as u64;
+/// Bytes of each other thread's slot: its table, then its data.
+const THREAD_SLOT: u64 = THREAD_TABLE_BYTES + PAGE_SIZE;
 
 /// Turns a restored process (stopped, running stasis code) into the dumped
 /// one. Returns the number of pages filled and the host TIDs of the threads
 /// it created (traced, to be released with the rest).
+/// `ready_fd` is its copy of the ready pipe: it closes it right after it
+/// reports, but it may be seized in between, so it is closed from here too
+/// (EBADF when the process got there first).
 /// `slots` gives the fd number of the first memfd it maps and the memfds
 /// (`files::memfd_slots`).
+/// Most steps run as batches of syscalls at the trampoline (one ptrace
+/// round trip each): the old layout's unmapping with the new areas' mmaps,
+/// their protection and advice with the vDSO, the mm fields with the
+/// signal actions and core attributes, each thread's registrations,
+/// pending signals and credentials.
+#[allow(clippy::too_many_arguments)]
 fn rebuild_process(
     pid: i32,
     tid: i32,
+    ready_fd: i32,
     p: &ProcessImage,
     pages: &memory::pages::PageFiles,
     files_img: &FilesImage,
     slots: (i32, &[(u32, u32)]),
     layout: &memory::shared::Layout,
 ) -> Result<(u64, Vec<i32>)> {
+    let t0 = Instant::now();
     let gadget = sys::inject::find_syscall_gadget(pid)?;
     let mut r = Remote::new(tid, gadget)?;
+    // A restored task is discarded should stasis die.
+    r.set_step();
     let t = &p.threads[0];
-    thread::unregister_rseq(&mut r)?;
-    let mut rb = Rebuild::start(&mut r, &p.vmas, &layout.keep_for(&p.vmas))?;
+    let mut first = vec![BatchCall {
+        what: "close of the ready pipe".into(),
+        nr: libc::SYS_close,
+        args: [ready_fd as u64, 0, 0, 0, 0, 0],
+        may_fail: true,
+    }];
+    first.extend(thread::unregister_rseq(&r));
+    let mut rb = Rebuild::start(&mut r, &p.vmas, &layout.keep_for(&p.vmas), first)?;
     let scratch = rb.scratch();
+    let site = rb.site();
     for (k, &(memfd, _)) in slots.1.iter().enumerate() {
         rb.add_memfd(memfd, (slots.0 + k as i32) as u64);
     }
@@ -703,14 +777,19 @@ fn rebuild_process(
         rb.map_area(&mut r, v)?;
     }
     rb.flush(&mut r)?;
+    tracing::debug!(pid, ms = ms(t0.elapsed()), "areas mapped");
     let pages = memory::pages::restore(&mut r, &p.vmas, pages)?;
+    tracing::debug!(pid, ms = ms(t0.elapsed()), "pages filled");
     crate::faults::pause_point("restore-rebuild");
     for v in &p.vmas {
         rb.finish_area(v)?;
     }
+    rb.unpark();
+    if let Some(c) = memory::mm::vdso_call(&p.vmas) {
+        rb.queue(c);
+    }
     rb.flush(&mut r)?;
-    rb.unpark(&mut r)?;
-    memory::mm::restore_vdso(&mut r, &p.vmas)?;
+    memory::mm::check_vdso(&r, &p.vmas)?;
     put_cstr(&mut r, scratch, &p.mm.exe)?;
     let exe_fd = r.call(
         &format!("open {}", p.mm.exe),
@@ -724,76 +803,142 @@ fn rebuild_process(
             0,
         ],
     )?;
-    memory::mm::restore_mm(&mut r, &p.mm, exe_fd, scratch)?;
-    r.call("close(exe)", libc::SYS_close, [exe_fd, 0, 0, 0, 0, 0])?;
-    rb.close_files(&mut r)?;
+    let mut st = Staged::new(site);
+    memory::mm::stage_mm(&mut st, &mut r, &p.mm, exe_fd)?;
+    st.call("close(exe)", libc::SYS_close, [exe_fd, 0, 0, 0, 0, 0]);
+    rb.stage_close_files(&mut st);
+    signals::stage_actions(&mut st, &mut r, &p.sigactions)?;
+    task::stage_core(&mut st, &mut r, &p.core)?;
+    st.call(
+        "prctl(PR_GET_SECUREBITS)",
+        libc::SYS_prctl,
+        [libc::PR_GET_SECUREBITS as u64, 0, 0, 0, 0, 0],
+    );
+    // The other threads' tables and data, a slot each (unmapped at the end).
+    let others = p.threads.len() - 1;
+    let region_len = THREAD_SLOT * others as u64;
+    if others > 0 {
+        st.call(
+            "mmap(thread batches)",
+            libc::SYS_mmap,
+            [
+                0,
+                region_len,
+                (libc::PROT_READ | libc::PROT_WRITE) as u64,
+                (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
+                u64::MAX,
+                0,
+            ],
+        );
+    }
+    let got = st.finish(&mut r)?;
+    let (securebits, region) = if others > 0 {
+        (got[got.len() - 2] as u32, got[got.len() - 1] as u64)
+    } else {
+        (got[got.len() - 1] as u32, 0)
+    };
     files::restore_in_task(&mut r, p, files_img, scratch)?;
-    signals::restore_actions(&mut r, &p.sigactions, scratch)?;
-    task::restore_core(&mut r, &p.core, scratch)?;
     task::restore_rlimits(pid, &p.rlimits)?;
+    // The credentials every thread starts with (the others are cloned
+    // from this one), read once.
+    let creds_now = task::creds_now(r.tid, securebits)?;
     // The other threads, cloned from this one with their TIDs: they share
     // everything set so far and get their own registrations below.
-    let mut others: Vec<(i32, Remote, &crate::image::ThreadImage)> = Vec::new();
-    let res = (|| -> Result<()> {
-        for t2 in &p.threads[1..] {
-            let host = thread::clone_thread(&mut r, pid, t2.tid, scratch)?;
-            let mut r2 = Remote::new(host, rb.trampoline)?;
-            r2.set_trap_gadget(rb.trampoline);
-            r2.adopt_scratch(scratch, SCRATCH_LEN);
-            others.push((host, r2, t2));
-        }
-        for (_, r2, t2) in others.iter_mut() {
-            thread::restore_registrations(r2, t2)?;
-            signals::restore_pending(r2, p.pid, t2.tid, &t2.pending, false, scratch)?;
-        }
-        thread::restore_registrations(&mut r, t)?;
-        // The task names itself by its PIDs in its own namespace.
-        signals::restore_pending(&mut r, p.pid, t.tid, &t.pending, false, scratch)?;
-        signals::restore_pending(&mut r, p.pid, t.tid, &p.shared_pending, true, scratch)?;
-        // Timers once every thread they may signal exists.
-        crate::timers::restore(&mut r, &p.timers, scratch)?;
-        // seccomp before the credentials (see `seccomp`): the chain all
-        // threads share from the main thread, synchronised to all of them.
-        let all: Vec<i32> = p.threads.iter().map(|t| t.tid).collect();
-        let prefix = crate::seccomp::shared_prefix(&p.seccomp, &all);
-        crate::seccomp::install(
-            &mut r,
+    let ns_tids: Vec<i32> = p.threads[1..].iter().map(|t| t.tid).collect();
+    let hosts = thread::clone_threads(&mut r, pid, &ns_tids, site)?;
+    tracing::debug!(
+        pid,
+        ms = ms(t0.elapsed()),
+        threads = hosts.len(),
+        "threads created"
+    );
+    let all: Vec<i32> = p.threads.iter().map(|t| t.tid).collect();
+    let prefix = crate::seccomp::shared_prefix(&p.seccomp, &all);
+    // The main thread's registrations and pending signals, run with its
+    // credentials at the end unless timers or seccomp filters come between.
+    let mut main = Staged::new(site);
+    thread::stage_registrations(&mut main, &mut r, t)?;
+    // The task names itself by its PIDs in its own namespace.
+    signals::stage_pending(&mut main, &mut r, p.pid, t.tid, &t.pending, false)?;
+    signals::stage_pending(&mut main, &mut r, p.pid, t.tid, &p.shared_pending, true)?;
+    if crate::timers::has_any(&p.timers)
+        || !p.seccomp.filters.is_empty()
+        || !p.seccomp.threads.is_empty()
+    {
+        main.run(&mut r)?;
+    }
+    // Timers once every thread they may signal exists.
+    crate::timers::restore(&mut r, &p.timers, scratch)?;
+    // seccomp before the credentials (see `seccomp`): the chain all
+    // threads share from the main thread, synchronised to all of them.
+    crate::seccomp::install(
+        &mut r,
+        &p.seccomp,
+        &prefix,
+        all.len() > 1,
+        scratch,
+        SCRATCH_LEN,
+    )?;
+    // Each other thread: its own seccomp filters, then one batch of its
+    // registrations, pending signals and credentials, run by itself from a
+    // slot of its own, all threads at once; then its final registers (it
+    // stays stopped until the tree is released).
+    let mut running = Vec::with_capacity(hosts.len());
+    for (k, (&host, t2)) in hosts.iter().zip(&p.threads[1..]).enumerate() {
+        let mut r2 = r.sibling(host, rb.trampoline)?;
+        r2.set_trap_gadget(rb.trampoline);
+        r2.adopt_scratch(scratch, SCRATCH_LEN);
+        crate::seccomp::restore_thread(
+            &mut r2,
             &p.seccomp,
-            &prefix,
-            all.len() > 1,
+            t2.tid,
+            prefix.len(),
             scratch,
             SCRATCH_LEN,
         )?;
-        for (_, r2, t2) in others.iter_mut() {
-            crate::seccomp::restore_thread(
-                r2,
-                &p.seccomp,
-                t2.tid,
-                prefix.len(),
-                scratch,
-                SCRATCH_LEN,
-            )?;
-            task::restore_creds(r2, t2.creds.as_ref().unwrap_or(&p.creds), &p.core, scratch)?;
-            r2.drop_scratch();
-        }
-        Ok(())
-    })();
-    let hosts: Vec<i32> = others.iter().map(|(h, _, _)| *h).collect();
-    if let Err(e) = res {
-        for (_, r2, _) in others {
-            r2.abandon();
-        }
-        return Err(e);
+        r2.drop_scratch();
+        let at = region + THREAD_SLOT * k as u64;
+        let mut st = Staged::new(BatchSite {
+            entry: site.entry,
+            table: at,
+            cap: THREAD_TABLE,
+            data: at + THREAD_TABLE_BYTES,
+            data_len: THREAD_SLOT - THREAD_TABLE_BYTES,
+        });
+        thread::stage_registrations(&mut st, &mut r2, t2)?;
+        signals::stage_pending(&mut st, &mut r2, p.pid, t2.tid, &t2.pending, false)?;
+        let cr = t2.creds.as_ref().unwrap_or(&p.creds);
+        task::stage_creds(&mut st, &mut r2, cr, &creds_now, &p.core)?;
+        st.start(&mut r2)?;
+        running.push((host, r2, st, t2));
     }
+    for (host, mut r2, st, t2) in running {
+        st.wait(&mut r2)?;
+        thread::restore_cpu(host, t2)?;
+        r2.abandon();
+    }
+    tracing::debug!(pid, ms = ms(t0.elapsed()), "other threads set up");
     crate::seccomp::restore_thread(
         &mut r,
         &p.seccomp,
         t.tid,
-        prefix_len(p),
+        prefix.len(),
         scratch,
         SCRATCH_LEN,
     )?;
-    task::restore_creds(&mut r, &p.creds, &p.core, scratch)?;
+    task::stage_creds(&mut main, &mut r, &p.creds, &creds_now, &p.core)?;
+    if others > 0 {
+        main.call(
+            "munmap(thread batches)",
+            libc::SYS_munmap,
+            [region, region_len, 0, 0, 0, 0],
+        );
+    }
+    let dumpable_set = task::stage_dumpable(&mut main, &p.core);
+    main.finish(&mut r)?;
+    if !dumpable_set {
+        task::restore_dumpable(&mut r, &p.core)?;
+    }
     r.drop_scratch();
     // The breakpoint goes with the page: stop at the syscall's exit instead.
     r.set_gadget(rb.trampoline);
@@ -802,10 +947,6 @@ fn rebuild_process(
         libc::SYS_munmap,
         [rb.trampoline, TRAMPOLINE_PAGES * PAGE_SIZE, 0, 0, 0, 0],
     )?;
-    for (host, r2, t2) in others {
-        thread::restore_cpu(host, t2)?;
-        r2.abandon();
-    }
     thread::restore_cpu(tid, t)?;
     r.abandon();
     Ok((pages, hosts))

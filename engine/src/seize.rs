@@ -85,17 +85,6 @@ fn seize_thread(tid: i32) -> std::result::Result<(), sys::Error> {
     }
 }
 
-/// Reads the last element of an NS* line of /proc/PID/status (the value in
-/// the innermost namespace).
-fn ns_ids(status: &procfs::process::Status) -> Option<(i32, i32, i32)> {
-    let last = |v: &Option<Vec<i32>>| v.as_ref().and_then(|v| v.last().copied());
-    Some((
-        last(&status.nspid)?,
-        last(&status.nspgid)?,
-        last(&status.nssid)?,
-    ))
-}
-
 fn proc_err(pid: i32, what: &str, e: impl std::fmt::Display) -> Error {
     Error::Process {
         pid,
@@ -132,44 +121,99 @@ fn thread_ids(pid: i32) -> Result<Vec<i32>> {
     Ok(tids)
 }
 
+/// What discovery needs of /proc/PID/status: state, parent, and the PID,
+/// process group and session in the innermost namespace.
+struct StatusIds {
+    state: char,
+    ppid: i32,
+    ns_pid: i32,
+    ns_pgid: i32,
+    ns_sid: i32,
+}
+
+/// Reads /proc/`pid`/status once, keeping only the fields `StatusIds` holds.
+fn status_ids(pid: i32) -> Result<StatusIds> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| proc_err(pid, "reading status", e))?;
+    let last = |v: &str| v.split_whitespace().last()?.parse::<i32>().ok();
+    let (mut state, mut ppid, mut ns) = (None, None, [None; 3]);
+    for line in text.lines() {
+        let Some((key, value)) = line.split_once(':') else {
+            continue;
+        };
+        match key {
+            "State" => state = value.trim_start().chars().next(),
+            "PPid" => ppid = value.trim().parse().ok(),
+            "NSpid" => ns[0] = last(value),
+            "NSpgid" => ns[1] = last(value),
+            "NSsid" => ns[2] = last(value),
+            _ => {}
+        }
+    }
+    match (state, ppid, ns) {
+        (Some(state), Some(ppid), [Some(ns_pid), Some(ns_pgid), Some(ns_sid)]) => Ok(StatusIds {
+            state,
+            ppid,
+            ns_pid,
+            ns_pgid,
+            ns_sid,
+        }),
+        _ => Err(proc_err(
+            pid,
+            "reading status",
+            "State, PPid or NS* ids missing",
+        )),
+    }
+}
+
 /// Walks the tree below `init_pid` (host PID of the sandbox's init), parents
 /// before children. The tree must be frozen, so it cannot change under us.
+/// One read of each process's status (and of each other thread's), its
+/// thread list and its threads' children lists.
 pub fn discover(init_pid: i32) -> Result<Vec<SeizedProcess>> {
     let mut procs = Vec::new();
+    // Host PID -> PID in the sandbox, of the processes found so far (a
+    // parent is always found before its children).
+    let mut ns_of: std::collections::HashMap<i32, i32> = std::collections::HashMap::new();
     let mut queue: Vec<i32> = children_of(init_pid)?;
     let mut i = 0;
     while i < queue.len() {
         let pid = queue[i];
         i += 1;
-        let p =
-            procfs::process::Process::new(pid).map_err(|e| proc_err(pid, "opening /proc", e))?;
-        let status = p.status().map_err(|e| proc_err(pid, "reading status", e))?;
-        let stat = p.stat().map_err(|e| proc_err(pid, "reading stat", e))?;
-        let (ns_pid, ns_pgid, ns_sid) =
-            ns_ids(&status).ok_or_else(|| proc_err(pid, "reading NSpid", "missing"))?;
-        let ns_ppid = if status.ppid == init_pid {
+        let st = status_ids(pid)?;
+        let ns_ppid = if st.ppid == init_pid {
             1
         } else {
-            let pp = procfs::process::Process::new(status.ppid)
-                .and_then(|p| p.status())
-                .map_err(|e| proc_err(status.ppid, "reading status", e))?;
-            ns_ids(&pp).map(|x| x.0).unwrap_or(0)
+            match ns_of.get(&st.ppid) {
+                Some(&p) => p,
+                None => status_ids(st.ppid)?.ns_pid,
+            }
         };
-        let zombie = (stat.state == 'Z').then(|| stat.exit_code.unwrap_or(0));
+        ns_of.insert(pid, st.ns_pid);
+        let zombie = if st.state == 'Z' {
+            let stat = procfs::process::Process::new(pid)
+                .and_then(|p| p.stat())
+                .map_err(|e| proc_err(pid, "reading stat", e))?;
+            Some(stat.exit_code.unwrap_or(0))
+        } else {
+            None
+        };
         let threads = if zombie.is_some() {
             Vec::new()
         } else {
             thread_ids(pid)?
                 .into_iter()
                 .map(|tid| -> Result<SeizedThread> {
-                    let st = procfs::process::Process::new(tid)
-                        .and_then(|t| t.status())
-                        .map_err(|e| proc_err(tid, "reading thread status", e))?;
-                    let ns_tid = st
-                        .nspid
-                        .as_ref()
-                        .and_then(|v| v.last().copied())
-                        .unwrap_or(0);
+                    let ns_tid = if tid == pid {
+                        st.ns_pid
+                    } else {
+                        std::fs::read_to_string(format!("/proc/{tid}/status"))
+                            .map_err(|e| proc_err(tid, "reading thread status", e))?
+                            .lines()
+                            .find_map(|l| l.strip_prefix("NSpid:"))
+                            .and_then(|v| v.split_whitespace().last()?.parse().ok())
+                            .unwrap_or(0)
+                    };
                     Ok(SeizedThread {
                         tid,
                         ns_tid,
@@ -183,10 +227,10 @@ pub fn discover(init_pid: i32) -> Result<Vec<SeizedProcess>> {
         }
         procs.push(SeizedProcess {
             pid,
-            ns_pid,
+            ns_pid: st.ns_pid,
             ns_ppid,
-            ns_pgid,
-            ns_sid,
+            ns_pgid: st.ns_pgid,
+            ns_sid: st.ns_sid,
             zombie,
             threads,
             pidfd: None,
@@ -231,9 +275,12 @@ impl Seized {
     }
 
     /// Waits for every thread's ptrace stop (after the thaw under cgroup v1).
-    pub fn wait_stops(&mut self, timeout: Duration) -> Result<()> {
+    /// `alone`: stasis has no other thread waiting for its own tracees, so
+    /// SIGCHLD (through a signalfd) tells when to look again; otherwise
+    /// another thread could take the signal, and the wait polls.
+    pub fn wait_stops(&mut self, timeout: Duration, alone: bool) -> Result<()> {
         let deadline = Instant::now() + timeout;
-        let events = ChildEvents::new();
+        let events = if alone { ChildEvents::new() } else { None };
         for p in &mut self.procs {
             for t in &mut p.threads {
                 wait_stop(p.pid, t, deadline, events.as_ref())

@@ -4,7 +4,7 @@
 
 use crate::error::Result;
 use crate::image::{AltStack, SigAction, SigInfo};
-use crate::remote::Remote;
+use crate::remote::{Remote, Staged};
 
 const NSIG: i32 = 64;
 
@@ -39,10 +39,10 @@ pub fn collect_actions(status: &procfs::process::Status, r: &mut Remote) -> Resu
     Ok(out)
 }
 
-/// Sets every signal's action: the recorded ones, SIG_DFL for the rest (the
-/// restorer's own handlers must not survive). Signals at SIG_DFL in both the
-/// task and the image are left alone.
-pub fn restore_actions(r: &mut Remote, actions: &[SigAction], scratch: u64) -> Result<()> {
+/// Stages every signal's action: the recorded ones, SIG_DFL for the rest
+/// (the restorer's own handlers must not survive). Signals at SIG_DFL in
+/// both the task and the image are left alone.
+pub fn stage_actions(st: &mut Staged, r: &mut Remote, actions: &[SigAction]) -> Result<()> {
     let status = procfs::process::Process::new(r.tid)
         .and_then(|p| p.status())
         .map_err(|e| crate::error::Error::Process {
@@ -64,12 +64,12 @@ pub fn restore_actions(r: &mut Remote, actions: &[SigAction], scratch: u64) -> R
             None => [0, 0, 0, 0],
         };
         let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
-        r.write_mem(scratch, &bytes)?;
-        r.call(
-            &format!("rt_sigaction({signo})"),
+        let at = st.put(r, &bytes)?;
+        st.call(
+            format!("rt_sigaction({signo})"),
             libc::SYS_rt_sigaction,
-            [signo as u64, scratch, 0, 8, 0, 0],
-        )?;
+            [signo as u64, at, 0, 8, 0, 0],
+        );
     }
     Ok(())
 }
@@ -105,14 +105,15 @@ pub fn synthetic_siginfo(signo: i32) -> SigInfo {
     SigInfo { signo, raw }
 }
 
-/// Queues signals in the task: to the thread, or to the process.
-pub fn restore_pending(
+/// Stages the queueing of signals in the task: to the thread, or to the
+/// process.
+pub fn stage_pending(
+    st: &mut Staged,
     r: &mut Remote,
     tgid: i32,
     tid: i32,
     infos: &[SigInfo],
     shared: bool,
-    scratch: u64,
 ) -> Result<()> {
     for si in infos {
         if si.raw.len() != 128 || !(1..=NSIG).contains(&si.signo) {
@@ -121,19 +122,19 @@ pub fn restore_pending(
                 si.signo
             )));
         }
-        r.write_mem(scratch, &si.raw)?;
+        let at = st.put(r, &si.raw)?;
         if shared {
-            r.call(
-                &format!("rt_sigqueueinfo({})", si.signo),
+            st.call(
+                format!("rt_sigqueueinfo({})", si.signo),
                 libc::SYS_rt_sigqueueinfo,
-                [tgid as u64, si.signo as u64, scratch, 0, 0, 0],
-            )?;
+                [tgid as u64, si.signo as u64, at, 0, 0, 0],
+            );
         } else {
-            r.call(
-                &format!("rt_tgsigqueueinfo({})", si.signo),
+            st.call(
+                format!("rt_tgsigqueueinfo({})", si.signo),
                 libc::SYS_rt_tgsigqueueinfo,
-                [tgid as u64, tid as u64, si.signo as u64, scratch, 0, 0],
-            )?;
+                [tgid as u64, tid as u64, si.signo as u64, at, 0, 0],
+            );
         }
     }
     Ok(())
@@ -154,8 +155,8 @@ pub fn get_altstack(r: &mut Remote) -> Result<AltStack> {
     })
 }
 
-pub fn set_altstack(r: &mut Remote, a: &AltStack) -> Result<()> {
-    let scratch = r.scratch(crate::remote::SMALL_SCRATCH)?;
+/// Stages the thread's alternate signal stack.
+pub fn stage_altstack(st: &mut Staged, r: &mut Remote, a: &AltStack) -> Result<()> {
     let mut b = vec![0u8; 24];
     let flags = if a.flags & libc::SS_DISABLE != 0 || a.size == 0 {
         libc::SS_DISABLE
@@ -166,11 +167,7 @@ pub fn set_altstack(r: &mut Remote, a: &AltStack) -> Result<()> {
     b[0..8].copy_from_slice(&a.sp.to_le_bytes());
     b[8..12].copy_from_slice(&flags.to_le_bytes());
     b[16..24].copy_from_slice(&a.size.to_le_bytes());
-    r.write_mem(scratch, &b)?;
-    r.call(
-        "sigaltstack",
-        libc::SYS_sigaltstack,
-        [scratch, 0, 0, 0, 0, 0],
-    )?;
+    let at = st.put(r, &b)?;
+    st.call("sigaltstack", libc::SYS_sigaltstack, [at, 0, 0, 0, 0, 0]);
     Ok(())
 }

@@ -5,7 +5,7 @@
 
 use crate::error::{Error, Result};
 use crate::image::{Core, Creds, Rlimit};
-use crate::remote::{put_cstr, Remote};
+use crate::remote::{Remote, Staged};
 
 fn perr(pid: i32, what: &str, e: impl std::fmt::Display) -> Error {
     Error::Process {
@@ -205,30 +205,32 @@ pub fn restore_rlimits(pid: i32, limits: &[Rlimit]) -> Result<()> {
     Ok(())
 }
 
-/// Puts back everything but the credentials.
-pub fn restore_core(r: &mut Remote, c: &Core, scratch: u64) -> Result<()> {
-    r.call("umask", libc::SYS_umask, [c.umask as u64, 0, 0, 0, 0, 0])?;
-    put_cstr(r, scratch, &c.cwd)?;
-    r.call(
-        &format!("chdir({})", c.cwd),
+/// Stages everything but the credentials.
+pub fn stage_core(st: &mut Staged, r: &mut Remote, c: &Core) -> Result<()> {
+    st.call("umask", libc::SYS_umask, [c.umask as u64, 0, 0, 0, 0, 0]);
+    let mut cwd = c.cwd.as_bytes().to_vec();
+    cwd.push(0);
+    let at = st.put(r, &cwd)?;
+    st.call(
+        format!("chdir({})", c.cwd),
         libc::SYS_chdir,
-        [scratch, 0, 0, 0, 0, 0],
-    )?;
-    r.call(
+        [at, 0, 0, 0, 0, 0],
+    );
+    st.call(
         "personality",
         libc::SYS_personality,
         [c.personality as u64, 0, 0, 0, 0, 0],
-    )?;
+    );
     let mut comm = c.comm.as_bytes().to_vec();
     comm.truncate(15);
     comm.push(0);
-    r.write_mem(scratch, &comm)?;
-    r.call(
+    let at = st.put(r, &comm)?;
+    st.call(
         "prctl(PR_SET_NAME)",
         libc::SYS_prctl,
-        [libc::PR_SET_NAME as u64, scratch, 0, 0, 0, 0],
-    )?;
-    r.call(
+        [libc::PR_SET_NAME as u64, at, 0, 0, 0, 0],
+    );
+    st.call(
         "prctl(PR_SET_PDEATHSIG)",
         libc::SYS_prctl,
         [
@@ -239,28 +241,78 @@ pub fn restore_core(r: &mut Remote, c: &Core, scratch: u64) -> Result<()> {
             0,
             0,
         ],
-    )?;
+    );
     Ok(())
 }
 
 /// Credentials as the task has them now.
 /// Credentials of a task (host TID) from /proc, securebits left 0.
 fn current_creds(tid: i32) -> Result<Creds> {
-    // /proc/TID works for any thread, listed or not.
-    let s = procfs::process::Process::new(tid)
-        .and_then(|p| p.status())
+    // /proc/TID works for any thread, listed or not. One open and read.
+    use procfs::FromRead;
+    let s = procfs::process::Status::from_file(format!("/proc/{tid}/status"))
         .map_err(|e| perr(tid, "reading status", e))?;
     Ok(creds_of(&s))
 }
 
-/// Credentials, then the prctl flags that must follow them. Nothing is
-/// changed where the task already has what the image says.
-pub fn restore_creds(r: &mut Remote, cr: &Creds, core: &Core, scratch: u64) -> Result<()> {
-    let mut now = current_creds(r.tid)?;
-    now.securebits = securebits(r)?;
-    if now != *cr {
-        set_creds(r, cr, &now, scratch)?;
+/// The credentials of thread `tid` (host TID), with the `securebits` the
+/// caller read in it: at restore, read once from a process's main thread
+/// before it clones the others, which start with the same.
+pub fn creds_now(tid: i32, securebits: u32) -> Result<Creds> {
+    let mut now = current_creds(tid)?;
+    now.securebits = securebits;
+    Ok(now)
+}
+
+/// Stages a thread's credentials (`now`: what it has; nothing is changed
+/// where that is what the image says), then no_new_privs, which must
+/// follow them. The process-wide dumpable flag, which a change of
+/// credentials resets, is put back by `restore_dumpable` after every
+/// thread's credentials.
+pub fn stage_creds(
+    st: &mut Staged,
+    r: &mut Remote,
+    cr: &Creds,
+    now: &Creds,
+    core: &Core,
+) -> Result<()> {
+    if now != cr {
+        stage_set_creds(st, r, cr, now)?;
     }
+    if core.no_new_privs {
+        st.call(
+            "prctl(PR_SET_NO_NEW_PRIVS)",
+            libc::SYS_prctl,
+            [libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0, 0],
+        );
+    }
+    Ok(())
+}
+
+/// Stages the process's dumpable flag (after every thread's credentials)
+/// when prctl can set the image's value (0 or 1); false when it cannot be
+/// staged (`restore_dumpable` then puts it back if it differs).
+pub fn stage_dumpable(st: &mut Staged, core: &Core) -> bool {
+    if !matches!(core.dumpable, 0 | 1) {
+        return false;
+    }
+    st.call(
+        "prctl(PR_SET_DUMPABLE)",
+        libc::SYS_prctl,
+        [
+            libc::PR_SET_DUMPABLE as u64,
+            core.dumpable as u64,
+            0,
+            0,
+            0,
+            0,
+        ],
+    );
+    true
+}
+
+/// The process's dumpable flag, once every thread has its credentials.
+pub fn restore_dumpable(r: &mut Remote, core: &Core) -> Result<()> {
     let dumpable = r.call(
         "prctl(PR_GET_DUMPABLE)",
         libc::SYS_prctl,
@@ -280,18 +332,11 @@ pub fn restore_creds(r: &mut Remote, cr: &Creds, core: &Core, scratch: u64) -> R
             ],
         )?;
     }
-    if core.no_new_privs {
-        r.call(
-            "prctl(PR_SET_NO_NEW_PRIVS)",
-            libc::SYS_prctl,
-            [libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0, 0],
-        )?;
-    }
     Ok(())
 }
 
-/// capset (version 3) of the task's own sets.
-fn capset(r: &mut Remote, eff: u64, prm: u64, inh: u64, scratch: u64) -> Result<()> {
+/// Stages capset (version 3) of the task's own sets.
+fn stage_capset(st: &mut Staged, r: &mut Remote, eff: u64, prm: u64, inh: u64) -> Result<()> {
     let mut b = Vec::with_capacity(8 + 24);
     b.extend_from_slice(&0x2008_0522u32.to_le_bytes());
     b.extend_from_slice(&0i32.to_le_bytes());
@@ -300,20 +345,16 @@ fn capset(r: &mut Remote, eff: u64, prm: u64, inh: u64, scratch: u64) -> Result<
         b.extend_from_slice(&((prm >> half) as u32).to_le_bytes());
         b.extend_from_slice(&((inh >> half) as u32).to_le_bytes());
     }
-    r.write_mem(scratch, &b)?;
-    r.call(
-        "capset",
-        libc::SYS_capset,
-        [scratch, scratch + 8, 0, 0, 0, 0],
-    )?;
+    let at = st.put(r, &b)?;
+    st.call("capset", libc::SYS_capset, [at, at + 8, 0, 0, 0, 0]);
     Ok(())
 }
 
-fn raise_ambient(r: &mut Remote, amb: u64) -> Result<()> {
+fn stage_raise_ambient(st: &mut Staged, amb: u64) {
     for cap in 0..64u64 {
         if amb & (1 << cap) != 0 {
-            r.call(
-                "prctl(PR_CAP_AMBIENT_RAISE)",
+            st.call(
+                format!("prctl(PR_CAP_AMBIENT_RAISE, {cap})"),
                 libc::SYS_prctl,
                 [
                     libc::PR_CAP_AMBIENT as u64,
@@ -323,32 +364,27 @@ fn raise_ambient(r: &mut Remote, amb: u64) -> Result<()> {
                     0,
                     0,
                 ],
-            )?;
+            );
         }
     }
-    Ok(())
 }
 
-fn set_creds(r: &mut Remote, cr: &Creds, now: &Creds, scratch: u64) -> Result<()> {
+fn stage_set_creds(st: &mut Staged, r: &mut Remote, cr: &Creds, now: &Creds) -> Result<()> {
     // The inheritable set first: it may hold capabilities the bounding set
     // loses below (the task dropped them from its bounding set later), and
     // it can only be raised within the bounding set.
     if now.cap_inh != cr.cap_inh {
-        capset(r, now.cap_eff, now.cap_prm, cr.cap_inh, scratch)?;
+        stage_capset(st, r, now.cap_eff, now.cap_prm, cr.cap_inh)?;
     }
-    // Bounding set, while CAP_SETPCAP is still effective.
+    // Bounding set, while CAP_SETPCAP is still effective. `now` lists only
+    // the capabilities this kernel knows; a failed drop is not fatal.
     for cap in 0..64u64 {
-        if now.cap_bnd & (1 << cap) == 0 {
-            continue;
-        }
-        if cr.cap_bnd & (1 << cap) == 0 {
-            let rc = r.syscall_raw(
+        if now.cap_bnd & (1 << cap) != 0 && cr.cap_bnd & (1 << cap) == 0 {
+            st.call_may_fail(
+                format!("prctl(PR_CAPBSET_DROP, {cap})"),
                 libc::SYS_prctl,
                 [libc::PR_CAPBSET_DROP as u64, cap, 0, 0, 0, 0],
-            )?;
-            if rc == -(libc::EINVAL as i64) {
-                break; // past the last capability this kernel knows
-            }
+            );
         }
     }
     let groups: Vec<u8> = cr.groups.iter().flat_map(|g| g.to_le_bytes()).collect();
@@ -358,18 +394,18 @@ fn set_creds(r: &mut Remote, cr: &Creds, now: &Creds, scratch: u64) -> Result<()
             reason: format!("{} supplementary groups", cr.groups.len()),
         });
     }
-    r.write_mem(scratch, &groups)?;
-    r.call(
+    let at = st.put(r, &groups)?;
+    st.call(
         "setgroups",
         libc::SYS_setgroups,
-        [cr.groups.len() as u64, scratch, 0, 0, 0, 0],
-    )?;
-    r.call(
+        [cr.groups.len() as u64, at, 0, 0, 0, 0],
+    );
+    st.call(
         "prctl(PR_SET_KEEPCAPS)",
         libc::SYS_prctl,
         [libc::PR_SET_KEEPCAPS as u64, 1, 0, 0, 0, 0],
-    )?;
-    r.call(
+    );
+    st.call(
         "setresgid",
         libc::SYS_setresgid,
         [
@@ -380,13 +416,13 @@ fn set_creds(r: &mut Remote, cr: &Creds, now: &Creds, scratch: u64) -> Result<()
             0,
             0,
         ],
-    )?;
-    r.call(
+    );
+    st.call(
         "setfsgid",
         libc::SYS_setfsgid,
         [cr.gid[3] as u64, 0, 0, 0, 0, 0],
-    )?;
-    r.call(
+    );
+    st.call(
         "setresuid",
         libc::SYS_setresuid,
         [
@@ -397,22 +433,23 @@ fn set_creds(r: &mut Remote, cr: &Creds, now: &Creds, scratch: u64) -> Result<()
             0,
             0,
         ],
-    )?;
-    r.call(
+    );
+    st.call(
         "setfsuid",
         libc::SYS_setfsuid,
         [cr.uid[3] as u64, 0, 0, 0, 0, 0],
-    )?;
+    );
     if cr.securebits != 0 {
         // PR_SET_SECUREBITS needs CAP_SETPCAP, which the image's sets may
         // lack, and SECBIT_NO_CAP_AMBIENT_RAISE forbids raising the ambient
         // set: the effective set back to the (still full) permitted one,
         // the ambient set, the securebits (KEEP_CAPS included), and only
-        // then the image's sets.
-        let prm = current_creds(r.tid)?.cap_prm;
-        capset(r, prm, prm, cr.cap_inh, scratch)?;
-        raise_ambient(r, cr.cap_amb)?;
-        r.call(
+        // then the image's sets. The permitted set is still `now`'s: the
+        // capset above keeps it, and KEEP_CAPS keeps it across setresuid.
+        let prm = now.cap_prm;
+        stage_capset(st, r, prm, prm, cr.cap_inh)?;
+        stage_raise_ambient(st, cr.cap_amb);
+        st.call(
             "prctl(PR_SET_SECUREBITS)",
             libc::SYS_prctl,
             [
@@ -423,17 +460,17 @@ fn set_creds(r: &mut Remote, cr: &Creds, now: &Creds, scratch: u64) -> Result<()
                 0,
                 0,
             ],
-        )?;
-        capset(r, cr.cap_eff, cr.cap_prm, cr.cap_inh, scratch)?;
+        );
+        stage_capset(st, r, cr.cap_eff, cr.cap_prm, cr.cap_inh)?;
         return Ok(());
     }
-    capset(r, cr.cap_eff, cr.cap_prm, cr.cap_inh, scratch)?;
-    r.call(
+    stage_capset(st, r, cr.cap_eff, cr.cap_prm, cr.cap_inh)?;
+    st.call(
         "prctl(PR_SET_KEEPCAPS)",
         libc::SYS_prctl,
         [libc::PR_SET_KEEPCAPS as u64, 0, 0, 0, 0, 0],
-    )?;
-    raise_ambient(r, cr.cap_amb)?;
+    );
+    stage_raise_ambient(st, cr.cap_amb);
     Ok(())
 }
 

@@ -3,7 +3,7 @@
 
 use crate::error::{Error, Result};
 use crate::image::{limits, Regs, Rseq, SyscallState, ThreadImage};
-use crate::remote::Remote;
+use crate::remote::{BatchCall, BatchSite, Remote, Staged};
 use crate::signals;
 
 const ERESTARTSYS: i64 = -512;
@@ -142,49 +142,48 @@ pub fn validate(pid: i32, t: &ThreadImage) -> Result<()> {
     Ok(())
 }
 
-/// Drops the restorer's own rseq registration before its memory goes away
-/// (the kernel would write into the unmapped area on the way to user space).
-pub fn unregister_rseq(r: &mut Remote) -> Result<()> {
-    if let Ok(c) = sys::ptrace::get_rseq_config(r.tid) {
-        if c.rseq_abi_pointer != 0 {
-            r.call(
-                "rseq(unregister)",
-                libc::SYS_rseq,
-                [
-                    c.rseq_abi_pointer,
-                    c.rseq_abi_size as u64,
-                    1,
-                    c.signature as u64,
-                    0,
-                    0,
-                ],
-            )?;
-        }
-    }
-    Ok(())
+/// The call that drops the restorer's own rseq registration, to run before
+/// its memory goes away (the kernel would write into the unmapped area on
+/// the way to user space); None when the thread has none.
+pub fn unregister_rseq(r: &Remote) -> Option<BatchCall> {
+    let c = sys::ptrace::get_rseq_config(r.tid).ok()?;
+    (c.rseq_abi_pointer != 0).then(|| BatchCall {
+        what: "rseq(unregister)".into(),
+        nr: libc::SYS_rseq,
+        args: [
+            c.rseq_abi_pointer,
+            c.rseq_abi_size as u64,
+            1,
+            c.signature as u64,
+            0,
+            0,
+        ],
+        may_fail: false,
+    })
 }
 
-/// Puts back the per-thread kernel registrations (run in the thread itself).
-pub fn restore_registrations(r: &mut Remote, t: &ThreadImage) -> Result<()> {
-    signals::set_altstack(r, &t.altstack)?;
-    r.call(
+/// Stages the per-thread kernel registrations (to run in the thread itself):
+/// alternate signal stack, clear_child_tid, robust list, rseq.
+pub fn stage_registrations(st: &mut Staged, r: &mut Remote, t: &ThreadImage) -> Result<()> {
+    signals::stage_altstack(st, r, &t.altstack)?;
+    st.call(
         "set_tid_address",
         libc::SYS_set_tid_address,
         [t.clear_child_tid, 0, 0, 0, 0, 0],
-    )?;
+    );
     if t.robust_list != 0 {
-        r.call(
+        st.call(
             "set_robust_list",
             libc::SYS_set_robust_list,
             [t.robust_list, t.robust_list_len, 0, 0, 0, 0],
-        )?;
+        );
     }
     if let Some(rs) = &t.rseq {
-        r.call(
-            &format!("rseq registration at {:#x}", rs.addr),
+        st.call(
+            format!("rseq registration at {:#x}", rs.addr),
             libc::SYS_rseq,
             [rs.addr, rs.len as u64, 0, rs.signature as u64, 0, 0],
-        )?;
+        );
     }
     Ok(())
 }
@@ -205,46 +204,87 @@ const CLONE_THREAD_FLAGS: u64 = (libc::CLONE_VM
     | libc::CLONE_THREAD
     | libc::CLONE_SYSVSEM) as u64;
 
-/// Creates thread `ns_tid` in the task with an injected clone3(set_tid). The
-/// new thread is auto-attached (PTRACE_O_TRACECLONE) and waits in its first
-/// ptrace stop; returns its host TID.
-pub fn clone_thread(r: &mut Remote, pid: i32, ns_tid: i32, scratch: u64) -> Result<i32> {
-    sys::ptrace::set_options(r.tid, crate::seize::options() | libc::PTRACE_O_TRACECLONE)?;
-    let set_tid_at = scratch + 128;
-    let mut args = [0u64; 11];
-    args[0] = CLONE_THREAD_FLAGS;
-    args[8] = set_tid_at;
-    args[9] = 1;
-    let bytes: Vec<u8> = args.iter().flat_map(|w| w.to_le_bytes()).collect();
-    r.write_mem(scratch, &bytes)?;
-    r.write_mem(set_tid_at, &ns_tid.to_le_bytes())?;
-    let got = r.call(
-        &format!("clone3 of thread {ns_tid}"),
-        libc::SYS_clone3,
-        [scratch, bytes.len() as u64, 0, 0, 0, 0],
-    )?;
-    if got as i32 != ns_tid {
-        return Err(Error::Process {
-            pid,
-            reason: format!("thread {ns_tid} was created as {got}"),
-        });
+/// Bytes of a `struct clone_args` up to `set_tid_size` (CLONE_ARGS_SIZE_VER1 + 8).
+const CLONE_ARGS_LEN: usize = 88;
+
+/// Creates threads `ns_tids` (TIDs in the sandbox) in the task `r` drives,
+/// at a restore trampoline: clone3(set_tid) calls run as batches at `site`,
+/// one ptrace stop per thread (its clone event) instead of an injected call
+/// each. The new threads are auto-attached (PTRACE_O_TRACECLONE) and wait in
+/// their first ptrace stop, sharing the creator's registers until they are
+/// given their own. Returns their host TIDs, in the order of `ns_tids`.
+pub fn clone_threads(
+    r: &mut Remote,
+    pid: i32,
+    ns_tids: &[i32],
+    site: BatchSite,
+) -> Result<Vec<i32>> {
+    if ns_tids.is_empty() {
+        return Ok(Vec::new());
     }
-    // Its host TID, from the clone event; else found by its TID in the
-    // namespace (a search of every thread: quadratic over many threads).
-    let host = match r.last_child() {
-        Some(t) if t > 0 => t,
-        _ => find_thread(pid, ns_tid)?,
-    };
+    sys::ptrace::set_options(r.tid, crate::seize::options() | libc::PTRACE_O_TRACECLONE)?;
+    r.take_children();
+    let mut st = Staged::new(site);
+    for &ns_tid in ns_tids {
+        let at = st.put_with(r, CLONE_ARGS_LEN + 8, |at| {
+            let mut args = [0u64; 11];
+            args[0] = CLONE_THREAD_FLAGS;
+            args[8] = at + CLONE_ARGS_LEN as u64;
+            args[9] = 1;
+            let mut bytes: Vec<u8> = args.iter().flat_map(|w| w.to_le_bytes()).collect();
+            bytes.extend_from_slice(&(ns_tid as i64).to_le_bytes());
+            bytes
+        })?;
+        st.call(
+            format!("clone3 of thread {ns_tid}"),
+            libc::SYS_clone3,
+            [at, CLONE_ARGS_LEN as u64, 0, 0, 0, 0],
+        );
+    }
+    let got = st.finish(r);
+    // Every thread created, even by a batch that failed later on, is
+    // waited for: none is left in its first stop unseen.
+    let created = r.take_children();
+    for &host in &created {
+        wait_new_thread(pid, host)?;
+    }
+    let got = got?;
+    let mut hosts = Vec::with_capacity(ns_tids.len());
+    for (k, (&ns_tid, &g)) in ns_tids.iter().zip(&got).enumerate() {
+        if g as i32 != ns_tid {
+            return Err(Error::Process {
+                pid,
+                reason: format!("thread {ns_tid} was created as {g}"),
+            });
+        }
+        // Its host TID, from the clone event; else found by its TID in the
+        // namespace (a search of every thread).
+        let host = if created.len() == ns_tids.len() {
+            created[k]
+        } else {
+            let t = find_thread(pid, ns_tid)?;
+            if !created.contains(&t) {
+                wait_new_thread(pid, t)?;
+            }
+            t
+        };
+        hosts.push(host);
+    }
+    Ok(hosts)
+}
+
+/// Waits for a new thread's first ptrace stop.
+fn wait_new_thread(pid: i32, host: i32) -> Result<()> {
     use nix::sys::wait::{waitpid, WaitPidFlag, WaitStatus};
     match waitpid(nix::unistd::Pid::from_raw(host), Some(WaitPidFlag::__WALL)) {
-        Ok(WaitStatus::PtraceEvent(..)) | Ok(WaitStatus::Stopped(..)) => Ok(host),
+        Ok(WaitStatus::PtraceEvent(..)) | Ok(WaitStatus::Stopped(..)) => Ok(()),
         Ok(other) => Err(Error::Process {
             pid,
-            reason: format!("new thread {ns_tid}: unexpected wait status {other:?}"),
+            reason: format!("new thread {host}: unexpected wait status {other:?}"),
         }),
         Err(e) => Err(Error::Process {
             pid,
-            reason: format!("waiting for new thread {ns_tid}: {e}"),
+            reason: format!("waiting for new thread {host}: {e}"),
         }),
     }
 }

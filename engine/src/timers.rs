@@ -267,6 +267,14 @@ pub fn validate(pid: i32, t: &TimersImage, tids: &[i32]) -> Result<()> {
     Ok(())
 }
 
+/// Whether `restore` has anything to do (a POSIX timer or an armed itimer).
+pub fn has_any(t: &TimersImage) -> bool {
+    !t.posix.is_empty()
+        || t.itimers
+            .iter()
+            .any(|it| !is_zero(&it.value) || !is_zero(&it.interval))
+}
+
 /// Recreates the timers in a restored process, from its main thread, once
 /// its threads exist. `scratch` is task memory for the arguments.
 pub fn restore(r: &mut Remote, t: &TimersImage, scratch: u64) -> Result<()> {

@@ -4,7 +4,11 @@
 //! own vDSO: the vDSO image is the same in every process of a kernel, so the
 //! gadget is found in our own vDSO and rebased, and nothing is written into the
 //! tracee. The thread is then driven with `PTRACE_SYSCALL` through the
-//! syscall-entry and syscall-exit stops, and `rax` is read at the exit stop.
+//! syscall-entry and syscall-exit stops, and `rax` is read at the exit stop;
+//! in a task being restored (discarded should the tracer die), it is
+//! single-stepped over the `syscall` instruction instead, one stop per call,
+//! or runs to the `int3` of a restore trampoline, one stop per call or per
+//! batch of calls.
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::fs::FileExt;
@@ -88,8 +92,18 @@ pub(crate) fn io_errno(e: &std::io::Error) -> Errno {
     e.raw_os_error().map(Errno::from_raw).unwrap_or(Errno::EIO)
 }
 
-/// Offset of the first `syscall` instruction in this process's vDSO.
+/// Offset of the first `syscall` instruction in this process's vDSO (found
+/// once: the vDSO image does not change while the process runs).
 fn own_vdso_gadget_offset() -> Result<u64> {
+    static OFFSET: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    if let Some(&off) = OFFSET.get() {
+        return Ok(off);
+    }
+    let off = find_own_vdso_gadget_offset()?;
+    Ok(*OFFSET.get_or_init(|| off))
+}
+
+fn find_own_vdso_gadget_offset() -> Result<u64> {
     let (start, end) = special_mapping_of("self", "[vdso]")?;
     // SAFETY: [start, end) is our own [vdso] mapping, readable and never
     // unmapped while we run (nothing in this crate unmaps our own vDSO).
@@ -194,10 +208,16 @@ pub struct Injector {
     trap_after: bool,
     /// The thread's mask is the fully blocked one set for injection.
     blocked: bool,
+    /// Single syscalls run by single-stepping over the `syscall` instruction
+    /// (see [`Injector::set_step`]).
+    step: bool,
     done: bool,
     /// TID (in our PID namespace) of the thread or process the last injected
     /// syscall created, from its PTRACE_EVENT_CLONE/FORK/VFORK stop.
     last_child: Option<i32>,
+    /// Every thread or process the injected calls created since the last
+    /// [`Injector::take_children`], in the order of their events.
+    children: Vec<i32>,
 }
 
 impl Injector {
@@ -214,8 +234,10 @@ impl Injector {
             deferred: Vec::new(),
             trap_after: false,
             blocked: false,
+            step: false,
             done: false,
             last_child: None,
+            children: Vec::new(),
         })
     }
 
@@ -233,7 +255,17 @@ impl Injector {
             libc::PTRACE_EVENT_CLONE | libc::PTRACE_EVENT_FORK | libc::PTRACE_EVENT_VFORK
         ) {
             self.last_child = ptrace::get_event_msg(self.tid).ok().map(|m| m as i32);
+            if let Some(c) = self.last_child {
+                self.children.push(c);
+            }
         }
+    }
+
+    /// The TIDs (in our PID namespace) of every thread or process created by
+    /// the calls injected since the last time this was asked, in creation
+    /// order (a batch of clone3 calls reports one event per call).
+    pub fn take_children(&mut self) -> Vec<i32> {
+        std::mem::take(&mut self.children)
     }
 
     /// The thread's registers as they were when the injector was created.
@@ -262,6 +294,16 @@ impl Injector {
     pub fn set_trap_gadget(&mut self, gadget: u64) {
         self.gadget = gadget;
         self.trap_after = true;
+    }
+
+    /// Runs later single syscalls (at a gadget without a breakpoint after
+    /// it) by single-stepping over the `syscall` instruction: one ptrace stop
+    /// per syscall instead of its entry and exit. Only for a task that is
+    /// discarded should the tracer die (a restored one): a tracer's death
+    /// leaves the thread's single-step state set, and its next syscall would
+    /// end in a SIGTRAP; a PTRACE_DETACH clears it.
+    pub fn set_step(&mut self) {
+        self.step = true;
     }
 
     /// The thread this injector drives.
@@ -318,6 +360,11 @@ impl Injector {
         self.last_child = None;
         if self.trap_after {
             return self.run_to_trap();
+        }
+        if self.step {
+            // One instruction, the `syscall`: the step's trap comes once
+            // the syscall has returned, one stop instead of its entry and exit.
+            return self.wait_trap(self.gadget + 2, true);
         }
 
         let mut entered = false;
@@ -394,6 +441,14 @@ impl Injector {
     /// stopped at: `count` when every call succeeded, else the index of the
     /// first failing call (whose result slot holds its negative errno).
     pub fn run_batch(&mut self, entry: u64, table: u64, count: u64) -> Result<u64> {
+        self.start_batch(entry, table, count)?;
+        self.finish_batch(entry)
+    }
+
+    /// The first half of [`Injector::run_batch`]: sets the thread going
+    /// through the table and returns at once, so that several threads can
+    /// run their batches at the same time. [`Injector::finish_batch`] waits.
+    pub fn start_batch(&mut self, entry: u64, table: u64, count: u64) -> Result<()> {
         if self.done {
             return Err(Error::new("injected syscall: thread exited", Errno::ESRCH));
         }
@@ -414,20 +469,43 @@ impl Injector {
         regs.r12 = count;
         ptrace::set_regs(self.tid, &regs)?;
         self.last_child = None;
-        self.wait_trap(entry + BATCH_TRAP_OFFSET)?;
+        ptrace::cont(self.tid, 0)
+    }
+
+    /// Waits for the batch [`Injector::start_batch`] started at `entry` to
+    /// stop; returns the index it reached (see [`Injector::run_batch`]).
+    pub fn finish_batch(&mut self, entry: u64) -> Result<u64> {
+        self.wait_trap_resumed(entry + BATCH_TRAP_OFFSET, false)?;
         let regs = ptrace::get_regs(self.tid)?;
         Ok(regs.r13)
     }
 
     /// Runs from the gadget to the `int3` after its `syscall` and reads the result.
     fn run_to_trap(&mut self) -> Result<i64> {
-        self.wait_trap(self.gadget + 3)
+        self.wait_trap(self.gadget + 3, false)
     }
 
-    /// Resumes the thread until it stops at the breakpoint whose `int3` ends
-    /// just before `trap_ip`; returns its `rax`.
-    fn wait_trap(&mut self, trap_ip: u64) -> Result<i64> {
-        ptrace::cont(self.tid, 0)?;
+    /// Resumes the thread until it stops with SIGTRAP at `trap_ip` (just
+    /// past a breakpoint's `int3`, or, with `step`, past the single
+    /// instruction it runs); returns its `rax`.
+    fn wait_trap(&mut self, trap_ip: u64, step: bool) -> Result<i64> {
+        if step {
+            ptrace::singlestep(self.tid, 0)?;
+        } else {
+            ptrace::cont(self.tid, 0)?;
+        }
+        self.wait_trap_resumed(trap_ip, step)
+    }
+
+    /// `wait_trap` once the thread has been resumed.
+    fn wait_trap_resumed(&mut self, trap_ip: u64, step: bool) -> Result<i64> {
+        let resume = |tid: i32, sig: i32| {
+            if step {
+                ptrace::singlestep(tid, sig)
+            } else {
+                ptrace::cont(tid, sig)
+            }
+        };
         loop {
             let status = waitpid(Pid::from_raw(self.tid), Some(WaitPidFlag::__WALL))
                 .map_err(|e| Error::new("waitpid(injected syscall)", e))?;
@@ -435,15 +513,15 @@ impl Injector {
                 WaitStatus::Stopped(_, Signal::SIGTRAP) => {
                     let regs = ptrace::get_regs(self.tid)?;
                     if regs.rip == trap_ip {
-                        // The breakpoint's SIGTRAP is dropped: the next resume
+                        // The trap's SIGTRAP is dropped: the next resume
                         // passes no signal.
                         return Ok(regs.rax as i64);
                     }
-                    ptrace::cont(self.tid, libc::SIGTRAP)?;
+                    resume(self.tid, libc::SIGTRAP)?;
                 }
                 WaitStatus::Stopped(_, sig) => {
                     let pass = self.signal_to_pass(sig);
-                    ptrace::cont(self.tid, pass)?;
+                    resume(self.tid, pass)?;
                 }
                 WaitStatus::Exited(..) | WaitStatus::Signaled(..) => {
                     self.done = true;
@@ -451,9 +529,9 @@ impl Injector {
                 }
                 WaitStatus::PtraceEvent(_, _, event) => {
                     self.note_event(event);
-                    ptrace::cont(self.tid, 0)?;
+                    resume(self.tid, 0)?;
                 }
-                _ => ptrace::cont(self.tid, 0)?,
+                _ => resume(self.tid, 0)?,
             }
         }
     }

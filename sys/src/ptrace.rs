@@ -141,6 +141,23 @@ pub fn cont(tid: i32, sig: i32) -> Result<()> {
     Ok(())
 }
 
+/// `PTRACE_SINGLESTEP`: resume for one instruction, delivering `sig` (0 for
+/// none); the thread stops with SIGTRAP after it. A `syscall` instruction
+/// counts as one: the stop comes once the syscall has returned.
+pub fn singlestep(tid: i32, sig: i32) -> Result<()> {
+    // SAFETY: SINGLESTEP takes no pointers; `data` is the signal number.
+    unsafe {
+        raw(
+            "ptrace(PTRACE_SINGLESTEP)",
+            libc::PTRACE_SINGLESTEP,
+            tid,
+            std::ptr::null_mut(),
+            sig as usize as *mut c_void,
+        )
+    }?;
+    Ok(())
+}
+
 /// `PTRACE_SYSCALL`: resume until the next syscall entry or exit, delivering
 /// signal `sig` (0 for none).
 pub fn syscall(tid: i32, sig: i32) -> Result<()> {

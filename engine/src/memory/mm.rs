@@ -5,7 +5,7 @@
 
 use crate::error::{Error, Result};
 use crate::image::{limits, MmImage, Vma, VmaKind, PAGE_SIZE};
-use crate::remote::Remote;
+use crate::remote::{BatchCall, Remote, Staged};
 
 fn perr(pid: i32, what: &str, e: impl std::fmt::Display) -> Error {
     Error::Process {
@@ -65,21 +65,31 @@ pub fn validate(pid: i32, mm: &MmImage) -> Result<()> {
 
 const ARCH_MAP_VDSO_64: u64 = 0x2003;
 
-/// Maps the vDSO block ([vvar], [vvar_vclock], [vdso]) at its dumped place.
-/// All of the task's old mappings, its old vDSO included, are gone by now.
-pub fn restore_vdso(r: &mut Remote, vmas: &[Vma]) -> Result<()> {
+/// The call that maps the vDSO block ([vvar], [vvar_vclock], [vdso]) at its
+/// dumped place, once all of the task's old mappings, its old vDSO
+/// included, are gone; None when the image has no vDSO. `check_vdso`
+/// verifies the result.
+pub fn vdso_call(vmas: &[Vma]) -> Option<BatchCall> {
+    let first = vmas
+        .iter()
+        .find(|v| matches!(v.kind, VmaKind::Special { .. }))?;
+    Some(BatchCall {
+        what: format!("arch_prctl(ARCH_MAP_VDSO_64, {:#x})", first.start),
+        nr: libc::SYS_arch_prctl,
+        args: [ARCH_MAP_VDSO_64, first.start, 0, 0, 0, 0],
+        may_fail: false,
+    })
+}
+
+/// Checks that the vDSO block `vdso_call` mapped is laid out as in the image.
+pub fn check_vdso(r: &Remote, vmas: &[Vma]) -> Result<()> {
     let special: Vec<&Vma> = vmas
         .iter()
         .filter(|v| matches!(v.kind, VmaKind::Special { .. }))
         .collect();
-    let Some(first) = special.first() else {
+    if special.is_empty() {
         return Ok(());
-    };
-    r.call(
-        &format!("arch_prctl(ARCH_MAP_VDSO_64, {:#x})", first.start),
-        libc::SYS_arch_prctl,
-        [ARCH_MAP_VDSO_64, first.start, 0, 0, 0, 0],
-    )?;
+    }
     // The kernel's layout must match the dumped one, area by area (from the
     // maps list: smaps would cost a page-table walk of every area).
     let maps =
@@ -118,47 +128,52 @@ pub fn restore_vdso(r: &mut Remote, vmas: &[Vma]) -> Result<()> {
     Ok(())
 }
 
-/// PR_SET_MM_MAP with the executable: `exe_fd` is open in the task. `scratch`
-/// is a page of the task's memory for the struct and the auxv.
-pub fn restore_mm(r: &mut Remote, mm: &MmImage, exe_fd: u64, scratch: u64) -> Result<()> {
-    let auxv_at = scratch + 128;
+/// Stages PR_SET_MM_MAP with the executable: `exe_fd` is open in the task.
+/// The struct and the auxv go to the batch's data area.
+pub fn stage_mm(st: &mut Staged, r: &mut Remote, mm: &MmImage, exe_fd: u64) -> Result<()> {
     let auxv_bytes: Vec<u8> = mm.auxv.iter().flat_map(|w| w.to_le_bytes()).collect();
-    if 128 + auxv_bytes.len() as u64 > PAGE_SIZE {
+    if auxv_bytes.len() as u64 > PAGE_SIZE {
         return Err(Error::Process {
             pid: r.tid,
             reason: "auxv too large".into(),
         });
     }
-    let map = sys::mm::PrctlMmMap {
-        start_code: mm.start_code,
-        end_code: mm.end_code,
-        start_data: mm.start_data,
-        end_data: mm.end_data,
-        start_brk: mm.start_brk,
-        brk: mm.brk,
-        start_stack: mm.start_stack,
-        arg_start: mm.arg_start,
-        arg_end: mm.arg_end,
-        env_start: mm.env_start,
-        env_end: mm.env_end,
-        auxv: auxv_at,
-        auxv_size: auxv_bytes.len() as u32,
-        exe_fd: exe_fd as u32,
-    };
-    let map = map.as_bytes();
-    r.write_mem(scratch, map)?;
-    r.write_mem(auxv_at, &auxv_bytes)?;
-    r.call(
+    let map_len = sys::mm::PrctlMmMap::default().as_bytes().len();
+    // The struct, then the auxv at an 8-byte boundary after it.
+    let auxv_off = map_len.div_ceil(8) * 8;
+    let at = st.put_with(r, auxv_off + auxv_bytes.len(), |at| {
+        let map = sys::mm::PrctlMmMap {
+            start_code: mm.start_code,
+            end_code: mm.end_code,
+            start_data: mm.start_data,
+            end_data: mm.end_data,
+            start_brk: mm.start_brk,
+            brk: mm.brk,
+            start_stack: mm.start_stack,
+            arg_start: mm.arg_start,
+            arg_end: mm.arg_end,
+            env_start: mm.env_start,
+            env_end: mm.env_end,
+            auxv: at + auxv_off as u64,
+            auxv_size: auxv_bytes.len() as u32,
+            exe_fd: exe_fd as u32,
+        };
+        let mut b = map.as_bytes().to_vec();
+        b.resize(auxv_off, 0);
+        b.extend_from_slice(&auxv_bytes);
+        b
+    })?;
+    st.call(
         "prctl(PR_SET_MM, PR_SET_MM_MAP)",
         libc::SYS_prctl,
         [
             libc::PR_SET_MM as u64,
             libc::PR_SET_MM_MAP as u64,
-            scratch,
-            map.len() as u64,
+            at,
+            map_len as u64,
             0,
             0,
         ],
-    )?;
+    );
     Ok(())
 }

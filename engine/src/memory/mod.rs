@@ -17,7 +17,7 @@ use procfs::process::{MMPermissions, MMapPath, VmFlags};
 
 use crate::error::{Error, Result};
 use crate::image::{SharedRef, Vma, VmaKind, PAGE_SIZE};
-use crate::remote::{BatchCall, Remote};
+use crate::remote::{BatchCall, BatchSite, Remote, Staged};
 
 /// Highest user address plus one with 4-level page tables.
 pub const TASK_SIZE: u64 = 0x7fff_ffff_f000;
@@ -49,16 +49,37 @@ const ADVICE: &[(VmFlags, &str, i32)] = &[
     (VmFlags::MG, "mergeable", libc::MADV_MERGEABLE),
 ];
 
-/// Reads the memory areas of `pid` (pages are filled in by `pages::dump`).
-pub fn collect(pid: i32) -> Result<Vec<Vma>> {
-    let proc = procfs::process::Process::new(pid).map_err(|e| Error::Process {
-        pid,
-        reason: format!("opening /proc: {e}"),
-    })?;
-    let maps = proc.smaps().map_err(|e| Error::Process {
+/// /proc/PID/smaps, parsed for the header line and the `VmFlags` line of
+/// each area only: the other lines (a score of counters per area, most of
+/// the text) are dropped before parsing, which otherwise costs more than
+/// the kernel's writing of them with many areas.
+fn read_smaps(pid: i32) -> Result<procfs::process::MemoryMaps> {
+    use procfs::FromBufRead;
+    let text = std::fs::read(format!("/proc/{pid}/smaps")).map_err(|e| Error::Process {
         pid,
         reason: format!("reading smaps: {e}"),
     })?;
+    let mut kept = Vec::with_capacity(text.len() / 8);
+    for line in text.split(|&b| b == b'\n') {
+        // A header starts with the area's start address in lower-case hex;
+        // every other line with a capitalised key.
+        let header = line
+            .first()
+            .is_some_and(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b));
+        if header || line.starts_with(b"VmFlags:") {
+            kept.extend_from_slice(line);
+            kept.push(b'\n');
+        }
+    }
+    procfs::process::MemoryMaps::from_buf_read(&kept[..]).map_err(|e| Error::Process {
+        pid,
+        reason: format!("parsing smaps: {e}"),
+    })
+}
+
+/// Reads the memory areas of `pid` (pages are filled in by `pages::dump`).
+pub fn collect(pid: i32) -> Result<Vec<Vma>> {
+    let maps = read_smaps(pid)?;
     let mut out = Vec::new();
     for m in maps {
         let (start, end) = m.address;
@@ -239,13 +260,23 @@ pub struct Rebuild {
     /// Calls waiting for `flush`, with the result each must return (mmap
     /// at a fixed address), if any.
     pending: Vec<(BatchCall, Option<u64>)>,
+    /// The old layout's unmapping (queued by `start`) has run.
+    unmapped: bool,
 }
 
 impl Rebuild {
-    /// Maps the trampoline where neither layout has anything, then unmaps
-    /// everything else but the shared memory objects in `keep` (id, address,
-    /// length; see `shared`): the task keeps nothing of the stasis process it was.
-    pub fn start(r: &mut Remote, target: &[Vma], keep: &[(u32, u64, u64)]) -> Result<Self> {
+    /// Maps the trampoline where neither layout has anything, then queues
+    /// `first` (calls that must run before the task's memory goes) and the
+    /// unmapping of everything else but the shared memory objects in `keep`
+    /// (id, address, length; see `shared`): the task keeps nothing of the
+    /// stasis process it was. The queued calls run with the areas' mmaps
+    /// (`flush`), as one batch.
+    pub fn start(
+        r: &mut Remote,
+        target: &[Vma],
+        keep: &[(u32, u64, u64)],
+        first: Vec<BatchCall>,
+    ) -> Result<Self> {
         let cur = current_ranges(r.tid)?;
         let tgt: Vec<(u64, u64)> = target.iter().map(|v| (v.start, v.end)).collect();
         let len = TRAMPOLINE_PAGES * PAGE_SIZE;
@@ -271,10 +302,14 @@ impl Rebuild {
                 reason: format!("trampoline mapped at {got:#x}, wanted {at:#x}"),
             });
         }
-        r.write_mem(at, &TRAMPOLINE_CODE)?;
-        r.write_mem(at + BATCH_CODE_AT, &sys::inject::BATCH_CODE)?;
+        let mut code = TRAMPOLINE_CODE.to_vec();
+        code.resize(BATCH_CODE_AT as usize, 0xcc);
+        code.extend_from_slice(&sys::inject::BATCH_CODE);
+        r.write_mem(at, &code)?;
         r.set_trap_gadget(at);
         r.adopt_scratch(at + PAGE_SIZE, len - PAGE_SIZE);
+        let mut pending: Vec<(BatchCall, Option<u64>)> =
+            first.into_iter().map(|c| (c, None)).collect();
         // Everything around the trampoline and the kept objects goes.
         let mut stay: Vec<(u64, u64)> = keep.iter().map(|&(_, a, l)| (a, a + l)).collect();
         stay.push((at, at + len));
@@ -282,11 +317,15 @@ impl Rebuild {
         let mut cursor = LOW_LIMIT;
         for (s, e) in stay.iter().copied().chain([(TASK_SIZE, TASK_SIZE)]) {
             if s > cursor {
-                r.call(
-                    &format!("munmap({cursor:#x}-{s:#x})"),
-                    libc::SYS_munmap,
-                    [cursor, s - cursor, 0, 0, 0, 0],
-                )?;
+                pending.push((
+                    BatchCall {
+                        what: format!("munmap({cursor:#x}-{s:#x})"),
+                        nr: libc::SYS_munmap,
+                        args: [cursor, s - cursor, 0, 0, 0, 0],
+                        may_fail: false,
+                    },
+                    None,
+                ));
             }
             cursor = cursor.max(e);
         }
@@ -294,8 +333,14 @@ impl Rebuild {
             trampoline: at,
             files: HashMap::new(),
             parked: keep.iter().map(|&(id, a, l)| (id, (a, l))).collect(),
-            pending: Vec::new(),
+            pending,
+            unmapped: false,
         })
+    }
+
+    /// Queues a call to run with the next `flush`.
+    pub fn queue(&mut self, call: BatchCall) {
+        self.pending.push((call, None));
     }
 
     /// Runs the calls `map_area` and `finish_area` queued, in order, in
@@ -322,6 +367,7 @@ impl Rebuild {
                 }
             }
         }
+        self.unmapped = true;
         Ok(())
     }
 
@@ -329,20 +375,33 @@ impl Rebuild {
         self.trampoline + (1 + SCRATCH_PAGES) * PAGE_SIZE
     }
 
-    /// Unmaps the shared memory objects kept for the areas (once they are all mapped).
-    pub fn unpark(&mut self, r: &mut Remote) -> Result<()> {
+    /// Queues the unmapping of the shared memory objects kept for the areas
+    /// (once they are all mapped), for the next `flush`.
+    pub fn unpark(&mut self) {
         for (id, (a, l)) in std::mem::take(&mut self.parked) {
-            r.call(
-                &format!("munmap of shared memory object {id} at {a:#x}"),
-                libc::SYS_munmap,
-                [a, l, 0, 0, 0, 0],
-            )?;
+            self.queue(BatchCall {
+                what: format!("munmap of shared memory object {id} at {a:#x}"),
+                nr: libc::SYS_munmap,
+                args: [a, l, 0, 0, 0, 0],
+                may_fail: false,
+            });
         }
-        Ok(())
     }
 
     pub fn scratch(&self) -> u64 {
         self.trampoline + PAGE_SIZE
+    }
+
+    /// The trampoline's batch loop and table, with its scratch pages as the
+    /// data area, for calls staged elsewhere (`remote::Staged`).
+    pub fn site(&self) -> BatchSite {
+        BatchSite {
+            entry: self.trampoline + BATCH_CODE_AT,
+            table: self.batch_table(),
+            cap: BATCH_CAP,
+            data: self.scratch(),
+            data_len: SCRATCH_PAGES * PAGE_SIZE,
+        }
     }
 
     fn open_in_task(&mut self, r: &mut Remote, path: &str, flags: i32) -> Result<u64> {
@@ -405,6 +464,10 @@ impl Rebuild {
                     v.start, v.end, sr.object
                 ),
             })?;
+            // Moved into place at once: the old layout must be gone first.
+            if !self.unmapped {
+                self.flush(r)?;
+            }
             return shared::map_area(r, v, sr, base);
         }
         let (fd, off) = match &v.kind {
@@ -492,12 +555,15 @@ impl Rebuild {
         self.files.insert(format!("memfd:{id}"), fd);
     }
 
-    /// Closes the fds opened for file mappings.
-    pub fn close_files(&mut self, r: &mut Remote) -> Result<()> {
-        for (_, fd) in self.files.drain() {
-            r.call("close", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
+    /// Stages the closing of the fds opened for file mappings.
+    pub fn stage_close_files(&mut self, st: &mut Staged) {
+        for (key, fd) in self.files.drain() {
+            st.call(
+                format!("close of fd {fd} ({key})"),
+                libc::SYS_close,
+                [fd, 0, 0, 0, 0, 0],
+            );
         }
-        Ok(())
     }
 }
 

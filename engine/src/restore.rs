@@ -532,32 +532,37 @@ fn restore_guarded(
         // Ok(Some(pages)) when released, Ok(None) when another group failed.
         let rebuild_group =
             |group: Vec<seize::SeizedProcess>, alone: bool| -> Result<Option<u64>> {
-                let res = (|| -> Result<(Seized, u64)> {
-                    let mut seized = Seized::seize(group)?;
-                    seized.wait_stops(Duration::from_secs(10), alone)?;
-                    let mut pages_total = 0;
-                    let held: Vec<(i32, i32, i32)> = seized
-                        .procs
-                        .iter()
-                        .map(|sp| (sp.pid, sp.ns_pid, sp.threads[0].tid))
-                        .collect();
-                    for (host_pid, ns_pid, main_tid) in held {
-                        let p = &img.procs[&ns_pid];
-                        let (n, threads) = rebuild_process(
-                            host_pid,
-                            main_tid,
-                            ready_w_raw,
-                            p,
-                            &pages[&ns_pid],
-                            &img.files,
-                            (slot_base, &slots[&ns_pid]),
-                            &layout,
-                        )?;
-                        pages_total += n;
-                        seized.adopt_threads(host_pid, &threads);
-                    }
-                    Ok((seized, pages_total))
-                })();
+                // A panic below must not leave the other thread waiting at
+                // the barrier: it counts as a failure and meets it.
+                let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(
+                    || -> Result<(Seized, u64)> {
+                        let mut seized = Seized::seize(group)?;
+                        seized.wait_stops(Duration::from_secs(10), alone)?;
+                        let mut pages_total = 0;
+                        let held: Vec<(i32, i32, i32)> = seized
+                            .procs
+                            .iter()
+                            .map(|sp| (sp.pid, sp.ns_pid, sp.threads[0].tid))
+                            .collect();
+                        for (host_pid, ns_pid, main_tid) in held {
+                            let p = &img.procs[&ns_pid];
+                            let (n, threads) = rebuild_process(
+                                host_pid,
+                                main_tid,
+                                ready_w_raw,
+                                p,
+                                &pages[&ns_pid],
+                                &img.files,
+                                (slot_base, &slots[&ns_pid]),
+                                &layout,
+                            )?;
+                            pages_total += n;
+                            seized.adopt_threads(host_pid, &threads);
+                        }
+                        Ok((seized, pages_total))
+                    },
+                ))
+                .unwrap_or_else(|_| Err(Error::Other("a rebuilding thread panicked".into())));
                 if res.is_err() {
                     failed.store(true, std::sync::atomic::Ordering::SeqCst);
                 }

@@ -339,6 +339,13 @@ impl Seized {
                 let _ = sys::pidfd::pidfd_send_signal(std::os::fd::AsFd::as_fd(fd), libc::SIGKILL);
             }
         }
+        // Free their memory from here too, beside their own exits (best
+        // effort: only the teardown's speed depends on it).
+        for p in &self.procs {
+            if let Some(fd) = &p.pidfd {
+                let _ = sys::pidfd::process_mrelease(std::os::fd::AsFd::as_fd(fd));
+            }
+        }
         for p in &self.procs {
             // A thread group's leader reports its end only after the other
             // threads are collected: leader last.

@@ -51,3 +51,16 @@ pub fn pidfd_send_signal(pidfd: BorrowedFd, sig: i32) -> Result<()> {
     })?;
     Ok(())
 }
+
+/// Frees the memory of the process behind `pidfd`, which must be dying (a
+/// SIGKILL sent): the caller's CPU unmaps its anonymous memory while the
+/// process's own exit does the same from the other end, so a large address
+/// space goes about twice as fast. ENOSYS before Linux 5.15; EINVAL when the
+/// memory is shared with a process that is not dying.
+pub fn process_mrelease(pidfd: BorrowedFd) -> Result<()> {
+    // SAFETY: process_mrelease takes a pidfd and flags (0); no memory passed.
+    check("process_mrelease", unsafe {
+        libc::syscall(libc::SYS_process_mrelease, pidfd.as_raw_fd(), 0u32)
+    })?;
+    Ok(())
+}

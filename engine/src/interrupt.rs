@@ -88,7 +88,16 @@ pub struct HeldSignals {
 
 impl HeldSignals {
     pub fn hold() -> Self {
-        let set = sigset(&STOP_SIGNALS);
+        // With the fault-injection hook armed, SIGUSR1 (its "go on") is held
+        // too, from the start: threads the dump starts later inherit the
+        // mask, so the signal can only be taken by the paused thread, never
+        // delivered with its default action (the end of the process) to a
+        // thread that is not waiting for it.
+        let mut sigs = STOP_SIGNALS.to_vec();
+        if crate::faults::pause_spec().is_some() {
+            sigs.push(libc::SIGUSR1);
+        }
+        let set = sigset(&sigs);
         // SAFETY: a zeroed sigset_t is a valid out-buffer; pthread_sigmask
         // with valid set pointers.
         let old = unsafe {

@@ -282,3 +282,72 @@ pub fn arch_map_vdso_64(addr: u64) -> Result<()> {
     })?;
     Ok(())
 }
+
+/// `PROCMAP_QUERY` (include/uapi/linux/fs.h): `_IOWR('f', 17, struct procmap_query)`.
+pub const PROCMAP_QUERY: u64 = 0xc068_6611;
+
+/// `struct procmap_query` (include/uapi/linux/fs.h), 104 bytes.
+#[repr(C)]
+#[derive(Debug, Clone, Copy, Default)]
+struct ProcmapQuery {
+    size: u64,
+    query_flags: u64,
+    query_addr: u64,
+    vma_start: u64,
+    vma_end: u64,
+    vma_flags: u64,
+    vma_page_size: u64,
+    vma_offset: u64,
+    inode: u64,
+    dev_major: u32,
+    dev_minor: u32,
+    vma_name_size: u32,
+    build_id_size: u32,
+    vma_name_addr: u64,
+    build_id_addr: u64,
+}
+
+const _: () = assert!(std::mem::size_of::<ProcmapQuery>() == 104);
+
+/// The area of a process that contains `addr` (PROCMAP_QUERY ioctl on an
+/// open /proc/PID/maps fd, Linux 6.11+): its start, end and the name
+/// /proc/PID/maps shows for it (`[vdso]`, a path, or empty). `Ok(None)`
+/// when no area contains `addr`; ENOTTY when the kernel lacks the ioctl.
+pub fn procmap_query(maps: BorrowedFd, addr: u64) -> Result<Option<(u64, u64, String)>> {
+    let mut name = vec![0u8; 4096];
+    let mut q = ProcmapQuery {
+        size: std::mem::size_of::<ProcmapQuery>() as u64,
+        query_addr: addr,
+        vma_name_size: name.len() as u32,
+        vma_name_addr: name.as_mut_ptr() as u64,
+        ..ProcmapQuery::default()
+    };
+    // SAFETY: `q` is a valid procmap_query whose name buffer points at
+    // `name`, valid for `vma_name_size` bytes; the kernel fills both.
+    let ret = unsafe {
+        libc::ioctl(
+            maps.as_raw_fd(),
+            PROCMAP_QUERY as _,
+            &mut q as *mut ProcmapQuery,
+        )
+    };
+    if ret == -1 {
+        let e = Error::last("ioctl(PROCMAP_QUERY)");
+        return if e.errno == Errno::ENOENT {
+            Ok(None)
+        } else {
+            Err(e)
+        };
+    }
+    // vma_name_size counts the terminating NUL; 0 when the area has no name.
+    let len = (q.vma_name_size as usize).min(name.len());
+    name.truncate(len);
+    if name.last() == Some(&0) {
+        name.pop();
+    }
+    Ok(Some((
+        q.vma_start,
+        q.vma_end,
+        String::from_utf8_lossy(&name).into_owned(),
+    )))
+}

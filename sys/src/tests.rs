@@ -635,3 +635,33 @@ fn syscall_batch_runs_a_table_and_stops_at_the_first_failure() {
     kill_and_reap(pid);
     drop(child);
 }
+
+#[test]
+fn procmap_query_names_the_vdso_and_misses_a_hole() {
+    // SAFETY: getauxval reads this process's auxiliary vector.
+    let vdso = unsafe { libc::getauxval(libc::AT_SYSINFO_EHDR) };
+    assert_ne!(vdso, 0, "no vDSO in the auxiliary vector");
+    let maps = std::fs::File::open("/proc/self/maps").unwrap();
+    let (start, end, name) = match mm::procmap_query(maps.as_fd(), vdso) {
+        Ok(Some(area)) => area,
+        Ok(None) => panic!("no area at the vDSO {vdso:#x}"),
+        Err(e) if e.errno == Errno::ENOTTY => {
+            println!("skipping: the kernel lacks PROCMAP_QUERY");
+            return;
+        }
+        Err(e) => panic!("{e}"),
+    };
+    assert_eq!(start, vdso);
+    assert!(end > start);
+    assert_eq!(name, "[vdso]");
+    // The listed area agrees.
+    let text = std::fs::read_to_string("/proc/self/maps").unwrap();
+    let line = format!("{start:x}-{end:x} ");
+    assert!(
+        text.lines()
+            .any(|l| l.starts_with(&line) && l.ends_with("[vdso]")),
+        "{line} not listed"
+    );
+    // Page 0 is never mapped.
+    assert_eq!(mm::procmap_query(maps.as_fd(), 0).unwrap(), None);
+}

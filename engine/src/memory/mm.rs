@@ -90,31 +90,21 @@ pub fn check_vdso(r: &Remote, vmas: &[Vma]) -> Result<()> {
     if special.is_empty() {
         return Ok(());
     }
-    // The kernel's layout must match the dumped one, area by area (from the
-    // maps list: smaps would cost a page-table walk of every area).
-    let maps =
-        std::fs::read_to_string(format!("/proc/{}/maps", r.tid)).map_err(|e| Error::Process {
-            pid: r.tid,
-            reason: format!("reading maps: {e}"),
-        })?;
-    let now: Vec<(u64, u64, &str)> = maps
-        .lines()
-        .filter_map(|l| {
-            let mut f = l.split_whitespace();
-            let (a, b) = f.next()?.split_once('-')?;
-            let name = f.nth(4)?;
-            let a = u64::from_str_radix(a, 16).ok()?;
-            let b = u64::from_str_radix(b, 16).ok()?;
-            name.starts_with('[').then_some((a, b, name))
-        })
-        .collect();
+    // The kernel's layout must match the dumped one, area by area: asked of
+    // /proc/PID/maps one area at a time (PROCMAP_QUERY), or, on kernels
+    // without it, read from the whole list (thousands of lines for a
+    // process of many areas; smaps would cost a page-table walk of each).
+    let now = match queried(r.tid, &special) {
+        Some(now) => now,
+        None => listed(r.tid)?,
+    };
     for v in &special {
         let VmaKind::Special { name } = &v.kind else {
             continue;
         };
         let ok = now
             .iter()
-            .any(|&(a, b, n)| a == v.start && b == v.end && n == name);
+            .any(|(a, b, n)| *a == v.start && *b == v.end && n == name);
         if !ok {
             return Err(Error::Process {
                 pid: r.tid,
@@ -126,6 +116,45 @@ pub fn check_vdso(r: &Remote, vmas: &[Vma]) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// The areas at the start of each of `special` in `tid` (start, end, name),
+/// by PROCMAP_QUERY; None when that cannot be asked (the caller reads the
+/// whole list instead).
+fn queried(tid: i32, special: &[&Vma]) -> Option<Vec<(u64, u64, String)>> {
+    let maps = std::fs::File::open(format!("/proc/{tid}/maps")).ok()?;
+    let mut now = Vec::with_capacity(special.len());
+    for v in special {
+        match sys::mm::procmap_query(std::os::fd::AsFd::as_fd(&maps), v.start) {
+            Ok(Some(area)) => now.push(area),
+            Ok(None) => {}
+            Err(e) => {
+                tracing::debug!("process {tid}: {e}; reading the whole maps list");
+                return None;
+            }
+        }
+    }
+    Some(now)
+}
+
+/// The special areas of `tid` (names in brackets) from /proc/PID/maps.
+fn listed(tid: i32) -> Result<Vec<(u64, u64, String)>> {
+    let maps =
+        std::fs::read_to_string(format!("/proc/{tid}/maps")).map_err(|e| Error::Process {
+            pid: tid,
+            reason: format!("reading maps: {e}"),
+        })?;
+    Ok(maps
+        .lines()
+        .filter_map(|l| {
+            let mut f = l.split_whitespace();
+            let (a, b) = f.next()?.split_once('-')?;
+            let name = f.nth(4)?;
+            let a = u64::from_str_radix(a, 16).ok()?;
+            let b = u64::from_str_radix(b, 16).ok()?;
+            name.starts_with('[').then(|| (a, b, name.to_string()))
+        })
+        .collect())
 }
 
 /// Stages PR_SET_MM_MAP with the executable: `exe_fd` is open in the task.

@@ -244,6 +244,7 @@ pub fn dump(
         let failed = AtomicUsize::new(usize::MAX);
         let (s0, s1) = sinks.split_at_mut(1);
         let (r0, r1) = readers.split_at_mut(1);
+        let t0 = std::time::Instant::now();
         let run = |k: usize, sink: &mut PageSink, r: &mut TaskReader| {
             let res = sink.append_direct(lens[k], |_, window| {
                 if failed.load(Ordering::Relaxed) != usize::MAX {
@@ -256,6 +257,13 @@ pub fn dump(
                 let _ =
                     failed.compare_exchange(usize::MAX, k, Ordering::Relaxed, Ordering::Relaxed);
             }
+            tracing::debug!(
+                pid,
+                file = k,
+                bytes = lens[k],
+                ms = t0.elapsed().as_secs_f64() * 1e3,
+                "page file written"
+            );
             res
         };
         let (a, b) = std::thread::scope(|sc| {

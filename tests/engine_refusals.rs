@@ -134,19 +134,6 @@ fn refused_restore(tag: &str, damage: impl FnOnce(&Path), words: &[&str]) {
     h.expect_pass(&restored);
 }
 
-fn flip_byte(file: &Path, at: u64) {
-    use std::os::unix::fs::FileExt;
-    let f = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(file)
-        .expect("opening an image file");
-    let mut b = [0u8];
-    f.read_exact_at(&mut b, at).expect("reading an image byte");
-    b[0] ^= 0x01;
-    f.write_all_at(&b, at).expect("writing an image byte");
-}
-
 /// The largest page file: the workload's memory.
 fn page_file(image: &Path) -> PathBuf {
     image_files(image, "pages-")

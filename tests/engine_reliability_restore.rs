@@ -236,19 +236,6 @@ fn failed_restore(h: &Harness, image: &Path, env: &[(&str, &str)], words: &[&str
     err
 }
 
-fn flip_byte(file: &Path, at: u64) {
-    use std::os::unix::fs::FileExt;
-    let f = fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(file)
-        .expect("opening an image file");
-    let mut b = [0u8];
-    f.read_exact_at(&mut b, at).expect("reading an image byte");
-    b[0] ^= 0x01;
-    f.write_all_at(&b, at).expect("writing an image byte");
-}
-
 /// One byte flipped in the page file is caught by its checksum while the
 /// memory restore reads it, before the restored tree runs: the half-made
 /// sandbox is removed whole by the restore itself (the watcher has nothing to

@@ -384,15 +384,20 @@ impl Remote {
             bytes.extend_from_slice(&0u64.to_le_bytes());
         }
         self.write_mem(table, &bytes)?;
-        let tid = self.tid;
-        self.inj
+        let r = self
+            .inj
             .as_mut()
             .expect("injector present until finish")
-            .start_batch(entry, table, chunk.len() as u64)
-            .map_err(|e| Error::Process {
-                pid: tid,
-                reason: format!("syscall batch from {}: {e}", chunk[0].what),
-            })
+            .start_batch(entry, table, chunk.len() as u64);
+        r.map_err(|e| self.batch_err(chunk, e))
+    }
+
+    /// The injector's failure to run a batch, named by its first call.
+    fn batch_err(&self, chunk: &[BatchCall], e: impl std::fmt::Display) -> Error {
+        Error::Process {
+            pid: self.tid,
+            reason: format!("syscall batch from {}: {e}", chunk[0].what),
+        }
     }
 
     /// Waits for the table `batch_start` started, then runs what is left of
@@ -411,11 +416,8 @@ impl Remote {
             .inj
             .as_mut()
             .expect("injector present until finish")
-            .finish_batch(entry)
-            .map_err(|e| Error::Process {
-                pid: tid,
-                reason: format!("syscall batch from {}: {e}", chunk[0].what),
-            })? as usize;
+            .finish_batch(entry);
+        let reached = reached.map_err(|e| self.batch_err(chunk, e))? as usize;
         if reached > chunk.len() {
             return Err(Error::Process {
                 pid: tid,

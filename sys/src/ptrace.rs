@@ -113,43 +113,34 @@ pub fn interrupt(tid: i32) -> Result<()> {
 
 /// `PTRACE_DETACH`, delivering signal `sig` (0 for none).
 pub fn detach(tid: i32, sig: i32) -> Result<()> {
-    // SAFETY: DETACH takes no pointers; `data` is the signal number.
-    unsafe {
-        raw(
-            "ptrace(PTRACE_DETACH)",
-            libc::PTRACE_DETACH,
-            tid,
-            std::ptr::null_mut(),
-            sig as usize as *mut c_void,
-        )
-    }?;
-    Ok(())
+    resume("ptrace(PTRACE_DETACH)", libc::PTRACE_DETACH, tid, sig)
 }
 
 /// `PTRACE_CONT`, delivering signal `sig` (0 for none).
 pub fn cont(tid: i32, sig: i32) -> Result<()> {
-    // SAFETY: CONT takes no pointers; `data` is the signal number.
-    unsafe {
-        raw(
-            "ptrace(PTRACE_CONT)",
-            libc::PTRACE_CONT,
-            tid,
-            std::ptr::null_mut(),
-            sig as usize as *mut c_void,
-        )
-    }?;
-    Ok(())
+    resume("ptrace(PTRACE_CONT)", libc::PTRACE_CONT, tid, sig)
 }
 
 /// `PTRACE_SINGLESTEP`: resume for one instruction, delivering `sig` (0 for
 /// none); the thread stops with SIGTRAP after it. A `syscall` instruction
 /// counts as one: the stop comes once the syscall has returned.
 pub fn singlestep(tid: i32, sig: i32) -> Result<()> {
-    // SAFETY: SINGLESTEP takes no pointers; `data` is the signal number.
+    resume(
+        "ptrace(PTRACE_SINGLESTEP)",
+        libc::PTRACE_SINGLESTEP,
+        tid,
+        sig,
+    )
+}
+
+/// A request that lets the thread go (detach, continue, step) with signal
+/// `sig` delivered (0 for none).
+fn resume(what: &'static str, req: u32, tid: i32, sig: i32) -> Result<()> {
+    // SAFETY: these requests take no pointers; `data` is the signal number.
     unsafe {
         raw(
-            "ptrace(PTRACE_SINGLESTEP)",
-            libc::PTRACE_SINGLESTEP,
+            what,
+            req,
             tid,
             std::ptr::null_mut(),
             sig as usize as *mut c_void,

@@ -610,3 +610,18 @@ pub fn run_with_profile<S: AsRef<std::ffi::OsStr>>(
     );
     name
 }
+
+/// Flips the lowest bit of the byte at `at` of an image file (damage its
+/// checksum must catch).
+pub fn flip_byte(file: &Path, at: u64) {
+    use std::os::unix::fs::FileExt;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(file)
+        .expect("opening an image file");
+    let mut b = [0u8];
+    f.read_exact_at(&mut b, at).expect("reading an image byte");
+    b[0] ^= 0x01;
+    f.write_all_at(&b, at).expect("writing an image byte");
+}

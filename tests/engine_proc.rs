@@ -69,7 +69,7 @@ fn edit_image_json(image: &std::path::Path, name: &str, edit: impl FnOnce(&mut s
         serde_json::from_slice(&std::fs::read(&mpath).expect("manifest")).expect("JSON");
     m["files"][name] = serde_json::json!({
         "size": bytes.len(),
-        "xxh3": format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&bytes)),
+        "xxh3": format!("{:016x}", twox_hash::XxHash3_64::oneshot(&bytes)),
     });
     std::fs::write(&mpath, serde_json::to_vec(&m).expect("encoding"))
         .expect("writing the manifest");

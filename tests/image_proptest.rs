@@ -255,7 +255,7 @@ fn rewrite(dir: &Path, name: &str, bytes: &[u8]) -> bool {
         return false;
     }
     e["size"] = Value::from(bytes.len() as u64);
-    e["xxh3"] = Value::from(format!("{:016x}", xxhash_rust::xxh3::xxh3_64(bytes)));
+    e["xxh3"] = Value::from(format!("{:016x}", twox_hash::XxHash3_64::oneshot(bytes)));
     fs::write(dir.join(name), bytes).unwrap();
     write_manifest(dir, &m);
     true
@@ -485,7 +485,7 @@ fn unused_page_file_is_verified_by_load() {
         let mut m = manifest(&dir).unwrap();
         m["files"]["pages-2-1.img"] = serde_json::json!({
             "size": bytes.len(),
-            "xxh3": sum.map(str::to_string).unwrap_or_else(|| format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&bytes))),
+            "xxh3": sum.map(str::to_string).unwrap_or_else(|| format!("{:016x}", twox_hash::XxHash3_64::oneshot(&bytes))),
         });
         write_manifest(&dir, &m);
         let loaded = engine::restore::load(&dir);

@@ -306,6 +306,10 @@ fn collect_all(
     Ok(files.net.take_repair())
 }
 
+/// Processes with at least this much resident memory have their present
+/// pages found on a thread of their own while their areas are read.
+const PRESENT_SCAN_BESIDE: u64 = 32 << 20;
+
 fn collect_process(
     p: &SeizedProcess,
     files: &mut FileTable,
@@ -321,8 +325,11 @@ fn collect_process(
     let seccomp = seccomp::collect(p.pid, p.ns_pid, &tids)?;
     let gadget = sys::inject::find_syscall_gadget(p.pid)?;
     let mut r = Remote::new(main.tid, gadget)?;
+    // Resident and swapped bytes: whether the pages are found on a thread.
+    let mut resident = 0u64;
     let res = (|| -> Result<ProcessImage> {
         let status = task::read_status(p.pid)?;
+        resident = (status.vmrss.unwrap_or(0) + status.vmswap.unwrap_or(0)) * 1024;
         let (core, creds) = task::collect_core(p.pid, &status, &mut r)?;
         // Mid-injection: the scratch space is taken, syscalls have run.
         interrupt::pause_at("collect", None)?;
@@ -392,11 +399,21 @@ fn collect_process(
         (Some(pidfd), true) => memory::live::begin(p.pid, main.tid, gadget, pidfd.as_fd())?,
         _ => None,
     };
+    // The present pages of a large process are found beside the reading of
+    // its areas (both walk its page tables); --leave-running finds those of
+    // its protected areas as it protects them.
+    let scan = (arming.is_none() && resident >= PRESENT_SCAN_BESIDE)
+        .then(|| memory::pages::PresentScan::start(p.pid));
     let mut vmas = memory::collect(p.pid)?;
     tracing::debug!(pid = p.pid, ms = ms(tm.elapsed()), "areas read");
     files.attach_memfds(p.pid, p.ns_pid, &mut vmas, blobs)?;
     shared.collect(p.pid, p.ns_pid, &mut vmas, shmem)?;
-    memory::live::scan(p.pid, arming.as_ref(), &mut vmas)?;
+    let present = match (scan, &arming) {
+        (Some(s), _) => s.join()?,
+        (None, None) => memory::pages::Present::find(p.pid)?,
+        (None, Some(_)) => None,
+    };
+    memory::live::scan(p.pid, arming.as_ref(), &mut vmas, present.as_ref())?;
     tracing::debug!(
         pid = p.pid,
         ms = ms(tm.elapsed()),

@@ -7,9 +7,9 @@ use std::io::{Read, Write};
 use std::os::unix::fs::{DirBuilderExt, MetadataExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
+use super::hash::Checksum;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
-use xxhash_rust::xxh3::Xxh3;
 
 use super::{limits, CpuFeatures, FileEntry, Manifest, FORMAT_VERSION, MAGIC};
 use crate::error::{io, Error, Result};
@@ -36,7 +36,7 @@ pub struct ImageWriter {
 pub struct PageSink {
     name: String,
     file: File,
-    hasher: Box<Xxh3>,
+    hasher: Box<Checksum>,
     size: u64,
 }
 
@@ -342,7 +342,7 @@ impl ImageWriter {
         Ok(PageSink {
             name: name.to_string(),
             file,
-            hasher: Box::new(Xxh3::new()),
+            hasher: Box::new(Checksum::new()),
             size: 0,
         })
     }
@@ -594,7 +594,7 @@ impl ImageReader {
             .take(entry.size + 1)
             .read_to_end(&mut bytes)
             .map_err(io(format!("reading {}", path.display())))?;
-        let sum = format!("{:016x}", xxhash_rust::xxh3::xxh3_64(&bytes));
+        let sum = format!("{:016x}", super::hash::xxh3_64(&bytes));
         if bytes.len() as u64 != entry.size || sum != entry.xxh3 {
             return Err(bad(&path, "checksum mismatch"));
         }
@@ -637,7 +637,7 @@ impl StreamedFile {
         mut each: impl FnMut(u64, &[u8]) -> Result<()>,
     ) -> Result<()> {
         use std::os::unix::fs::FileExt;
-        let mut h = Xxh3::new();
+        let mut h = Checksum::new();
         let mut at = 0u64;
         while at < self.size {
             let want = ((self.size - at) as usize).min(buf.len());
@@ -690,7 +690,7 @@ fn hash_file(f: &File, size: u64) -> std::io::Result<u64> {
     use std::os::fd::AsRawFd;
     // Small windows: the memory used stays bounded whatever the file size.
     const WINDOW: u64 = 4 << 20;
-    let mut h = Xxh3::new();
+    let mut h = Checksum::new();
     let mut done = 0u64;
     while done < size {
         let n = (size - done).min(WINDOW) as usize;

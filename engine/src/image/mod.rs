@@ -8,9 +8,11 @@
 
 mod dir;
 pub mod format;
+mod hash;
 
 pub use dir::{ImageReader, ImageWriter, PageSink, StreamedFile};
 pub use format::*;
+pub use hash::{xxh3_64, Checksum};
 
 /// Format version written into the manifest; restore refuses any other.
 pub const FORMAT_VERSION: u32 = 1;

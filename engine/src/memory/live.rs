@@ -406,18 +406,24 @@ fn scan_only(pid: i32, vmas: &mut [Vma], idx: &[usize]) -> Result<()> {
         return Ok(());
     }
     let mut sub: Vec<Vma> = idx.iter().map(|&i| vmas[i].clone()).collect();
-    super::pages::scan(pid, &mut sub)?;
+    super::pages::scan(pid, &mut sub, None)?;
     for (k, &i) in idx.iter().enumerate() {
         vmas[i].pages = std::mem::take(&mut sub[k].pages);
     }
     Ok(())
 }
 
-/// Finds the pages to save of every area with `pages::scan`, except the
-/// areas whose pages `arming`'s thread finds while it protects them.
-pub fn scan(pid: i32, arming: Option<&Arming>, vmas: &mut [Vma]) -> Result<()> {
+/// Finds the pages to save of every area with `pages::scan` (from
+/// `present` where given), except the areas whose pages `arming`'s thread
+/// finds while it protects them.
+pub fn scan(
+    pid: i32,
+    arming: Option<&Arming>,
+    vmas: &mut [Vma],
+    present: Option<&super::pages::Present>,
+) -> Result<()> {
     let Some(a) = arming else {
-        return super::pages::scan(pid, vmas);
+        return super::pages::scan(pid, vmas, present);
     };
     let idx: Vec<usize> = (0..vmas.len()).filter(|&i| !a.covers(&vmas[i])).collect();
     scan_only(pid, vmas, &idx)

@@ -66,17 +66,107 @@ fn zero_pfn() -> u64 {
     })
 }
 
-/// Which pages of each area to save, as runs (`offset` still 0), from
-/// /proc/PID/pagemap: private areas keep their present or swapped pages that
-/// are neither the zero page nor file pages; shared anonymous areas keep every
-/// page; shared file mappings and special mappings keep none.
-pub fn scan(pid: i32, vmas: &mut [Vma]) -> Result<()> {
-    let pagemap = File::open(format!("/proc/{pid}/pagemap")).map_err(|e| Error::Process {
+/// The pages worth saving in a whole address space, as one `PAGEMAP_SCAN`
+/// walk found them: present or swapped, and neither the shared zero page
+/// nor a file page (in a private file mapping, only the pages copied on
+/// write are the process's own). Sorted, not overlapping; a region may span
+/// two adjacent areas.
+pub struct Present(Vec<sys::mm::PageRegion>);
+
+/// End of the walk: the 47-bit user address space. Areas above it (57-bit
+/// address spaces) are read from pagemap page by page.
+const PRESENT_END: u64 = 0x7fff_ffff_f000;
+
+impl Present {
+    /// Walks the address space of `pid` once. None where the kernel has no
+    /// `PAGEMAP_SCAN` (before Linux 6.7): `scan` reads pagemap then.
+    pub fn find(pid: i32) -> Result<Option<Present>> {
+        use std::os::fd::AsFd;
+        use sys::mm::{PAGE_IS_FILE, PAGE_IS_PFNZERO, PAGE_IS_PRESENT, PAGE_IS_SWAPPED};
+        let pagemap = open_pagemap(pid)?;
+        let req = sys::mm::ScanRequest {
+            start: 0,
+            end: PRESENT_END,
+            category_inverted: PAGE_IS_FILE | PAGE_IS_PFNZERO,
+            category_mask: PAGE_IS_FILE | PAGE_IS_PFNZERO,
+            category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+            ..Default::default()
+        };
+        match sys::mm::pagemap_scan_with(pagemap.as_fd(), &req) {
+            Ok(regions) => Ok(Some(Present(regions))),
+            Err(e)
+                if matches!(
+                    e.errno,
+                    nix::errno::Errno::ENOTTY | nix::errno::Errno::EINVAL
+                ) =>
+            {
+                Ok(None)
+            }
+            Err(e) => Err(Error::Process {
+                pid,
+                reason: format!("scanning pagemap: {e}"),
+            }),
+        }
+    }
+}
+
+/// [`Present::find`] on a thread of its own, started before the areas are
+/// read: both walk the page tables, and a large process's two walks then
+/// take the time of one on two CPUs. The thread only reads pagemap (no
+/// ptrace: the tracer is the calling thread) and is joined before the
+/// dump goes on, or on drop.
+pub struct PresentScan {
+    pid: i32,
+    thread: Option<std::thread::JoinHandle<Result<Option<Present>>>>,
+}
+
+impl PresentScan {
+    pub fn start(pid: i32) -> PresentScan {
+        let thread = std::thread::Builder::new()
+            .name("stasis-pagemap".into())
+            .stack_size(256 * 1024)
+            .spawn(move || Present::find(pid))
+            .ok();
+        PresentScan { pid, thread }
+    }
+
+    /// The walk's result (found on this thread when no thread could start).
+    pub fn join(mut self) -> Result<Option<Present>> {
+        match self.thread.take() {
+            Some(h) => h.join().map_err(|_| Error::Process {
+                pid: self.pid,
+                reason: "the thread scanning pagemap panicked".into(),
+            })?,
+            None => Present::find(self.pid),
+        }
+    }
+}
+
+impl Drop for PresentScan {
+    fn drop(&mut self) {
+        if let Some(h) = self.thread.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn open_pagemap(pid: i32) -> Result<File> {
+    File::open(format!("/proc/{pid}/pagemap")).map_err(|e| Error::Process {
         pid,
         reason: format!("opening pagemap: {e}"),
-    })?;
-    let zero = zero_pfn();
-    let mut buf = vec![0u8; 64 << 10];
+    })
+}
+
+/// Which pages of each area to save, as runs (`offset` still 0): private
+/// areas keep their present or swapped pages that are neither the zero page
+/// nor file pages; shared anonymous areas keep every page; shared file
+/// mappings and special mappings keep none. The pages come from `present`
+/// (one walk of the whole address space) where given, else from
+/// /proc/PID/pagemap read area by area.
+pub fn scan(pid: i32, vmas: &mut [Vma], present: Option<&Present>) -> Result<()> {
+    let mut pagemap: Option<(File, u64, Vec<u8>)> = None;
+    // First region that may still overlap an area (areas are sorted).
+    let mut at = 0usize;
     for v in vmas.iter_mut() {
         v.pages.clear();
         if v.shared_object.is_some() {
@@ -96,45 +186,73 @@ pub fn scan(pid: i32, vmas: &mut [Vma]) -> Result<()> {
             }
             _ => {}
         }
-        let file = matches!(v.kind, VmaKind::File { .. });
-        let mut addr = v.start;
-        while addr < v.end {
-            let n = (((v.end - addr) / PAGE_SIZE) as usize).min(buf.len() / 8);
-            let bytes = &mut buf[..n * 8];
-            pagemap
-                .read_exact_at(bytes, addr / PAGE_SIZE * 8)
-                .map_err(|e| Error::Process {
-                    pid,
-                    reason: format!("reading pagemap at {addr:#x}: {e}"),
-                })?;
-            for (i, e) in bytes.chunks_exact(8).enumerate() {
-                let e = u64::from_le_bytes(e.try_into().expect("8 bytes"));
-                let keep = if e & PM_SWAPPED != 0 {
-                    true
-                } else if e & PM_PRESENT != 0 {
-                    if file {
-                        e & PM_FILE_OR_SHARED == 0
-                    } else {
-                        e & PM_PFN_MASK != zero || zero == u64::MAX
-                    }
-                } else {
-                    false
-                };
-                if keep {
-                    let a = addr + i as u64 * PAGE_SIZE;
-                    match v.pages.last_mut() {
-                        Some(r) if r.addr + r.npages * PAGE_SIZE == a => r.npages += 1,
-                        _ => v.pages.push(PageRun {
-                            addr: a,
-                            npages: 1,
-                            offset: 0,
-                            file: 0,
-                        }),
-                    }
+        match present {
+            Some(Present(regions)) if v.end <= PRESENT_END => {
+                while at < regions.len() && regions[at].end <= v.start {
+                    at += 1;
+                }
+                for r in regions[at..].iter().take_while(|r| r.start < v.end) {
+                    let (s, e) = (r.start.max(v.start), r.end.min(v.end));
+                    v.pages.push(PageRun {
+                        addr: s,
+                        npages: (e - s) / PAGE_SIZE,
+                        offset: 0,
+                        file: 0,
+                    });
                 }
             }
-            addr += n as u64 * PAGE_SIZE;
+            _ => {
+                if pagemap.is_none() {
+                    pagemap = Some((open_pagemap(pid)?, zero_pfn(), vec![0u8; 64 << 10]));
+                }
+                let (f, zero, buf) = pagemap.as_mut().expect("opened above");
+                scan_area(pid, f, *zero, buf, v)?;
+            }
         }
+    }
+    Ok(())
+}
+
+/// The pages of one private area from /proc/PID/pagemap, 8 bytes a page.
+fn scan_area(pid: i32, pagemap: &File, zero: u64, buf: &mut [u8], v: &mut Vma) -> Result<()> {
+    let file = matches!(v.kind, VmaKind::File { .. });
+    let mut addr = v.start;
+    while addr < v.end {
+        let n = (((v.end - addr) / PAGE_SIZE) as usize).min(buf.len() / 8);
+        let bytes = &mut buf[..n * 8];
+        pagemap
+            .read_exact_at(bytes, addr / PAGE_SIZE * 8)
+            .map_err(|e| Error::Process {
+                pid,
+                reason: format!("reading pagemap at {addr:#x}: {e}"),
+            })?;
+        for (i, e) in bytes.chunks_exact(8).enumerate() {
+            let e = u64::from_le_bytes(e.try_into().expect("8 bytes"));
+            let keep = if e & PM_SWAPPED != 0 {
+                true
+            } else if e & PM_PRESENT != 0 {
+                if file {
+                    e & PM_FILE_OR_SHARED == 0
+                } else {
+                    e & PM_PFN_MASK != zero || zero == u64::MAX
+                }
+            } else {
+                false
+            };
+            if keep {
+                let a = addr + i as u64 * PAGE_SIZE;
+                match v.pages.last_mut() {
+                    Some(r) if r.addr + r.npages * PAGE_SIZE == a => r.npages += 1,
+                    _ => v.pages.push(PageRun {
+                        addr: a,
+                        npages: 1,
+                        offset: 0,
+                        file: 0,
+                    }),
+                }
+            }
+        }
+        addr += n as u64 * PAGE_SIZE;
     }
     Ok(())
 }
@@ -161,12 +279,16 @@ pub fn scanned_bytes(vmas: &[Vma]) -> u64 {
 }
 
 /// Copies the scanned pages of every area into the page files `sinks` (one
-/// or two), setting each run's file and offset. With two, the runs are split
-/// by bytes (about half in each, a run at the middle cut in two) and each
-/// file is filled and written by a thread of its own; with one, the sink's
-/// own two-thread pipeline does it. process_vm_readv reads from the task into
-/// the sinks' buffers (as many segments per call as fit); areas without read
-/// permission go through /proc/PID/mem. Returns the number of pages written.
+/// or two), setting each run's file and offset. With one, the sink's own
+/// two-thread pipeline fills and writes it. With two, two threads (this one
+/// and a scoped one) each write one file, taking the pages in order a
+/// stretch of [`SHARE_CHUNK`] bytes at a time, whichever is free next, so
+/// both end together however the CPUs are shared out; each file holds its
+/// stretches in address order, and a run that crosses from one stretch to
+/// the next may continue in the other file (it is cut in two).
+/// process_vm_readv reads from the task into the sinks' buffers (as many
+/// segments per call as fit); areas without read permission go through
+/// /proc/PID/mem. Returns the number of pages written.
 pub fn dump(
     pid: i32,
     vmas: &mut [Vma],
@@ -174,119 +296,192 @@ pub fn dump(
     progress: Option<impl Fn(u64, u64) + Sync>,
 ) -> Result<u64> {
     let total = scanned_bytes(vmas);
-    let nfiles = sinks.len().clamp(1, 2);
-    // Bytes that go to the first file.
-    let share = if nfiles == 2 {
-        total / 2 / PAGE_SIZE * PAGE_SIZE
-    } else {
-        total
-    };
-    let mut offs: Vec<u64> = sinks.iter().map(|s| s.position()).collect();
-    let mut readers: Vec<TaskReader> = (0..nfiles).map(|_| TaskReader::new(pid)).collect();
-    let mut k = 0usize; // file being laid out
-    let mut in_first = 0u64;
-    for v in vmas.iter_mut() {
-        let readable = v.prot & libc::PROT_READ as u32 != 0;
-        let mut runs = Vec::with_capacity(v.pages.len());
-        for run in v.pages.drain(..) {
-            let mut run = run;
-            loop {
-                let len = run.npages * PAGE_SIZE;
-                if k == 0 && nfiles == 2 && in_first + len > share {
-                    // Cut at the middle: the head stays in the first file.
-                    let head = (share - in_first) / PAGE_SIZE;
-                    if head > 0 {
-                        runs.push(PageRun {
-                            addr: run.addr,
-                            npages: head,
-                            offset: offs[0],
-                            file: 0,
-                        });
-                        readers[0].segs.push((run.addr, head * PAGE_SIZE, readable));
-                        offs[0] += head * PAGE_SIZE;
-                        run.addr += head * PAGE_SIZE;
-                        run.npages -= head;
-                    }
-                    k = 1;
-                    continue;
-                }
-                run.offset = offs[k];
-                run.file = k as u32;
-                readers[k].segs.push((run.addr, len, readable));
-                offs[k] += len;
-                if k == 0 {
-                    in_first += len;
-                }
-                runs.push(run);
-                break;
-            }
-        }
-        v.pages = runs;
-    }
-    let lens: Vec<u64> = readers.iter().map(|r| r.bytes()).collect();
     let done = std::sync::atomic::AtomicU64::new(0);
     let report = |n: usize| {
         if let Some(p) = &progress {
-            let at = done.fetch_add(n as u64, std::sync::atomic::Ordering::Relaxed);
+            let at = done.fetch_add(n as u64, Ordering::Relaxed);
             p(at, total);
         }
     };
-    if nfiles == 1 {
-        let r = &mut readers[0];
-        sinks[0].append_streamed(lens[0], |_, window| {
-            report(window.len());
-            r.fill(window)
-        })?;
-    } else {
-        use std::sync::atomic::{AtomicUsize, Ordering};
-        // The first failure is the one to report: the other stream stops at
-        // its next buffer.
-        let failed = AtomicUsize::new(usize::MAX);
-        let (s0, s1) = sinks.split_at_mut(1);
-        let (r0, r1) = readers.split_at_mut(1);
-        let t0 = std::time::Instant::now();
-        let run = |k: usize, sink: &mut PageSink, r: &mut TaskReader| {
-            let res = sink.append_direct(lens[k], |_, window| {
-                if failed.load(Ordering::Relaxed) != usize::MAX {
-                    return Err(Error::Other("stopped".into()));
+    match sinks {
+        [one] => {
+            let mut r = TaskReader::new(pid);
+            let mut off = one.position();
+            for v in vmas.iter_mut() {
+                let readable = v.prot & libc::PROT_READ as u32 != 0;
+                for run in v.pages.iter_mut() {
+                    let len = run.npages * PAGE_SIZE;
+                    run.offset = off;
+                    run.file = 0;
+                    r.segs.push((run.addr, len, readable));
+                    off += len;
                 }
+            }
+            let len = r.bytes();
+            one.append_streamed(len, |_, window| {
                 report(window.len());
                 r.fill(window)
-            });
-            if res.is_err() {
-                let _ =
-                    failed.compare_exchange(usize::MAX, k, Ordering::Relaxed, Ordering::Relaxed);
-            }
-            tracing::debug!(
-                pid,
-                file = k,
-                bytes = lens[k],
-                ms = t0.elapsed().as_secs_f64() * 1e3,
-                "page file written"
-            );
-            res
-        };
-        let (a, b) = std::thread::scope(|sc| {
-            let second = sc.spawn(|| run(1, &mut s1[0], &mut r1[0]));
-            let a = run(0, &mut s0[0], &mut r0[0]);
-            (a, second.join())
-        });
-        let b = b.map_err(|_| Error::Process {
-            pid,
-            reason: "the thread writing the second page file panicked".into(),
-        })?;
-        let (first, other) = if failed.load(Ordering::Relaxed) == 1 {
-            (b, a)
-        } else {
-            (a, b)
-        };
-        first?;
-        other?;
+            })?;
+        }
+        [first, second] => dump_two(pid, vmas, [first, second], &report)?,
+        _ => {
+            return Err(Error::Other(format!(
+                "process {pid}: {} page files (one or two)",
+                sinks.len()
+            )))
+        }
     }
     if let Some(p) = &progress {
         p(total, total);
     }
     Ok(total / PAGE_SIZE)
+}
+
+/// Bytes of pages a page-file thread takes at a time: small enough that the
+/// two threads end within a few milliseconds of each other, large enough
+/// that the runs cut at its edges stay few (256 a GiB).
+const SHARE_CHUNK: u64 = 4 << 20;
+
+/// A stretch of pages taken by one thread: its segments in the task
+/// (address, length, readable), in order.
+#[derive(Default)]
+struct Stretch {
+    segs: Vec<(u64, u64, bool)>,
+    len: u64,
+}
+
+/// A part of a run inside one stretch: area `vma`, `len` bytes at `addr`,
+/// `at` bytes into stretch `stretch`.
+struct Piece {
+    vma: usize,
+    addr: u64,
+    len: u64,
+    stretch: usize,
+    at: u64,
+}
+
+/// Where a stretch went: page file (top bit) and offset in it.
+const FILE_BIT: u64 = 1 << 63;
+
+fn dump_two(
+    pid: i32,
+    vmas: &mut [Vma],
+    sinks: [&mut PageSink; 2],
+    report: &(dyn Fn(usize) + Sync),
+) -> Result<()> {
+    use std::sync::atomic::AtomicU64;
+    let mut stretches: Vec<Stretch> = Vec::new();
+    let mut pieces: Vec<Piece> = Vec::new();
+    let mut cur = Stretch::default();
+    for (i, v) in vmas.iter().enumerate() {
+        let readable = v.prot & libc::PROT_READ as u32 != 0;
+        for run in &v.pages {
+            let (mut addr, mut left) = (run.addr, run.npages * PAGE_SIZE);
+            while left > 0 {
+                let n = left.min(SHARE_CHUNK - cur.len);
+                cur.segs.push((addr, n, readable));
+                pieces.push(Piece {
+                    vma: i,
+                    addr,
+                    len: n,
+                    stretch: stretches.len(),
+                    at: cur.len,
+                });
+                cur.len += n;
+                addr += n;
+                left -= n;
+                if cur.len == SHARE_CHUNK {
+                    stretches.push(std::mem::take(&mut cur));
+                }
+            }
+        }
+    }
+    if cur.len > 0 {
+        stretches.push(cur);
+    }
+    let next = AtomicUsize::new(0);
+    // The first failure is the one to report: the other thread stops at its
+    // next stretch.
+    let failed = AtomicUsize::new(usize::MAX);
+    let placed: Vec<AtomicU64> = stretches.iter().map(|_| AtomicU64::new(0)).collect();
+    let t0 = std::time::Instant::now();
+    let run = |k: usize, sink: &mut PageSink| -> Result<()> {
+        let mut r = TaskReader::new(pid);
+        let mut bytes = 0u64;
+        let res = (|| -> Result<()> {
+            loop {
+                if failed.load(Ordering::Relaxed) != usize::MAX {
+                    return Err(Error::Other("stopped".into()));
+                }
+                let i = next.fetch_add(1, Ordering::Relaxed);
+                let Some(st) = stretches.get(i) else {
+                    return Ok(());
+                };
+                let at = sink.position();
+                r.reset(&st.segs);
+                sink.append_direct(st.len, |_, window| {
+                    report(window.len());
+                    r.fill(window)
+                })?;
+                placed[i].store(at | if k == 1 { FILE_BIT } else { 0 }, Ordering::Relaxed);
+                bytes += st.len;
+            }
+        })();
+        if res.is_err() {
+            let _ = failed.compare_exchange(usize::MAX, k, Ordering::Relaxed, Ordering::Relaxed);
+        }
+        tracing::debug!(
+            pid,
+            file = k,
+            bytes,
+            ms = t0.elapsed().as_secs_f64() * 1e3,
+            "page file written"
+        );
+        res
+    };
+    let [s0, s1] = sinks;
+    let (a, b) = std::thread::scope(|sc| {
+        let second = sc.spawn(|| run(1, s1));
+        let a = run(0, s0);
+        (a, second.join())
+    });
+    let b = b.map_err(|_| Error::Process {
+        pid,
+        reason: "the thread writing the second page file panicked".into(),
+    })?;
+    let (first, other) = if failed.load(Ordering::Relaxed) == 1 {
+        (b, a)
+    } else {
+        (a, b)
+    };
+    first?;
+    other?;
+    // Every stretch is written (joined above): lay the runs out again.
+    for v in vmas.iter_mut() {
+        v.pages.clear();
+    }
+    for p in &pieces {
+        let w = placed[p.stretch].load(Ordering::Relaxed);
+        let file = u32::from(w & FILE_BIT != 0);
+        let offset = (w & !FILE_BIT) + p.at;
+        let runs = &mut vmas[p.vma].pages;
+        match runs.last_mut() {
+            Some(r)
+                if r.file == file
+                    && r.addr + r.npages * PAGE_SIZE == p.addr
+                    && r.offset + r.npages * PAGE_SIZE == offset =>
+            {
+                r.npages += p.len / PAGE_SIZE
+            }
+            _ => runs.push(PageRun {
+                addr: p.addr,
+                npages: p.len / PAGE_SIZE,
+                offset,
+                file,
+            }),
+        }
+    }
+    Ok(())
 }
 
 /// Reads a list of segments of a task's memory, in order, into the buffers
@@ -314,6 +509,14 @@ impl TaskReader {
 
     fn bytes(&self) -> u64 {
         self.segs.iter().map(|s| s.1).sum()
+    }
+
+    /// Reads `segs` next (the /proc/PID/mem handle, if opened, is kept).
+    fn reset(&mut self, segs: &[(u64, u64, bool)]) {
+        self.segs.clear();
+        self.segs.extend_from_slice(segs);
+        self.seg = 0;
+        self.seg_done = 0;
     }
 
     /// Fills `window` with the next bytes of the segments.

@@ -246,7 +246,21 @@ class Bench:
         cmd = ["dump", name, "-D", img, "--json"] + (["--leave-running"] if leave_running else [])
         r = self.must(self.stasis_cmd(*cmd), f"stasis dump {name}")
         st = json.loads(r.out)
+        if not leave_running:
+            self.wait_ending(name)
         return r, st
+
+    def wait_ending(self, name):
+        """A dump returns once its sandbox is killed and removed; the kernel
+        then frees the killed workload's memory and a keeper process removes
+        its cgroup and the .ending-NAME marker. That time is not the dump's,
+        but it must not run into the next measurement either: wait for it."""
+        marker = os.path.join(self.state, f".ending-{name}")
+        deadline = time.monotonic() + 120
+        while os.path.exists(marker):
+            if time.monotonic() > deadline:
+                raise BenchError(f"sandbox {name} still ending 120 s after its dump ({marker})")
+            time.sleep(0.005)
 
     def stasis_restore(self, img):
         name = self.unique("rs")

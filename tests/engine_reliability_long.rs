@@ -386,6 +386,7 @@ fn endurance(cycles: usize) {
         "no host interface ever carried {host_addr}"
     );
     fs::remove_dir_all(&scratch).expect("removing the output directory");
+    common::wait_endings(&h.state);
     let after = HostView::take(&h.state);
     after.assert_nothing_leaked_since(&before, &ours);
     assert!(
@@ -476,6 +477,7 @@ fn parallel_sandboxes_restored_twice() {
         );
     }
     drop(workers);
+    common::wait_endings(&owner.state);
     let after = HostView::take(&owner.state);
     after.assert_nothing_leaked_since(&before, &BTreeSet::new());
 }

@@ -57,6 +57,7 @@ pub fn dump(state_dir: &Path, name: &str, dir: &Path, opts: &DumpOptions) -> Res
     let tg = Instant::now();
     let guard = interrupt::Guard::start(&interrupt::GuardTask {
         cgroup: sb.cgroup(),
+        ending: sb.ending(),
         sandbox: name,
         image_dir: dir,
         created_dir: writer.created_dir(),
@@ -73,8 +74,13 @@ pub fn dump(state_dir: &Path, name: &str, dir: &Path, opts: &DumpOptions) -> Res
     // Everything is undone or complete by now (the rollback happens as
     // `dump_locked` returns).
     let td = Instant::now();
-    guard.disarm();
-    tracing::debug!("dump guard ended in {:?}", td.elapsed());
+    match &res {
+        // The sandbox was killed and removed; its processes are still
+        // exiting: the guard removes its cgroup once they have.
+        Ok(_) if !opts.leave_running => guard.hand_over(),
+        _ => guard.disarm(),
+    }
+    tracing::debug!("dump guard told in {:?}", td.elapsed());
     drop(held);
     res
 }
@@ -88,7 +94,7 @@ struct Beside<'a> {
 
 fn dump_locked(
     t0: Instant,
-    mut sb: sandbox::Sandbox,
+    sb: sandbox::Sandbox,
     lock: sandbox::LockGuard,
     workload: i32,
     mut writer: ImageWriter,
@@ -182,10 +188,12 @@ fn dump_locked(
         stats.write_ms = ms(tw.elapsed());
         stats.image_bytes = total;
         stats.frozen_ms = ms(t0.elapsed());
-        seized.kill();
+        // Killed, not waited for: freeing the memory of a large workload
+        // takes the kernel about 0.1 s a GiB, which the command does not wait
+        // out. Its name is free at once; the guard removes its cgroup later.
+        seized.kill_and_leave();
         drop(lock);
-        sb.kill()?;
-        sb.remove()?;
+        sb.kill_and_leave(guard.pid)?;
         // The sandbox's network is gone: connections close without a word.
         repair.close_in_repair();
     }

@@ -193,6 +193,9 @@ fn pause(
 /// What the guard undoes when the dump dies without a word.
 pub struct GuardTask<'a> {
     pub cgroup: &'a sandbox::cgroup::Cgroup,
+    /// What is left of the sandbox once a complete dump killed it: the guard
+    /// finishes it when told to ([`Guard::hand_over`]).
+    pub ending: sandbox::Ending,
     pub sandbox: &'a str,
     pub image_dir: &'a Path,
     /// The dump made the image directory (the guard removes it, not only
@@ -210,6 +213,13 @@ pub struct Guard {
 /// The byte the dump sends when it ends in order (success or a rollback it
 /// did itself).
 const ALL_DONE: u8 = b'D';
+/// The byte the dump sends when it is complete and the sandbox killed: the
+/// guard stays to remove the sandbox's cgroup once the killed processes
+/// have exited.
+const FINISH_ENDING: u8 = b'E';
+
+/// Longest the guard waits for a killed sandbox's processes to exit.
+const ENDING_TIMEOUT: Duration = Duration::from_secs(60);
 
 impl Guard {
     /// Forks the guard. Call only while this process is single-threaded.
@@ -246,6 +256,16 @@ impl Guard {
     }
 
     /// The dump ended in order: the guard exits without touching anything.
+    /// The dump is complete and its sandbox killed
+    /// ([`sandbox::Sandbox::kill_and_leave`]): the guard finishes the
+    /// sandbox's ending on its own, without this process waiting for it.
+    pub fn hand_over(mut self) {
+        if let Some(fd) = self.pipe.take() {
+            let mut f = std::fs::File::from(fd);
+            let _ = f.write_all(&[FINISH_ENDING]);
+        }
+    }
+
     pub fn disarm(mut self) {
         if let Some(fd) = self.pipe.take() {
             let mut f = std::fs::File::from(fd);
@@ -288,6 +308,19 @@ fn guard_main(rd: OwnedFd, task: &GuardTask<'_>) -> i32 {
     };
     if n == 1 && b[0] == ALL_DONE {
         return 0;
+    }
+    if n == 1 && b[0] == FINISH_ENDING {
+        // Nobody reads what is said from here on: the dump has returned.
+        // SAFETY: redirecting stderr to /dev/null (so that whoever reads the
+        // dump's stderr is not held until the ending is finished).
+        unsafe {
+            let null = libc::open(c"/dev/null".as_ptr(), libc::O_RDWR);
+            if null >= 0 {
+                libc::dup2(null, 2);
+                libc::close(null);
+            }
+        }
+        return i32::from(task.ending.finish(ENDING_TIMEOUT).is_err());
     }
     // The dump died without a word.
     let mut said = Vec::new();

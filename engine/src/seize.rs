@@ -330,6 +330,20 @@ impl Seized {
         first_err.map_or(Ok(()), Err)
     }
 
+    /// Sends SIGKILL to every process of the tree (after a successful dump)
+    /// and returns at once: no thread runs again, and the kernel frees their
+    /// memory and ends them after this. Each killed thread stays this
+    /// process's tracee until this process collects it or exits (the CLI
+    /// exits right after a dump).
+    pub fn kill_and_leave(mut self) {
+        self.released = true;
+        for p in &self.procs {
+            if let Some(fd) = &p.pidfd {
+                let _ = sys::pidfd::pidfd_send_signal(std::os::fd::AsFd::as_fd(fd), libc::SIGKILL);
+            }
+        }
+    }
+
     /// Kills every process of the tree (after a successful dump), and
     /// collects each traced thread's end so nothing stays attached to us.
     pub fn kill(mut self) {

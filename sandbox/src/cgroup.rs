@@ -469,10 +469,39 @@ impl Cgroup {
         }
     }
 
+    /// Sends `sig` to every process of the cgroup once (SIGKILL through
+    /// `cgroup.kill` where cgroup2 has it), without waiting for anything; a
+    /// v1-frozen cgroup is thawed so that a SIGKILL is acted on.
+    pub fn signal_all(&self, sig: i32) -> Result<()> {
+        if sig == libc::SIGKILL {
+            if let Some(d) = &self.v2 {
+                let k = d.join("cgroup.kill");
+                if k.exists() {
+                    write_file(&k, "1")?;
+                }
+            }
+        }
+        for p in self.procs()? {
+            // SAFETY: kill(2) with a PID read from the cgroup and a valid signal.
+            unsafe { libc::kill(p, sig) };
+        }
+        if self.freezer == Freezer::V1 {
+            if let Some(d) = self.v1.get("freezer") {
+                let _ = write_file(&d.join("freezer.state"), "THAWED");
+            }
+        }
+        Ok(())
+    }
+
     /// Removes the cgroup's directories, waiting (bounded) for exiting tasks to
     /// leave. Directories already gone are fine.
     pub fn remove(&self) -> Result<()> {
-        let deadline = Instant::now() + Duration::from_secs(10);
+        self.remove_within(Duration::from_secs(10))
+    }
+
+    /// [`Cgroup::remove`], waiting up to `timeout` for the tasks to leave.
+    pub fn remove_within(&self, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
         for d in self.dirs() {
             let mut pause = Duration::from_micros(200);
             loop {

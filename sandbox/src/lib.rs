@@ -26,7 +26,7 @@ pub use netlink::NetlinkError;
 pub use process::ExecFailure;
 pub use profile::{Profile, ProfileError};
 pub use sandbox::{
-    block_signals, valid_name, LockGuard, Sandbox, Status, DEFAULT_STATE_DIR, FORWARDED,
+    block_signals, valid_name, Ending, LockGuard, Sandbox, Status, DEFAULT_STATE_DIR, FORWARDED,
 };
 
 /// Errors of the sandbox crate.
@@ -38,6 +38,12 @@ pub enum Error {
     NameTaken { name: String, dir: PathBuf },
     #[error("no sandbox named `{name}` (no state directory {dir})")]
     NotFound { name: String, dir: PathBuf },
+    #[error("the previous sandbox named `{name}` is still ending: its processes have not all exited after {secs} s ({marker} remains)")]
+    StillEnding {
+        name: String,
+        secs: u64,
+        marker: PathBuf,
+    },
     #[error("sandbox `{0}` is busy: another stasis operation holds its lock")]
     Locked(String),
     #[error("sandbox `{0}` is not running")]

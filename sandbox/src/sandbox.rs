@@ -290,6 +290,64 @@ impl Undo {
     }
 }
 
+/// How long a new sandbox waits for an ending one of the same name.
+const ENDING_WAIT: Duration = Duration::from_secs(60);
+
+/// A sandbox killed by [`Sandbox::kill_and_leave`] whose processes may still
+/// be exiting: its cgroup, and the marker `.ending-NAME` in the state
+/// directory that holds back a new sandbox of the same name until the
+/// cgroup is gone. The marker names the process that will remove both.
+#[derive(Debug, Clone)]
+pub struct Ending {
+    cgroup: Cgroup,
+    marker: PathBuf,
+}
+
+impl Ending {
+    fn marker_path(state_dir: &Path, name: &str) -> PathBuf {
+        state_dir.join(format!(".ending-{name}"))
+    }
+
+    /// Waits (up to `timeout`) for the killed processes to leave the cgroup,
+    /// removes it, then the marker (also when the cgroup could not be
+    /// removed: a new sandbox of the name then says why it cannot start).
+    pub fn finish(&self, timeout: Duration) -> Result<()> {
+        let r = self.cgroup.remove_within(timeout);
+        let _ = fs::remove_file(&self.marker);
+        r.map_err(Error::from)
+    }
+
+    /// Waits (up to `timeout`) until no sandbox named `name` is ending. A
+    /// marker whose keeper no longer runs is stale: it is removed.
+    fn wait_for(state_dir: &Path, name: &str, timeout: Duration) -> Result<()> {
+        let marker = Ending::marker_path(state_dir, name);
+        let deadline = Instant::now() + timeout;
+        let mut pause = Duration::from_micros(200);
+        loop {
+            let Ok(text) = fs::read_to_string(&marker) else {
+                return Ok(());
+            };
+            let mut it = text.split_whitespace().map(|t| t.parse::<u64>().ok());
+            let keeper = it.next().flatten().and_then(|p| i32::try_from(p).ok());
+            let started = it.next().flatten();
+            let alive = keeper.is_some_and(|p| p > 0 && start_time(p) == started);
+            if !alive {
+                let _ = fs::remove_file(&marker);
+                return Ok(());
+            }
+            if Instant::now() >= deadline {
+                return Err(Error::StillEnding {
+                    name: name.to_string(),
+                    secs: timeout.as_secs(),
+                    marker,
+                });
+            }
+            std::thread::sleep(pause);
+            pause = (pause * 2).min(Duration::from_millis(10));
+        }
+    }
+}
+
 impl Sandbox {
     /// Creates a sandbox and starts its workload. See the crate docs.
     ///
@@ -351,6 +409,10 @@ impl Sandbox {
         }
         if let Some(g) = guard {
             g.note(&Made::Dir(dir.clone()));
+        }
+        if let Err(e) = Ending::wait_for(state_dir, &name, ENDING_WAIT) {
+            let _ = fs::remove_dir_all(&dir);
+            return Err(e);
         }
         let mut undo = Undo {
             dir: Some(dir.clone()),
@@ -823,6 +885,43 @@ impl Sandbox {
         // Without a PID namespace, killing init does not end its descendants.
         self.cgroup().kill_all()?;
         self.cleanup()
+    }
+
+    /// Kills the sandbox and removes it without waiting for its processes
+    /// to end: SIGKILL to init and to every process of its cgroup, its veth
+    /// deleted and its state directory removed at once, so that its name is
+    /// free when this returns. What is left is the kernel's part (the killed
+    /// processes free their memory, which takes about 0.1 s a GiB, and exit)
+    /// and then the removal of the cgroup: [`Ending::finish`], which
+    /// `keeper` (a live process, by host PID) runs. A new sandbox of the same
+    /// name waits for that first. The caller must not be the killed
+    /// processes' parent or tracer for longer than it takes to exit: those
+    /// wait for it to collect them.
+    pub fn kill_and_leave(self, keeper: i32) -> Result<()> {
+        let _ = self.cgroup().thaw();
+        if let Ok(fd) = self.init_pidfd() {
+            let _ = pidfd_send_signal(&fd, libc::SIGKILL);
+        }
+        self.cgroup().signal_all(libc::SIGKILL)?;
+        if let Some(v) = &self.state.veth_host {
+            let mut nl = Rtnl::open()?;
+            nl.delete_link(v)?;
+        }
+        let ending = self.ending();
+        let stamp = format!("{keeper} {}\n", start_time(keeper).unwrap_or(0));
+        write_atomic(&ending.marker, stamp.as_bytes())?;
+        let _lock = self.lock_exclusive()?;
+        fs::remove_dir_all(&self.dir).map_err(io_err("remove", &self.dir))
+    }
+
+    /// What [`Sandbox::kill_and_leave`] leaves to finish, known before it runs
+    /// (a keeper forked early holds it).
+    pub fn ending(&self) -> Ending {
+        let parent = self.dir.parent().unwrap_or(Path::new("/"));
+        Ending {
+            cgroup: self.cgroup().clone(),
+            marker: Ending::marker_path(parent, self.name()),
+        }
     }
 
     fn reap_child(&mut self) {

@@ -169,6 +169,28 @@ pub fn wait_until(
     }
 }
 
+/// Waits until no sandbox of state directory `state` is still ending: a
+/// dump returns once its sandbox is killed and removed, and a keeper process
+/// removes the sandbox's cgroup (and its `.ending-NAME` marker) once the
+/// killed processes have exited.
+pub fn wait_endings(state: &Path) {
+    let endings = || -> Vec<String> {
+        fs::read_dir(state)
+            .into_iter()
+            .flatten()
+            .flatten()
+            .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n.starts_with(".ending-"))
+            .collect()
+    };
+    wait_until(
+        "the dumped sandboxes to finish ending",
+        Duration::from_secs(60),
+        || endings().is_empty(),
+        || format!("still ending: {:?}", endings()),
+    );
+}
+
 /// Reads a file the workloads write atomically; None while it does not exist.
 pub fn read_trimmed(p: &Path) -> Option<String> {
     fs::read_to_string(p).ok().map(|s| s.trim().to_string())

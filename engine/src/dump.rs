@@ -351,21 +351,44 @@ fn collect_process(
             main.deferred_signal,
         )?];
         // Read once for all threads: nothing below changes the areas (each
-        // thread's scratch is gone before the next thread's is taken).
+        // thread's scratch is on its own stack, inside the stack's area).
         let areas = (p.threads.len() > 1)
             .then(|| crate::remote::maps_areas(p.pid))
             .flatten()
             .map(std::rc::Rc::new);
+        // The other threads together: their injected calls overlap.
+        let mut sibs = Vec::with_capacity(p.threads.len() - 1);
+        let mut made = Ok(());
         for t in &p.threads[1..] {
-            let mut r2 = r.sibling(t.tid, gadget)?;
-            if let Some(a) = &areas {
-                r2.use_areas(a.clone());
+            match r.sibling(t.tid, gadget) {
+                Ok(mut r2) => {
+                    if let Some(a) = &areas {
+                        r2.use_areas(a.clone());
+                    }
+                    sibs.push(r2);
+                }
+                Err(e) => {
+                    made = Err(e);
+                    break;
+                }
             }
-            let res = thread::collect(t.tid, t.ns_tid, &mut r2, t.deferred_signal);
-            let fin = r2.finish();
-            threads.push(res?);
-            fin?;
         }
+        let res = made.and_then(|()| {
+            let ts: Vec<(i32, i32, Option<i32>)> = p.threads[1..]
+                .iter()
+                .map(|t| (t.tid, t.ns_tid, t.deferred_signal))
+                .collect();
+            thread::collect_all(&ts, &mut sibs)
+        });
+        let mut fin = Ok(());
+        for r2 in sibs {
+            let f = r2.finish();
+            if fin.is_ok() {
+                fin = f;
+            }
+        }
+        threads.extend(res?);
+        fin?;
         // The process's credentials are the main thread's; other threads
         // keep their own only where they differ.
         for t in threads.iter_mut() {

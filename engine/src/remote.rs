@@ -325,6 +325,107 @@ impl Remote {
             .syscall(nr, args)?)
     }
 
+    /// Starts a syscall in the task and returns at once (see
+    /// [`Remote::call_all`]).
+    fn start_call(&mut self, what: &str, nr: i64, args: [u64; 6]) -> Result<()> {
+        let tid = self.tid;
+        self.inj
+            .as_mut()
+            .expect("injector present until finish")
+            .start_syscall(nr, args)
+            .map_err(|e| Error::Process {
+                pid: tid,
+                reason: format!("{what}: {e}"),
+            })
+    }
+
+    /// Lets the syscall `start_call` started run on once it entered the kernel.
+    fn pass_entry(&mut self, what: &str) -> Result<()> {
+        let tid = self.tid;
+        self.inj
+            .as_mut()
+            .expect("injector present until finish")
+            .pass_entry()
+            .map_err(|e| Error::Process {
+                pid: tid,
+                reason: format!("{what}: {e}"),
+            })
+    }
+
+    /// Waits for the syscall `start_call` started; as [`Remote::call`].
+    fn finish_call(&mut self, what: &str) -> Result<u64> {
+        let tid = self.tid;
+        let r = self
+            .inj
+            .as_mut()
+            .expect("injector present until finish")
+            .finish_syscall()
+            .map_err(|e| Error::Process {
+                pid: tid,
+                reason: format!("{what}: {e}"),
+            })?;
+        if (-4095..0).contains(&r) {
+            return Err(Error::Process {
+                pid: tid,
+                reason: format!(
+                    "{what} in the task failed: {}",
+                    std::io::Error::from_raw_os_error((-r) as i32)
+                ),
+            });
+        }
+        Ok(r as u64)
+    }
+
+    /// Runs one syscall in each of `rs` (threads of one process, say), all
+    /// at the same time: every thread is set going, then each is let on past
+    /// its syscall's entry stop, then each is waited for at the exit, so the
+    /// two ptrace stops of each call overlap across the threads instead of
+    /// adding up. `args(i)` gives the arguments of `rs[i]`'s call. Every
+    /// thread started is waited for (its own state back) even when another
+    /// fails; the first failure is the error.
+    pub fn call_all(
+        rs: &mut [Remote],
+        what: &str,
+        nr: i64,
+        args: impl Fn(usize) -> [u64; 6],
+    ) -> Result<Vec<u64>> {
+        let mut first_err = None;
+        let mut started = 0;
+        for (i, r) in rs.iter_mut().enumerate() {
+            if let Err(e) = r.start_call(what, nr, args(i)) {
+                first_err = Some(e);
+                break;
+            }
+            started += 1;
+        }
+        // A thread whose entry failed has its own state back already.
+        let mut entered = vec![false; started];
+        for (i, r) in rs[..started].iter_mut().enumerate() {
+            match r.pass_entry(what) {
+                Ok(()) => entered[i] = true,
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        let mut out = Vec::with_capacity(started);
+        for (i, r) in rs[..started].iter_mut().enumerate() {
+            if !entered[i] {
+                continue;
+            }
+            match r.finish_call(what) {
+                Ok(v) => out.push(v),
+                Err(e) => {
+                    first_err.get_or_insert(e);
+                }
+            }
+        }
+        match first_err {
+            Some(e) => Err(e),
+            None => Ok(out),
+        }
+    }
+
     /// Runs a syscall; a failure becomes an error naming `what`.
     pub fn call(&mut self, what: &str, nr: i64, args: [u64; 6]) -> Result<u64> {
         let tid = self.tid;

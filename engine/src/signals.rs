@@ -147,12 +147,16 @@ pub fn get_altstack(r: &mut Remote) -> Result<AltStack> {
         libc::SYS_sigaltstack,
         [0, scratch, 0, 0, 0, 0],
     )?;
-    let b = r.read_mem(scratch, 24)?;
-    Ok(AltStack {
+    Ok(altstack_from(&r.read_mem(scratch, 24)?))
+}
+
+/// A `stack_t` (24 bytes) as sigaltstack wrote it.
+pub fn altstack_from(b: &[u8]) -> AltStack {
+    AltStack {
         sp: u64::from_le_bytes(b[0..8].try_into().expect("8 bytes")),
         flags: i32::from_le_bytes(b[8..12].try_into().expect("4 bytes")),
         size: u64::from_le_bytes(b[16..24].try_into().expect("8 bytes")),
-    })
+    }
 }
 
 /// Stages the thread's alternate signal stack.

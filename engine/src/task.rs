@@ -94,19 +94,12 @@ fn creds_of(s: &procfs::process::Status) -> Creds {
     }
 }
 
-fn securebits(r: &mut Remote) -> Result<u32> {
+pub(crate) fn securebits(r: &mut Remote) -> Result<u32> {
     Ok(r.call(
         "prctl(PR_GET_SECUREBITS)",
         libc::SYS_prctl,
         [libc::PR_GET_SECUREBITS as u64, 0, 0, 0, 0, 0],
     )? as u32)
-}
-
-/// The credentials of thread `tid` (host TID), which `r` controls.
-pub fn collect_thread_creds(tid: i32, r: &mut Remote) -> Result<Creds> {
-    let mut creds = current_creds(tid)?;
-    creds.securebits = securebits(r)?;
-    Ok(creds)
 }
 
 const RLIMITS: u32 = 16;
@@ -247,7 +240,7 @@ pub fn stage_core(st: &mut Staged, r: &mut Remote, c: &Core) -> Result<()> {
 
 /// Credentials as the task has them now.
 /// Credentials of a task (host TID) from /proc, securebits left 0.
-fn current_creds(tid: i32) -> Result<Creds> {
+pub(crate) fn current_creds(tid: i32) -> Result<Creds> {
     // /proc/TID works for any thread, listed or not. One open and read.
     use procfs::FromRead;
     let s = procfs::process::Status::from_file(format!("/proc/{tid}/status"))

@@ -58,6 +58,77 @@ pub fn collect(
     r: &mut Remote,
     deferred: Option<i32>,
 ) -> Result<ThreadImage> {
+    let altstack = signals::get_altstack(r)?;
+    let scratch = r.scratch(crate::remote::SMALL_SCRATCH)?;
+    r.call(
+        "prctl(PR_GET_TID_ADDRESS)",
+        libc::SYS_prctl,
+        [libc::PR_GET_TID_ADDRESS as u64, scratch, 0, 0, 0, 0],
+    )?;
+    let clear_child_tid = u64::from_le_bytes(r.read_mem(scratch, 8)?.try_into().expect("8 bytes"));
+    let securebits = crate::task::securebits(r)?;
+    assemble(
+        tid,
+        ns_tid,
+        r,
+        deferred,
+        Injected {
+            altstack,
+            clear_child_tid,
+            securebits,
+        },
+    )
+}
+
+/// What a thread's collection needs syscalls run inside it for.
+struct Injected {
+    altstack: crate::image::AltStack,
+    clear_child_tid: u64,
+    securebits: u32,
+}
+
+/// Collects the threads `ts` (host TID, TID in the sandbox, deferred
+/// signal) of one process, `rs[i]` controlling `ts[i]`, as [`collect`] each,
+/// with the syscalls run inside them (three per thread) run in every thread
+/// at once, one call after the other: a thread's call costs two ptrace stops,
+/// which overlap across the threads instead of adding up.
+pub fn collect_all(ts: &[(i32, i32, Option<i32>)], rs: &mut [Remote]) -> Result<Vec<ThreadImage>> {
+    // Each thread's scratch: the stack_t at 0, the clear_child_tid at 32.
+    let scratch: Vec<u64> = rs
+        .iter_mut()
+        .map(|r| r.scratch(crate::remote::SMALL_SCRATCH))
+        .collect::<Result<_>>()?;
+    Remote::call_all(rs, "sigaltstack", libc::SYS_sigaltstack, |i| {
+        [0, scratch[i], 0, 0, 0, 0]
+    })?;
+    Remote::call_all(rs, "prctl(PR_GET_TID_ADDRESS)", libc::SYS_prctl, |i| {
+        [libc::PR_GET_TID_ADDRESS as u64, scratch[i] + 32, 0, 0, 0, 0]
+    })?;
+    let securebits = Remote::call_all(rs, "prctl(PR_GET_SECUREBITS)", libc::SYS_prctl, |_| {
+        [libc::PR_GET_SECUREBITS as u64, 0, 0, 0, 0, 0]
+    })?;
+    let mut out = Vec::with_capacity(ts.len());
+    for (i, &(tid, ns_tid, deferred)) in ts.iter().enumerate() {
+        let r = &mut rs[i];
+        let b = r.read_mem(scratch[i], 40)?;
+        let injected = Injected {
+            altstack: signals::altstack_from(&b[..24]),
+            clear_child_tid: u64::from_le_bytes(b[32..40].try_into().expect("8 bytes")),
+            securebits: securebits[i] as u32,
+        };
+        out.push(assemble(tid, ns_tid, r, deferred, injected)?);
+    }
+    Ok(out)
+}
+
+/// The rest of a thread's state, read from outside it.
+fn assemble(
+    tid: i32,
+    ns_tid: i32,
+    r: &Remote,
+    deferred: Option<i32>,
+    injected: Injected,
+) -> Result<ThreadImage> {
     let regs = Regs::from(&r.saved_regs());
     let (regs, in_syscall) = resume_regs(&regs, false);
     let xstate = sys::ptrace::get_xstate(tid)?;
@@ -66,7 +137,6 @@ pub fn collect(
     if let Some(sig) = deferred {
         pending.push(signals::synthetic_siginfo(sig));
     }
-    let altstack = signals::get_altstack(r)?;
     let rseq = match sys::ptrace::get_rseq_config(tid) {
         Ok(c) if c.rseq_abi_pointer != 0 => Some(Rseq {
             addr: c.rseq_abi_pointer,
@@ -75,28 +145,22 @@ pub fn collect(
         }),
         _ => None,
     };
-    let scratch = r.scratch(crate::remote::SMALL_SCRATCH)?;
-    r.call(
-        "prctl(PR_GET_TID_ADDRESS)",
-        libc::SYS_prctl,
-        [libc::PR_GET_TID_ADDRESS as u64, scratch, 0, 0, 0, 0],
-    )?;
-    let clear_child_tid = u64::from_le_bytes(r.read_mem(scratch, 8)?.try_into().expect("8 bytes"));
     let (robust_list, robust_list_len) = robust_list(tid)?;
-    let creds = Some(crate::task::collect_thread_creds(tid, r)?);
+    let mut creds = crate::task::current_creds(tid)?;
+    creds.securebits = injected.securebits;
     Ok(ThreadImage {
         tid: ns_tid,
         regs,
         xstate,
         sigmask,
         pending,
-        altstack,
+        altstack: injected.altstack,
         rseq,
-        clear_child_tid,
+        clear_child_tid: injected.clear_child_tid,
         robust_list,
         robust_list_len,
         in_syscall,
-        creds,
+        creds: Some(creds),
     })
 }
 

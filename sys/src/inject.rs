@@ -212,6 +212,8 @@ pub struct Injector {
     /// (see [`Injector::set_step`]).
     step: bool,
     done: bool,
+    /// The injected syscall under way has passed its entry stop.
+    entered: bool,
     /// TID (in our PID namespace) of the thread or process the last injected
     /// syscall created, from its PTRACE_EVENT_CLONE/FORK/VFORK stop.
     last_child: Option<i32>,
@@ -236,6 +238,7 @@ impl Injector {
             blocked: false,
             step: false,
             done: false,
+            entered: false,
             last_child: None,
             children: Vec::new(),
         })
@@ -334,6 +337,60 @@ impl Injector {
         Ok(ret)
     }
 
+    /// The first half of [`Injector::syscall`]: sets the thread going into
+    /// syscall `nr` and returns at once, so that several threads (each with
+    /// its own injector) run their calls at the same time;
+    /// [`Injector::finish_syscall`] waits for the result and puts the
+    /// thread's own registers and mask back. With syscall stops only (not at
+    /// a restore trampoline, not single-stepping).
+    pub fn start_syscall(&mut self, nr: i64, args: [u64; 6]) -> Result<()> {
+        if self.done {
+            return Err(Error::new("injected syscall: thread exited", Errno::ESRCH));
+        }
+        if self.trap_after || self.step {
+            return Err(Error::new(
+                "a started syscall outside syscall-stop injection",
+                Errno::EINVAL,
+            ));
+        }
+        if !self.blocked {
+            ptrace::set_sigmask(self.tid, !0u64)?;
+            self.blocked = true;
+        }
+        let started = self
+            .set_call_regs(nr, args)
+            .and_then(|()| ptrace::syscall(self.tid, 0));
+        if let Err(e) = started {
+            let _ = self.put_back();
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Waits until the syscall [`Injector::start_syscall`] started has
+    /// entered the kernel and lets it run on, without waiting for its end:
+    /// with several threads, their calls run meanwhile.
+    pub fn pass_entry(&mut self) -> Result<()> {
+        let res = self.wait_syscall(true).map(|_| ());
+        if res.is_err() && !self.done {
+            let _ = self.put_back();
+        }
+        res
+    }
+
+    /// Waits for the syscall [`Injector::start_syscall`] started and returns
+    /// its raw result, the thread's own state back in place.
+    pub fn finish_syscall(&mut self) -> Result<i64> {
+        let res = self.wait_syscall(false).map(|r| r.unwrap_or(0));
+        if self.done {
+            return res;
+        }
+        let back = self.put_back();
+        let ret = res?;
+        back?;
+        Ok(ret)
+    }
+
     /// The thread's own registers (with an interrupted syscall set up to
     /// restart) and signal mask, as they are between injected syscalls.
     fn put_back(&mut self) -> Result<()> {
@@ -345,7 +402,8 @@ impl Injector {
         Ok(())
     }
 
-    fn run_syscall(&mut self, nr: i64, args: [u64; 6]) -> Result<i64> {
+    /// The thread's registers set for syscall `nr` at the gadget.
+    fn set_call_regs(&mut self, nr: i64, args: [u64; 6]) -> Result<()> {
         let mut regs = self.saved;
         regs.rip = self.gadget;
         regs.orig_rax = u64::MAX; // no syscall-restart logic touches these registers
@@ -358,6 +416,12 @@ impl Injector {
         regs.r9 = args[5];
         ptrace::set_regs(self.tid, &regs)?;
         self.last_child = None;
+        self.entered = false;
+        Ok(())
+    }
+
+    fn run_syscall(&mut self, nr: i64, args: [u64; 6]) -> Result<i64> {
+        self.set_call_regs(nr, args)?;
         if self.trap_after {
             return self.run_to_trap();
         }
@@ -366,19 +430,33 @@ impl Injector {
             // the syscall has returned, one stop instead of its entry and exit.
             return self.wait_trap(self.gadget + 2, true);
         }
-
-        let mut entered = false;
         ptrace::syscall(self.tid, 0)?;
+        Ok(self.wait_syscall(false)?.unwrap_or(0))
+    }
+
+    /// Follows a thread resumed into an injected syscall (with syscall
+    /// stops) to the syscall's exit and returns its raw result; with
+    /// `until_entry`, only until it has entered the kernel and been let go
+    /// on (None).
+    fn wait_syscall(&mut self, until_entry: bool) -> Result<Option<i64>> {
         loop {
             let status = waitpid(Pid::from_raw(self.tid), Some(WaitPidFlag::__WALL))
                 .map_err(|e| Error::new("waitpid(injected syscall)", e))?;
             match status {
                 WaitStatus::PtraceSyscall(_) => {
                     match ptrace::get_syscall_info(self.tid)?.op {
-                        SyscallOp::Entry { .. } => entered = true,
-                        SyscallOp::Exit { .. } if entered => {
+                        SyscallOp::Entry { .. } => {
+                            self.entered = true;
+                            ptrace::syscall(self.tid, 0)?;
+                            if until_entry {
+                                return Ok(None);
+                            }
+                            continue;
+                        }
+                        SyscallOp::Exit { .. } if self.entered => {
+                            self.entered = false;
                             let regs = ptrace::get_regs(self.tid)?;
-                            return Ok(regs.rax as i64);
+                            return Ok(Some(regs.rax as i64));
                         }
                         _ => {}
                     }
@@ -389,12 +467,16 @@ impl Injector {
                     // SIGTRAP stops: tell them apart by the syscall info.
                     match ptrace::get_syscall_info(self.tid)?.op {
                         SyscallOp::Entry { .. } => {
-                            entered = true;
+                            self.entered = true;
                             ptrace::syscall(self.tid, 0)?;
+                            if until_entry {
+                                return Ok(None);
+                            }
                         }
-                        SyscallOp::Exit { .. } if entered => {
+                        SyscallOp::Exit { .. } if self.entered => {
+                            self.entered = false;
                             let regs = ptrace::get_regs(self.tid)?;
-                            return Ok(regs.rax as i64);
+                            return Ok(Some(regs.rax as i64));
                         }
                         // A real SIGTRAP: blocked signals cannot get here, so
                         // it was synchronous; pass it on.

@@ -174,6 +174,57 @@ fn inject_getpid_mmap_munmap_and_restore() {
     drop(child);
 }
 
+/// Calls started in several tracees at once (start, pass the entry, finish)
+/// each return their own tracee's result, leave its registers and mask as
+/// they were, and the tracees go on as before.
+#[test]
+fn injected_calls_overlapping_in_several_tracees() {
+    let children: Vec<Child> = (0..3).map(|_| spawn_sleep("1")).collect();
+    let pids: Vec<i32> = children.iter().map(|c| c.id() as i32).collect();
+    let mut injs = Vec::new();
+    let mut before = Vec::new();
+    for &pid in &pids {
+        seize_and_stop(pid);
+        let gadget = find_syscall_gadget(pid).unwrap();
+        before.push((
+            ptrace::get_regs(pid).unwrap(),
+            ptrace::get_sigmask(pid).unwrap(),
+        ));
+        injs.push(Injector::new(pid, gadget).unwrap());
+    }
+    for _ in 0..2 {
+        for inj in injs.iter_mut() {
+            inj.start_syscall(libc::SYS_getpid, [0; 6]).unwrap();
+        }
+        for inj in injs.iter_mut() {
+            inj.pass_entry().unwrap();
+        }
+        for (inj, &pid) in injs.iter_mut().zip(&pids) {
+            assert_eq!(inj.finish_syscall().unwrap(), i64::from(pid));
+        }
+    }
+    for ((inj, &pid), (regs, mask)) in injs.into_iter().zip(&pids).zip(&before) {
+        inj.finish().unwrap();
+        let mut expected = *regs;
+        apply_syscall_restart(&mut expected);
+        assert_eq!(
+            regs_bytes(&ptrace::get_regs(pid).unwrap()),
+            regs_bytes(&expected)
+        );
+        assert_eq!(ptrace::get_sigmask(pid).unwrap(), *mask);
+        ptrace::detach(pid, 0).unwrap();
+    }
+    for (pid, child) in pids.into_iter().zip(children) {
+        let st = waitpid(Pid::from_raw(pid), None).unwrap();
+        assert_eq!(
+            st,
+            WaitStatus::Exited(Pid::from_raw(pid), 0),
+            "sleep after injection"
+        );
+        drop(child);
+    }
+}
+
 #[test]
 fn a_signal_arriving_during_injection_is_kept_for_the_tracee() {
     let child = spawn_sleep("30");

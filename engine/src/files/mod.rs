@@ -34,7 +34,9 @@ pub struct FileTable {
     pub image: FilesImage,
     /// Our duplicate of one fd per description, with its (dev, ino), for kcmp.
     reps: Vec<(u64, u64, OwnedFd)>,
-    by_inode: HashMap<(u64, u64), Vec<usize>>,
+    /// Descriptions by (dev, ino, eventfd id + 1 or 0), each list in kcmp
+    /// order (the eventfd id tells apart the eventfds, which share an inode).
+    by_inode: HashMap<(u64, u64, u64), Vec<usize>>,
     pipes: HashMap<u64, u32>,
     log_id: (u64, u64),
     /// memfd objects by (dev, ino).
@@ -82,6 +84,31 @@ pub fn read_fdinfo(pid: i32, fd: i32) -> Result<FdInfo> {
             reason: format!("reading fdinfo of fd {fd}: {e}"),
         }
     })?;
+    Ok(parse_fdinfo(text))
+}
+
+/// The fdinfo of fd `fd`, read through `dir`, the process's /proc/PID/fdinfo
+/// opened once (no lookup of the process for every fd).
+fn read_fdinfo_in(dir: &OwnedFd, pid: i32, fd: i32) -> Result<FdInfo> {
+    use std::io::Read;
+    let mut text = String::new();
+    nix::fcntl::openat(
+        dir,
+        fd.to_string().as_str(),
+        nix::fcntl::OFlag::O_RDONLY | nix::fcntl::OFlag::O_CLOEXEC,
+        nix::sys::stat::Mode::empty(),
+    )
+    .map(std::fs::File::from)
+    .map_err(std::io::Error::from)
+    .and_then(|mut f| f.read_to_string(&mut text))
+    .map_err(|e| Error::Process {
+        pid,
+        reason: format!("reading fdinfo of fd {fd}: {e}"),
+    })?;
+    Ok(parse_fdinfo(text))
+}
+
+fn parse_fdinfo(text: String) -> FdInfo {
     let mut info = FdInfo {
         pos: 0,
         flags: 0,
@@ -95,7 +122,7 @@ pub fn read_fdinfo(pid: i32, fd: i32) -> Result<FdInfo> {
         }
     }
     info.text = text;
-    Ok(info)
+    info
 }
 
 /// How open file description `a` compares with `b` (both fds of ours) in
@@ -105,8 +132,7 @@ pub fn read_fdinfo(pid: i32, fd: i32) -> Result<FdInfo> {
 /// log n calls. An error counts as "different" (no sharing is found then).
 fn kcmp_order(a: RawFd, b: RawFd) -> std::cmp::Ordering {
     use std::cmp::Ordering;
-    // SAFETY: kcmp only compares kernel objects of our own process.
-    let me = unsafe { libc::getpid() };
+    let me = std::process::id() as i32;
     match sys::kcmp::kcmp(me, me, sys::kcmp::KcmpType::File, a as u64, b as u64) {
         Ok(sys::kcmp::Kcmp::Equal) => Ordering::Equal,
         Ok(sys::kcmp::Kcmp::Greater) => Ordering::Greater,
@@ -219,6 +245,20 @@ impl FileTable {
         pidfd: &OwnedFd,
         blobs: &mut PageSink,
     ) -> Result<Vec<FdEntry>> {
+        let open_dir = |what: &str| {
+            nix::fcntl::open(
+                format!("/proc/{host_pid}/{what}").as_str(),
+                nix::fcntl::OFlag::O_RDONLY
+                    | nix::fcntl::OFlag::O_DIRECTORY
+                    | nix::fcntl::OFlag::O_CLOEXEC,
+                nix::sys::stat::Mode::empty(),
+            )
+            .map_err(|e| Error::Process {
+                pid,
+                reason: format!("opening /proc/{host_pid}/{what}: {e}"),
+            })
+        };
+        let (fd_dir, fdinfo_dir) = (open_dir("fd")?, open_dir("fdinfo")?);
         let mut fds: Vec<i32> = std::fs::read_dir(format!("/proc/{host_pid}/fd"))
             .map_err(|e| Error::Process {
                 pid,
@@ -232,7 +272,7 @@ impl FileTable {
         // Epolls first seen here: their watches name fds of this process.
         let mut epolls: Vec<(i32, usize)> = Vec::new();
         for fd in fds {
-            let link = std::fs::read_link(format!("/proc/{host_pid}/fd/{fd}"))
+            let link = nix::fcntl::readlinkat(&fd_dir, fd.to_string().as_str())
                 .map_err(|e| Error::Process {
                     pid,
                     reason: format!("reading fd {fd}: {e}"),
@@ -244,13 +284,20 @@ impl FileTable {
                 pid,
                 reason: format!("fstat of fd {fd} ({link}): {e}"),
             })?;
-            let info = read_fdinfo(host_pid, fd)?;
+            let info = read_fdinfo_in(&fdinfo_dir, host_pid, fd)?;
             let cloexec = info.flags & libc::O_CLOEXEC as u32 != 0;
             let key = (st.st_dev, st.st_ino);
+            let eventfd_id = info
+                .text
+                .lines()
+                .find_map(|l| l.strip_prefix("eventfd-id:"))
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .map_or(0, |id| id + 1);
+            let bucket = (key.0, key.1, eventfd_id);
             // Already seen through another fd? The descriptions of one inode
             // (all eventfds share one, say) are kept in kcmp order: a binary
             // search, not a comparison with each of them.
-            let ids = self.by_inode.get(&key).map(Vec::as_slice).unwrap_or(&[]);
+            let ids = self.by_inode.get(&bucket).map(Vec::as_slice).unwrap_or(&[]);
             let place =
                 ids.binary_search_by(|&i| kcmp_order(self.reps[i].2.as_raw_fd(), dup.as_raw_fd()));
             if let Ok(at) = place {
@@ -313,7 +360,7 @@ impl FileTable {
             self.reps.push((key.0, key.1, dup));
             let at = place.unwrap_err();
             self.by_inode
-                .entry(key)
+                .entry(bucket)
                 .or_default()
                 .insert(at, id as usize);
             out.push(FdEntry {

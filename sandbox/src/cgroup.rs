@@ -83,6 +83,42 @@ pub struct Layout {
     pub v1: BTreeMap<String, PathBuf>,
 }
 
+/// Moves the calling process into the cgroup it is already in (changing
+/// nothing), so that the kernel's cgroup migration lock, which every move
+/// takes for writing, switches to its writer mode now: the first writer
+/// after a quiet spell waits for an RCU grace period (10-40 ms here), and
+/// writers within about a grace period after it do not. A process that
+/// will move a new sandbox's init soon (restore, whose image takes tens of
+/// milliseconds to read first) has a helper call this at its start, so the
+/// grace period passes meanwhile. Best effort: errors are ignored.
+pub fn start_migration_grace_period() {
+    let Ok(layout) = Layout::detect() else {
+        return;
+    };
+    let Ok(own) = fs::read_to_string("/proc/self/cgroup") else {
+        return;
+    };
+    for line in own.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (Some(_), Some(ctrls), Some(path)) = (parts.next(), parts.next(), parts.next()) else {
+            continue;
+        };
+        let root = if ctrls.is_empty() {
+            layout.unified.as_ref()
+        } else {
+            ctrls.split(',').find_map(|c| layout.v1.get(c))
+        };
+        let Some(root) = root else {
+            continue;
+        };
+        let procs = root.join(path.trim_start_matches('/')).join("cgroup.procs");
+        // "0": the writing process. One hierarchy is enough: the lock is global.
+        if fs::write(&procs, "0").is_ok() {
+            return;
+        }
+    }
+}
+
 impl Layout {
     /// Reads the mounted hierarchies from /proc/self/mountinfo.
     pub fn detect() -> Result<Layout> {

@@ -161,6 +161,9 @@ fn watch(creator: i32, r: OwnedFd) -> i32 {
         }
     }
     crate::init::close_fds_except(&[r.as_raw_fd()]);
+    // The creator moves init into the new cgroup soon: let the grace
+    // period of the cgroup migration lock pass while it reads its image.
+    crate::cgroup::start_migration_grace_period();
     // SAFETY: pidfd_open takes a PID and flags and returns a new fd or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, creator, 0) };
     // SAFETY: getppid has no preconditions.

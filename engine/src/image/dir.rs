@@ -284,8 +284,11 @@ impl PageSink {
 /// Appends at most this long run on one thread (a second thread does not pay
 /// for itself on small page files).
 const STREAM_PIPELINE_MIN: u64 = 4 << 20;
-/// Size of one stream buffer: a quarter of the 1 MiB L2 cache per core.
-const STREAM_BUF: usize = 256 << 10;
+/// Size of one stream buffer. Measured on dumps of 1 GiB (two page-file
+/// threads, 6 alternating runs each): 1 MiB buffers fill and write about
+/// 7% faster than 256 KiB ones (fewer calls, each `process_vm_readv` and
+/// `write` covering more pages), 512 KiB in between.
+const STREAM_BUF: usize = 1 << 20;
 /// Buffers in flight between the filling and the writing thread.
 const STREAM_BUFS: usize = 4;
 

@@ -259,7 +259,25 @@ impl HostView {
     /// Asserts that nothing of ours was added since `before`. Host
     /// interfaces come and go with other users of the host: only those
     /// listed in `ours` (seen carrying this test's addresses) count.
-    fn assert_nothing_leaked_since(&self, before: &HostView, ours: &BTreeSet<String>) {
+    /// Waits (up to 10 s) until nothing of ours was added since `before`:
+    /// a dump's guard removes the killed sandbox's cgroup and exits a moment
+    /// after the dump returns (`common::wait_endings` waits for its marker).
+    fn assert_nothing_leaked_eventually(state: &Path, before: &HostView, ours: &BTreeSet<String>) {
+        common::wait_endings(state);
+        common::wait_until(
+            "nothing of the test left on the host",
+            Duration::from_secs(10),
+            || HostView::take(state).leaks_since(before, ours).is_empty(),
+            || {
+                format!(
+                    "leaked on the host: {}",
+                    HostView::take(state).leaks_since(before, ours).join("; ")
+                )
+            },
+        );
+    }
+
+    fn leaks_since(&self, before: &HostView, ours: &BTreeSet<String>) -> Vec<String> {
         let mut leaks = Vec::new();
         let added: Vec<_> = self.procs.difference(&before.procs).collect();
         if !added.is_empty() {
@@ -296,7 +314,7 @@ impl HostView {
         if !state.is_empty() {
             leaks.push(format!("state directory entries: {state:?}"));
         }
-        assert!(leaks.is_empty(), "leaked on the host: {}", leaks.join("; "));
+        leaks
     }
 }
 
@@ -386,9 +404,7 @@ fn endurance(cycles: usize) {
         "no host interface ever carried {host_addr}"
     );
     fs::remove_dir_all(&scratch).expect("removing the output directory");
-    common::wait_endings(&h.state);
-    let after = HostView::take(&h.state);
-    after.assert_nothing_leaked_since(&before, &ours);
+    HostView::assert_nothing_leaked_eventually(&h.state, &before, &ours);
     assert!(
         links_with_address(host_addr).is_empty(),
         "a host interface still carries {host_addr}: {:?}",
@@ -477,9 +493,7 @@ fn parallel_sandboxes_restored_twice() {
         );
     }
     drop(workers);
-    common::wait_endings(&owner.state);
-    let after = HostView::take(&owner.state);
-    after.assert_nothing_leaked_since(&before, &BTreeSet::new());
+    HostView::assert_nothing_leaked_eventually(&owner.state, &before, &BTreeSet::new());
 }
 
 // ---- Security ----------------------------------------------------------

@@ -330,7 +330,8 @@ impl Ending {
             let mut it = text.split_whitespace().map(|t| t.parse::<u64>().ok());
             let keeper = it.next().flatten().and_then(|p| i32::try_from(p).ok());
             let started = it.next().flatten();
-            let alive = keeper.is_some_and(|p| p > 0 && start_time(p) == started);
+            // A zombie keeper has ended: only its parent has not seen it yet.
+            let alive = keeper.is_some_and(|p| p > 0 && start_time(p) == started && !is_zombie(p));
             if !alive {
                 let _ = fs::remove_file(&marker);
                 return Ok(());

@@ -329,57 +329,66 @@ fn collect_process(
 ) -> Result<ProcessImage> {
     let main = &p.threads[0];
     let tids: Vec<(i32, i32)> = p.threads.iter().map(|t| (t.tid, t.ns_tid)).collect();
+    // Each thread's status, read once: its seccomp mode and its credentials.
+    let statuses = p
+        .threads
+        .iter()
+        .map(|t| task::thread_status(t.tid))
+        .collect::<Result<Vec<_>>>()?;
+    let modes: Vec<(i32, i32, u32)> = p
+        .threads
+        .iter()
+        .zip(&statuses)
+        .map(|(t, st)| (t.tid, t.ns_tid, st.seccomp.unwrap_or(0)))
+        .collect();
     // Before anything is injected: filters that cannot be suspended refuse the dump.
-    let seccomp = seccomp::collect(p.pid, p.ns_pid, &tids)?;
+    let seccomp = seccomp::collect(p.pid, p.ns_pid, &modes)?;
     let gadget = sys::inject::find_syscall_gadget(p.pid)?;
     let mut r = Remote::new(main.tid, gadget)?;
     // Resident and swapped bytes: whether the pages are found on a thread.
     let mut resident = 0u64;
     let res = (|| -> Result<ProcessImage> {
-        let status = task::read_status(p.pid)?;
+        // The main thread's (first) is the process's.
+        let status = &statuses[0];
         resident = (status.vmrss.unwrap_or(0) + status.vmswap.unwrap_or(0)) * 1024;
-        let (core, creds) = task::collect_core(p.pid, &status, &mut r)?;
+        let (core, creds) = task::collect_core(p.pid, status, &mut r)?;
         // Mid-injection: the scratch space is taken, syscalls have run.
         interrupt::pause_at("collect", None)?;
         let mm = memory::mm::collect(p.pid, &mut r)?;
-        let sigactions = signals::collect_actions(&status, &mut r)?;
+        let sigactions = signals::collect_actions(status, &mut r)?;
         let shared_pending = signals::peek_pending(main.tid, true)?;
-        let mut threads = vec![thread::collect(
-            main.tid,
-            main.ns_tid,
-            &mut r,
-            main.deferred_signal,
-        )?];
+        let refs = |range: std::ops::Range<usize>| -> Vec<thread::ThreadRef> {
+            p.threads[range.clone()]
+                .iter()
+                .zip(&statuses[range])
+                .map(|(t, st)| thread::ThreadRef {
+                    tid: t.tid,
+                    ns_tid: t.ns_tid,
+                    deferred: t.deferred_signal,
+                    creds: task::creds_of(st),
+                })
+                .collect()
+        };
+        let mut threads = thread::collect_all(refs(0..1), std::slice::from_mut(&mut r))?;
         // Read once for all threads: nothing below changes the areas (each
         // thread's scratch is on its own stack, inside the stack's area).
         let areas = (p.threads.len() > 1)
             .then(|| crate::remote::maps_areas(p.pid))
             .flatten()
             .map(std::rc::Rc::new);
-        // The other threads together: their injected calls overlap.
-        let mut sibs = Vec::with_capacity(p.threads.len() - 1);
-        let mut made = Ok(());
-        for t in &p.threads[1..] {
-            match r.sibling(t.tid, gadget) {
-                Ok(mut r2) => {
-                    if let Some(a) = &areas {
-                        r2.use_areas(a.clone());
-                    }
-                    sibs.push(r2);
+        // The other threads together: their injected calls overlap. A
+        // sibling dropped on an error puts its thread's state back.
+        let mut sibs = p.threads[1..]
+            .iter()
+            .map(|t| {
+                let mut r2 = r.sibling(t.tid, gadget)?;
+                if let Some(a) = &areas {
+                    r2.use_areas(a.clone());
                 }
-                Err(e) => {
-                    made = Err(e);
-                    break;
-                }
-            }
-        }
-        let res = made.and_then(|()| {
-            let ts: Vec<(i32, i32, Option<i32>)> = p.threads[1..]
-                .iter()
-                .map(|t| (t.tid, t.ns_tid, t.deferred_signal))
-                .collect();
-            thread::collect_all(&ts, &mut sibs)
-        });
+                Ok(r2)
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let res = thread::collect_all(refs(1..p.threads.len()), &mut sibs);
         let mut fin = Ok(());
         for r2 in sibs {
             let f = r2.finish();

@@ -325,48 +325,24 @@ impl Remote {
             .syscall(nr, args)?)
     }
 
-    /// Starts a syscall in the task and returns at once (see
-    /// [`Remote::call_all`]).
-    fn start_call(&mut self, what: &str, nr: i64, args: [u64; 6]) -> Result<()> {
+    /// Runs `f` on the injector; its error becomes one naming `what`.
+    fn inject<T>(
+        &mut self,
+        what: &str,
+        f: impl FnOnce(&mut Injector) -> sys::Result<T>,
+    ) -> Result<T> {
         let tid = self.tid;
-        self.inj
-            .as_mut()
-            .expect("injector present until finish")
-            .start_syscall(nr, args)
-            .map_err(|e| Error::Process {
-                pid: tid,
-                reason: format!("{what}: {e}"),
-            })
+        f(self.inj.as_mut().expect("injector present until finish")).map_err(|e| Error::Process {
+            pid: tid,
+            reason: format!("{what}: {e}"),
+        })
     }
 
-    /// Lets the syscall `start_call` started run on once it entered the kernel.
-    fn pass_entry(&mut self, what: &str) -> Result<()> {
-        let tid = self.tid;
-        self.inj
-            .as_mut()
-            .expect("injector present until finish")
-            .pass_entry()
-            .map_err(|e| Error::Process {
-                pid: tid,
-                reason: format!("{what}: {e}"),
-            })
-    }
-
-    /// Waits for the syscall `start_call` started; as [`Remote::call`].
-    fn finish_call(&mut self, what: &str) -> Result<u64> {
-        let tid = self.tid;
-        let r = self
-            .inj
-            .as_mut()
-            .expect("injector present until finish")
-            .finish_syscall()
-            .map_err(|e| Error::Process {
-                pid: tid,
-                reason: format!("{what}: {e}"),
-            })?;
+    /// A syscall's raw result: a negative errno becomes an error naming `what`.
+    fn checked(&self, what: &str, r: i64) -> Result<u64> {
         if (-4095..0).contains(&r) {
             return Err(Error::Process {
-                pid: tid,
+                pid: self.tid,
                 reason: format!(
                     "{what} in the task failed: {}",
                     std::io::Error::from_raw_os_error((-r) as i32)
@@ -392,7 +368,7 @@ impl Remote {
         let mut first_err = None;
         let mut started = 0;
         for (i, r) in rs.iter_mut().enumerate() {
-            if let Err(e) = r.start_call(what, nr, args(i)) {
+            if let Err(e) = r.inject(what, |inj| inj.start_syscall(nr, args(i))) {
                 first_err = Some(e);
                 break;
             }
@@ -401,7 +377,7 @@ impl Remote {
         // A thread whose entry failed has its own state back already.
         let mut entered = vec![false; started];
         for (i, r) in rs[..started].iter_mut().enumerate() {
-            match r.pass_entry(what) {
+            match r.inject(what, |inj| inj.pass_entry()) {
                 Ok(()) => entered[i] = true,
                 Err(e) => {
                     first_err.get_or_insert(e);
@@ -413,7 +389,10 @@ impl Remote {
             if !entered[i] {
                 continue;
             }
-            match r.finish_call(what) {
+            match r
+                .inject(what, |inj| inj.finish_syscall())
+                .and_then(|v| r.checked(what, v))
+            {
                 Ok(v) => out.push(v),
                 Err(e) => {
                     first_err.get_or_insert(e);
@@ -428,21 +407,8 @@ impl Remote {
 
     /// Runs a syscall; a failure becomes an error naming `what`.
     pub fn call(&mut self, what: &str, nr: i64, args: [u64; 6]) -> Result<u64> {
-        let tid = self.tid;
-        let r = self.syscall_raw(nr, args).map_err(|e| Error::Process {
-            pid: tid,
-            reason: format!("{what}: {e}"),
-        })?;
-        if (-4095..0).contains(&r) {
-            return Err(Error::Process {
-                pid: self.tid,
-                reason: format!(
-                    "{what} in the task failed: {}",
-                    std::io::Error::from_raw_os_error((-r) as i32)
-                ),
-            });
-        }
-        Ok(r as u64)
+        let r = self.inject(what, |inj| inj.syscall(nr, args))?;
+        self.checked(what, r)
     }
 
     /// Runs `calls` in order through the batch loop of a restore trampoline

@@ -39,17 +39,6 @@ fn perr(pid: i32, reason: impl Into<String>) -> Error {
     }
 }
 
-fn thread_mode(pid: i32, tid: i32) -> Result<u32> {
-    let path = format!("/proc/{pid}/task/{tid}/status");
-    let text =
-        std::fs::read_to_string(&path).map_err(|e| perr(pid, format!("reading {path}: {e}")))?;
-    Ok(text
-        .lines()
-        .find_map(|l| l.strip_prefix("Seccomp:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0))
-}
-
 fn filter_flags(tid: i32, index: u64) -> Result<u64> {
     let mut md = [index, 0u64];
     // SAFETY: PTRACE_SECCOMP_GET_METADATA reads filter_off from and writes
@@ -75,12 +64,11 @@ fn filter_flags(tid: i32, index: u64) -> Result<u64> {
 }
 
 /// Reads the seccomp state of every thread of process `pid` (`ns_pid` in
-/// the sandbox); `tids` are (host TID, TID in the sandbox), all seized and
-/// stopped.
-pub fn collect(pid: i32, ns_pid: i32, tids: &[(i32, i32)]) -> Result<SeccompImage> {
+/// the sandbox); `threads` are (host TID, TID in the sandbox, the mode its
+/// status says), all seized and stopped.
+pub fn collect(pid: i32, ns_pid: i32, threads: &[(i32, i32, u32)]) -> Result<SeccompImage> {
     let mut img = SeccompImage::default();
-    for &(tid, ns_tid) in tids {
-        let mode = thread_mode(pid, tid)?;
+    for &(tid, ns_tid, mode) in threads {
         if mode != 0 && !crate::seize::seccomp_suspended() {
             return Err(Error::Unsupported {
                 pid: ns_pid,

@@ -140,16 +140,6 @@ pub fn stage_pending(
     Ok(())
 }
 
-pub fn get_altstack(r: &mut Remote) -> Result<AltStack> {
-    let scratch = r.scratch(crate::remote::SMALL_SCRATCH)?;
-    r.call(
-        "sigaltstack",
-        libc::SYS_sigaltstack,
-        [0, scratch, 0, 0, 0, 0],
-    )?;
-    Ok(altstack_from(&r.read_mem(scratch, 24)?))
-}
-
 /// A `stack_t` (24 bytes) as sigaltstack wrote it.
 pub fn altstack_from(b: &[u8]) -> AltStack {
     AltStack {

@@ -14,13 +14,6 @@ fn perr(pid: i32, what: &str, e: impl std::fmt::Display) -> Error {
     }
 }
 
-/// /proc/PID/status, read once per process and shared by the collectors.
-pub fn read_status(pid: i32) -> Result<procfs::process::Status> {
-    procfs::process::Process::new(pid)
-        .and_then(|p| p.status())
-        .map_err(|e| perr(pid, "reading status", e))
-}
-
 pub fn collect_core(
     pid: i32,
     status: &procfs::process::Status,
@@ -80,7 +73,7 @@ pub fn collect_core(
     Ok((core, creds))
 }
 
-fn creds_of(s: &procfs::process::Status) -> Creds {
+pub(crate) fn creds_of(s: &procfs::process::Status) -> Creds {
     Creds {
         uid: [s.ruid, s.euid, s.suid, s.fuid],
         gid: [s.rgid, s.egid, s.sgid, s.fgid],
@@ -94,7 +87,7 @@ fn creds_of(s: &procfs::process::Status) -> Creds {
     }
 }
 
-pub(crate) fn securebits(r: &mut Remote) -> Result<u32> {
+fn securebits(r: &mut Remote) -> Result<u32> {
     Ok(r.call(
         "prctl(PR_GET_SECUREBITS)",
         libc::SYS_prctl,
@@ -238,14 +231,17 @@ pub fn stage_core(st: &mut Staged, r: &mut Remote, c: &Core) -> Result<()> {
     Ok(())
 }
 
-/// Credentials as the task has them now.
-/// Credentials of a task (host TID) from /proc, securebits left 0.
-pub(crate) fn current_creds(tid: i32) -> Result<Creds> {
-    // /proc/TID works for any thread, listed or not. One open and read.
+/// The status of task `tid` (host TID); /proc/TID works for any thread,
+/// listed or not.
+pub(crate) fn thread_status(tid: i32) -> Result<procfs::process::Status> {
     use procfs::FromRead;
-    let s = procfs::process::Status::from_file(format!("/proc/{tid}/status"))
-        .map_err(|e| perr(tid, "reading status", e))?;
-    Ok(creds_of(&s))
+    procfs::process::Status::from_file(format!("/proc/{tid}/status"))
+        .map_err(|e| perr(tid, "reading status", e))
+}
+
+/// Credentials of a task (host TID) as it has them now, securebits left 0.
+pub(crate) fn current_creds(tid: i32) -> Result<Creds> {
+    Ok(creds_of(&thread_status(tid)?))
 }
 
 /// The credentials of thread `tid` (host TID), with the `securebits` the

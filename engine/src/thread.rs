@@ -2,7 +2,7 @@
 //! syscall resumes, rseq, clear_child_tid and the robust futex list.
 
 use crate::error::{Error, Result};
-use crate::image::{limits, Regs, Rseq, SyscallState, ThreadImage};
+use crate::image::{limits, Creds, Regs, Rseq, SyscallState, ThreadImage};
 use crate::remote::{BatchCall, BatchSite, Remote, Staged};
 use crate::signals;
 
@@ -51,48 +51,24 @@ pub fn resume_regs(regs: &Regs, same_task: bool) -> (Regs, Option<SyscallState>)
     )
 }
 
-/// Collects one thread; `r` controls it (scratch memory available).
-pub fn collect(
-    tid: i32,
-    ns_tid: i32,
-    r: &mut Remote,
-    deferred: Option<i32>,
-) -> Result<ThreadImage> {
-    let altstack = signals::get_altstack(r)?;
-    let scratch = r.scratch(crate::remote::SMALL_SCRATCH)?;
-    r.call(
-        "prctl(PR_GET_TID_ADDRESS)",
-        libc::SYS_prctl,
-        [libc::PR_GET_TID_ADDRESS as u64, scratch, 0, 0, 0, 0],
-    )?;
-    let clear_child_tid = u64::from_le_bytes(r.read_mem(scratch, 8)?.try_into().expect("8 bytes"));
-    let securebits = crate::task::securebits(r)?;
-    assemble(
-        tid,
-        ns_tid,
-        r,
-        deferred,
-        Injected {
-            altstack,
-            clear_child_tid,
-            securebits,
-        },
-    )
+/// A seized, stopped thread to collect.
+pub struct ThreadRef {
+    /// Host TID.
+    pub tid: i32,
+    /// TID in the sandbox.
+    pub ns_tid: i32,
+    /// The signal its seizing took (given back as pending).
+    pub deferred: Option<i32>,
+    /// Its credentials from its status (securebits still to be read).
+    pub creds: Creds,
 }
 
-/// What a thread's collection needs syscalls run inside it for.
-struct Injected {
-    altstack: crate::image::AltStack,
-    clear_child_tid: u64,
-    securebits: u32,
-}
-
-/// Collects the threads `ts` (host TID, TID in the sandbox, deferred
-/// signal) of one process, `rs[i]` controlling `ts[i]`, as [`collect`] each,
-/// with the syscalls run inside them (three per thread) run in every thread
-/// at once, one call after the other: a thread's call costs two ptrace stops,
-/// which overlap across the threads instead of adding up.
-pub fn collect_all(ts: &[(i32, i32, Option<i32>)], rs: &mut [Remote]) -> Result<Vec<ThreadImage>> {
+/// Collects the threads `ts` of one process, `rs[i]` controlling `ts[i]`
+/// (scratch memory available). The syscalls run inside them (three per
+/// thread: alternate stack, clear_child_tid, securebits) run in every thread
+/// at once, one call after the other: a call costs two ptrace stops, which
+/// overlap across the threads instead of adding up.
+pub fn collect_all(ts: Vec<ThreadRef>, rs: &mut [Remote]) -> Result<Vec<ThreadImage>> {
     // Each thread's scratch: the stack_t at 0, the clear_child_tid at 32.
     let scratch: Vec<u64> = rs
         .iter_mut()
@@ -108,60 +84,42 @@ pub fn collect_all(ts: &[(i32, i32, Option<i32>)], rs: &mut [Remote]) -> Result<
         [libc::PR_GET_SECUREBITS as u64, 0, 0, 0, 0, 0]
     })?;
     let mut out = Vec::with_capacity(ts.len());
-    for (i, &(tid, ns_tid, deferred)) in ts.iter().enumerate() {
-        let r = &mut rs[i];
+    for (i, t) in ts.into_iter().enumerate() {
+        let r = &rs[i];
         let b = r.read_mem(scratch[i], 40)?;
-        let injected = Injected {
-            altstack: signals::altstack_from(&b[..24]),
-            clear_child_tid: u64::from_le_bytes(b[32..40].try_into().expect("8 bytes")),
-            securebits: securebits[i] as u32,
+        let mut creds = t.creds;
+        creds.securebits = securebits[i] as u32;
+        let regs = Regs::from(&r.saved_regs());
+        let (regs, in_syscall) = resume_regs(&regs, false);
+        let mut pending = signals::peek_pending(t.tid, false)?;
+        if let Some(sig) = t.deferred {
+            pending.push(signals::synthetic_siginfo(sig));
+        }
+        let rseq = match sys::ptrace::get_rseq_config(t.tid) {
+            Ok(c) if c.rseq_abi_pointer != 0 => Some(Rseq {
+                addr: c.rseq_abi_pointer,
+                len: c.rseq_abi_size,
+                signature: c.signature,
+            }),
+            _ => None,
         };
-        out.push(assemble(tid, ns_tid, r, deferred, injected)?);
+        let (robust_list, robust_list_len) = robust_list(t.tid)?;
+        out.push(ThreadImage {
+            tid: t.ns_tid,
+            regs,
+            xstate: sys::ptrace::get_xstate(t.tid)?,
+            sigmask: r.saved_sigmask(),
+            pending,
+            altstack: signals::altstack_from(&b[..24]),
+            rseq,
+            clear_child_tid: u64::from_le_bytes(b[32..40].try_into().expect("8 bytes")),
+            robust_list,
+            robust_list_len,
+            in_syscall,
+            creds: Some(creds),
+        });
     }
     Ok(out)
-}
-
-/// The rest of a thread's state, read from outside it.
-fn assemble(
-    tid: i32,
-    ns_tid: i32,
-    r: &Remote,
-    deferred: Option<i32>,
-    injected: Injected,
-) -> Result<ThreadImage> {
-    let regs = Regs::from(&r.saved_regs());
-    let (regs, in_syscall) = resume_regs(&regs, false);
-    let xstate = sys::ptrace::get_xstate(tid)?;
-    let sigmask = r.saved_sigmask();
-    let mut pending = signals::peek_pending(tid, false)?;
-    if let Some(sig) = deferred {
-        pending.push(signals::synthetic_siginfo(sig));
-    }
-    let rseq = match sys::ptrace::get_rseq_config(tid) {
-        Ok(c) if c.rseq_abi_pointer != 0 => Some(Rseq {
-            addr: c.rseq_abi_pointer,
-            len: c.rseq_abi_size,
-            signature: c.signature,
-        }),
-        _ => None,
-    };
-    let (robust_list, robust_list_len) = robust_list(tid)?;
-    let mut creds = crate::task::current_creds(tid)?;
-    creds.securebits = injected.securebits;
-    Ok(ThreadImage {
-        tid: ns_tid,
-        regs,
-        xstate,
-        sigmask,
-        pending,
-        altstack: injected.altstack,
-        rseq,
-        clear_child_tid: injected.clear_child_tid,
-        robust_list,
-        robust_list_len,
-        in_syscall,
-        creds: Some(creds),
-    })
 }
 
 fn robust_list(tid: i32) -> Result<(u64, u64)> {

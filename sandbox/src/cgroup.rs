@@ -471,27 +471,11 @@ impl Cgroup {
     /// the cgroup is empty.
     pub fn kill_all(&self) -> Result<()> {
         let deadline = Instant::now() + Duration::from_secs(10);
-        if let Some(d) = &self.v2 {
-            let k = d.join("cgroup.kill");
-            if k.exists() {
-                write_file(&k, "1")?;
-            }
-        }
         let mut pause = Duration::from_micros(200);
         loop {
-            let procs = self.procs()?;
-            if procs.is_empty() {
+            self.sigkill_all()?;
+            if self.procs()?.is_empty() {
                 return Ok(());
-            }
-            for p in procs {
-                // SAFETY: kill(2) with a PID read from the cgroup and a valid signal.
-                unsafe { libc::kill(p, libc::SIGKILL) };
-            }
-            // A frozen v1 cgroup must be thawed for SIGKILL to be acted on.
-            if self.freezer == Freezer::V1 {
-                if let Some(d) = self.v1.get("freezer") {
-                    let _ = write_file(&d.join("freezer.state"), "THAWED");
-                }
             }
             if Instant::now() >= deadline {
                 return Err(CgroupError::Timeout {
@@ -505,21 +489,19 @@ impl Cgroup {
         }
     }
 
-    /// Sends `sig` to every process of the cgroup once (SIGKILL through
-    /// `cgroup.kill` where cgroup2 has it), without waiting for anything; a
-    /// v1-frozen cgroup is thawed so that a SIGKILL is acted on.
-    pub fn signal_all(&self, sig: i32) -> Result<()> {
-        if sig == libc::SIGKILL {
-            if let Some(d) = &self.v2 {
-                let k = d.join("cgroup.kill");
-                if k.exists() {
-                    write_file(&k, "1")?;
-                }
+    /// Sends SIGKILL to every process of the cgroup once (through
+    /// `cgroup.kill` too where cgroup2 has it), without waiting for anything;
+    /// a v1-frozen cgroup is thawed so that the SIGKILL is acted on.
+    pub fn sigkill_all(&self) -> Result<()> {
+        if let Some(d) = &self.v2 {
+            let k = d.join("cgroup.kill");
+            if k.exists() {
+                write_file(&k, "1")?;
             }
         }
         for p in self.procs()? {
             // SAFETY: kill(2) with a PID read from the cgroup and a valid signal.
-            unsafe { libc::kill(p, sig) };
+            unsafe { libc::kill(p, libc::SIGKILL) };
         }
         if self.freezer == Freezer::V1 {
             if let Some(d) = self.v1.get("freezer") {

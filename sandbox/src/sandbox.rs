@@ -903,7 +903,7 @@ impl Sandbox {
         if let Ok(fd) = self.init_pidfd() {
             let _ = pidfd_send_signal(&fd, libc::SIGKILL);
         }
-        self.cgroup().signal_all(libc::SIGKILL)?;
+        self.cgroup().sigkill_all()?;
         if let Some(v) = &self.state.veth_host {
             let mut nl = Rtnl::open()?;
             nl.delete_link(v)?;

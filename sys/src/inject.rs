@@ -319,13 +319,7 @@ impl Injector {
     /// returns, the thread's own registers and signal mask are back in place
     /// (not at a restore trampoline: see [`Injector::set_trap_gadget`]).
     pub fn syscall(&mut self, nr: i64, args: [u64; 6]) -> Result<i64> {
-        if self.done {
-            return Err(Error::new("injected syscall: thread exited", Errno::ESRCH));
-        }
-        if !self.blocked {
-            ptrace::set_sigmask(self.tid, !0u64)?;
-            self.blocked = true;
-        }
+        self.take_over()?;
         let res = self.run_syscall(nr, args);
         if self.done || self.trap_after {
             return res;
@@ -344,19 +338,13 @@ impl Injector {
     /// thread's own registers and mask back. With syscall stops only (not at
     /// a restore trampoline, not single-stepping).
     pub fn start_syscall(&mut self, nr: i64, args: [u64; 6]) -> Result<()> {
-        if self.done {
-            return Err(Error::new("injected syscall: thread exited", Errno::ESRCH));
-        }
         if self.trap_after || self.step {
             return Err(Error::new(
                 "a started syscall outside syscall-stop injection",
                 Errno::EINVAL,
             ));
         }
-        if !self.blocked {
-            ptrace::set_sigmask(self.tid, !0u64)?;
-            self.blocked = true;
-        }
+        self.take_over()?;
         let started = self
             .set_call_regs(nr, args)
             .and_then(|()| ptrace::syscall(self.tid, 0));
@@ -389,6 +377,19 @@ impl Injector {
         let ret = res?;
         back?;
         Ok(ret)
+    }
+
+    /// Before an injected call: the thread is still there, and every signal
+    /// it could take is blocked while the call runs.
+    fn take_over(&mut self) -> Result<()> {
+        if self.done {
+            return Err(Error::new("injected syscall: thread exited", Errno::ESRCH));
+        }
+        if !self.blocked {
+            ptrace::set_sigmask(self.tid, !0u64)?;
+            self.blocked = true;
+        }
+        Ok(())
     }
 
     /// The thread's own registers (with an interrupted syscall set up to
@@ -531,19 +532,13 @@ impl Injector {
     /// through the table and returns at once, so that several threads can
     /// run their batches at the same time. [`Injector::finish_batch`] waits.
     pub fn start_batch(&mut self, entry: u64, table: u64, count: u64) -> Result<()> {
-        if self.done {
-            return Err(Error::new("injected syscall: thread exited", Errno::ESRCH));
-        }
         if !self.trap_after {
             return Err(Error::new(
                 "syscall batch outside a restore trampoline",
                 Errno::EINVAL,
             ));
         }
-        if !self.blocked {
-            ptrace::set_sigmask(self.tid, !0u64)?;
-            self.blocked = true;
-        }
+        self.take_over()?;
         let mut regs = self.saved;
         regs.rip = entry;
         regs.orig_rax = u64::MAX;

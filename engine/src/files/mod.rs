@@ -77,19 +77,9 @@ pub(crate) fn last_os_error(what: String) -> Error {
     }
 }
 
-pub fn read_fdinfo(pid: i32, fd: i32) -> Result<FdInfo> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).map_err(|e| {
-        Error::Process {
-            pid,
-            reason: format!("reading fdinfo of fd {fd}: {e}"),
-        }
-    })?;
-    Ok(parse_fdinfo(text))
-}
-
 /// The fdinfo of fd `fd`, read through `dir`, the process's /proc/PID/fdinfo
 /// opened once (no lookup of the process for every fd).
-fn read_fdinfo_in(dir: &OwnedFd, pid: i32, fd: i32) -> Result<FdInfo> {
+fn read_fdinfo(dir: &OwnedFd, pid: i32, fd: i32) -> Result<FdInfo> {
     use std::io::Read;
     let mut text = String::new();
     nix::fcntl::openat(
@@ -105,24 +95,15 @@ fn read_fdinfo_in(dir: &OwnedFd, pid: i32, fd: i32) -> Result<FdInfo> {
         pid,
         reason: format!("reading fdinfo of fd {fd}: {e}"),
     })?;
-    Ok(parse_fdinfo(text))
-}
-
-fn parse_fdinfo(text: String) -> FdInfo {
-    let mut info = FdInfo {
-        pos: 0,
-        flags: 0,
-        text: String::new(),
-    };
-    for line in text.lines() {
-        if let Some(v) = line.strip_prefix("pos:") {
-            info.pos = v.trim().parse().unwrap_or(0);
-        } else if let Some(v) = line.strip_prefix("flags:") {
-            info.flags = u32::from_str_radix(v.trim(), 8).unwrap_or(0);
-        }
-    }
-    info.text = text;
-    info
+    Ok(FdInfo {
+        pos: fdinfo_field(&text, "pos:")
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0),
+        flags: fdinfo_field(&text, "flags:")
+            .and_then(|v| u32::from_str_radix(v, 8).ok())
+            .unwrap_or(0),
+        text,
+    })
 }
 
 /// How open file description `a` compares with `b` (both fds of ours) in
@@ -130,9 +111,9 @@ fn parse_fdinfo(text: String) -> FdInfo {
 /// with keys fixed at boot, so the order is total and stable while both stay
 /// open: descriptions of one inode can be kept sorted by it and searched in
 /// log n calls. An error counts as "different" (no sharing is found then).
-fn kcmp_order(a: RawFd, b: RawFd) -> std::cmp::Ordering {
+/// `me` is our PID.
+fn kcmp_order(me: i32, a: RawFd, b: RawFd) -> std::cmp::Ordering {
     use std::cmp::Ordering;
-    let me = std::process::id() as i32;
     match sys::kcmp::kcmp(me, me, sys::kcmp::KcmpType::File, a as u64, b as u64) {
         Ok(sys::kcmp::Kcmp::Equal) => Ordering::Equal,
         Ok(sys::kcmp::Kcmp::Greater) => Ordering::Greater,
@@ -259,6 +240,7 @@ impl FileTable {
             })
         };
         let (fd_dir, fdinfo_dir) = (open_dir("fd")?, open_dir("fdinfo")?);
+        let me = std::process::id() as i32;
         let mut fds: Vec<i32> = std::fs::read_dir(format!("/proc/{host_pid}/fd"))
             .map_err(|e| Error::Process {
                 pid,
@@ -284,22 +266,19 @@ impl FileTable {
                 pid,
                 reason: format!("fstat of fd {fd} ({link}): {e}"),
             })?;
-            let info = read_fdinfo_in(&fdinfo_dir, host_pid, fd)?;
+            let info = read_fdinfo(&fdinfo_dir, host_pid, fd)?;
             let cloexec = info.flags & libc::O_CLOEXEC as u32 != 0;
             let key = (st.st_dev, st.st_ino);
-            let eventfd_id = info
-                .text
-                .lines()
-                .find_map(|l| l.strip_prefix("eventfd-id:"))
-                .and_then(|v| v.trim().parse::<u64>().ok())
+            let eventfd_id = fdinfo_field(&info.text, "eventfd-id:")
+                .and_then(|v| v.parse::<u64>().ok())
                 .map_or(0, |id| id + 1);
             let bucket = (key.0, key.1, eventfd_id);
             // Already seen through another fd? The descriptions of one inode
             // (all eventfds share one, say) are kept in kcmp order: a binary
             // search, not a comparison with each of them.
             let ids = self.by_inode.get(&bucket).map(Vec::as_slice).unwrap_or(&[]);
-            let place =
-                ids.binary_search_by(|&i| kcmp_order(self.reps[i].2.as_raw_fd(), dup.as_raw_fd()));
+            let place = ids
+                .binary_search_by(|&i| kcmp_order(me, self.reps[i].2.as_raw_fd(), dup.as_raw_fd()));
             if let Ok(at) = place {
                 {
                     let i = ids[at];

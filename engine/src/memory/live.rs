@@ -206,19 +206,11 @@ struct Protected {
     runs: Option<Vec<PageRun>>,
 }
 
-/// The pages of `[start, end)` to save, in one `PAGEMAP_SCAN` walk: present
-/// or swapped, and not the shared zero page. `None` if the kernel cannot.
+/// The pages of `[start, end)` (an anonymous area) to save, in one
+/// `PAGEMAP_SCAN` walk (`pages::present_regions`). `None` if the kernel
+/// cannot.
 fn scan_area(pagemap: Option<&File>, start: u64, end: u64) -> Option<Vec<PageRun>> {
-    use sys::mm::{PAGE_IS_PFNZERO, PAGE_IS_PRESENT, PAGE_IS_SWAPPED};
-    let req = sys::mm::ScanRequest {
-        start,
-        end,
-        category_inverted: PAGE_IS_PFNZERO,
-        category_mask: PAGE_IS_PFNZERO,
-        category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
-        ..Default::default()
-    };
-    let regions = sys::mm::pagemap_scan_with(pagemap?.as_fd(), &req).ok()?;
+    let regions = super::pages::present_regions(pagemap?.as_fd(), start, end).ok()?;
     let mut runs: Vec<PageRun> = Vec::new();
     for r in regions {
         match runs.last_mut() {

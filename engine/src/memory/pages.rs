@@ -82,17 +82,8 @@ impl Present {
     /// `PAGEMAP_SCAN` (before Linux 6.7): `scan` reads pagemap then.
     pub fn find(pid: i32) -> Result<Option<Present>> {
         use std::os::fd::AsFd;
-        use sys::mm::{PAGE_IS_FILE, PAGE_IS_PFNZERO, PAGE_IS_PRESENT, PAGE_IS_SWAPPED};
         let pagemap = open_pagemap(pid)?;
-        let req = sys::mm::ScanRequest {
-            start: 0,
-            end: PRESENT_END,
-            category_inverted: PAGE_IS_FILE | PAGE_IS_PFNZERO,
-            category_mask: PAGE_IS_FILE | PAGE_IS_PFNZERO,
-            category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
-            ..Default::default()
-        };
-        match sys::mm::pagemap_scan_with(pagemap.as_fd(), &req) {
+        match present_regions(pagemap.as_fd(), 0, PRESENT_END) {
             Ok(regions) => Ok(Some(Present(regions))),
             Err(e)
                 if matches!(
@@ -108,6 +99,26 @@ impl Present {
             }),
         }
     }
+}
+
+/// The pages worth saving in `[start, end)`, by one `PAGEMAP_SCAN` walk of
+/// an open /proc/PID/pagemap: present or swapped, neither the shared zero
+/// page nor a file page (in an anonymous area, no page is a file page).
+pub fn present_regions(
+    pagemap: std::os::fd::BorrowedFd,
+    start: u64,
+    end: u64,
+) -> sys::Result<Vec<sys::mm::PageRegion>> {
+    use sys::mm::{PAGE_IS_FILE, PAGE_IS_PFNZERO, PAGE_IS_PRESENT, PAGE_IS_SWAPPED};
+    let req = sys::mm::ScanRequest {
+        start,
+        end,
+        category_inverted: PAGE_IS_FILE | PAGE_IS_PFNZERO,
+        category_mask: PAGE_IS_FILE | PAGE_IS_PFNZERO,
+        category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+        ..Default::default()
+    };
+    sys::mm::pagemap_scan_with(pagemap, &req)
 }
 
 /// [`Present::find`] on a thread of its own, started before the areas are

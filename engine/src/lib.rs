@@ -16,13 +16,16 @@
 //! - `ipc`: the SysV IPC objects of the sandbox's IPC namespace;
 //! - `timers`: interval and POSIX timers, and the time namespace that keeps
 //!   the monotonic clocks going on from the dump;
-//! - `seccomp`: seccomp filters and modes.
+//! - `seccomp`: seccomp filters and modes;
+//! - `deps`: the host files an image needs but does not hold (mapped
+//!   executables and libraries, files open by path), checked at restore.
 //!
 //! `seize` stops and releases the tree, `remote` runs syscalls inside a
 //! stopped task, `interrupt` keeps an interrupted dump from harming the
 //! workload, `image` is the on-disk format; `dump` and `restore` are the
 //! two orchestrations, `inspect` reads an image for people.
 
+pub mod deps;
 pub mod dump;
 pub mod error;
 pub mod faults;

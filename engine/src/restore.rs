@@ -26,6 +26,9 @@ use crate::{files, image, signals, task, thread};
 pub struct RestoreOptions {
     /// Name of the new sandbox; the image's sandbox name when free, else generated.
     pub name: Option<String>,
+    /// Restore even if host files the image depends on are missing or
+    /// changed (each is reported as a warning).
+    pub ignore_changed_files: bool,
 }
 
 /// Phase times (milliseconds) of a restore.
@@ -66,6 +69,9 @@ pub struct LoadedImage {
     pub shmem: SharedMemoryImage,
     /// SysV IPC objects of the sandbox's IPC namespace.
     pub ipc: IpcImage,
+    /// The host files the image depends on (empty in images made before
+    /// they were recorded).
+    pub deps: crate::deps::DepsImage,
     /// Page files not verified by `load`: the memory restore reads each of
     /// them whole and verifies it as it goes (`memory::pages::restore`);
     /// `verify_streamed` verifies them without restoring.
@@ -165,6 +171,11 @@ pub fn load(dir: &Path) -> Result<LoadedImage> {
     if let Some(c) = &inventory.clocks {
         crate::timers::validate_clocks(c)?;
     }
+    let deps: crate::deps::DepsImage = match reader.file_size(crate::deps::FILE) {
+        Some(_) => reader.read_json(crate::deps::FILE)?,
+        None => Default::default(),
+    };
+    crate::deps::validate(&deps)?;
     // Every other file (page files no restored process reads included) is
     // verified here, before anything is made.
     let streamed: BTreeSet<String> = procs
@@ -185,6 +196,7 @@ pub fn load(dir: &Path) -> Result<LoadedImage> {
         procs,
         shmem,
         ipc,
+        deps,
         streamed,
     })
 }
@@ -227,6 +239,24 @@ fn validate_process(reader: &ImageReader, p: &ProcessImage, files: &FilesImage) 
     let tids: Vec<i32> = p.threads.iter().map(|t| t.tid).collect();
     crate::timers::validate(p.pid, &p.timers, &tids)?;
     crate::seccomp::validate(p.pid, &p.seccomp, &tids)?;
+    Ok(())
+}
+
+/// Refuses an image whose host files are missing or changed, before
+/// anything is created (or warns of each, when told to go on).
+fn check_host_files(state_dir: &Path, deps: &crate::deps::DepsImage, ignore: bool) -> Result<()> {
+    let mut digests = crate::deps::DigestCache::open(state_dir);
+    let changed = crate::deps::check(Path::new("/"), deps, &mut digests)?;
+    digests.save();
+    if changed.is_empty() {
+        return Ok(());
+    }
+    if !ignore {
+        return Err(crate::deps::refusal(&changed));
+    }
+    for c in &changed {
+        tracing::warn!("restoring despite a changed host file: {c}");
+    }
     Ok(())
 }
 
@@ -303,6 +333,7 @@ fn restore_guarded(
 ) -> Result<Restored> {
     let t0 = Instant::now();
     let img = load(dir)?;
+    check_host_files(state_dir, &img.deps, opts.ignore_changed_files)?;
     let verify_ms = ms(t0.elapsed());
     let profile: sandbox::Profile =
         serde_json::from_value(img.inventory.profile.clone()).map_err(|e| Error::BadImage {

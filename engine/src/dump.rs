@@ -35,6 +35,7 @@ pub fn cpu_features() -> CpuFeatures {
     CpuFeatures {
         xcr0: sys::cpu::xcr0().unwrap_or(0),
         xstate_size: sys::cpu::xsave_size().unwrap_or(0),
+        flags: sys::cpu::features().into_iter().map(String::from).collect(),
     }
 }
 

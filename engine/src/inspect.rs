@@ -209,6 +209,13 @@ pub fn render(s: &ImageSummary) -> String {
         s.manifest.cpu.xcr0,
         s.manifest.cpu.xstate_size
     );
+    if !s.manifest.cpu.flags.is_empty() {
+        let _ = writeln!(
+            o,
+            "CPU features it needs: {}",
+            s.manifest.cpu.flags.join(" ")
+        );
+    }
     let st = &s.stats;
     let _ = writeln!(
         o,

@@ -112,6 +112,27 @@ pub fn load(dir: &Path) -> Result<LoadedImage> {
             ),
         });
     }
+    if cpu.flags.len() > 1024 || cpu.flags.iter().any(|f| f.len() > 64) {
+        return Err(Error::BadImage {
+            path: dir.to_path_buf(),
+            reason: format!("manifest: {} CPU features", cpu.flags.len()),
+        });
+    }
+    let lacking: Vec<&str> = cpu
+        .flags
+        .iter()
+        .filter(|f| !here.flags.contains(f))
+        .map(String::as_str)
+        .collect();
+    if !lacking.is_empty() {
+        return Err(Error::BadImage {
+            path: dir.to_path_buf(),
+            reason: format!(
+                "made on a CPU with features this CPU lacks: {} (the workload may use them)",
+                lacking.join(", ")
+            ),
+        });
+    }
     let inventory: Inventory = reader.read_json("inventory.json")?;
     if inventory.processes.len() > image::limits::MAX_PROCESSES {
         return Err(Error::Other(format!(

@@ -27,6 +27,11 @@ pub struct CpuFeatures {
     pub xcr0: u64,
     /// Size of the NT_X86_XSTATE buffer.
     pub xstate_size: u32,
+    /// The instruction-set features (CPUID, named as /proc/cpuinfo does)
+    /// programs may have chosen code paths by: restore refuses a CPU that
+    /// lacks any of them. Empty in images made before they were recorded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flags: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -144,6 +144,11 @@ fn selfcheck_tree() {
 }
 
 #[test]
+fn selfcheck_procattrs() {
+    selfcheck("procattrs", c_workload("procattrs", &[]));
+}
+
+#[test]
 fn selfcheck_signals() {
     selfcheck("signals", c_workload("signals", &[]));
 }

@@ -429,6 +429,7 @@ fn collect_process(
         let fds = files.collect(p.pid, p.ns_pid, pidfd, blobs)?;
         let rlimits = task::collect_rlimits(p.pid)?;
         let timers = timers::collect(p.pid, p.ns_pid, &mut r, &tids)?;
+        let sched = crate::sched::collect(p.pid, &tids)?;
         Ok(ProcessImage {
             pid: p.ns_pid,
             core,
@@ -442,6 +443,7 @@ fn collect_process(
             rlimits,
             timers,
             seccomp,
+            sched,
         })
     })();
     // The scratch page goes before the memory is read, so it is not in the image.

@@ -17,6 +17,7 @@
 //! - `timers`: interval and POSIX timers, and the time namespace that keeps
 //!   the monotonic clocks going on from the dump;
 //! - `seccomp`: seccomp filters and modes;
+//! - `sched`: scheduling policies, priorities and nice values, oom_score_adj;
 //! - `deps`: the host files an image needs but does not hold (mapped
 //!   executables and libraries, files open by path), checked at restore.
 //!
@@ -39,6 +40,7 @@ pub mod mounts;
 pub mod net;
 pub mod remote;
 pub mod restore;
+pub mod sched;
 pub mod seccomp;
 pub mod seize;
 pub mod signals;

@@ -260,6 +260,7 @@ fn validate_process(reader: &ImageReader, p: &ProcessImage, files: &FilesImage) 
     let tids: Vec<i32> = p.threads.iter().map(|t| t.tid).collect();
     crate::timers::validate(p.pid, &p.timers, &tids)?;
     crate::seccomp::validate(p.pid, &p.seccomp, &tids)?;
+    crate::sched::validate(p.pid, &p.sched, &tids)?;
     Ok(())
 }
 
@@ -903,6 +904,12 @@ fn rebuild_process(
     // everything set so far and get their own registrations below.
     let ns_tids: Vec<i32> = p.threads[1..].iter().map(|t| t.tid).collect();
     let hosts = thread::clone_threads(&mut r, pid, &ns_tids, site)?;
+    // Scheduling attributes, from outside, on every thread (before the
+    // credentials, which may drop the right to raise them).
+    let by_tid: Vec<(i32, i32)> = std::iter::once((t.tid, r.tid))
+        .chain(ns_tids.iter().copied().zip(hosts.iter().copied()))
+        .collect();
+    crate::sched::restore(pid, p.pid, &p.sched, &by_tid)?;
     tracing::debug!(
         pid,
         ms = ms(t0.elapsed()),

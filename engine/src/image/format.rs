@@ -133,6 +133,9 @@ pub struct ProcessImage {
     /// seccomp filters and modes of the threads.
     #[serde(default)]
     pub seccomp: SeccompImage,
+    /// Scheduling attributes of the threads, oom_score_adj.
+    #[serde(default)]
+    pub sched: crate::sched::SchedImage,
 }
 
 /// The timers of a process.
@@ -216,6 +219,9 @@ pub struct Core {
     /// Seccomp mode of the main thread from /proc (0 none); the filters are in
     /// `ProcessImage::seccomp`.
     pub seccomp_mode: u32,
+    /// PR_SET_CHILD_SUBREAPER: orphaned descendants are reparented to it.
+    #[serde(default)]
+    pub child_subreaper: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

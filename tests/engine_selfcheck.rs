@@ -149,6 +149,11 @@ fn selfcheck_procattrs() {
 }
 
 #[test]
+fn selfcheck_stopped() {
+    selfcheck("stopped", c_workload("stopped", &[]));
+}
+
+#[test]
 fn selfcheck_signals() {
     selfcheck("signals", c_workload("signals", &[]));
 }

@@ -368,7 +368,8 @@ fn collect_process(
         // The main thread's (first) is the process's.
         let status = &statuses[0];
         resident = (status.vmrss.unwrap_or(0) + status.vmswap.unwrap_or(0)) * 1024;
-        let (core, creds) = task::collect_core(p.pid, status, &mut r)?;
+        let (mut core, creds) = task::collect_core(p.pid, status, &mut r)?;
+        core.stopped = main.group_stop;
         // Mid-injection: the scratch space is taken, syscalls have run.
         interrupt::pause_at("collect", None)?;
         let mm = memory::mm::collect(p.pid, &mut r)?;

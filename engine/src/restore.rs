@@ -261,6 +261,20 @@ fn validate_process(reader: &ImageReader, p: &ProcessImage, files: &FilesImage) 
     crate::timers::validate(p.pid, &p.timers, &tids)?;
     crate::seccomp::validate(p.pid, &p.seccomp, &tids)?;
     crate::sched::validate(p.pid, &p.sched, &tids)?;
+    if let Some(sig) = p.core.stopped {
+        if !matches!(
+            sig,
+            libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU
+        ) {
+            return Err(Error::BadImage {
+                path: format!("proc-{}.json", p.pid).into(),
+                reason: format!(
+                    "process {}: stopped by signal {sig}, not a stop signal",
+                    p.pid
+                ),
+            });
+        }
+    }
     Ok(())
 }
 
@@ -624,6 +638,15 @@ fn restore_guarded(
                 if failed.load(std::sync::atomic::Ordering::SeqCst) {
                     // Detached as it drops; the sandbox is removed whole.
                     return Ok(None);
+                }
+                // A process that was stopped gets its stop signal while still
+                // held: it stops again as soon as it is released, before it
+                // runs an instruction.
+                for sp in &seized.procs {
+                    if let Some(sig) = img.procs.get(&sp.ns_pid).and_then(|p| p.core.stopped) {
+                        // SAFETY: tgkill takes plain integers; the process is ours and held.
+                        unsafe { libc::syscall(libc::SYS_tgkill, sp.pid, sp.pid, sig) };
+                    }
                 }
                 seized.release()?;
                 Ok(Some(n))

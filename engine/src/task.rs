@@ -75,6 +75,7 @@ pub fn collect_core(
         pdeath_signal,
         seccomp_mode,
         child_subreaper,
+        stopped: None,
     };
     let mut creds = creds_of(status);
     creds.securebits = securebits(r)?;

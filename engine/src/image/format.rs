@@ -222,6 +222,10 @@ pub struct Core {
     /// PR_SET_CHILD_SUBREAPER: orphaned descendants are reparented to it.
     #[serde(default)]
     pub child_subreaper: bool,
+    /// The process was stopped by this job-control signal (group-stop):
+    /// restored stopped, waiting for SIGCONT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<i32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

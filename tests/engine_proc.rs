@@ -57,9 +57,10 @@ fn sysv_ipc() {
 
 /// Scheduling policies, priorities and nice values of five threads (OTHER
 /// with nice 7, BATCH with nice 3, IDLE, FIFO 11 with reset-on-fork, RR 5),
-/// the process's oom_score_adj and its child-subreaper flag come back as
-/// they were; each thread checks its own. The profile adds CAP_SYS_NICE
-/// to the default capabilities, for the real-time policies.
+/// the process's oom_score_adj, audit login UID and child-subreaper flag
+/// come back as they were; each thread checks its own. The profile adds
+/// CAP_SYS_NICE (real-time policies) and CAP_AUDIT_CONTROL (loginuid) to
+/// the default capabilities.
 #[test]
 fn process_attributes() {
     let h = Harness::new("procattrs");
@@ -71,7 +72,7 @@ capabilities = [
     "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD",
     "CAP_NET_RAW", "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP",
     "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
-    "CAP_SYS_NICE",
+    "CAP_SYS_NICE", "CAP_AUDIT_CONTROL",
 ]
 "#,
     )
@@ -91,6 +92,7 @@ capabilities = [
         p["sched"]
     );
     assert_eq!(p["core"]["child_subreaper"], true);
+    assert_eq!(p["core"]["loginuid"], 4321);
     h.expect_pass(&restored);
 }
 

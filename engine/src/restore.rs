@@ -919,6 +919,7 @@ fn rebuild_process(
         (got[got.len() - 1] as u32, 0)
     };
     files::restore_in_task(&mut r, p, files_img, scratch)?;
+    task::restore_loginuid(&mut r, scratch, &p.core)?;
     task::restore_rlimits(pid, &p.rlimits)?;
     // The credentials every thread starts with (the others are cloned
     // from this one), read once.

@@ -76,6 +76,10 @@ pub fn collect_core(
         seccomp_mode,
         child_subreaper,
         stopped: None,
+        loginuid: std::fs::read_to_string(format!("/proc/{pid}/loginuid"))
+            .ok()
+            .and_then(|s| s.trim().parse::<u32>().ok())
+            .filter(|&u| u != u32::MAX),
     };
     let mut creds = creds_of(status);
     creds.securebits = securebits(r)?;
@@ -244,6 +248,39 @@ pub fn stage_core(st: &mut Staged, r: &mut Remote, c: &Core) -> Result<()> {
             [libc::PR_SET_CHILD_SUBREAPER as u64, 1, 0, 0, 0, 0],
         );
     }
+    Ok(())
+}
+
+/// Sets the process's audit login UID, which only the process itself may
+/// write (/proc/self/loginuid, with CAP_AUDIT_CONTROL: before the
+/// credentials).
+pub fn restore_loginuid(r: &mut Remote, scratch: u64, c: &Core) -> Result<()> {
+    let Some(uid) = c.loginuid else {
+        return Ok(());
+    };
+    let path = b"/proc/self/loginuid\0";
+    let text = uid.to_string();
+    r.write_mem(scratch, path)?;
+    r.write_mem(scratch + 64, text.as_bytes())?;
+    let fd = r.call(
+        "open /proc/self/loginuid",
+        libc::SYS_openat,
+        [
+            libc::AT_FDCWD as u64,
+            scratch,
+            (libc::O_WRONLY | libc::O_CLOEXEC) as u64,
+            0,
+            0,
+            0,
+        ],
+    )?;
+    let wrote = r.call(
+        &format!("setting loginuid {uid}"),
+        libc::SYS_write,
+        [fd, scratch + 64, text.len() as u64, 0, 0, 0],
+    );
+    r.call("close(loginuid)", libc::SYS_close, [fd, 0, 0, 0, 0, 0])?;
+    wrote?;
     Ok(())
 }
 

@@ -1,13 +1,13 @@
 /* procattrs DIR: scheduling and process attributes a restore must put back.
  *
  * The main thread lowers its priority (nice 7 above the one it started with) and becomes a child
- * subreaper; its oom_score_adj goes to 321. Four more threads take other
+ * subreaper; its oom_score_adj goes to 321 and its audit login UID to 4321. Four more threads take other
  * scheduling policies: SCHED_BATCH with nice 3, SCHED_IDLE, SCHED_FIFO
  * priority 11 with SCHED_RESET_ON_FORK, SCHED_RR priority 5. Each thread
  * records what the kernel reports for itself (sched_getattr) once it is set;
  * on SIGTERM each compares its attributes with that record (after a restore
  * they must be exactly what they were), the main thread checks
- * PR_GET_CHILD_SUBREAPER and /proc/self/oom_score_adj, and writes the
+ * PR_GET_CHILD_SUBREAPER, /proc/self/oom_score_adj and /proc/self/loginuid, and writes the
  * verdict. With STASIS_TEST_CORRUPT=1 the main thread changes its nice
  * value before its check. */
 #include "wl.h"
@@ -123,10 +123,10 @@ static void *thread_main(void *arg)
 	return NULL;
 }
 
-static int read_adj(void)
+static int read_adj(const char *path)
 {
 	char buf[32] = { 0 };
-	int fd = open("/proc/self/oom_score_adj", O_RDONLY | O_CLOEXEC);
+	int fd = open(path, O_RDONLY | O_CLOEXEC);
 	if (fd < 0)
 		return -9999;
 	ssize_t n = read(fd, buf, sizeof(buf) - 1);
@@ -161,6 +161,11 @@ int main(int argc, char **argv)
 		wl_fail("writing oom_score_adj: %s", strerror(errno));
 	if (fd >= 0)
 		close(fd);
+	fd = open("/proc/self/loginuid", O_WRONLY | O_CLOEXEC);
+	if (fd < 0 || write(fd, "4321", 4) != 4)
+		wl_fail("writing loginuid: %s", strerror(errno));
+	if (fd >= 0)
+		close(fd);
 	pthread_mutex_lock(&lock);
 	for (size_t i = 1; i < NWANT; i++)
 		while (!wants[i].ready)
@@ -175,9 +180,12 @@ int main(int argc, char **argv)
 	int sub = -1;
 	if (prctl(PR_GET_CHILD_SUBREAPER, &sub, 0, 0, 0) != 0 || sub != 1)
 		wl_fail("child subreaper is %d, was 1", sub);
-	int adj = read_adj();
+	int adj = read_adj("/proc/self/oom_score_adj");
 	if (adj != 321)
 		wl_fail("oom_score_adj is %d, was 321", adj);
+	int login = read_adj("/proc/self/loginuid");
+	if (login != 4321)
+		wl_fail("loginuid is %d, was 4321", login);
 	pthread_mutex_lock(&lock);
 	go_check = 1;
 	pthread_cond_broadcast(&cond);

@@ -226,6 +226,9 @@ pub struct Core {
     /// restored stopped, waiting for SIGCONT.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub stopped: Option<i32>,
+    /// The audit login UID (/proc/PID/loginuid) where one is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loginuid: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -436,8 +436,16 @@ no_new_privs = false
                         not os.path.exists(pidfile):
                     time.sleep(0.2)
                     if not os.path.exists(pidfile):
-                        res["error"] = "test exited before its pidfile: " + \
-                            out_error(outfile)
+                        e = out_error(outfile)
+                        if e == "no output file":
+                            # Messages before the output file was set up go
+                            # to stderr: the sandbox's log.
+                            _, log, _ = self.stasis("logs", names[0],
+                                                    timeout=30)
+                            e = re.sub(r"^[0-9:.]+: *[0-9]+: *", "",
+                                       first_line(log, ERR_PAT) or
+                                       first_line(log) or e)
+                        res["error"] = "test exited before its pidfile: " + e
                         return res
                 time.sleep(0.1)
             time.sleep(0.05)

@@ -280,6 +280,47 @@ def host_pid(init_pid, ns_pid):
     return None
 
 
+def tree(pid):
+    """pid and its descendants."""
+    pids, todo = [], [pid]
+    while todo:
+        p = todo.pop()
+        pids.append(p)
+        try:
+            for t in os.listdir("/proc/%d/task" % p):
+                with open("/proc/%d/task/%s/children" % (p, t)) as fd:
+                    todo += [int(c) for c in fd.read().split()]
+        except OSError:
+            pass
+    return pids
+
+
+def kill_tree(pid):
+    """SIGKILL a process and its descendants (a test left on the host)."""
+    for p in tree(pid):
+        try:
+            os.kill(p, signal.SIGKILL)
+        except OSError:
+            pass
+
+
+def reap(pid):
+    """Reap pid if it is a zombie child of the runner (in --criu mode the
+    runner is the tests' subreaper)."""
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+
+
+def wait_gone(pid, timeout):
+    """Wait until pid is reaped: CRIU restores only with the PID free."""
+    deadline = now() + timeout
+    while os.path.exists("/proc/%d" % pid) and now() < deadline:
+        reap(pid)
+        time.sleep(0.02)
+
+
 def alive(pid):
     try:
         with open("/proc/%d/stat" % pid) as fd:
@@ -327,7 +368,7 @@ class Runner:
         e = {"TMPDIR": "/tmp", "ZDTM_THREAD_BOMB": "5",
              "PATH": "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:"
                      "/sbin:/bin"}
-        if not suid:
+        if not suid and self.args.test_uid:
             e.update({"ZDTM_UID": "18943", "ZDTM_GID": "58467",
                       "ZDTM_GROUPS": "27495 48244"})
         return e
@@ -409,7 +450,8 @@ no_new_privs = false
         img = os.path.join(tdir, "img")
         pidfile = os.path.join(static, name + ".pid")
         outfile = os.path.join(static, name + ".out")
-        henv = dict(os.environ)
+        henv = dict(os.environ, PATH="/usr/local/sbin:/usr/local/bin:"
+                    "/usr/sbin:/usr/bin:/sbin:/bin")
         names = [base + "-a"]
         res = dict(result="FAIL", stage="start", error="")
         try:
@@ -513,9 +555,10 @@ no_new_privs = false
             res["stage"] = "check"
             return self.verdict(hp, outfile, res)
         finally:
-            for n in names:
-                self.stasis("rm", "--force", n, timeout=60)
-            self.clean_cgroups(names)
+            if not a.criu:
+                for n in names:
+                    self.stasis("rm", "--force", n, timeout=60)
+                self.clean_cgroups(names)
             suite.hook(name, "--clean", henv)
             if not a.keep:
                 # A failed test keeps its stasis messages, not its image.
@@ -582,10 +625,21 @@ no_new_privs = false
         a = self.args
         res = dict(result="FAIL", stage="start", error="")
         env = dict(os.environ, **self.env(suid))
-        r = subprocess.run(cmd, cwd=self.suite.static, env=env,
-                           capture_output=True, text=True, timeout=a.timeout)
-        if r.returncode != 0 or not os.path.exists(pidfile):
-            res["error"] = "start: " + out_error(outfile)
+        # The daemonized test keeps the stdout and stderr it was started
+        # with: a file (a pipe would keep a reader waiting, and a dump with an
+        # external pipe fails).
+        log = open(os.path.join(tdir, "test.log"), "w")
+        try:
+            rc = subprocess.run(cmd, cwd=self.suite.static, env=env,
+                                stdin=subprocess.DEVNULL, stdout=log,
+                                stderr=log, timeout=a.timeout).returncode
+        except subprocess.TimeoutExpired:
+            rc = None
+        finally:
+            log.close()
+        if rc != 0 or not os.path.exists(pidfile):
+            res["error"] = "test exited before its pidfile: " + \
+                out_error(outfile)
             return res
         with open(pidfile) as fd:
             tpid = int(fd.readline().strip())
@@ -600,32 +654,28 @@ no_new_privs = false
             os.makedirs(img)
             opts = desc.get("opts", "").split()
             res["stage"] = "dump"
-            d = [a.criu, "dump", "-t", str(tpid), "-D", img, "-v4",
-                 "-o", "dump.log", "--pidfile", pidfile] + opts + \
-                desc.get("dopts", "").split()
-            try:
-                r = subprocess.run(d, capture_output=True, text=True,
-                                   timeout=a.timeout)
-                rc = r.returncode
-            except subprocess.TimeoutExpired:
-                rc = None
+            d = [a.criu, "dump", "--no-default-config", "--tree", str(tpid),
+                 "--images-dir", img, "--verbosity=4", "--log-file",
+                 "dump.log", "--pidfile", pidfile] + opts + \
+                desc.get("dopts", "").split() + ["--timeout", "10"]
+            pids = tree(tpid)
+            rc = self.criu_run(d, tdir)
             if rc != 0:
                 res["error"] = self.criu_error(img, "dump.log", rc)
                 return res
-            while alive(tpid):
-                time.sleep(0.05)
-            os.unlink(pidfile)
+            for p in pids:
+                wait_gone(p, a.timeout)
+            try:
+                os.unlink(pidfile)
+            except OSError:
+                pass
             self.suite.hook(name, "--pre-restore", henv, True)
             res["stage"] = "restore"
-            rs = [a.criu, "restore", "-D", img, "-v4", "-o", "restore.log",
-                  "-d", "--pidfile", pidfile, "--restore-sibling"] + opts + \
-                desc.get("ropts", "").split()
-            try:
-                r = subprocess.run(rs, capture_output=True, text=True,
-                                   timeout=a.timeout, cwd=self.suite.static)
-                rc = r.returncode
-            except subprocess.TimeoutExpired:
-                rc = None
+            rs = [a.criu, "restore", "--no-default-config", "--images-dir",
+                  img, "--verbosity=4", "--log-file", "restore.log",
+                  "--pidfile", pidfile] + opts + \
+                desc.get("ropts", "").split() + ["--restore-detached"]
+            rc = self.criu_run(rs, tdir)
             if rc != 0:
                 res["error"] = self.criu_error(img, "restore.log", rc)
                 return res
@@ -633,10 +683,20 @@ no_new_privs = false
             res["stage"] = "check"
             return self.verdict(tpid, outfile, res)
         finally:
+            kill_tree(tpid)
+            wait_gone(tpid, 5)
+
+    def criu_run(self, argv, tdir):
+        with open(os.path.join(tdir, "criu.out"), "a") as out:
+            p = subprocess.Popen(argv, cwd=self.suite.static,
+                                 stdin=subprocess.DEVNULL, stdout=out,
+                                 stderr=out)
             try:
-                os.kill(tpid, signal.SIGKILL)
-            except OSError:
-                pass
+                return p.wait(timeout=self.args.timeout)
+            except subprocess.TimeoutExpired:
+                p.kill()
+                p.wait()
+                return None
 
     @staticmethod
     def criu_error(img, log, rc):
@@ -644,7 +704,12 @@ no_new_privs = false
             return "timeout"
         try:
             with open(os.path.join(img, log), errors="replace") as fd:
-                l = first_line(fd.read(), r"Error")
+                # CRIU goes on without raising its own fd limit (that needs
+                # CAP_SYS_RESOURCE); the first other error is the cause.
+                text = "\n".join(
+                    l for l in fd.read().splitlines()
+                    if "Can't setup RLIMIT_NOFILE for self" not in l)
+                l = first_line(text, r"Error")
                 return re.sub(r"^\([0-9. ]+\) *", "", l) or "exit %d" % rc
         except OSError:
             return "exit %d" % rc
@@ -702,6 +767,10 @@ def main():
                    "/var/tmp/stasis-zdtm)")
     p.add_argument("--state-dir", help="stasis state directory (default "
                    "WORK_DIR/state)")
+    p.add_argument("--test-uid", action="store_true",
+                   help="tests not flagged suid switch to uid 18943 after "
+                   "they start, as under zdtm.py (default: they stay root; "
+                   "CRIU cannot dump them without CAP_SYS_RESOURCE)")
     p.add_argument("--host-cgroupns", action="store_true",
                    help="sandboxes share the host's cgroup namespace (a "
                    "named cgroup v1 hierarchy can be mounted only there)")
@@ -744,6 +813,12 @@ def main():
         sys.exit("%s: no stasis binary (cargo build --release)" % args.stasis)
 
     runner = Runner(suite, args)
+    if args.criu:
+        # Daemonized tests become the runner's children, so that it can reap
+        # them (a zombie keeps its PID, and CRIU restores only with the PID
+        # free).
+        import ctypes
+        ctypes.CDLL(None, use_errno=True).prctl(36, 1, 0, 0, 0)
     old_huge = None
     if args.hugepages is not None:
         with open("/proc/sys/vm/nr_hugepages") as fd:
@@ -797,6 +872,7 @@ def run_all(args, runner, torun, skipped):
                "binary": args.criu or args.stasis,
                "launcher": runner.launcher is not None,
                "host_cgroupns": args.host_cgroupns,
+               "test_uid": args.test_uid,
                "hugepages": args.hugepages, "timeout": args.timeout,
                "passed": len(passed), "total": total,
                "seconds": round(elapsed),

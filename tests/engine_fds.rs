@@ -198,8 +198,70 @@ fn refuses_inotify_with_unread_events() {
     refused("refuse-inotify", &["fd 9", "inotify", "unread events"]);
 }
 
-/// A flock held through a description that only a memory mapping keeps.
+/// A flock held through a memfd's description that only a memory mapping
+/// keeps (a file's is restored: `locks_held_through_mappings`).
 #[test]
-fn refuses_flock_seen_through_no_fd() {
-    refused("refuse-maplock", &["flock lock", "none of its fds"]);
+fn refuses_flock_through_memfd_mapping() {
+    refused(
+        "refuse-maplock",
+        &[
+            "flock lock",
+            "held through the mapping of memfd",
+            "/memfd:maplock",
+        ],
+    );
+}
+
+/// Whether another description of `path` can take a flock of `op` now.
+fn flock_free(path: &std::path::Path, op: i32) -> bool {
+    use std::os::fd::AsRawFd;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+    // SAFETY: flock on a file we hold open.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), op | libc::LOCK_NB) };
+    rc == 0
+}
+
+/// A flock and OFD locks held only through shared mappings (their fds
+/// closed) are held again after the restore: the workload's forked checker
+/// cannot take them, and neither can the test from outside; the mappings
+/// still show the files.
+#[test]
+fn locks_held_through_mappings() {
+    let h = Harness::new("fds-maplocks");
+    let sb = h.start_c("fds", &["maplocks"]);
+    let flocked = h.path("maplock-flock.dat");
+    assert!(
+        !flock_free(&flocked, libc::LOCK_SH),
+        "no lock before the dump"
+    );
+    let (image, restored) = h.dump_and_restore(&sb);
+    let text = fs::read_to_string(image.join("files.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let held = v["mapped_locks"].as_array().expect("mapped_locks");
+    let count = |k: &str| held.iter().filter(|l| l["kind"] == k).count();
+    assert_eq!((count("flock"), count("ofd")), (1, 2), "{held:?}");
+    assert!(
+        !flock_free(&flocked, libc::LOCK_SH),
+        "the restored workload's flock on {} is not held",
+        flocked.display()
+    );
+    h.expect_pass(&restored);
+}
+
+/// What a JVM does with its performance-data file in the sandbox's /tmp:
+/// flock, map shared, close the fd. The restored process still holds the
+/// lock (a second JVM would otherwise delete the file as stale) and its
+/// counters.
+#[test]
+fn jvm_shaped_perfdata_lock() {
+    let (_h, image) = round_trip("hsperf");
+    let text = fs::read_to_string(image.join("files.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let held = v["mapped_locks"].as_array().expect("mapped_locks");
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!(held[0]["kind"], "flock");
 }

@@ -192,6 +192,8 @@ fn selfcheck_fds() {
         "locks",
         "inotify",
         "pidfd",
+        "maplocks",
+        "hsperf",
         "refuse-pidfd",
         "refuse-epoll",
         "refuse-uffd",

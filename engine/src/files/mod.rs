@@ -3,7 +3,8 @@
 //! tells which fds share one). `regular` handles files reopened by path,
 //! `pipe` pipes and FIFOs with their unread data, `memfd` memfds (also when
 //! mapped), `eventfd`, `timerfd`, `signalfd`, `epoll`, `inotify` and `pidfd`
-//! the anonymous kinds, `locks` flock, POSIX and OFD locks.
+//! the anonymous kinds, `locks` flock, POSIX and OFD locks, `tty` the
+//! refusal of terminals.
 //!
 //! Restore opens every description once, in the sandbox's init before the
 //! tree is forked, moves them above every fd number the tree uses, and each
@@ -19,6 +20,7 @@ pub mod pipe;
 pub mod regular;
 pub mod signalfd;
 pub mod timerfd;
+pub mod tty;
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -318,6 +320,7 @@ impl FileTable {
             } else if fmt == libc::S_IFSOCK {
                 self.net.collect(host_pid, pid, fd, &dup, st.st_ino)?
             } else if fmt == libc::S_IFREG || fmt == libc::S_IFDIR || fmt == libc::S_IFCHR {
+                tty::check_dump(pid, fd, &link, &dup, &st, self.init)?;
                 regular::collect(pid, fd, &link, &dup, &st, info.pos, blobs)?
             } else if let Some(kind) = self.collect_anon(pid, fd, &link, &dup, &info.text)? {
                 if matches!(kind, FileKind::Epoll { .. }) {

@@ -212,6 +212,67 @@ fn refuses_flock_through_memfd_mapping() {
     );
 }
 
+/// A pty of the sandbox's own devpts: not checkpointed yet, refused by name.
+#[test]
+fn refuses_pty() {
+    refused(
+        "refuse-pty",
+        &["fd 8", "terminal /dev/pts/0 of the sandbox's own devpts"],
+    );
+}
+
+/// An image that names a terminal (here the sandbox's /dev/ptmx, which
+/// would open a new pty; a host terminal's path would open whatever has
+/// that number now) is refused before anything of it runs.
+#[test]
+fn refuses_restore_of_a_terminal() {
+    let h = Harness::new("fds-tty-image");
+    let sb = h.start_c("fds", &["eventfd"]);
+    let image = h.dump(&sb, &[]);
+    let copy = h.image_path();
+    copy_image(&image, &copy);
+    edit_image_json(&copy, "files.json", |v| {
+        let f = v["files"]
+            .as_array_mut()
+            .unwrap()
+            .iter_mut()
+            .find(|f| f["path"] == "/dev/null")
+            .expect("the workload's stdin, /dev/null, in files.json");
+        f["path"] = "/dev/pts/ptmx".into();
+    });
+    let name = h.new_name("tty");
+    let out = h.restore_raw(&copy, &name);
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(
+        err.contains("/dev/pts/ptmx") && err.contains("terminals are not restored"),
+        "{}",
+        describe(&out)
+    );
+    assert!(!h.ps_lists(&name), "a refused restore left sandbox {name}");
+    let restored = h.restore(&image);
+    h.expect_pass(&restored);
+}
+
+/// Reads an image's JSON file `name`, lets `edit` change it, writes it back
+/// and puts its new size and checksum in the manifest.
+fn edit_image_json(image: &std::path::Path, name: &str, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = image.join(name);
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&fs::read(&path).expect("image file")).expect("JSON");
+    edit(&mut v);
+    let bytes = serde_json::to_vec(&v).expect("encoding");
+    fs::write(&path, &bytes).expect("writing the image file");
+    let mpath = image.join("manifest.json");
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&fs::read(&mpath).expect("manifest")).expect("JSON");
+    m["files"][name] = serde_json::json!({
+        "size": bytes.len(),
+        "xxh3": format!("{:016x}", twox_hash::XxHash3_64::oneshot(&bytes)),
+    });
+    fs::write(&mpath, serde_json::to_vec(&m).expect("encoding")).expect("writing the manifest");
+}
+
 /// Whether another description of `path` can take a flock of `op` now.
 fn flock_free(path: &std::path::Path, op: i32) -> bool {
     use std::os::fd::AsRawFd;

@@ -199,6 +199,7 @@ fn selfcheck_fds() {
         "refuse-uffd",
         "refuse-inotify",
         "refuse-maplock",
+        "refuse-pty",
     ] {
         selfcheck(&format!("fds-{mode}"), c_workload("fds", &[mode]));
     }

@@ -56,7 +56,8 @@
  *   refuse-uffd     fd 9 userfaultfd
  *   refuse-inotify  fd 9 inotify with an unread event
  *   refuse-maplock  a flock LOCK_EX on a memfd whose description lives on
- *                   only in a shared mapping (its fd closed) */
+ *                   only in a shared mapping (its fd closed)
+ *   refuse-pty      fd 9 a pty master from /dev/ptmx, fd 8 its slave */
 #include "wl.h"
 
 #include <linux/userfaultfd.h>
@@ -1184,6 +1185,10 @@ static void refuse_setup(const char *kind)
 		must(f >= 0, "creating w1/pending");
 		close(f);
 		at(9, 10);
+	} else if (!strcmp(kind, "refuse-pty")) {
+		at(9, posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC));
+		must(grantpt(9) == 0 && unlockpt(9) == 0, "unlockpt");
+		at(8, open(ptsname(9), O_RDWR | O_NOCTTY | O_CLOEXEC));
 	} else if (!strcmp(kind, "refuse-maplock")) {
 		int f = memfd_create("maplock", MFD_CLOEXEC);
 		must(f >= 0 && ftruncate(f, 4096) == 0 && flock(f, LOCK_EX) == 0, "maplock memfd");
@@ -1208,6 +1213,10 @@ static void refuse_check(const char *kind)
 			wl_fail("fd 9: the epoll no longer reports its eventfd");
 	} else if (!strcmp(kind, "refuse-uffd")) {
 		expect_link(9, "anon_inode:[userfaultfd]");
+	} else if (!strcmp(kind, "refuse-pty")) {
+		char b[8] = { 0 };
+		if (write(9, "ping\n", 5) != 5 || read(8, b, sizeof(b)) != 5 || memcmp(b, "ping\n", 5) != 0)
+			wl_fail("fds 8 and 9: the pty no longer passes data");
 	} else if (!strcmp(kind, "refuse-maplock")) {
 		char p[64];
 		snprintf(p, sizeof(p), "/proc/self/map_files/%lx-%lx", (unsigned long)maplock,
@@ -1307,7 +1316,7 @@ int main(int argc, char **argv)
 		}
 		else if (!strcmp(mode, "hsperf"))
 			perf[9] ^= 1;
-		else if (!strcmp(mode, "refuse-pidfd") || !strcmp(mode, "refuse-uffd"))
+		else if (!strcmp(mode, "refuse-pidfd") || !strcmp(mode, "refuse-uffd") || !strcmp(mode, "refuse-pty"))
 			at(9, open("/dev/null", O_RDONLY));
 		else if (!strcmp(mode, "refuse-epoll"))
 			must(read(6, &one, 8) == 8, "corrupting");

@@ -617,7 +617,8 @@ impl Profile {
                 return err("mounts.bind", "needs namespaces.mount = true".into());
             }
         }
-        if !self.mounts.devices.is_empty() && !(self.namespaces.mount && self.mounts.dev) {
+        let own_dev = self.namespaces.mount && self.mounts.dev;
+        if !own_dev && !self.mounts.devices.is_empty() {
             return err(
                 "mounts.devices",
                 "needs mounts.dev = true and namespaces.mount = true".into(),

@@ -304,7 +304,7 @@ fn locks_held_through_mappings() {
     let v: serde_json::Value = serde_json::from_str(&text).unwrap();
     let held = v["mapped_locks"].as_array().expect("mapped_locks");
     let count = |k: &str| held.iter().filter(|l| l["kind"] == k).count();
-    assert_eq!((count("flock"), count("ofd")), (1, 2), "{held:?}");
+    assert_eq!((count("flock"), count("ofd")), (2, 2), "{held:?}");
     assert!(
         !flock_free(&flocked, libc::LOCK_SH),
         "the restored workload's flock on {} is not held",

@@ -40,7 +40,9 @@
  *             DIR/maplock-flock.dat (2 pages, flock LOCK_EX, mapped shared
  *             read-write), DIR/maplock-ofd.dat (1 page, OFD write lock on
  *             bytes 0-99 and read lock from 200 to EOF, mapped shared
- *             read-only); a forked process must fail to take them, and the
+ *             read-only), DIR/maplock-sh.dat (flock LOCK_SH through a
+ *             mapping, and another LOCK_SH through fd 10); a forked
+ *             process must fail to take them (fd 10 closed first), and the
  *             mappings still show the files' contents both ways
  *   hsperf    what a JVM does with its performance-data file: mkdir
  *             /tmp/hsperfdata_USER, open /tmp/hsperfdata_USER/PID, flock
@@ -993,7 +995,7 @@ static void pidfd_check(void)
 
 /* ---- locks held through mappings -------------------------------------- */
 
-static unsigned char *mapflock, *mapofd, *perf;
+static unsigned char *mapflock, *mapofd, *mapsh, *perf;
 static char perf_path[256];
 
 /* Opens `path`, takes `lock` on it, maps `len` bytes shared with `prot`
@@ -1019,6 +1021,11 @@ static int lock_ex(int f)
 	return flock(f, LOCK_EX | LOCK_NB);
 }
 
+static int lock_sh(int f)
+{
+	return flock(f, LOCK_SH | LOCK_NB);
+}
+
 static int lock_ofd(int f)
 {
 	if (setlk(f, F_OFD_SETLK, F_WRLCK, 0, 100) != 0)
@@ -1034,6 +1041,12 @@ static void maplocks_setup(void)
 	memcpy(mapflock + WL_PAGE + 7, "written through the mapping", 27);
 	wl_path(p, sizeof(p), "maplock-ofd.dat");
 	mapofd = map_locked(p, WL_PAGE, PROT_READ, lock_ofd);
+	/* The same shared flock held by two descriptions: fd 10's, and one
+	 * that only a mapping keeps. */
+	wl_path(p, sizeof(p), "maplock-sh.dat");
+	mapsh = map_locked(p, WL_PAGE, PROT_READ, lock_sh);
+	at(10, open_in_dir("maplock-sh.dat", O_RDONLY));
+	must(flock(10, LOCK_SH | LOCK_NB) == 0, "flock of fd 10");
 }
 
 /* Run in a forked process: fails (exit code != 0) when it can take any of
@@ -1061,6 +1074,16 @@ static int maplocks_checker(void)
 		return 15;
 	if (setlk(f, F_OFD_SETLK, F_RDLCK, 0, 1) == 0 || setlk(f, F_SETLK, F_WRLCK, 250, 1) == 0)
 		return 16;
+	close(f);
+	/* fd 10's shared flock is gone (closed before the fork): the mapping's
+	 * still keeps an exclusive one out, and lets a shared one in. */
+	f = open_in_dir("maplock-sh.dat", O_RDONLY);
+	if (f < 0)
+		return 17;
+	if (flock(f, LOCK_EX | LOCK_NB) == 0 || errno != EWOULDBLOCK)
+		return 18;
+	if (flock(f, LOCK_SH | LOCK_NB) != 0)
+		return 19;
 	close(f);
 	return 0;
 }
@@ -1102,6 +1125,7 @@ static void check_mapped_file(const char *name, const unsigned char *m, size_t l
 
 static void maplocks_check(void)
 {
+	close(10);
 	run_checker("maplock-*.dat", maplocks_checker);
 	if (memcmp(mapflock + WL_PAGE + 7, "written through the mapping", 27) != 0)
 		wl_fail("maplock-flock.dat: what was written through the mapping is gone");

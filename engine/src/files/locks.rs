@@ -195,7 +195,7 @@ impl Mappings {
 /// Cross-checks /proc/locks (`listing`) with what the fds showed, once
 /// every process is collected. `tree` maps host PIDs to PIDs in the
 /// sandbox; `seen(kind, inode, start, len, pid)` says whether a lock was
-/// recorded through an fd. A flock or OFD lock no fd shows, on a file the
+/// recorded through an fd (a flock or OFD record accounts for one line). A flock or OFD lock no fd shows, on a file the
 /// tree maps, is held through a mapping: it is returned, to be restored on
 /// the mappings of the process that took it (a flock's holder, when it maps
 /// the file) or else of the first process that maps the file. A POSIX or
@@ -205,7 +205,7 @@ impl Mappings {
 pub fn check(
     listing: &str,
     tree: &HashMap<i32, i32>,
-    seen: impl Fn(LockKind, InodeId, u64, u64, i32) -> bool,
+    mut seen: impl FnMut(LockKind, InodeId, u64, u64, i32) -> bool,
     maps: &Mappings,
 ) -> Result<Vec<MappedLock>> {
     let mut out: Vec<MappedLock> = Vec::new();

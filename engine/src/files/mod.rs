@@ -371,14 +371,23 @@ impl FileTable {
             cause: e,
         })?;
         let (image, reps) = (&self.image, &self.reps);
+        // A description holds each of its flock and OFD locks once: a
+        // record accounts for one line (two descriptions can hold the same
+        // shared lock, one of them through a mapping only).
+        let mut used = vec![false; image.locks.len()];
         let seen = |kind, inode, start, len, pid| {
-            image.locks.iter().any(|l| {
+            let found = image.locks.iter().enumerate().position(|(i, l)| {
                 let (dev, ino) = (reps[l.file as usize].0, reps[l.file as usize].1);
                 l.kind == kind
                     && (libc::major(dev), libc::minor(dev), ino) == inode
                     && (l.start, l.len) == (start, len)
                     && (kind != LockKind::Posix || l.pid == pid)
-            })
+                    && (kind == LockKind::Posix || !used[i])
+            });
+            if let Some(i) = found {
+                used[i] = true;
+            }
+            found.is_some()
         };
         let mapped = locks::check(&text, &self.tree, seen, &self.mappings)?;
         self.image.mapped_locks = mapped;

@@ -198,8 +198,131 @@ fn refuses_inotify_with_unread_events() {
     refused("refuse-inotify", &["fd 9", "inotify", "unread events"]);
 }
 
-/// A flock held through a description that only a memory mapping keeps.
+/// A flock held through a memfd's description that only a memory mapping
+/// keeps (a file's is restored: `locks_held_through_mappings`).
 #[test]
-fn refuses_flock_seen_through_no_fd() {
-    refused("refuse-maplock", &["flock lock", "none of its fds"]);
+fn refuses_flock_through_memfd_mapping() {
+    refused(
+        "refuse-maplock",
+        &[
+            "flock lock",
+            "held through the mapping of memfd",
+            "/memfd:maplock",
+        ],
+    );
+}
+
+/// A pty of the sandbox's own devpts: not checkpointed yet, refused by name.
+#[test]
+fn refuses_pty() {
+    refused(
+        "refuse-pty",
+        &["fd 8", "terminal /dev/pts/0 of the sandbox's own devpts"],
+    );
+}
+
+/// An image that names a terminal (here the sandbox's /dev/ptmx, which
+/// would open a new pty; a host terminal's path would open whatever has
+/// that number now) is refused before anything of it runs.
+#[test]
+fn refuses_restore_of_a_terminal() {
+    let h = Harness::new("fds-tty-image");
+    let sb = h.start_c("fds", &["eventfd"]);
+    let image = h.dump(&sb, &[]);
+    let copy = h.image_path();
+    copy_image(&image, &copy);
+    edit_image_json(&copy, "files.json", |v| {
+        let f = v["files"]
+            .as_array_mut()
+            .unwrap()
+            .iter_mut()
+            .find(|f| f["path"] == "/dev/null")
+            .expect("the workload's stdin, /dev/null, in files.json");
+        f["path"] = "/dev/pts/ptmx".into();
+    });
+    let name = h.new_name("tty");
+    let out = h.restore_raw(&copy, &name);
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(
+        err.contains("/dev/pts/ptmx") && err.contains("terminals are not restored"),
+        "{}",
+        describe(&out)
+    );
+    assert!(!h.ps_lists(&name), "a refused restore left sandbox {name}");
+    let restored = h.restore(&image);
+    h.expect_pass(&restored);
+}
+
+/// Reads an image's JSON file `name`, lets `edit` change it, writes it back
+/// and puts its new size and checksum in the manifest.
+fn edit_image_json(image: &std::path::Path, name: &str, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = image.join(name);
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&fs::read(&path).expect("image file")).expect("JSON");
+    edit(&mut v);
+    let bytes = serde_json::to_vec(&v).expect("encoding");
+    fs::write(&path, &bytes).expect("writing the image file");
+    let mpath = image.join("manifest.json");
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&fs::read(&mpath).expect("manifest")).expect("JSON");
+    m["files"][name] = serde_json::json!({
+        "size": bytes.len(),
+        "xxh3": format!("{:016x}", twox_hash::XxHash3_64::oneshot(&bytes)),
+    });
+    fs::write(&mpath, serde_json::to_vec(&m).expect("encoding")).expect("writing the manifest");
+}
+
+/// Whether another description of `path` can take a flock of `op` now.
+fn flock_free(path: &std::path::Path, op: i32) -> bool {
+    use std::os::fd::AsRawFd;
+    let f = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap_or_else(|e| panic!("opening {}: {e}", path.display()));
+    // SAFETY: flock on a file we hold open.
+    let rc = unsafe { libc::flock(f.as_raw_fd(), op | libc::LOCK_NB) };
+    rc == 0
+}
+
+/// A flock and OFD locks held only through shared mappings (their fds
+/// closed) are held again after the restore: the workload's forked checker
+/// cannot take them, and neither can the test from outside; the mappings
+/// still show the files.
+#[test]
+fn locks_held_through_mappings() {
+    let h = Harness::new("fds-maplocks");
+    let sb = h.start_c("fds", &["maplocks"]);
+    let flocked = h.path("maplock-flock.dat");
+    assert!(
+        !flock_free(&flocked, libc::LOCK_SH),
+        "no lock before the dump"
+    );
+    let (image, restored) = h.dump_and_restore(&sb);
+    let text = fs::read_to_string(image.join("files.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let held = v["mapped_locks"].as_array().expect("mapped_locks");
+    let count = |k: &str| held.iter().filter(|l| l["kind"] == k).count();
+    assert_eq!((count("flock"), count("ofd")), (2, 2), "{held:?}");
+    assert!(
+        !flock_free(&flocked, libc::LOCK_SH),
+        "the restored workload's flock on {} is not held",
+        flocked.display()
+    );
+    h.expect_pass(&restored);
+}
+
+/// What a JVM does with its performance-data file in the sandbox's /tmp:
+/// flock, map shared, close the fd. The restored process still holds the
+/// lock (a second JVM would otherwise delete the file as stale) and its
+/// counters.
+#[test]
+fn jvm_shaped_perfdata_lock() {
+    let (_h, image) = round_trip("hsperf");
+    let text = fs::read_to_string(image.join("files.json")).unwrap();
+    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let held = v["mapped_locks"].as_array().expect("mapped_locks");
+    assert_eq!(held.len(), 1, "{held:?}");
+    assert_eq!(held[0]["kind"], "flock");
 }

@@ -202,11 +202,14 @@ fn selfcheck_fds() {
         "locks",
         "inotify",
         "pidfd",
+        "maplocks",
+        "hsperf",
         "refuse-pidfd",
         "refuse-epoll",
         "refuse-uffd",
         "refuse-inotify",
         "refuse-maplock",
+        "refuse-pty",
     ] {
         selfcheck(&format!("fds-{mode}"), c_workload("fds", &[mode]));
     }

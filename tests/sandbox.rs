@@ -955,12 +955,16 @@ fn pivot_root_into_a_root_directory() {
     let out = text(&o.stdout);
     assert!(o.status.success(), "{out} {}", text(&o.stderr));
     assert!(out.contains("PASS"), "{out}");
-    // Only the profile's mounts, nothing of the host's tree.
+    // Only the profile's mounts and the sandbox's own /dev, nothing of the
+    // host's tree.
     let mounts = out.lines().find_map(|l| l.strip_prefix("mounts=")).unwrap();
     for m in mounts.split_whitespace() {
         assert!(
-            ["/", "/usr", "/bin", "/lib", "/lib64", "/etc", "/proc", "/tmp", "/dev/shm"]
-                .contains(&m),
+            [
+                "/", "/usr", "/bin", "/lib", "/lib64", "/etc", "/proc", "/tmp", "/dev", "/dev/pts",
+                "/dev/shm"
+            ]
+            .contains(&m),
             "unexpected mount {m}: {out}"
         );
     }
@@ -1107,4 +1111,138 @@ fn pure_cgroup2_host() {
     let o = t.stasis(&["rm", "--force", &name]);
     assert!(o.status.success(), "{}", text(&o.stderr));
     assert!(!dirs[0].exists());
+}
+
+/// A pty opened on the host: (master, its slave's path).
+fn host_pty() -> (std::os::fd::OwnedFd, String) {
+    use std::os::fd::FromRawFd;
+    // SAFETY: posix_openpt returns a new fd or -1; it is owned below.
+    let m = unsafe { libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) };
+    assert!(m >= 0, "posix_openpt: {}", std::io::Error::last_os_error());
+    // SAFETY: `m` was just opened and is owned by nobody else.
+    let master = unsafe { std::os::fd::OwnedFd::from_raw_fd(m) };
+    let mut buf = [0 as libc::c_char; 64];
+    // SAFETY: grantpt/unlockpt on our master; ptsname_r writes at most
+    // buf.len() bytes, NUL included.
+    unsafe {
+        assert_eq!(libc::grantpt(m), 0);
+        assert_eq!(libc::unlockpt(m), 0);
+        assert_eq!(libc::ptsname_r(m, buf.as_mut_ptr(), buf.len()), 0);
+    }
+    // SAFETY: ptsname_r wrote a NUL-terminated string into buf.
+    let name = unsafe { std::ffi::CStr::from_ptr(buf.as_ptr()) }
+        .to_string_lossy()
+        .into_owned();
+    (master, name)
+}
+
+/// Checks from inside: no terminal of the host can be opened (the test
+/// holds one open, so its number exists on the host), /dev holds only the
+/// devices a sandbox gets, nothing can be added to it, and /dev/ptmx gives
+/// a pty of the sandbox's own devpts instance that works.
+const DEV_SCRIPT: &str = r#"
+import os, stat, sys
+host_pts, host_dev, expected = sys.argv[1], int(sys.argv[2]), sorted(sys.argv[3].split(','))
+fails = []
+tty_majors = set([2, 3, 4, 5, 166, 188, 204] + list(range(136, 144)))
+for p in [host_pts, '/dev/console', '/dev/tty0', '/dev/tty1', '/dev/ttyS0', '/dev/pts/0', '/dev/pts/1']:
+    try:
+        fd = os.open(p, os.O_RDWR | os.O_NOCTTY)
+        os.close(fd)
+        fails.append('opened ' + p)
+    except OSError:
+        pass
+names = sorted(os.listdir('/dev'))
+if names != expected:
+    fails.append('/dev holds %s, not %s' % (names, expected))
+if os.listdir('/dev/pts') != ['ptmx']:
+    fails.append('/dev/pts holds %s' % os.listdir('/dev/pts'))
+for root, dirs, files in os.walk('/dev'):
+    for n in files:
+        p = os.path.join(root, n)
+        st = os.lstat(p)
+        if stat.S_ISCHR(st.st_mode) and os.major(st.st_rdev) in tty_majors \
+                and p not in ('/dev/tty', '/dev/pts/ptmx'):
+            fails.append('terminal device ' + p)
+pts_dev = os.stat('/dev/pts').st_dev
+if pts_dev == host_dev:
+    fails.append("/dev/pts is the host's devpts")
+try:
+    os.mknod('/dev/x', stat.S_IFCHR | 0o600, os.makedev(5, 1))
+    fails.append('a node could be made in /dev')
+except OSError:
+    pass
+m, s = os.openpty()
+name = os.ttyname(s)
+if not name.startswith('/dev/pts/') or os.fstat(s).st_dev != pts_dev:
+    fails.append('the pty %s is not of the sandbox devpts' % name)
+os.write(m, b'ping\n')
+if os.read(s, 16) != b'ping\n':
+    fails.append('the pty does not pass data')
+with open('/dev/null', 'w') as f:
+    f.write('x')
+with open('/dev/urandom', 'rb') as f:
+    if len(f.read(16)) != 16:
+        fails.append('/dev/urandom')
+print('FAIL: ' + '; '.join(fails) if fails else 'PASS', flush=True)
+"#;
+
+#[test]
+fn dev_is_own_without_host_terminals() {
+    let t = Env::new("dev");
+    let (_master, host_pts) = host_pty();
+    assert!(Path::new(&host_pts).exists(), "{host_pts}");
+    use std::os::unix::fs::MetadataExt;
+    let host_dev = fs::metadata("/dev/pts").unwrap().dev();
+    let mut expected = vec![
+        "fd", "full", "null", "ptmx", "pts", "random", "shm", "stderr", "stdin", "stdout", "tty",
+        "urandom", "zero",
+    ];
+    if Path::new("/dev/userfaultfd").exists() {
+        expected.push("userfaultfd");
+    }
+    let p = t.profile("p", "");
+    let o = t.stasis(&[
+        "run",
+        "--profile",
+        p.to_str().unwrap(),
+        "python3",
+        "-c",
+        DEV_SCRIPT,
+        &host_pts,
+        &host_dev.to_string(),
+        &expected.join(","),
+    ]);
+    let out = text(&o.stdout);
+    assert!(out.lines().any(|l| l == "PASS"), "{out}{}", text(&o.stderr));
+
+    // A device the profile lists is there too; the host's terminals cannot be listed.
+    let extra = ["fuse", "loop-control", "kvm"]
+        .into_iter()
+        .find(|d| Path::new("/dev").join(d).exists());
+    if let Some(d) = extra {
+        let p = t.profile("extra", &format!("[mounts]\ndevices = [\"{d}\"]\n"));
+        let o = t.stasis(&[
+            "run",
+            "--profile",
+            p.to_str().unwrap(),
+            "sh",
+            "-c",
+            &format!("[ -c /dev/{d} ] && [ ! -e /dev/console ] && echo PASS || echo FAIL"),
+        ]);
+        assert!(text(&o.stdout).contains("PASS"), "{}", text(&o.stdout));
+    } else {
+        eprintln!(
+            "no /dev/fuse, /dev/loop-control or /dev/kvm here: the profile's devices are not tried"
+        );
+    }
+    for bad in ["pts/0", "console", "ttyS0", "../etc/passwd"] {
+        let p = t.profile("bad", &format!("[mounts]\ndevices = [\"{bad}\"]\n"));
+        let o = t.stasis(&["run", "--profile", p.to_str().unwrap(), "true"]);
+        let e = text(&o.stderr);
+        assert!(
+            !o.status.success() && e.contains("mounts.devices") && e.contains(bad),
+            "devices = [{bad:?}]: {e}"
+        );
+    }
 }

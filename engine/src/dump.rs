@@ -467,6 +467,7 @@ fn collect_process(
     let mut vmas = memory::collect(p.pid)?;
     tracing::debug!(pid = p.pid, ms = ms(tm.elapsed()), "areas read");
     files.attach_memfds(p.pid, p.ns_pid, &mut vmas, blobs)?;
+    files.note_mappings(p.ns_pid, &vmas);
     shared.collect(p.pid, p.ns_pid, &mut vmas, shmem)?;
     let present = match (scan, &arming) {
         (Some(s), _) => s.join()?,

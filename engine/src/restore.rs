@@ -854,6 +854,7 @@ fn rebuild_process(
     for (k, &(memfd, _)) in slots.1.iter().enumerate() {
         rb.add_memfd(memfd, (slots.0 + k as i32) as u64);
     }
+    rb.hold_locks(files::locks::mapped_in(p, files_img));
     for v in &p.vmas {
         rb.map_area(&mut r, v)?;
     }

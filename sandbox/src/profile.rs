@@ -141,6 +141,16 @@ pub struct Mounts {
     pub tmp: bool,
     /// A private tmpfs on /dev/shm.
     pub dev_shm: bool,
+    /// A /dev of the sandbox's own: a read-only tmpfs holding only null,
+    /// zero, full, random, urandom, tty, userfaultfd (when the host has it),
+    /// a devpts instance of its own on /dev/pts with /dev/ptmx from it,
+    /// /dev/shm, the fd symlinks, and the `devices` below. When false the
+    /// sandbox sees the host's /dev, terminals included.
+    pub dev: bool,
+    /// More host devices for the sandbox's /dev, by their path under /dev
+    /// ("fuse", "net/tun", ...), bind-mounted from the host's.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<String>,
     /// A directory to pivot_root into; the host's root when absent.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub root: Option<PathBuf>,
@@ -154,6 +164,8 @@ impl Default for Mounts {
             proc: true,
             tmp: true,
             dev_shm: true,
+            dev: true,
+            devices: Vec::new(),
             root: None,
             bind: Vec::new(),
         }
@@ -603,6 +615,35 @@ impl Profile {
             }
             if !self.mounts.bind.is_empty() {
                 return err("mounts.bind", "needs namespaces.mount = true".into());
+            }
+        }
+        let own_dev = self.namespaces.mount && self.mounts.dev;
+        if !own_dev && !self.mounts.devices.is_empty() {
+            return err(
+                "mounts.devices",
+                "needs mounts.dev = true and namespaces.mount = true".into(),
+            );
+        }
+        for d in &self.mounts.devices {
+            if d.is_empty()
+                || d.starts_with('/')
+                || d.contains('\0')
+                || d.split('/').any(|c| c.is_empty() || c == "." || c == "..")
+            {
+                return err(
+                    "mounts.devices",
+                    format!("`{d}` is not a path under /dev (like \"fuse\" or \"net/tun\")"),
+                );
+            }
+            if matches!(
+                d.split('/').next(),
+                Some("pts" | "ptmx" | "shm" | "console")
+            ) || d.starts_with("tty") && d != "tty"
+            {
+                return err(
+                    "mounts.devices",
+                    format!("`{d}`: the host's terminals and /dev/pts, /dev/ptmx, /dev/shm never enter a sandbox"),
+                );
             }
         }
         if let Some(r) = &self.mounts.root {

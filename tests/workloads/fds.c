@@ -36,6 +36,19 @@
  *   pidfd     a child; fd 10 pidfd of the child, fd 11 pidfd of the process
  *             itself (PIDFD_NONBLOCK), fd 12 a dup of fd 10, fd 13 pidfd of
  *             a zombie child (exit status 7)
+ *   maplocks  locks held only through shared mappings, their fds closed:
+ *             DIR/maplock-flock.dat (2 pages, flock LOCK_EX, mapped shared
+ *             read-write), DIR/maplock-ofd.dat (1 page, OFD write lock on
+ *             bytes 0-99 and read lock from 200 to EOF, mapped shared
+ *             read-only), DIR/maplock-sh.dat (flock LOCK_SH through a
+ *             mapping, and another LOCK_SH through fd 10); a forked
+ *             process must fail to take them (fd 10 closed first), and the
+ *             mappings still show the files' contents both ways
+ *   hsperf    what a JVM does with its performance-data file: mkdir
+ *             /tmp/hsperfdata_USER, open /tmp/hsperfdata_USER/PID, flock
+ *             LOCK_EX|LOCK_NB, ftruncate to 32 KiB, map it shared, close
+ *             the fd, keep writing counters into the mapping; the file is
+ *             removed at exit
  *
  * Modes whose dump must be refused, counting every millisecond into DIR/count
  * until SIGTERM, then checking the resource still works:
@@ -44,8 +57,9 @@
  *                   to fd 6 (fd 5 closed: the watch lives on)
  *   refuse-uffd     fd 9 userfaultfd
  *   refuse-inotify  fd 9 inotify with an unread event
- *   refuse-maplock  a flock LOCK_EX on DIR/maplock.dat whose description
- *                   lives on only in a shared mapping (its fd closed) */
+ *   refuse-maplock  a flock LOCK_EX on a memfd whose description lives on
+ *                   only in a shared mapping (its fd closed)
+ *   refuse-pty      fd 9 a pty master from /dev/ptmx, fd 8 its slave */
 #include "wl.h"
 
 #include <linux/userfaultfd.h>
@@ -979,6 +993,198 @@ static void pidfd_check(void)
 
 /* ---- refusals --------------------------------------------------------- */
 
+/* ---- locks held through mappings -------------------------------------- */
+
+static unsigned char *mapflock, *mapofd, *mapsh, *perf;
+static char perf_path[256];
+
+/* Opens `path`, takes `lock` on it, maps `len` bytes shared with `prot`
+ * and closes the fd: the mapping's description alone holds the lock. */
+static unsigned char *map_locked(const char *path, size_t len, int prot, int (*lock)(int))
+{
+	int f = open(path, O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+	must(f >= 0 && ftruncate(f, (off_t)len) == 0, path);
+	for (size_t i = 0; i < len; i += 512) {
+		char b[32];
+		int n = snprintf(b, sizeof(b), "%s@%zu", strrchr(path, '/') + 1, i);
+		must(pwrite(f, b, (size_t)n, (off_t)i) == n, "filling a locked file");
+	}
+	must(lock(f) == 0, "taking a lock");
+	unsigned char *m = mmap(NULL, len, prot, MAP_SHARED, f, 0);
+	must(m != MAP_FAILED, "mapping a locked file");
+	close(f);
+	return m;
+}
+
+static int lock_ex(int f)
+{
+	return flock(f, LOCK_EX | LOCK_NB);
+}
+
+static int lock_sh(int f)
+{
+	return flock(f, LOCK_SH | LOCK_NB);
+}
+
+static int lock_ofd(int f)
+{
+	if (setlk(f, F_OFD_SETLK, F_WRLCK, 0, 100) != 0)
+		return -1;
+	return setlk(f, F_OFD_SETLK, F_RDLCK, 200, 0);
+}
+
+static void maplocks_setup(void)
+{
+	char p[4096];
+	wl_path(p, sizeof(p), "maplock-flock.dat");
+	mapflock = map_locked(p, 2 * WL_PAGE, PROT_READ | PROT_WRITE, lock_ex);
+	memcpy(mapflock + WL_PAGE + 7, "written through the mapping", 27);
+	wl_path(p, sizeof(p), "maplock-ofd.dat");
+	mapofd = map_locked(p, WL_PAGE, PROT_READ, lock_ofd);
+	/* The same shared flock held by two descriptions: fd 10's, and one
+	 * that only a mapping keeps. */
+	wl_path(p, sizeof(p), "maplock-sh.dat");
+	mapsh = map_locked(p, WL_PAGE, PROT_READ, lock_sh);
+	at(10, open_in_dir("maplock-sh.dat", O_RDONLY));
+	must(flock(10, LOCK_SH | LOCK_NB) == 0, "flock of fd 10");
+}
+
+/* Run in a forked process: fails (exit code != 0) when it can take any of
+ * the locks the parent holds through its mappings. */
+static int maplocks_checker(void)
+{
+	int f = open_in_dir("maplock-flock.dat", O_RDWR);
+	if (f < 0)
+		return 10;
+	if (flock(f, LOCK_SH | LOCK_NB) == 0 || errno != EWOULDBLOCK)
+		return 11;
+	close(f);
+	f = open_in_dir("maplock-ofd.dat", O_RDWR);
+	if (f < 0)
+		return 12;
+	struct flock a = getlk(f, F_OFD_GETLK, F_RDLCK, 50, 1);
+	if (a.l_type != F_WRLCK || a.l_start != 0 || a.l_len != 100)
+		return 13;
+	struct flock b = getlk(f, F_OFD_GETLK, F_WRLCK, 300, 1);
+	if (b.l_type != F_RDLCK || b.l_start != 200 || b.l_len != 0)
+		return 14;
+	struct flock c = getlk(f, F_OFD_GETLK, F_RDLCK, 300, 1);
+	struct flock d = getlk(f, F_OFD_GETLK, F_WRLCK, 150, 10);
+	if (c.l_type != F_UNLCK || d.l_type != F_UNLCK)
+		return 15;
+	if (setlk(f, F_OFD_SETLK, F_RDLCK, 0, 1) == 0 || setlk(f, F_SETLK, F_WRLCK, 250, 1) == 0)
+		return 16;
+	close(f);
+	/* fd 10's shared flock is gone (closed before the fork): the mapping's
+	 * still keeps an exclusive one out, and lets a shared one in. */
+	f = open_in_dir("maplock-sh.dat", O_RDONLY);
+	if (f < 0)
+		return 17;
+	if (flock(f, LOCK_EX | LOCK_NB) == 0 || errno != EWOULDBLOCK)
+		return 18;
+	if (flock(f, LOCK_SH | LOCK_NB) != 0)
+		return 19;
+	close(f);
+	return 0;
+}
+
+/* Forks `check` and says which of its checks failed, if any. */
+static void run_checker(const char *what, int (*check)(void))
+{
+	pid_t ch = fork();
+	if (ch == 0)
+		_exit(check());
+	int st = 0;
+	if (ch < 0 || waitpid(ch, &st, 0) != ch || !WIFEXITED(st) || WEXITSTATUS(st) != 0)
+		wl_fail("%s: another process could take the locks held through the mappings (check %d failed)",
+			what, WIFEXITED(st) ? WEXITSTATUS(st) : -1);
+}
+
+/* The mapping shows the file: what the file held, what was written
+ * through the mapping, and a write through the mapping now reaches the file. */
+static void check_mapped_file(const char *name, const unsigned char *m, size_t len)
+{
+	int f = open_in_dir(name, O_RDWR);
+	if (f < 0) {
+		wl_fail("%s: cannot be opened (%s)", name, strerror(errno));
+		return;
+	}
+	unsigned char buf[2 * 4096];
+	if (len > sizeof(buf) || pread(f, buf, len, 0) != (ssize_t)len || memcmp(buf, m, len) != 0)
+		wl_fail("%s: the mapping no longer shows the file", name);
+	for (size_t i = 0; i < len; i += 512) {
+		char b[32];
+		int n = snprintf(b, sizeof(b), "%s@%zu", name, i);
+		if (i != WL_PAGE && memcmp(m + i, b, (size_t)n) != 0)
+			wl_fail("%s: byte %zu of the mapping is not the file's", name, i);
+	}
+	if (pwrite(f, "via-fd", 6, 300) != 6 || memcmp(m + 300, "via-fd", 6) != 0)
+		wl_fail("%s: a write to the file does not show in the mapping (not shared)", name);
+	close(f);
+}
+
+static void maplocks_check(void)
+{
+	close(10);
+	run_checker("maplock-*.dat", maplocks_checker);
+	if (memcmp(mapflock + WL_PAGE + 7, "written through the mapping", 27) != 0)
+		wl_fail("maplock-flock.dat: what was written through the mapping is gone");
+	check_mapped_file("maplock-flock.dat", mapflock, 2 * WL_PAGE);
+	check_mapped_file("maplock-ofd.dat", mapofd, WL_PAGE);
+}
+
+static int hsperf_checker(void)
+{
+	int f = open(perf_path, O_RDWR | O_CLOEXEC);
+	if (f < 0)
+		return 10;
+	if (flock(f, LOCK_EX | LOCK_NB) == 0 || errno != EWOULDBLOCK)
+		return 11;
+	close(f);
+	return 0;
+}
+
+static void hsperf_setup(void)
+{
+	char user[64] = "root";
+	if (getuid() != 0)
+		snprintf(user, sizeof(user), "%u", (unsigned)getuid());
+	char dir[128];
+	snprintf(dir, sizeof(dir), "/tmp/hsperfdata_%s", user);
+	must(mkdir(dir, 0755) == 0 || errno == EEXIST, "mkdir hsperfdata");
+	snprintf(perf_path, sizeof(perf_path), "%s/%d", dir, (int)getpid());
+	int f = open(perf_path, O_RDWR | O_CREAT | O_TRUNC | O_NOFOLLOW | O_CLOEXEC, 0600);
+	must(f >= 0, "creating the perf data file");
+	must(flock(f, LOCK_EX | LOCK_NB) == 0, "flock of the perf data file");
+	must(ftruncate(f, 32 * 1024) == 0, "ftruncate of the perf data file");
+	perf = mmap(NULL, 32 * 1024, PROT_READ | PROT_WRITE, MAP_SHARED, f, 0);
+	must(perf != MAP_FAILED, "mapping the perf data file");
+	close(f);
+	memcpy(perf, "\xca\xfe\xc0\xc0", 4);
+	for (unsigned i = 1; i < 32 * 1024 / 8; i++)
+		((uint64_t *)perf)[i] = i * 0x9e3779b97f4a7c15ULL;
+}
+
+static void hsperf_check(void)
+{
+	run_checker(perf_path, hsperf_checker);
+	if (memcmp(perf, "\xca\xfe\xc0\xc0", 4) != 0)
+		wl_fail("%s: the magic at the head of the mapping is gone", perf_path);
+	for (unsigned i = 1; i < 32 * 1024 / 8; i++)
+		if (((uint64_t *)perf)[i] != i * 0x9e3779b97f4a7c15ULL) {
+			wl_fail("%s: counter %u of the mapping changed", perf_path, i);
+			break;
+		}
+	int f = open(perf_path, O_RDONLY | O_CLOEXEC);
+	uint64_t v = 0;
+	((uint64_t *)perf)[7] = 0x5151;
+	if (f < 0 || pread(f, &v, 8, 56) != 8 || v != 0x5151)
+		wl_fail("%s: a write through the mapping does not reach the file", perf_path);
+	if (f >= 0)
+		close(f);
+	unlink(perf_path);
+}
+
 static unsigned char *maplock;
 
 static void refuse_setup(const char *kind)
@@ -1003,11 +1209,15 @@ static void refuse_setup(const char *kind)
 		must(f >= 0, "creating w1/pending");
 		close(f);
 		at(9, 10);
+	} else if (!strcmp(kind, "refuse-pty")) {
+		at(9, posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC));
+		must(grantpt(9) == 0 && unlockpt(9) == 0, "unlockpt");
+		at(8, open(ptsname(9), O_RDWR | O_NOCTTY | O_CLOEXEC));
 	} else if (!strcmp(kind, "refuse-maplock")) {
-		int f = open_in_dir("maplock.dat", O_RDWR | O_CREAT);
-		must(f >= 0 && ftruncate(f, 4096) == 0 && flock(f, LOCK_EX) == 0, "maplock.dat");
+		int f = memfd_create("maplock", MFD_CLOEXEC);
+		must(f >= 0 && ftruncate(f, 4096) == 0 && flock(f, LOCK_EX) == 0, "maplock memfd");
 		maplock = mmap(NULL, 4096, PROT_READ | PROT_WRITE, MAP_SHARED, f, 0);
-		must(maplock != MAP_FAILED, "mmap maplock.dat");
+		must(maplock != MAP_FAILED, "mmap of the maplock memfd");
 		close(f);
 		memcpy(maplock, "locked", 6);
 	} else {
@@ -1027,12 +1237,25 @@ static void refuse_check(const char *kind)
 			wl_fail("fd 9: the epoll no longer reports its eventfd");
 	} else if (!strcmp(kind, "refuse-uffd")) {
 		expect_link(9, "anon_inode:[userfaultfd]");
+	} else if (!strcmp(kind, "refuse-pty")) {
+		char b[8] = { 0 };
+		if (write(9, "ping\n", 5) != 5 || read(8, b, sizeof(b)) != 5 || memcmp(b, "ping\n", 5) != 0)
+			wl_fail("fds 8 and 9: the pty no longer passes data");
 	} else if (!strcmp(kind, "refuse-maplock")) {
-		int f = open_in_dir("maplock.dat", O_RDWR);
-		if (f < 0 || flock(f, LOCK_EX | LOCK_NB) == 0 || errno != EWOULDBLOCK)
-			wl_fail("maplock.dat: the flock held through the mapping is gone");
+		char p[64];
+		snprintf(p, sizeof(p), "/proc/self/map_files/%lx-%lx", (unsigned long)maplock,
+			 (unsigned long)maplock + 4096);
+		/* map_files opens a new description of the memfd; it takes
+		 * CAP_CHECKPOINT_RESTORE, which a sandbox's workload may lack. */
+		int f = open(p, O_RDWR | O_CLOEXEC);
+		if (f < 0 && errno != EPERM)
+			wl_fail("the memfd's mapping is gone (%s)", strerror(errno));
+		else if (f >= 0 && (flock(f, LOCK_EX | LOCK_NB) == 0 || errno != EWOULDBLOCK))
+			wl_fail("the memfd's flock held through the mapping is gone");
 		if (f >= 0)
 			close(f);
+		if (memcmp(maplock, "locked", 6) != 0)
+			wl_fail("the memfd's mapping lost its contents");
 	} else {
 		struct inotify_event e[4];
 		if (read(9, e, sizeof(e)) < (ssize_t)sizeof(e[0]) || e[0].wd != 1 || !(e[0].mask & IN_CREATE))
@@ -1061,10 +1284,14 @@ int main(int argc, char **argv)
 		inotify_setup();
 	else if (!strcmp(mode, "pidfd"))
 		pidfd_setup();
+	else if (!strcmp(mode, "maplocks"))
+		maplocks_setup();
+	else if (!strcmp(mode, "hsperf"))
+		hsperf_setup();
 	else if (refusal)
 		refuse_setup(mode);
 	else {
-		dprintf(2, "usage: fds eventfd|timerfd|signalfd|epoll|memfd|locks|inotify|pidfd|refuse-* DIR\n");
+		dprintf(2, "usage: fds eventfd|timerfd|signalfd|epoll|memfd|locks|inotify|pidfd|maplocks|hsperf|refuse-* DIR\n");
 		return 2;
 	}
 	wl_write("ready", "%s\n", mode);
@@ -1103,14 +1330,29 @@ int main(int argc, char **argv)
 			must(inotify_rm_watch(10, 2) == 0, "corrupting");
 		else if (!strcmp(mode, "pidfd"))
 			at(10, open("/dev/null", O_RDONLY));
-		else if (!strcmp(mode, "refuse-pidfd") || !strcmp(mode, "refuse-uffd"))
+		else if (!strcmp(mode, "maplocks")) {
+			/* The same file mapped again in place, through a new
+			 * description: the old one, and its OFD locks, are gone. */
+			int f = open_in_dir("maplock-ofd.dat", O_RDONLY);
+			must(f >= 0 && mmap(mapofd, WL_PAGE, PROT_READ, MAP_SHARED | MAP_FIXED, f, 0) == mapofd,
+			     "corrupting");
+			close(f);
+		}
+		else if (!strcmp(mode, "hsperf"))
+			perf[9] ^= 1;
+		else if (!strcmp(mode, "refuse-pidfd") || !strcmp(mode, "refuse-uffd") || !strcmp(mode, "refuse-pty"))
 			at(9, open("/dev/null", O_RDONLY));
 		else if (!strcmp(mode, "refuse-epoll"))
 			must(read(6, &one, 8) == 8, "corrupting");
 		else if (!strcmp(mode, "refuse-inotify"))
 			drain(9);
-		else if (!strcmp(mode, "refuse-maplock"))
-			munmap(maplock, 4096);
+		else if (!strcmp(mode, "refuse-maplock")) {
+			/* The memfd's mapping, and with it the lock, replaced. */
+			must(mmap(maplock, 4096, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS | MAP_FIXED, -1,
+				  0) == maplock,
+			     "corrupting");
+			memcpy(maplock, "locked", 6);
+		}
 	}
 
 	if (!strcmp(mode, "eventfd"))
@@ -1129,6 +1371,10 @@ int main(int argc, char **argv)
 		inotify_check();
 	else if (!strcmp(mode, "pidfd"))
 		pidfd_check();
+	else if (!strcmp(mode, "maplocks"))
+		maplocks_check();
+	else if (!strcmp(mode, "hsperf"))
+		hsperf_check();
 	else {
 		refuse_check(mode);
 		wl_pass_note("count=%llu", (unsigned long long)count);

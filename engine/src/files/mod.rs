@@ -3,7 +3,8 @@
 //! tells which fds share one). `regular` handles files reopened by path,
 //! `pipe` pipes and FIFOs with their unread data, `memfd` memfds (also when
 //! mapped), `eventfd`, `timerfd`, `signalfd`, `epoll`, `inotify` and `pidfd`
-//! the anonymous kinds, `locks` flock, POSIX and OFD locks.
+//! the anonymous kinds, `locks` flock, POSIX and OFD locks, `tty` the
+//! refusal of terminals.
 //!
 //! Restore opens every description once, in the sandbox's init before the
 //! tree is forked, moves them above every fd number the tree uses, and each
@@ -19,6 +20,7 @@ pub mod pipe;
 pub mod regular;
 pub mod signalfd;
 pub mod timerfd;
+pub mod tty;
 
 use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd, RawFd};
@@ -47,6 +49,8 @@ pub struct FileTable {
     init: i32,
     /// Sockets (see `crate::net`).
     pub net: crate::net::SocketTable,
+    /// The tree's file mappings, by inode (see `locks::check`).
+    mappings: locks::Mappings,
 }
 
 /// fdinfo fields.
@@ -138,6 +142,7 @@ impl FileTable {
             tree: HashMap::new(),
             init: 0,
             net: Default::default(),
+            mappings: Default::default(),
         }
     }
 
@@ -315,6 +320,7 @@ impl FileTable {
             } else if fmt == libc::S_IFSOCK {
                 self.net.collect(host_pid, pid, fd, &dup, st.st_ino)?
             } else if fmt == libc::S_IFREG || fmt == libc::S_IFDIR || fmt == libc::S_IFCHR {
+                tty::check_dump(pid, fd, &link, &dup, &st, self.init)?;
                 regular::collect(pid, fd, &link, &dup, &st, info.pos, blobs)?
             } else if let Some(kind) = self.collect_anon(pid, fd, &link, &dup, &info.text)? {
                 if matches!(kind, FileKind::Epoll { .. }) {
@@ -356,70 +362,42 @@ impl FileTable {
         Ok(out)
     }
 
-    /// Cross-checks /proc/locks once every process is collected: a POSIX or
-    /// flock lock held by a process of the tree must have been seen through
-    /// one of the tree's fds (a description reachable only through a memory
-    /// mapping, for one, shows its locks nowhere else); leases are refused.
-    pub fn check_locks(&self, reader: &mut LocksReader) -> Result<()> {
+    /// Cross-checks /proc/locks once every process is collected (see
+    /// `locks::check`): a lock no fd shows is recorded as held through a
+    /// mapping of the tree, or refused.
+    pub fn check_locks(&mut self, reader: &mut LocksReader) -> Result<()> {
         let text = reader.listing().map_err(|e| Error::Io {
             what: "reading /proc/locks".into(),
             cause: e,
         })?;
-        for line in text.lines() {
-            let Some(locks::ProcLock {
-                kind,
-                pid: host,
-                major,
-                minor,
-                ino,
-                start,
-                len,
-            }) = locks::parse_proc_line(line)
-            else {
-                let t: Vec<&str> = line.split_whitespace().collect();
-                let holder = t.get(4).and_then(|p| p.parse::<i32>().ok());
-                if let Some(&pid) = holder.and_then(|h| self.tree.get(&h)) {
-                    if t.get(1) != Some(&"->") {
-                        return Err(Error::Unsupported {
-                            pid,
-                            what: "a file lease or lock of this kind".into(),
-                            detail: line.trim().to_string(),
-                        });
-                    }
-                }
-                continue;
-            };
-            let Some(&pid) = self.tree.get(&host) else {
-                continue;
-            };
-            let kind = match kind {
-                "POSIX" => LockKind::Posix,
-                "FLOCK" => LockKind::Flock,
-                _ => continue,
-            };
-            let seen = self.image.locks.iter().any(|l| {
-                let (dev, lino) = (self.reps[l.file as usize].0, self.reps[l.file as usize].1);
+        let (image, reps) = (&self.image, &self.reps);
+        // A description holds each of its flock and OFD locks once: a
+        // record accounts for one line (two descriptions can hold the same
+        // shared lock, one of them through a mapping only).
+        let mut used = vec![false; image.locks.len()];
+        let seen = |kind, inode, start, len, pid| {
+            let found = image.locks.iter().enumerate().position(|(i, l)| {
+                let (dev, ino) = (reps[l.file as usize].0, reps[l.file as usize].1);
                 l.kind == kind
-                    && (libc::major(dev), libc::minor(dev), lino) == (major, minor, ino)
+                    && (libc::major(dev), libc::minor(dev), ino) == inode
                     && (l.start, l.len) == (start, len)
                     && (kind != LockKind::Posix || l.pid == pid)
+                    && (kind == LockKind::Posix || !used[i])
             });
-            if !seen {
-                return Err(Error::Unsupported {
-                    pid,
-                    what: format!(
-                        "a {} lock on inode {major:x}:{minor:x}:{ino} that none of its fds shows",
-                        if kind == LockKind::Posix {
-                            "POSIX"
-                        } else {
-                            "flock"
-                        }
-                    ),
-                    detail: line.trim().to_string(),
-                });
+            if let Some(i) = found {
+                used[i] = true;
             }
-        }
+            found.is_some()
+        };
+        let mapped = locks::check(&text, &self.tree, seen, &self.mappings)?;
+        self.image.mapped_locks = mapped;
         Ok(())
+    }
+
+    /// Notes the file mappings of process `pid` (PID in the sandbox), where
+    /// a lock no fd shows may be held (`check_locks`).
+    pub fn note_mappings(&mut self, pid: i32, vmas: &[Vma]) {
+        self.mappings.note(pid, vmas);
     }
 
     /// The kinds behind anon_inode links (and pidfds). None: not supported.

@@ -105,8 +105,13 @@ pub fn open(f: &FileDesc, blobs: Option<&File>) -> Result<OwnedFd> {
     else {
         unreachable!("regular::open takes path descriptions");
     };
-    let flags =
+    let mut flags =
         (f.flags as i32) & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_CLOEXEC);
+    if *mode == libc::S_IFCHR {
+        super::tty::check_restore_path(f.id, path)?;
+        // Never a controlling terminal of the init that opens it.
+        flags |= libc::O_NOCTTY;
+    }
     let fd = if let Some(blob) = deleted {
         recreate_deleted(path, *blob, flags, blobs)?
     } else {
@@ -116,6 +121,9 @@ pub fn open(f: &FileDesc, blobs: Option<&File>) -> Result<OwnedFd> {
         })?
     };
     let st = nix::sys::stat::fstat(&fd).map_err(|e| Error::Other(format!("fstat {path}: {e}")))?;
+    if st.st_mode & libc::S_IFMT == libc::S_IFCHR {
+        super::tty::check_restore_fd(f.id, path, &fd)?;
+    }
     if st.st_mode & libc::S_IFMT != *mode {
         return Err(Error::Other(format!(
             "{path} is not the same kind of file as at dump (mode {:o}, was {:o})",

@@ -549,6 +549,10 @@ pub struct FilesImage {
     /// File locks: flock and OFD locks of a description, POSIX locks of a process.
     #[serde(default)]
     pub locks: Vec<LockImage>,
+    /// flock and OFD locks held by a description that only memory mappings
+    /// keep (its fds closed), restored on the mappings of one process.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub mapped_locks: Vec<MappedLock>,
     /// Every socket of the tree (those reached through an fd, and the
     /// clients of connections waiting to be accepted).
     #[serde(default)]
@@ -697,6 +701,25 @@ pub struct LockImage {
     pub write: bool,
     pub start: u64,
     /// Bytes from `start`; 0 reaches to the end of the file, however far.
+    pub len: u64,
+}
+
+/// A flock or OFD lock whose description lives on only in file mappings:
+/// restore opens the file in process `pid`, takes the lock, maps the
+/// process's areas of that file through it and closes the fd, so that the
+/// mappings hold the lock as they did.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct MappedLock {
+    /// `flock` or `ofd`.
+    pub kind: LockKind,
+    /// The process (PID in the sandbox) whose mappings hold the description.
+    pub pid: i32,
+    /// Start of one of its areas mapping the file (every area of the same
+    /// file in that process maps the locked description).
+    pub area: u64,
+    pub write: bool,
+    pub start: u64,
+    /// Bytes from `start`; 0 reaches to the end of the file.
     pub len: u64,
 }
 

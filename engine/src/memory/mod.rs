@@ -254,6 +254,8 @@ pub struct Rebuild {
     pub trampoline: u64,
     /// fds opened in the task for file mappings, by path.
     files: HashMap<String, u64>,
+    /// Files whose mappings hold locks (`hold_locks`).
+    locked: Vec<crate::files::locks::MappedFile>,
     /// Shared memory objects inherited from init, kept while the areas that
     /// map them are made: object id -> address.
     parked: BTreeMap<u32, (u64, u64)>,
@@ -332,6 +334,7 @@ impl Rebuild {
         Ok(Rebuild {
             trampoline: at,
             files: HashMap::new(),
+            locked: Vec::new(),
             parked: keep.iter().map(|&(id, a, l)| (id, (a, l))).collect(),
             pending,
             unmapped: false,
@@ -404,9 +407,30 @@ impl Rebuild {
         }
     }
 
-    fn open_in_task(&mut self, r: &mut Remote, path: &str, flags: i32) -> Result<u64> {
-        let key = format!("{flags}:{path}");
+    /// The files whose areas map a description holding locks (see
+    /// `files::locks`): each is opened once, locked, and all its areas are
+    /// mapped through that fd, which is then closed with the others.
+    pub fn hold_locks(&mut self, locked: Vec<crate::files::locks::MappedFile>) {
+        self.locked = locked;
+    }
+
+    /// The fd in the task that the areas of `path` are mapped through.
+    fn file_fd(&mut self, r: &mut Remote, path: &str, flags: i32) -> Result<u64> {
+        let Some(i) = self.locked.iter().position(|m| m.path == path) else {
+            return self.open_in_task(r, &format!("{flags}:{path}"), path, flags);
+        };
+        let key = format!("locked:{path}");
         if let Some(fd) = self.files.get(&key) {
+            return Ok(*fd);
+        }
+        let m = self.locked[i].clone();
+        let fd = self.open_in_task(r, &key, path, m.oflags)?;
+        crate::files::locks::take_in_task(r, fd, &m, self.scratch())?;
+        Ok(fd)
+    }
+
+    fn open_in_task(&mut self, r: &mut Remote, key: &str, path: &str, flags: i32) -> Result<u64> {
+        if let Some(fd) = self.files.get(key) {
             return Ok(*fd);
         }
         if path.len() >= (PAGE_SIZE as usize) {
@@ -434,7 +458,7 @@ impl Rebuild {
                 pid: r.tid,
                 reason: format!("mapped file {path} cannot be opened: {e}"),
             })?;
-        self.files.insert(key, fd);
+        self.files.insert(key.to_string(), fd);
         Ok(fd)
     }
 
@@ -499,7 +523,7 @@ impl Rebuild {
                 } else {
                     libc::O_RDONLY
                 };
-                (self.open_in_task(r, path, oflags)?, *offset)
+                (self.file_fd(r, path, oflags)?, *offset)
             }
         };
         self.pending.push((

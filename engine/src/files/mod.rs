@@ -736,10 +736,31 @@ pub fn describe(files: &FilesImage, kind: &FileKind) -> String {
     }
 }
 
-/// Checks every fd entry points at a description that exists.
+/// Highest fd number an image may hold, plus one: the kernel's default
+/// `fs.nr_open`, above which no process can have an fd unless the host was
+/// tuned for it. The restore's fd planning adds to the numbers it reads, so
+/// they are bounded before anything is computed from them.
+pub const FD_LIMIT: i32 = 1 << 20;
+
+/// Checks every fd entry: its number in range and used once, and the
+/// description it points at exists.
 pub fn validate(pid: i32, fds: &[FdEntry], files: &FilesImage) -> Result<()> {
+    let mut seen = std::collections::HashSet::with_capacity(fds.len());
     for f in fds {
-        if f.fd < 0 || f.file as usize >= files.files.len() {
+        if !(0..FD_LIMIT).contains(&f.fd) {
+            return Err(Error::Other(format!(
+                "image of process {pid}: fd {} is out of range (0 to {})",
+                f.fd,
+                FD_LIMIT - 1
+            )));
+        }
+        if !seen.insert(f.fd) {
+            return Err(Error::Other(format!(
+                "image of process {pid}: fd {} appears twice in its fd table",
+                f.fd
+            )));
+        }
+        if f.file as usize >= files.files.len() {
             return Err(Error::Other(format!(
                 "image of process {pid}: fd {} refers to file {} of {}",
                 f.fd,

@@ -434,6 +434,11 @@ impl Rebuild {
                 pid: r.tid,
                 reason: format!("mapped file {path} cannot be opened: {e}"),
             })?;
+        // The number was free, so any close of it still queued (the ready
+        // pipe's, which the task may have closed itself before it was seized)
+        // would close this file instead: that close has nothing left to do.
+        self.pending
+            .retain(|(c, _)| !(c.nr == libc::SYS_close && c.args[0] == fd));
         self.files.insert(key, fd);
         Ok(fd)
     }

@@ -446,7 +446,7 @@ fn collect_process(
         .then(|| memory::pages::PresentScan::start(p.pid));
     let mut vmas = memory::collect(p.pid)?;
     tracing::debug!(pid = p.pid, ms = ms(tm.elapsed()), "areas read");
-    files.attach_memfds(p.pid, p.ns_pid, &mut vmas, blobs)?;
+    files.attach_deleted(p.pid, p.ns_pid, &mut vmas, blobs)?;
     shared.collect(p.pid, p.ns_pid, &mut vmas, shmem)?;
     let present = match (scan, &arming) {
         (Some(s), _) => s.join()?,

@@ -62,3 +62,85 @@ fn deleted_files_sparse_large_and_mapped() {
     );
     assert!(!h.path("sparse").exists() && !h.path("mapped").exists());
 }
+
+/// A removed working directory, a removed directory held open and a removed
+/// FIFO holding data (three fds on it) come back removed, with their old
+/// names in /proc, the FIFO with its data and its fds one FIFO.
+#[test]
+fn deleted_cwd_directory_and_fifo() {
+    let h = Harness::new("deldirs");
+    let sb = h.start_c("deleted", &["dirs"]);
+    let (image, restored) = h.dump_and_restore(&sb);
+    h.expect_pass(&restored);
+    let p: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(image.join("proc-2.json")).expect("proc-2.json"))
+            .expect("JSON");
+    assert!(p["core"]["cwd_ghost"].is_u64(), "{}", p["core"]);
+    for name in ["gone-cwd", "gone-dir", "gone-fifo"] {
+        assert!(!h.path(name).exists(), "{name} came back with a name");
+    }
+}
+
+/// A restore that fails at a process's chdir (the image names a directory
+/// that is not there) is reported naming the call, and the half-rebuilt
+/// process is killed, never let run on: the kernel logs no crash of it.
+#[test]
+fn restore_failing_at_chdir_unwinds_without_a_crash() {
+    let h = Harness::new("badcwd");
+    let sb = h.start_c("deleted", &["tmpfile"]);
+    let image = h.dump(&sb, &[]);
+    let missing_dir = format!("/nonexistent-{}", unique("cwd"));
+    edit_image_json(&image, "proc-2.json", |p| {
+        p["core"]["cwd"] = serde_json::json!(missing_dir);
+    });
+    let name = h.new_name("bad");
+    let out = h.restore_raw(&image, &name);
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "the restore succeeded");
+    assert!(
+        err.contains(&format!("chdir({missing_dir})")),
+        "the error names the chdir: {err}"
+    );
+    assert!(!h.ps_lists(&name), "{name} was left behind");
+    // The process the error names (by its host PID): a crash of it would be
+    // logged by the time the restore returned, since the sandbox is removed
+    // only once its processes are gone.
+    let pid: u32 = err
+        .split("process ")
+        .nth(1)
+        .and_then(|t| t.split(':').next())
+        .and_then(|t| t.trim().parse().ok())
+        .unwrap_or_else(|| panic!("the error names the process: {err}"));
+    let out = std::process::Command::new("dmesg")
+        .output()
+        .expect("running dmesg");
+    let crashes: Vec<String> = text(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&format!("stasis-init[{pid}]: segfault")))
+        .map(str::to_string)
+        .collect();
+    assert!(
+        crashes.is_empty(),
+        "the restored process crashed: {crashes:?}"
+    );
+}
+
+/// Reads an image's JSON file `name`, lets `edit` change it, writes it back
+/// and puts its new size and checksum in the manifest.
+fn edit_image_json(image: &std::path::Path, name: &str, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = image.join(name);
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).expect("image file")).expect("JSON");
+    edit(&mut v);
+    let bytes = serde_json::to_vec(&v).expect("encoding");
+    std::fs::write(&path, &bytes).expect("writing the image file");
+    let mpath = image.join("manifest.json");
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&mpath).expect("manifest")).expect("JSON");
+    m["files"][name] = serde_json::json!({
+        "size": bytes.len(),
+        "xxh3": format!("{:016x}", twox_hash::XxHash3_64::oneshot(&bytes)),
+    });
+    std::fs::write(&mpath, serde_json::to_vec(&m).expect("encoding"))
+        .expect("writing the manifest");
+}

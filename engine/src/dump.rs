@@ -351,7 +351,7 @@ fn collect_process(
         // The main thread's (first) is the process's.
         let status = &statuses[0];
         resident = (status.vmrss.unwrap_or(0) + status.vmswap.unwrap_or(0)) * 1024;
-        let (core, creds) = task::collect_core(p.pid, status, &mut r)?;
+        let (mut core, creds) = task::collect_core(p.pid, status, &mut r)?;
         // Mid-injection: the scratch space is taken, syscalls have run.
         interrupt::pause_at("collect", None)?;
         let mm = memory::mm::collect(p.pid, &mut r)?;
@@ -410,6 +410,7 @@ fn collect_process(
             .as_ref()
             .ok_or_else(|| Error::Other("no pidfd".into()))?;
         let fds = files.collect(p.pid, p.ns_pid, pidfd, blobs)?;
+        files.attach_cwd(p.pid, p.ns_pid, &mut core, blobs)?;
         let rlimits = task::collect_rlimits(p.pid)?;
         let timers = timers::collect(p.pid, p.ns_pid, &mut r, &tids)?;
         Ok(ProcessImage {

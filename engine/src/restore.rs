@@ -537,6 +537,7 @@ fn restore_guarded(
                 let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(
                     || -> Result<(Seized, u64)> {
                         let mut seized = Seized::seize(group)?;
+                        seized.kill_on_drop();
                         seized.wait_stops(Duration::from_secs(10), alone)?;
                         let mut pages_total = 0;
                         let held: Vec<(i32, i32, i32)> = seized
@@ -569,7 +570,7 @@ fn restore_guarded(
                 meet.wait();
                 let (seized, n) = res?;
                 if failed.load(std::sync::atomic::Ordering::SeqCst) {
-                    // Detached as it drops; the sandbox is removed whole.
+                    // Killed as it drops; the sandbox is removed whole.
                     return Ok(None);
                 }
                 seized.release()?;
@@ -776,7 +777,16 @@ fn rebuild_process(
     let scratch = rb.scratch();
     let site = rb.site();
     for (k, &(slot, _)) in slots.1.iter().enumerate() {
-        rb.add_slot(slot, (slots.0 + k as i32) as u64);
+        let fd = (slots.0 + k as i32) as u64;
+        rb.add_slot(slot, fd);
+        if p.core.cwd_ghost.map(files::Slot::Ghost) == Some(slot) {
+            rb.queue(BatchCall {
+                what: format!("fchdir to deleted cwd {}", p.core.cwd),
+                nr: libc::SYS_fchdir,
+                args: [fd, 0, 0, 0, 0, 0],
+                may_fail: false,
+            });
+        }
     }
     for v in &p.vmas {
         rb.map_area(&mut r, v)?;

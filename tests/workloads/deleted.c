@@ -23,11 +23,22 @@
  *   After SIGTERM: contents, offsets, the holes (SEEK_DATA/SEEK_HOLE give
  *   what they gave before), the fds on one file share it, writes through
  *   the shared mappings reach the files and back, and linkat of a deleted
- *   file still fails as it did. */
+ *   file still fails as it did.
+ *
+ * dirs: directories and a FIFO deleted while in use.
+ *   cwd    DIR/gone-cwd, removed
+ *   fd 10  DIR/gone-dir, open O_RDONLY|O_DIRECTORY, removed
+ *   fd 11  DIR/gone-fifo, open read-write, holding "hello", removed
+ *   fd 12  the same FIFO read-only and non-blocking, fd 13 write-only
+ *   After SIGTERM: the cwd and fd 10 are removed directories with their old
+ *   names (/proc/self/cwd, /proc/self/fd/10), nothing can be made in the
+ *   cwd, reading fd 10's entries fails as before; the FIFO still holds
+ *   "hello" and its three fds are one FIFO. */
 #include "wl.h"
 
 #include <sys/mman.h>
 #include <sys/stat.h>
+#include <sys/syscall.h>
 
 #define MIB (1024UL * 1024)
 
@@ -316,6 +327,73 @@ static int ghost_mode(void)
 	return wl_finish();
 }
 
+static void expect_link(const char *proc, const char *want)
+{
+	char got[4096];
+	ssize_t n = readlink(proc, got, sizeof(got) - 1);
+	got[n < 0 ? 0 : n] = 0;
+	if (strcmp(got, want) != 0)
+		wl_fail("%s is \"%s\", expected \"%s\"", proc, got, want);
+}
+
+static int dirs_mode(void)
+{
+	char path[4096], want[4200], fifo[4096];
+	wl_path(path, sizeof(path), "gone-cwd");
+	if (mkdir(path, 0750) != 0 || chdir(path) != 0 || rmdir(path) != 0)
+		return 2;
+	char cwd_link[4200];
+	snprintf(cwd_link, sizeof(cwd_link), "%s (deleted)", path);
+	wl_path(path, sizeof(path), "gone-dir");
+	if (mkdir(path, 0700) != 0)
+		return 2;
+	at_fd(open(path, O_RDONLY | O_DIRECTORY), 10);
+	rmdir(path);
+	snprintf(want, sizeof(want), "%s (deleted)", path);
+	char buf[256];
+	long before = syscall(SYS_getdents64, 10, buf, sizeof(buf));
+	int before_errno = before < 0 ? errno : 0;
+
+	wl_path(fifo, sizeof(fifo), "gone-fifo");
+	if (mkfifo(fifo, 0600) != 0)
+		return 2;
+	at_fd(open(fifo, O_RDWR), 11);
+	at_fd(open(fifo, O_RDONLY | O_NONBLOCK), 12);
+	at_fd(open(fifo, O_WRONLY), 13);
+	if (write(13, "hello", 5) != 5)
+		return 2;
+	unlink(fifo);
+	wl_write("ready", "ready\n");
+	wl_wait_term();
+
+	if (wl_corrupt())
+		fchdir(10);
+	struct stat st;
+	if (stat(".", &st) != 0 || !S_ISDIR(st.st_mode) || st.st_nlink != 0)
+		wl_fail("the cwd is not a removed directory");
+	expect_link("/proc/self/cwd", cwd_link);
+	if (open("new-file", O_WRONLY | O_CREAT | O_CLOEXEC, 0600) >= 0 || errno != ENOENT)
+		wl_fail("a file could be made in the removed cwd");
+	if (fstat(10, &st) != 0 || !S_ISDIR(st.st_mode) || st.st_nlink != 0)
+		wl_fail("fd 10 is not a removed directory");
+	expect_link("/proc/self/fd/10", want);
+	long after = syscall(SYS_getdents64, 10, buf, sizeof(buf));
+	if (after != before || (after < 0 && errno != before_errno))
+		wl_fail("reading fd 10's entries gives %ld (errno %d), gave %ld (errno %d)", after, errno, before,
+			before_errno);
+	for (int fd = 11; fd <= 13; fd++)
+		if (fstat(fd, &st) != 0 || !S_ISFIFO(st.st_mode) || st.st_nlink != 0)
+			wl_fail("fd %d is not a removed FIFO", fd);
+	expect_flags(12, O_RDONLY, 0);
+	expect_flags(13, O_WRONLY, 0);
+	char got[16] = {0};
+	if (read(12, got, sizeof(got)) != 5 || memcmp(got, "hello", 5) != 0)
+		wl_fail("the removed FIFO lost its data: \"%s\"", got);
+	if (write(13, "abc", 3) != 3 || read(11, got, 3) != 3 || memcmp(got, "abc", 3) != 0)
+		wl_fail("fds 11 and 13 are not one FIFO");
+	return wl_finish();
+}
+
 int main(int argc, char **argv)
 {
 	wl_init(argc, argv, 2);
@@ -323,6 +401,8 @@ int main(int argc, char **argv)
 		return tmpfile_mode();
 	if (!strcmp(argv[1], "ghost"))
 		return ghost_mode();
+	if (!strcmp(argv[1], "dirs"))
+		return dirs_mode();
 	dprintf(2, "unknown mode %s\n", argv[1]);
 	return 2;
 }

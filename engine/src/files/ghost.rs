@@ -1,5 +1,6 @@
 //! Files deleted while open or mapped ("ghosts"): an unlinked inode that
-//! fds and mappings still hold. Each is saved once per inode, however many
+//! fds, mappings or a working directory still hold (regular files and
+//! directories). Each is saved once per inode, however many
 //! descriptions and mappings share it: its data hole by hole (SEEK_DATA and
 //! SEEK_HOLE, so a sparse file keeps its holes and only its data is in the
 //! image, streamed through a bounded buffer), size, owner and mode, and
@@ -13,7 +14,9 @@
 //! filesystem has no O_TMPFILE, the file is created under its old name (or
 //! beside it) and unlinked at once. Every description is then opened anew
 //! through /proc/self/fd with its flags and offset, and mappings map the
-//! recreated file.
+//! recreated file. A deleted directory (always empty: rmdir takes only empty
+//! ones, and nothing can be created in it afterwards) is made anew beside
+//! its old name, opened and removed again.
 
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -102,7 +105,12 @@ fn collect(s: &Seen<'_>, id: u32, blobs: &mut PageSink) -> Result<GhostImage> {
         .or_else(|_| File::open(s.open))
         .map_err(perr)?;
     let st = nix::sys::stat::fstat(&f).map_err(|e| perr(e.into()))?;
-    let size = st.st_size as u64;
+    let kind = st.st_mode & libc::S_IFMT;
+    let size = if kind == libc::S_IFREG {
+        st.st_size as u64
+    } else {
+        0
+    };
     if size > MAX_GHOST_BYTES {
         return Err(Error::Unsupported {
             pid: s.pid,
@@ -111,7 +119,7 @@ fn collect(s: &Seen<'_>, id: u32, blobs: &mut PageSink) -> Result<GhostImage> {
         });
     }
     let name = path.rsplit('/').next().unwrap_or("");
-    let tmpfile = s.tmpfile || name == format!("#{}", st.st_ino);
+    let tmpfile = kind == libc::S_IFREG && (s.tmpfile || name == format!("#{}", st.st_ino));
     let extents = save_data(&f, size, blobs).map_err(|e| match e {
         Error::Io { cause, .. } => perr(cause),
         e => e,
@@ -119,7 +127,7 @@ fn collect(s: &Seen<'_>, id: u32, blobs: &mut PageSink) -> Result<GhostImage> {
     Ok(GhostImage {
         id,
         path,
-        kind: st.st_mode & libc::S_IFMT,
+        kind,
         mode: st.st_mode & 0o7777,
         uid: st.st_uid,
         gid: st.st_gid,
@@ -188,7 +196,7 @@ pub fn validate(g: &GhostImage, index: usize) -> Result<()> {
     if !g.path.starts_with('/') || g.path.len() > MAX_PATH || g.path.contains('\0') {
         return Err(bad("bad path".into()));
     }
-    if g.kind != libc::S_IFREG {
+    if g.kind != libc::S_IFREG && (g.kind != libc::S_IFDIR || !g.extents.is_empty()) {
         return Err(bad(format!("file type {:o}", g.kind)));
     }
     if g.size > MAX_GHOST_BYTES {
@@ -270,19 +278,71 @@ fn named_then_unlinked(g: &GhostImage) -> Result<OwnedFd> {
     )))
 }
 
+/// A directory made under the ghost's old name (or beside it), opened and
+/// removed again.
+fn removed_directory(g: &GhostImage) -> Result<OwnedFd> {
+    let mut name = g.path.clone();
+    for n in 1..=100 {
+        let c = CString::new(name.as_str())
+            .map_err(|_| Error::Other(format!("image: path with NUL byte: {:?}", g.path)))?;
+        // SAFETY: mkdir of a NUL-terminated path.
+        if unsafe { libc::mkdir(c.as_ptr(), 0o700) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EEXIST) {
+                name = format!("{}.stasis-deleted-{n}", g.path);
+                continue;
+            }
+            return Err(Error::Io {
+                what: format!("recreating deleted directory {}", g.path),
+                cause: e,
+            });
+        }
+        let fd = open_c(&name, libc::O_RDONLY | libc::O_DIRECTORY, 0);
+        // SAFETY: rmdir of the directory we just made (still empty).
+        let gone = unsafe { libc::rmdir(c.as_ptr()) } == 0;
+        let fd = fd.map_err(|cause| Error::Io {
+            what: format!("opening recreated deleted directory {name}"),
+            cause,
+        })?;
+        if !gone {
+            return Err(last_os_error(format!(
+                "removing recreated deleted directory {name}"
+            )));
+        }
+        return Ok(fd);
+    }
+    Err(Error::Other(format!(
+        "recreating deleted directory {}: every name beside it is taken",
+        g.path
+    )))
+}
+
 /// Recreates a ghost, unlinked, with its data, owner and mode; returns an
-/// O_RDWR fd of it (close-on-exec).
+/// fd of it (close-on-exec): O_RDWR for a file, O_RDONLY for a directory.
 pub fn create(g: &GhostImage, blobs: Option<&File>) -> Result<OwnedFd> {
     let dir = match g.path.rfind('/') {
         Some(0) => "/",
         Some(i) => &g.path[..i],
         None => return Err(Error::Other(format!("image: deleted file {}", g.path))),
     };
-    let fd = match nameless(g, dir)? {
-        Some(fd) => fd,
-        None => named_then_unlinked(g)?,
+    let fd = if g.kind == libc::S_IFDIR {
+        removed_directory(g)?
+    } else {
+        match nameless(g, dir)? {
+            Some(fd) => fd,
+            None => named_then_unlinked(g)?,
+        }
     };
     let what = |s: &str| format!("{s} deleted file {}", g.path);
+    if g.kind == libc::S_IFDIR {
+        // SAFETY: fchown of our directory.
+        let owned = unsafe { libc::fchown(fd.as_raw_fd(), g.uid, g.gid) } == 0;
+        // SAFETY: fchmod of our directory.
+        if !owned || unsafe { libc::fchmod(fd.as_raw_fd(), g.mode & 0o7777) } != 0 {
+            return Err(last_os_error(what("setting the owner and mode of")));
+        }
+        return Ok(fd);
+    }
     // SAFETY: ftruncate of the file we just made.
     if unsafe { libc::ftruncate(fd.as_raw_fd(), g.size as i64) } != 0 {
         return Err(last_os_error(what("sizing")));
@@ -320,7 +380,7 @@ pub fn create(g: &GhostImage, blobs: Option<&File>) -> Result<OwnedFd> {
 
 /// A new description of ghost `g` (open through `anchor`) with `flags`.
 pub fn open_desc(g: &GhostImage, anchor: &OwnedFd, flags: u32) -> Result<OwnedFd> {
-    let flags = (flags as i32)
+    let mut flags = (flags as i32)
         & !(libc::O_CREAT
             | libc::O_EXCL
             | libc::O_TRUNC
@@ -328,6 +388,9 @@ pub fn open_desc(g: &GhostImage, anchor: &OwnedFd, flags: u32) -> Result<OwnedFd
             | libc::O_NOCTTY
             | libc::O_DIRECTORY
             | O_TMPFILE_BIT as i32);
+    if g.kind == libc::S_IFDIR {
+        flags |= libc::O_DIRECTORY;
+    }
     open_c(&format!("/proc/self/fd/{}", anchor.as_raw_fd()), flags, 0).map_err(|cause| Error::Io {
         what: format!("opening a description of deleted file {}", g.path),
         cause,

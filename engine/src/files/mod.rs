@@ -231,6 +231,36 @@ impl FileTable {
         Ok(())
     }
 
+    /// A deleted working directory of process `pid` (host PID `host_pid`)
+    /// becomes a ghost directory, entered again at restore through its fd.
+    pub fn attach_cwd(
+        &mut self,
+        host_pid: i32,
+        pid: i32,
+        core: &mut crate::image::Core,
+        blobs: &mut PageSink,
+    ) -> Result<()> {
+        if !core.cwd.ends_with(" (deleted)") {
+            return Ok(());
+        }
+        let open = format!("/proc/{host_pid}/cwd");
+        let st = nix::sys::stat::stat(open.as_str()).map_err(|e| Error::Process {
+            pid,
+            reason: format!("stat of its deleted cwd {}: {e}", core.cwd),
+        })?;
+        let seen = ghost::Seen {
+            pid,
+            what: "its working directory",
+            key: (st.st_dev, st.st_ino),
+            open: &open,
+            link: &core.cwd,
+            tmpfile: false,
+        };
+        core.cwd_ghost = Some(self.ghosts.save(&mut self.image.ghosts, seen, blobs)?);
+        core.cwd = ghost::path_of(&core.cwd).to_string();
+        Ok(())
+    }
+
     /// Records every fd of `pid`. Unsupported kinds stop the dump with an
     /// error naming the process, the fd and its kind.
     /// `host_pid` is the process seen from here, `pid` its PID in the sandbox
@@ -331,7 +361,8 @@ impl FileTable {
             } else if fmt == libc::S_IFSOCK {
                 self.net.collect(host_pid, pid, fd, &dup, st.st_ino)?
             } else if fmt == libc::S_IFREG || fmt == libc::S_IFDIR || fmt == libc::S_IFCHR {
-                let ghost = if fmt == libc::S_IFREG && st.st_nlink == 0 {
+                let deleted = st.st_nlink == 0 && (fmt == libc::S_IFREG || fmt == libc::S_IFDIR);
+                let ghost = if deleted {
                     let (open, what) = (format!("/proc/{host_pid}/fd/{fd}"), format!("fd {fd}"));
                     let seen = ghost::Seen {
                         pid,
@@ -684,8 +715,8 @@ pub enum Slot {
     Ghost(u32),
 }
 
-/// The fds a restored process needs only while its memory is rebuilt: the
-/// memfds and deleted files it maps, as (object, index of the fd in
+/// The fds a restored process needs only while it is rebuilt: the memfds
+/// and deleted files it maps and its deleted working directory, as (object, index of the fd in
 /// `OpenFiles::fds`), to be put at fd numbers above all of the tree's, in
 /// this order.
 pub fn slots(p: &ProcessImage, files: &FilesImage) -> Vec<(Slot, u32)> {
@@ -702,6 +733,7 @@ pub fn slots(p: &ProcessImage, files: &FilesImage) -> Vec<(Slot, u32)> {
             } => Some(*g),
             _ => None,
         })
+        .chain(p.core.cwd_ghost)
         .collect();
     mapped.sort_unstable();
     mapped.dedup();
@@ -746,7 +778,11 @@ pub fn validate_links(
                 ghost: Some(g),
                 mode,
                 ..
-            } if *g as usize >= files.ghosts.len() || *mode != libc::S_IFREG => {
+            } if files
+                .ghosts
+                .get(*g as usize)
+                .is_none_or(|x| x.kind != *mode) =>
+            {
                 return Err(Error::Other(format!(
                     "image: file {} is deleted file {g}, which does not exist",
                     f.id
@@ -763,6 +799,18 @@ pub fn validate_links(
         }
     }
     for p in procs {
+        if let Some(g) = p.core.cwd_ghost {
+            if files
+                .ghosts
+                .get(g as usize)
+                .is_none_or(|x| x.kind != libc::S_IFDIR)
+            {
+                return Err(Error::Other(format!(
+                    "image of process {}: its cwd is deleted directory {g}, which does not exist",
+                    p.pid
+                )));
+            }
+        }
         for v in &p.vmas {
             if let VmaKind::File {
                 deleted,

@@ -211,6 +211,10 @@ pub struct Core {
     /// Seccomp mode of the main thread from /proc (0 none); the filters are in
     /// `ProcessImage::seccomp`.
     pub seccomp_mode: u32,
+    /// The working directory was deleted: index into `files.json`'s
+    /// `ghosts` (`cwd` is the path it had).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd_ghost: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

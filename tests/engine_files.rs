@@ -36,3 +36,79 @@ fn files_offsets_append_deleted_devices() {
         "the deleted file came back under its name"
     );
 }
+
+/// A process holding 3000 fds in a dense table (files at offsets of their
+/// own, 500 pipes and 500 socketpairs with data waiting, /dev/null, and
+/// duplicates sharing offsets) and 120 file mappings whose fds it closed:
+/// every fd comes back at its number as the same kind of file, same
+/// description and same offset, and every mapping with its bytes (the
+/// workload checks). The restore opens each mapped file in the task for its
+/// mmap, at the lowest free numbers, right above the table: those fds must
+/// not be mistaken for the restore's own (59 fds or more once failed so).
+#[test]
+fn thousands_of_fds_with_file_mappings() {
+    let h = Harness::new("manyfds");
+    let sb = h.start_c("manyfds", &["3000"]);
+    let (image, restored) = h.dump_and_restore(&sb);
+    let v = h.expect_pass(&restored);
+    assert_eq!(verdict_field(&v, "fds"), Some("3000"), "{v}");
+    let p: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(image.join("proc-2.json")).expect("proc-2.json"))
+            .expect("JSON");
+    let fds = p["fds"].as_array().expect("fds").len();
+    assert!(fds >= 3000 + 20, "{fds} fds in the image");
+}
+
+/// Reads an image's JSON file `name`, lets `edit` change it, writes it back
+/// and puts its new size and checksum in the manifest.
+fn edit_image_json(image: &std::path::Path, name: &str, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = image.join(name);
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).expect("image file")).expect("JSON");
+    edit(&mut v);
+    let bytes = serde_json::to_vec(&v).expect("encoding");
+    std::fs::write(&path, &bytes).expect("writing the image file");
+    let mpath = image.join("manifest.json");
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&mpath).expect("manifest")).expect("JSON");
+    m["files"][name] = serde_json::json!({
+        "size": bytes.len(),
+        "xxh3": format!("{:016x}", twox_hash::XxHash3_64::oneshot(&bytes)),
+    });
+    std::fs::write(&mpath, serde_json::to_vec(&m).expect("encoding"))
+        .expect("writing the manifest");
+}
+
+/// An fd number near i32::MAX (or one used twice) in an image is refused by
+/// the checks before anything is made, with an error naming the process and
+/// the fd; the sandbox name stays free.
+#[test]
+fn image_with_out_of_range_fd_is_refused() {
+    let h = Harness::new("fdrange");
+    let sb = h.start_c("files", &[]);
+    let image = h.dump(&sb, &[]);
+    for (bad, want) in [
+        (
+            i32::MAX as i64 - 1,
+            format!("fd {} is out of range", i32::MAX - 1),
+        ),
+        (10, "fd 10 appears twice".to_string()),
+    ] {
+        let copy = h.image_path();
+        copy_image(&image, &copy);
+        edit_image_json(&copy, "proc-2.json", |p| {
+            let fds = p["fds"].as_array_mut().expect("fds");
+            let last = fds.len() - 1;
+            fds[last]["fd"] = serde_json::json!(bad);
+        });
+        let name = h.new_name("bad");
+        let out = h.restore_raw(&copy, &name);
+        let err = text(&out.stderr);
+        assert!(!out.status.success(), "restore of a bad fd table succeeded");
+        assert!(
+            err.contains("process 2") && err.contains(&want),
+            "the error names the process and the fd: {err}"
+        );
+        assert!(!h.ps_lists(&name), "{name} was left behind");
+    }
+}

@@ -118,6 +118,7 @@ pub fn collect(
                 path,
                 deleted: false,
                 memfd: None,
+                ghost: None,
                 ..
             } = &v.kind
             {
@@ -136,6 +137,7 @@ pub fn collect(
                 path,
                 mode,
                 deleted: None,
+                ghost: None,
                 ..
             } = &desc.kind
             {

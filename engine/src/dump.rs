@@ -428,6 +428,7 @@ fn collect_process(
             .as_ref()
             .ok_or_else(|| Error::Other("no pidfd".into()))?;
         let fds = files.collect(p.pid, p.ns_pid, pidfd, blobs)?;
+        files.attach_cwd(p.pid, p.ns_pid, &mut core, blobs)?;
         let rlimits = task::collect_rlimits(p.pid)?;
         let timers = timers::collect(p.pid, p.ns_pid, &mut r, &tids)?;
         let sched = crate::sched::collect(p.pid, &tids)?;
@@ -466,7 +467,7 @@ fn collect_process(
         .then(|| memory::pages::PresentScan::start(p.pid));
     let mut vmas = memory::collect(p.pid)?;
     tracing::debug!(pid = p.pid, ms = ms(tm.elapsed()), "areas read");
-    files.attach_memfds(p.pid, p.ns_pid, &mut vmas, blobs)?;
+    files.attach_deleted(p.pid, p.ns_pid, &mut vmas, blobs)?;
     files.note_mappings(p.ns_pid, &vmas);
     shared.collect(p.pid, p.ns_pid, &mut vmas, shmem)?;
     let present = match (scan, &arming) {

@@ -121,11 +121,15 @@ pub fn inspect(dir: &Path) -> Result<ImageSummary> {
             .map(|f| {
                 let what = match img.files.files.get(f.file as usize).map(|d| &d.kind) {
                     Some(FileKind::Path {
-                        path, pos, deleted, ..
+                        path,
+                        pos,
+                        deleted,
+                        ghost,
+                        ..
                     }) => {
                         format!(
                             "{path} at {pos}{}",
-                            if deleted.is_some() {
+                            if deleted.is_some() || ghost.is_some() {
                                 " (deleted, saved)"
                             } else {
                                 ""

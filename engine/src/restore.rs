@@ -388,10 +388,10 @@ fn restore_guarded(
         .unwrap_or(2);
     // Fds passed to a process only for the rebuild of its memory (memfds it
     // maps) go right above the tree's fd numbers, below every source fd.
-    let slots: BTreeMap<i32, Vec<(u32, u32)>> = img
+    let slots: BTreeMap<i32, Vec<(files::Slot, u32)>> = img
         .procs
         .iter()
-        .map(|(pid, p)| (*pid, files::memfd_slots(p, &img.files)))
+        .map(|(pid, p)| (*pid, files::slots(p, &img.files)))
         .collect();
     let extra = slots.values().map(Vec::len).max().unwrap_or(0) as i32;
     let slot_base = max_target + 1;
@@ -604,6 +604,7 @@ fn restore_guarded(
                 let res = std::panic::catch_unwind(std::panic::AssertUnwindSafe(
                     || -> Result<(Seized, u64)> {
                         let mut seized = Seized::seize(group)?;
+                        seized.kill_on_drop();
                         seized.wait_stops(Duration::from_secs(10), alone)?;
                         let mut pages_total = 0;
                         let held: Vec<(i32, i32, i32)> = seized
@@ -636,7 +637,7 @@ fn restore_guarded(
                 meet.wait();
                 let (seized, n) = res?;
                 if failed.load(std::sync::atomic::Ordering::SeqCst) {
-                    // Detached as it drops; the sandbox is removed whole.
+                    // Killed as it drops; the sandbox is removed whole.
                     return Ok(None);
                 }
                 // A process that was stopped gets its stop signal while still
@@ -817,8 +818,8 @@ const THREAD_SLOT: u64 = THREAD_TABLE_BYTES + PAGE_SIZE;
 /// `ready_fd` is its copy of the ready pipe: it closes it right after it
 /// reports, but it may be seized in between, so it is closed from here too
 /// (EBADF when the process got there first).
-/// `slots` gives the fd number of the first memfd it maps and the memfds
-/// (`files::memfd_slots`).
+/// `slots` gives the fd number of the first memfd or deleted file it maps
+/// and those objects (`files::slots`).
 /// Most steps run as batches of syscalls at the trampoline (one ptrace
 /// round trip each): the old layout's unmapping with the new areas' mmaps,
 /// their protection and advice with the vDSO, the mm fields with the
@@ -832,7 +833,7 @@ fn rebuild_process(
     p: &ProcessImage,
     pages: &memory::pages::PageFiles,
     files_img: &FilesImage,
-    slots: (i32, &[(u32, u32)]),
+    slots: (i32, &[(files::Slot, u32)]),
     layout: &memory::shared::Layout,
 ) -> Result<(u64, Vec<i32>)> {
     let t0 = Instant::now();
@@ -851,8 +852,17 @@ fn rebuild_process(
     let mut rb = Rebuild::start(&mut r, &p.vmas, &layout.keep_for(&p.vmas), first)?;
     let scratch = rb.scratch();
     let site = rb.site();
-    for (k, &(memfd, _)) in slots.1.iter().enumerate() {
-        rb.add_memfd(memfd, (slots.0 + k as i32) as u64);
+    for (k, &(slot, _)) in slots.1.iter().enumerate() {
+        let fd = (slots.0 + k as i32) as u64;
+        rb.add_slot(slot, fd);
+        if p.core.cwd_ghost.map(files::Slot::Ghost) == Some(slot) {
+            rb.queue(BatchCall {
+                what: format!("fchdir to deleted cwd {}", p.core.cwd),
+                nr: libc::SYS_fchdir,
+                args: [fd, 0, 0, 0, 0, 0],
+                may_fail: false,
+            });
+        }
     }
     rb.hold_locks(files::locks::mapped_in(p, files_img));
     for v in &p.vmas {

@@ -45,6 +45,8 @@ pub struct SeizedProcess {
 pub struct Seized {
     pub procs: Vec<SeizedProcess>,
     released: bool,
+    /// Killed, not let go, unless released (`kill_on_drop`).
+    kill_on_drop: bool,
 }
 
 /// Options of every seized thread. PTRACE_O_SUSPEND_SECCOMP: the syscalls
@@ -275,7 +277,15 @@ impl Seized {
         Ok(Seized {
             procs,
             released: false,
+            kill_on_drop: false,
         })
+    }
+
+    /// Dropped without `release`, the processes are killed rather than let
+    /// go: a restored process half rebuilt (its old code unmapped, its new
+    /// layout incomplete) must never run.
+    pub fn kill_on_drop(&mut self) {
+        self.kill_on_drop = true;
     }
 
     /// Waits for every thread's ptrace stop (after the thaw under cgroup v1).
@@ -396,6 +406,26 @@ impl Drop for Seized {
     fn drop(&mut self) {
         if !self.released {
             for p in &self.procs {
+                if self.kill_on_drop {
+                    // SAFETY: kill takes plain integers; an error only means
+                    // the process is gone. SIGKILL ends a tracee in its stop.
+                    unsafe { libc::kill(p.pid, libc::SIGKILL) };
+                    // Its parent hears of its exit only once its tracer has
+                    // collected it: each thread is waited for here.
+                    // Stops reported before the kill come first.
+                    for t in &p.threads {
+                        for _ in 0..64 {
+                            let mut status = 0;
+                            // SAFETY: waitpid on a tracee of this thread;
+                            // ECHILD when it is not one (any more).
+                            let r = unsafe { libc::waitpid(t.tid, &mut status, libc::__WALL) };
+                            if r < 0 || libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
+                                break;
+                            }
+                        }
+                    }
+                    continue;
+                }
                 for t in &p.threads {
                     let _ = sys::ptrace::detach(t.tid, 0);
                     if let Some(sig) = t.deferred_signal {

@@ -80,6 +80,7 @@ pub fn collect_core(
             .ok()
             .and_then(|s| s.trim().parse::<u32>().ok())
             .filter(|&u| u != u32::MAX),
+        cwd_ghost: None,
     };
     let mut creds = creds_of(status);
     creds.securebits = securebits(r)?;
@@ -207,14 +208,18 @@ pub fn restore_rlimits(pid: i32, limits: &[Rlimit]) -> Result<()> {
 /// Stages everything but the credentials.
 pub fn stage_core(st: &mut Staged, r: &mut Remote, c: &Core) -> Result<()> {
     st.call("umask", libc::SYS_umask, [c.umask as u64, 0, 0, 0, 0, 0]);
-    let mut cwd = c.cwd.as_bytes().to_vec();
-    cwd.push(0);
-    let at = st.put(r, &cwd)?;
-    st.call(
-        format!("chdir({})", c.cwd),
-        libc::SYS_chdir,
-        [at, 0, 0, 0, 0, 0],
-    );
+    // A deleted cwd is entered through its recreated directory's fd, with
+    // the memory (`files::slots`).
+    if c.cwd_ghost.is_none() {
+        let mut cwd = c.cwd.as_bytes().to_vec();
+        cwd.push(0);
+        let at = st.put(r, &cwd)?;
+        st.call(
+            format!("chdir({})", c.cwd),
+            libc::SYS_chdir,
+            [at, 0, 0, 0, 0, 0],
+        );
+    }
     st.call(
         "personality",
         libc::SYS_personality,

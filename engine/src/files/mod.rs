@@ -1,10 +1,11 @@
 //! Open files: every fd of every process, pointing at open file descriptions
 //! that are recorded once however many fds and processes share them (kcmp
 //! tells which fds share one). `regular` handles files reopened by path,
-//! `pipe` pipes and FIFOs with their unread data, `memfd` memfds (also when
-//! mapped), `eventfd`, `timerfd`, `signalfd`, `epoll`, `inotify` and `pidfd`
-//! the anonymous kinds, `locks` flock, POSIX and OFD locks, `tty` the
-//! refusal of terminals.
+//! `ghost` files deleted while open or mapped, `pipe` pipes and FIFOs with
+//! their unread data, `memfd` memfds (also when mapped), `eventfd`,
+//! `timerfd`, `signalfd`, `epoll`, `inotify` and `pidfd` the anonymous
+//! kinds, `locks` flock, POSIX and OFD locks (also held through mappings),
+//! `tty` the refusal of terminals.
 //!
 //! Restore opens every description once, in the sandbox's init before the
 //! tree is forked, moves them above every fd number the tree uses, and each
@@ -12,6 +13,7 @@
 
 pub mod epoll;
 pub mod eventfd;
+pub mod ghost;
 pub mod inotify;
 pub mod locks;
 pub mod memfd;
@@ -43,6 +45,8 @@ pub struct FileTable {
     log_id: (u64, u64),
     /// memfd objects by (dev, ino).
     memfds: HashMap<(u64, u64), u32>,
+    /// Files deleted while open or mapped.
+    ghosts: ghost::GhostTable,
     /// Host PID of every process of the tree -> its PID in the sandbox.
     tree: HashMap<i32, i32>,
     /// Host PID of the sandbox's init (its view of paths and mounts).
@@ -139,6 +143,7 @@ impl FileTable {
             pipes: HashMap::new(),
             log_id,
             memfds: HashMap::new(),
+            ghosts: ghost::GhostTable::default(),
             tree: HashMap::new(),
             init: 0,
             net: Default::default(),
@@ -174,9 +179,10 @@ impl FileTable {
         Ok(id)
     }
 
-    /// Gives every memfd mapping of process `pid` (host PID `host_pid`) its
-    /// memfd object, saved through /proc/PID/map_files when no fd showed it.
-    pub fn attach_memfds(
+    /// Gives every mapping of a deleted file of process `pid` (host PID
+    /// `host_pid`) its saved object: a memfd or a ghost, saved through
+    /// /proc/PID/map_files when no fd showed it.
+    pub fn attach_deleted(
         &mut self,
         host_pid: i32,
         pid: i32,
@@ -192,14 +198,25 @@ impl FileTable {
                 ino,
                 deleted: true,
                 memfd,
+                ghost,
                 ..
             } = &mut v.kind
             {
+                let open = format!("/proc/{host_pid}/map_files/{start:x}-{end:x}");
+                let what = format!("mapping {start:#x}-{end:#x}");
                 if memfd.is_none() && path.starts_with("/memfd:") {
-                    let open = format!("/proc/{host_pid}/map_files/{start:x}-{end:x}");
-                    let what = format!("mapping {start:#x}-{end:#x}");
                     let id = self.memfd_object(pid, &what, (*dev, *ino), &open, path, blobs)?;
                     *memfd = Some(id);
+                } else if memfd.is_none() && ghost.is_none() {
+                    let seen = ghost::Seen {
+                        pid,
+                        what: &what,
+                        key: (*dev, *ino),
+                        open: &open,
+                        link: path,
+                        tmpfile: false,
+                    };
+                    *ghost = Some(self.ghosts.save(&mut self.image.ghosts, seen, blobs)?);
                 }
                 // The seals are put back before the memory: a writable shared
                 // mapping made before F_SEAL_FUTURE_WRITE could not be.
@@ -217,6 +234,36 @@ impl FileTable {
                 }
             }
         }
+        Ok(())
+    }
+
+    /// A deleted working directory of process `pid` (host PID `host_pid`)
+    /// becomes a ghost directory, entered again at restore through its fd.
+    pub fn attach_cwd(
+        &mut self,
+        host_pid: i32,
+        pid: i32,
+        core: &mut crate::image::Core,
+        blobs: &mut PageSink,
+    ) -> Result<()> {
+        if !core.cwd.ends_with(" (deleted)") {
+            return Ok(());
+        }
+        let open = format!("/proc/{host_pid}/cwd");
+        let st = nix::sys::stat::stat(open.as_str()).map_err(|e| Error::Process {
+            pid,
+            reason: format!("stat of its deleted cwd {}: {e}", core.cwd),
+        })?;
+        let seen = ghost::Seen {
+            pid,
+            what: "its working directory",
+            key: (st.st_dev, st.st_ino),
+            open: &open,
+            link: &core.cwd,
+            tmpfile: false,
+        };
+        core.cwd_ghost = Some(self.ghosts.save(&mut self.image.ghosts, seen, blobs)?);
+        core.cwd = ghost::path_of(&core.cwd).to_string();
         Ok(())
     }
 
@@ -321,7 +368,22 @@ impl FileTable {
                 self.net.collect(host_pid, pid, fd, &dup, st.st_ino)?
             } else if fmt == libc::S_IFREG || fmt == libc::S_IFDIR || fmt == libc::S_IFCHR {
                 tty::check_dump(pid, fd, &link, &dup, &st, self.init)?;
-                regular::collect(pid, fd, &link, &dup, &st, info.pos, blobs)?
+                let deleted = st.st_nlink == 0 && (fmt == libc::S_IFREG || fmt == libc::S_IFDIR);
+                let ghost = if deleted {
+                    let (open, what) = (format!("/proc/{host_pid}/fd/{fd}"), format!("fd {fd}"));
+                    let seen = ghost::Seen {
+                        pid,
+                        what: &what,
+                        key,
+                        open: &open,
+                        link: &link,
+                        tmpfile: info.flags & ghost::O_TMPFILE_BIT != 0,
+                    };
+                    Some(self.ghosts.save(&mut self.image.ghosts, seen, blobs)?)
+                } else {
+                    None
+                };
+                regular::collect(pid, fd, &link, &st, info.pos, ghost)?
             } else if let Some(kind) = self.collect_anon(pid, fd, &link, &dup, &info.text)? {
                 if matches!(kind, FileKind::Epoll { .. }) {
                     epolls.push((fd, self.image.files.len()));
@@ -547,7 +609,12 @@ pub fn open_all(
         .iter()
         .map(|m| memfd::create(m, blobs))
         .collect::<Result<Vec<_>>>()?;
-    let mut fds = Vec::with_capacity(files.files.len() + memfds.len());
+    let ghosts = files
+        .ghosts
+        .iter()
+        .map(|g| ghost::create(g, blobs))
+        .collect::<Result<Vec<_>>>()?;
+    let mut fds = Vec::with_capacity(files.files.len() + memfds.len() + ghosts.len());
     let mut sockets = if files.sockets.is_empty() {
         None
     } else {
@@ -567,7 +634,7 @@ pub fn open_all(
         let fd = (|| -> Result<OwnedFd> {
             Ok(match &f.kind {
                 FileKind::SandboxLog => regular::dup_log(log_fd)?,
-                FileKind::Path { .. } => regular::open(f, blobs)?,
+                FileKind::Path { .. } => regular::open(f, blobs, &ghosts, &files.ghosts)?,
                 FileKind::Pipe { pipe, fifo } => pipes.open_end(*pipe, fifo.as_deref(), f.flags)?,
                 FileKind::Memfd { memfd, pos } => {
                     let m = *memfd as usize;
@@ -600,9 +667,10 @@ pub fn open_all(
         fds.push(fd);
     }
     locks::restore_desc(files, &fds)?;
-    // The memfds themselves, after the descriptions: passed to the
-    // processes that map them (`memfd_slots`).
+    // The memfds and deleted files themselves, after the descriptions:
+    // passed to the processes that map them (`slots`).
     fds.extend(memfds);
+    fds.extend(ghosts);
     Ok(OpenFiles {
         fds,
         holders: pipes.into_holders(),
@@ -619,13 +687,39 @@ fn set_status_flags(f: &FileDesc, fd: OwnedFd) -> Result<OwnedFd> {
     Ok(fd)
 }
 
-/// The fds a restored process needs only while its memory is rebuilt: the
-/// memfds it maps, as (memfd id, index of the fd in `OpenFiles::fds`), to be
-/// put at fd numbers above all of the tree's, in this order.
-pub fn memfd_slots(p: &ProcessImage, files: &FilesImage) -> Vec<(u32, u32)> {
+/// An object a restored process maps through an fd passed to it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Slot {
+    Memfd(u32),
+    Ghost(u32),
+}
+
+/// The fds a restored process needs only while it is rebuilt: the memfds
+/// and deleted files it maps and its deleted working directory, as (object, index of the fd in
+/// `OpenFiles::fds`), to be put at fd numbers above all of the tree's, in
+/// this order.
+pub fn slots(p: &ProcessImage, files: &FilesImage) -> Vec<(Slot, u32)> {
+    let memfds = files.files.len() as u32;
+    let ghosts = memfds + files.memfds.len() as u32;
+    let mut mapped: Vec<u32> = p
+        .vmas
+        .iter()
+        .filter_map(|v| match &v.kind {
+            VmaKind::File {
+                ghost: Some(g),
+                memfd: None,
+                ..
+            } => Some(*g),
+            _ => None,
+        })
+        .chain(p.core.cwd_ghost)
+        .collect();
+    mapped.sort_unstable();
+    mapped.dedup();
     memfd::mapped(p)
         .into_iter()
-        .map(|id| (id, files.files.len() as u32 + id))
+        .map(|id| (Slot::Memfd(id), memfds + id))
+        .chain(mapped.into_iter().map(|g| (Slot::Ghost(g), ghosts + g)))
         .collect()
 }
 
@@ -654,8 +748,25 @@ pub fn validate_links(
     for (i, m) in files.memfds.iter().enumerate() {
         memfd::validate(m, i)?;
     }
+    for (i, g) in files.ghosts.iter().enumerate() {
+        ghost::validate(g, i)?;
+    }
     for f in &files.files {
         match &f.kind {
+            FileKind::Path {
+                ghost: Some(g),
+                mode,
+                ..
+            } if files
+                .ghosts
+                .get(*g as usize)
+                .is_none_or(|x| x.kind != *mode) =>
+            {
+                return Err(Error::Other(format!(
+                    "image: file {} is deleted file {g}, which does not exist",
+                    f.id
+                )))
+            }
             FileKind::Memfd { memfd, .. } if *memfd as usize >= files.memfds.len() => {
                 return Err(Error::Other(format!(
                     "image: file {} is memfd {memfd}, which does not exist",
@@ -667,17 +778,35 @@ pub fn validate_links(
         }
     }
     for p in procs {
+        if let Some(g) = p.core.cwd_ghost {
+            if files
+                .ghosts
+                .get(g as usize)
+                .is_none_or(|x| x.kind != libc::S_IFDIR)
+            {
+                return Err(Error::Other(format!(
+                    "image of process {}: its cwd is deleted directory {g}, which does not exist",
+                    p.pid
+                )));
+            }
+        }
         for v in &p.vmas {
             if let VmaKind::File {
-                deleted: true,
+                deleted,
                 memfd,
+                ghost,
                 path,
                 ..
             } = &v.kind
             {
-                if !memfd.is_some_and(|m| (m as usize) < files.memfds.len()) {
+                let saved = match (memfd, ghost) {
+                    (Some(m), _) => (*m as usize) < files.memfds.len(),
+                    (None, Some(g)) => (*g as usize) < files.ghosts.len(),
+                    (None, None) => !deleted,
+                };
+                if !saved {
                     return Err(Error::Other(format!(
-                        "image of process {}: area {:#x}-{:#x} maps deleted file {path}, which is not a saved memfd",
+                        "image of process {}: area {:#x}-{:#x} maps deleted file {path}, which is not saved in the image",
                         p.pid, v.start, v.end
                     )));
                 }
@@ -714,10 +843,31 @@ pub fn describe(files: &FilesImage, kind: &FileKind) -> String {
     }
 }
 
-/// Checks every fd entry points at a description that exists.
+/// Highest fd number an image may hold, plus one: the kernel's default
+/// `fs.nr_open`, above which no process can have an fd unless the host was
+/// tuned for it. The restore's fd planning adds to the numbers it reads, so
+/// they are bounded before anything is computed from them.
+pub const FD_LIMIT: i32 = 1 << 20;
+
+/// Checks every fd entry: its number in range and used once, and the
+/// description it points at exists.
 pub fn validate(pid: i32, fds: &[FdEntry], files: &FilesImage) -> Result<()> {
+    let mut seen = std::collections::HashSet::with_capacity(fds.len());
     for f in fds {
-        if f.fd < 0 || f.file as usize >= files.files.len() {
+        if !(0..FD_LIMIT).contains(&f.fd) {
+            return Err(Error::Other(format!(
+                "image of process {pid}: fd {} is out of range (0 to {})",
+                f.fd,
+                FD_LIMIT - 1
+            )));
+        }
+        if !seen.insert(f.fd) {
+            return Err(Error::Other(format!(
+                "image of process {pid}: fd {} appears twice in its fd table",
+                f.fd
+            )));
+        }
+        if f.file as usize >= files.files.len() {
             return Err(Error::Other(format!(
                 "image of process {pid}: fd {} refers to file {} of {}",
                 f.fd,

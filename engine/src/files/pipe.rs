@@ -174,6 +174,11 @@ impl PipeSet {
                 let anchor = r.try_clone().map_err(io_err("dup".into()))?;
                 (Some(r), Some(w), anchor)
             }
+            Some(link) if link.ends_with(DELETED_FIFO) => (
+                None,
+                None,
+                deleted_fifo(link.trim_end_matches(DELETED_FIFO))?,
+            ),
             Some(path) => {
                 // O_RDWR on a FIFO never blocks and keeps it open for the refill.
                 let h: OwnedFd = File::options()
@@ -219,7 +224,10 @@ impl PipeSet {
         Ok(())
     }
 
-    /// An open description of one end of pipe `id` with `flags`.
+    /// An open description of one end of pipe `id` with `flags`. A FIFO
+    /// deleted while open (its link ends with " (deleted)") is made anew
+    /// beside its old name and removed again; its descriptions are opened
+    /// through /proc/self/fd.
     pub fn open_end(&mut self, id: u32, fifo: Option<&str>, flags: u32) -> Result<OwnedFd> {
         self.make(id, fifo)?;
         let m = self.made[id as usize].as_mut().expect("made above");
@@ -236,8 +244,8 @@ impl PipeSet {
             _ => {
                 // Another description of the same pipe, opened anew.
                 let path = match fifo {
-                    Some(p) => p.to_string(),
-                    None => format!("/proc/self/fd/{}", m.anchor.as_raw_fd()),
+                    Some(p) if !p.ends_with(DELETED_FIFO) => p.to_string(),
+                    _ => format!("/proc/self/fd/{}", m.anchor.as_raw_fd()),
                 };
                 let f = File::options()
                     .read(!write)
@@ -273,4 +281,35 @@ impl PipeSet {
         }
         self.holders
     }
+}
+
+const DELETED_FIFO: &str = " (deleted)";
+
+/// A FIFO made at `path` (or beside it when the name is taken), opened
+/// O_RDWR (never blocks, keeps it open for the refill) and unlinked again.
+fn deleted_fifo(path: &str) -> Result<OwnedFd> {
+    let mut name = path.to_string();
+    for n in 1..=100 {
+        let c = std::ffi::CString::new(name.as_str())
+            .map_err(|_| Error::Other(format!("image: FIFO path with NUL byte: {path:?}")))?;
+        // SAFETY: mkfifo of a NUL-terminated path.
+        if unsafe { libc::mkfifo(c.as_ptr(), 0o600) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EEXIST) {
+                name = format!("{path}.stasis-deleted-{n}");
+                continue;
+            }
+            return Err(io_err(format!("recreating deleted FIFO {path}"))(e));
+        }
+        let fd = File::options().read(true).write(true).open(&name);
+        // SAFETY: unlink of the FIFO we just made.
+        unsafe { libc::unlink(c.as_ptr()) };
+        let fd: OwnedFd = fd
+            .map_err(io_err(format!("opening recreated deleted FIFO {name}")))?
+            .into();
+        return Ok(fd);
+    }
+    Err(Error::Other(format!(
+        "recreating deleted FIFO {path}: every name beside it is taken"
+    )))
 }

@@ -1,6 +1,7 @@
 //! Files reopened by path: regular files (offset, flags, O_APPEND),
-//! directories, character devices such as /dev/null, and files deleted while
-//! open (their contents saved in the image and recreated at restore).
+//! directories, character devices such as /dev/null, and descriptions of
+//! files deleted while open (`ghost`: the file is saved once and recreated,
+//! each description reopened from it).
 
 use std::ffi::CString;
 use std::fs::File;
@@ -9,25 +10,26 @@ use std::os::unix::fs::FileExt;
 
 use nix::sys::stat::FileStat;
 
+use super::ghost;
 use crate::error::{Error, Result};
-use crate::image::{Blob, FileDesc, FileKind, PageSink};
+use crate::image::{Blob, FileDesc, FileKind, GhostImage};
 
 const DELETED: &str = " (deleted)";
-/// Largest deleted file whose contents are saved.
+/// Largest deleted file whose contents are saved (images before ghosts).
 const MAX_DELETED_BYTES: u64 = 1 << 30;
 
+/// Records a description reopened by path; `ghost` is the deleted file it
+/// is open on (already saved), if any.
 pub fn collect(
     pid: i32,
     fd: i32,
     link: &str,
-    dup: &OwnedFd,
     st: &FileStat,
     pos: u64,
-    blobs: &mut PageSink,
+    ghost: Option<u32>,
 ) -> Result<FileKind> {
     let fmt = st.st_mode & libc::S_IFMT;
     let mut path = link.to_string();
-    let mut deleted = None;
     if !path.starts_with('/') {
         return Err(Error::Unsupported {
             pid,
@@ -35,32 +37,8 @@ pub fn collect(
             detail: link.to_string(),
         });
     }
-    if st.st_nlink == 0 && fmt == libc::S_IFREG {
-        path = path.strip_suffix(DELETED).unwrap_or(&path).to_string();
-        let size = st.st_size as u64;
-        if size > MAX_DELETED_BYTES {
-            return Err(Error::Unsupported {
-                pid,
-                what: format!("fd {fd}: deleted file of {size} bytes"),
-                detail: link.to_string(),
-            });
-        }
-        // SAFETY: we borrow `dup` as a File without taking ownership (ManuallyDrop).
-        let f = std::mem::ManuallyDrop::new(unsafe { File::from_raw_fd(dup.as_raw_fd()) });
-        let offset = blobs.position();
-        let mut buf = vec![0u8; (size as usize).min(1 << 20)];
-        let mut done = 0u64;
-        while done < size {
-            let n = ((size - done) as usize).min(buf.len());
-            f.read_exact_at(&mut buf[..n], done)
-                .map_err(|e| Error::Process {
-                    pid,
-                    reason: format!("reading deleted file {path} (fd {fd}): {e}"),
-                })?;
-            blobs.write_all(&buf[..n])?;
-            done += n as u64;
-        }
-        deleted = Some(Blob { offset, len: size });
+    if ghost.is_some() {
+        path = ghost::path_of(&path).to_string();
     } else if fmt == libc::S_IFREG && path.ends_with(DELETED) {
         // The name is gone but the file has other links: not reachable by this path.
         return Err(Error::Unsupported {
@@ -74,7 +52,8 @@ pub fn collect(
         pos,
         mode: fmt,
         size: st.st_size as u64,
-        deleted,
+        deleted: None,
+        ghost,
     })
 }
 
@@ -93,17 +72,27 @@ fn open_raw(path: &str, flags: i32, mode: u32) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// Reopens a file description: same path, flags and offset.
-pub fn open(f: &FileDesc, blobs: Option<&File>) -> Result<OwnedFd> {
+/// Reopens a file description: same path, flags and offset. `ghosts` are
+/// the recreated deleted files (fds of ours) and their records.
+pub fn open(
+    f: &FileDesc,
+    blobs: Option<&File>,
+    ghosts: &[OwnedFd],
+    images: &[GhostImage],
+) -> Result<OwnedFd> {
     let FileKind::Path {
         path,
         pos,
         mode,
         deleted,
+        ghost,
         ..
     } = &f.kind
     else {
-        unreachable!("regular::open takes path descriptions");
+        return Err(Error::Other(format!(
+            "file {} is not reopened by path",
+            f.id
+        )));
     };
     let mut flags =
         (f.flags as i32) & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC | libc::O_CLOEXEC);
@@ -112,7 +101,23 @@ pub fn open(f: &FileDesc, blobs: Option<&File>) -> Result<OwnedFd> {
         // Never a controlling terminal of the init that opens it.
         flags |= libc::O_NOCTTY;
     }
-    let fd = if let Some(blob) = deleted {
+    if *mode == libc::S_IFREG {
+        // A file made with O_TMPFILE (and linked since) keeps O_TMPFILE in
+        // its flags, O_DIRECTORY included: neither may reopen it.
+        flags &= !(libc::O_DIRECTORY | ghost::O_TMPFILE_BIT as i32);
+    }
+    let fd = if let Some(g) = ghost {
+        let g = *g as usize;
+        match (ghosts.get(g), images.get(g)) {
+            (Some(anchor), Some(img)) => ghost::open_desc(img, anchor, f.flags)?,
+            _ => {
+                return Err(Error::Other(format!(
+                    "image: file {} is deleted file {g}, which does not exist",
+                    f.id
+                )))
+            }
+        }
+    } else if let Some(blob) = deleted {
         recreate_deleted(path, *blob, flags, blobs)?
     } else {
         open_raw(path, flags, 0).map_err(|e| Error::Io {

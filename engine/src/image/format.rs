@@ -229,6 +229,10 @@ pub struct Core {
     /// The audit login UID (/proc/PID/loginuid) where one is set.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub loginuid: Option<u32>,
+    /// The working directory was deleted: index into `files.json`'s
+    /// `ghosts` (`cwd` is the path it had).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd_ghost: Option<u32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -293,6 +297,10 @@ pub enum VmaKind {
         /// `memfds`; mapped from the restored memfd.
         #[serde(default)]
         memfd: Option<u32>,
+        /// A file deleted while mapped: index into `files.json`'s `ghosts`;
+        /// mapped from the recreated file.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ghost: Option<u32>,
     },
     /// One of the kernel's special mappings: [vvar], [vvar_vclock], [vdso].
     Special { name: String },
@@ -560,6 +568,34 @@ pub struct FilesImage {
     /// Files at the path names of unix sockets, as they were at dump.
     #[serde(default)]
     pub unix_files: Vec<UnixFile>,
+    /// Files deleted while open or mapped, once per inode.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ghosts: Vec<GhostImage>,
+}
+
+/// A file deleted (unlinked) while open or mapped: saved once however many
+/// descriptions and mappings share its inode, recreated once at restore
+/// (unlinked again) and every description reopened from it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct GhostImage {
+    pub id: u32,
+    /// Its path when it was deleted (without " (deleted)"): it is recreated
+    /// in that directory.
+    pub path: String,
+    /// st_mode's S_IFMT bits: a regular file, a directory or a FIFO.
+    pub kind: u32,
+    /// Permission bits.
+    pub mode: u32,
+    pub uid: u32,
+    pub gid: u32,
+    pub size: u64,
+    /// Made with O_TMPFILE: it can still be linked into a directory
+    /// (linkat through /proc/self/fd), which a deleted file cannot.
+    #[serde(default)]
+    pub tmpfile: bool,
+    /// Its data, hole by hole as in the file (in blobs.img).
+    #[serde(default)]
+    pub extents: Vec<MemfdExtent>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -581,9 +617,12 @@ pub enum FileKind {
         /// st_mode's S_IFMT bits.
         mode: u32,
         size: u64,
-        /// Deleted while open: contents are in blobs.img.
-        #[serde(default)]
+        /// Deleted while open (images before `ghost`): contents are in blobs.img.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
         deleted: Option<Blob>,
+        /// Deleted while open: index into `files.json`'s `ghosts`.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        ghost: Option<u32>,
     },
     /// The sandbox's log (stdout/stderr of the workload).
     SandboxLog,

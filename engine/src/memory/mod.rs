@@ -133,17 +133,10 @@ pub fn collect(pid: i32) -> Result<Vec<Vma>> {
                     };
                     (VmaKind::Anon, label)
                 } else {
+                    // A memfd or a deleted file is restored as an object of
+                    // its own (`files::FileTable::attach_deleted` fills
+                    // `memfd` or `ghost`).
                     let deleted = s.ends_with(" (deleted)");
-                    // A memfd is restored as an object of its own
-                    // (`files::FileTable::attach_memfds` fills `memfd`).
-                    let memfd = deleted && s.starts_with("/memfd:");
-                    if deleted && !memfd {
-                        return Err(Error::Unsupported {
-                            pid,
-                            what: format!("mapping of a deleted file at {start:#x}-{end:#x}"),
-                            detail: s,
-                        });
-                    }
                     (
                         VmaKind::File {
                             path: s.clone(),
@@ -152,6 +145,7 @@ pub fn collect(pid: i32) -> Result<Vec<Vma>> {
                             ino: m.inode,
                             deleted,
                             memfd: None,
+                            ghost: None,
                         },
                         s,
                     )
@@ -458,6 +452,11 @@ impl Rebuild {
                 pid: r.tid,
                 reason: format!("mapped file {path} cannot be opened: {e}"),
             })?;
+        // The number was free, so any close of it still queued (the ready
+        // pipe's, which the task may have closed itself before it was seized)
+        // would close this file instead: that close has nothing left to do.
+        self.pending
+            .retain(|(c, _)| !(c.nr == libc::SYS_close && c.args[0] == fd));
         self.files.insert(key.to_string(), fd);
         Ok(fd)
     }
@@ -512,6 +511,23 @@ impl Rebuild {
                         pid: r.tid,
                         reason: format!(
                             "area {:#x}-{:#x} maps memfd {id}, which was not passed to the task",
+                            v.start, v.end
+                        ),
+                    })?;
+                (*fd, *offset)
+            }
+            VmaKind::File {
+                ghost: Some(id),
+                offset,
+                ..
+            } => {
+                let fd = self
+                    .files
+                    .get(&format!("ghost:{id}"))
+                    .ok_or_else(|| Error::Process {
+                        pid: r.tid,
+                        reason: format!(
+                            "area {:#x}-{:#x} maps deleted file {id}, which was not passed to the task",
                             v.start, v.end
                         ),
                     })?;
@@ -573,10 +589,14 @@ impl Rebuild {
         Ok(())
     }
 
-    /// Maps areas of memfd `id` through `fd`, open in the task (closed by
-    /// `close_files`).
-    pub fn add_memfd(&mut self, id: u32, fd: u64) {
-        self.files.insert(format!("memfd:{id}"), fd);
+    /// Maps areas of `slot` (a memfd or a deleted file) through `fd`, open
+    /// in the task (closed by `stage_close_files`).
+    pub fn add_slot(&mut self, slot: crate::files::Slot, fd: u64) {
+        let key = match slot {
+            crate::files::Slot::Memfd(id) => format!("memfd:{id}"),
+            crate::files::Slot::Ghost(id) => format!("ghost:{id}"),
+        };
+        self.files.insert(key, fd);
     }
 
     /// Stages the closing of the fds opened for file mappings.

@@ -16,7 +16,8 @@
 //! - `ipc`: the SysV IPC objects of the sandbox's IPC namespace;
 //! - `timers`: interval and POSIX timers, and the time namespace that keeps
 //!   the monotonic clocks going on from the dump;
-//! - `seccomp`: seccomp filters and modes.
+//! - `seccomp`: seccomp filters and modes;
+//! - `logs`: the sandbox's log, carried in the image and continued.
 //!
 //! `seize` stops and releases the tree, `remote` runs syscalls inside a
 //! stopped task, `interrupt` keeps an interrupted dump from harming the
@@ -31,6 +32,7 @@ pub mod image;
 pub mod inspect;
 pub mod interrupt;
 pub mod ipc;
+pub mod logs;
 pub mod memory;
 pub mod mounts;
 pub mod net;

@@ -46,9 +46,9 @@ struct State {
     workload_start: Option<u64>,
     cgroup: Cgroup,
     veth_host: Option<String>,
-    /// Whether the workload fields name a process init adopted (from
-    /// `main.json`), not the one it started.
-    #[serde(skip)]
+    /// Whether the workload fields name a process init adopted (named in
+    /// `main.json`, or restored as such), not the one it started.
+    #[serde(default)]
     main_adopted: bool,
 }
 
@@ -799,10 +799,15 @@ impl Sandbox {
         self.state.created
     }
 
-    /// Records the command a restored sandbox's workload was started with
-    /// (what `stasis ps` shows).
-    pub fn set_command(&mut self, command: Vec<String>) -> Result<()> {
-        self.state.command = command;
+    /// Records what a restored sandbox's workload was: the command it was
+    /// started with (what `stasis ps` shows) and whether its main process
+    /// was one init had adopted (signals then go to every root, as before
+    /// the dump).
+    pub fn set_restored(&mut self, command: Vec<String>, main_adopted: bool) -> Result<()> {
+        if !command.is_empty() {
+            self.state.command = command;
+        }
+        self.state.main_adopted = main_adopted;
         self.save_state()
     }
 
@@ -912,6 +917,22 @@ impl Sandbox {
                 .map_err(sys_err(format!("signal {sig} to workload {pid}")));
         }
         let fd = self.init_pidfd()?;
+        if self.state.main_adopted {
+            // Every root of what is left (init's children) gets it.
+            let init = self.state.init_pid;
+            let children = fs::read_to_string(format!("/proc/{init}/task/{init}/children"))
+                .map_err(sys_err(format!("read the children of init {init}")))?;
+            for c in children
+                .split_whitespace()
+                .filter_map(|c| c.parse::<i32>().ok())
+            {
+                // A child that is gone meanwhile needs no signal.
+                if let Ok(cfd) = pidfd_open(c) {
+                    let _ = pidfd_send_signal(&cfd, sig);
+                }
+            }
+            return Ok(());
+        }
         pidfd_send_signal(&fd, sig).map_err(sys_err(format!(
             "signal {sig} to init {}",
             self.state.init_pid

@@ -92,7 +92,10 @@ fn daemon_double_fork() {
     // The launcher is gone, the sandbox runs on in the server.
     let ps = ps_entry(&h, &sb);
     assert_eq!(ps["state"], "running", "{ps}");
-    assert_eq!(ps["workload_ns_pid"], d, "the server is the main process: {ps}");
+    assert_eq!(
+        ps["workload_ns_pid"], d,
+        "the server is the main process: {ps}"
+    );
     assert_eq!(ps["main_adopted"], true, "{ps}");
 
     let at_dump = h.wait_count_above(&sb, 0);
@@ -176,7 +179,10 @@ fn redis_daemonize_yes() {
         .and_then(|s| s.trim().parse().ok())
         .expect("redis's pidfile");
     assert_eq!(ps["state"], "running", "{ps}");
-    assert_eq!(ps["workload_ns_pid"], pid, "redis is the main process: {ps}");
+    assert_eq!(
+        ps["workload_ns_pid"], pid,
+        "redis is the main process: {ps}"
+    );
     assert_eq!(ps["main_adopted"], true, "{ps}");
     // Dump an idle server: the clients' connections must be closed on
     // redis's side first (CLOSE_WAIT is refused).
@@ -198,7 +204,10 @@ fn redis_daemonize_yes() {
 
     let (_image, restored) = h.dump_and_restore(&sb);
     assert_eq!(cli(&restored, &["DBSIZE"]), n.to_string());
-    assert_eq!(cli(&restored, &["GET", "key:77"]), format!("value-{}", 77 * 7919));
+    assert_eq!(
+        cli(&restored, &["GET", "key:77"]),
+        format!("value-{}", 77 * 7919)
+    );
     assert_eq!(cli(&restored, &["SET", "after", "restore"]), "OK");
     let ps = ps_entry(&h, &restored);
     assert_eq!(ps["state"], "running", "{ps}");
@@ -249,7 +258,11 @@ fn log_travels_with_the_image() {
     flip_byte(&copy.join("log.img"), 5);
     let name = h.new_name("damaged");
     let out = h.restore_raw(&copy, &name);
-    assert!(!out.status.success(), "a damaged log restored: {}", describe(&out));
+    assert!(
+        !out.status.success(),
+        "a damaged log restored: {}",
+        describe(&out)
+    );
     assert!(
         text(&out.stderr).contains("log.img"),
         "the error names the file: {}",

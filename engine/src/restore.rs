@@ -591,10 +591,7 @@ fn restore_guarded(
         }
         tracing::debug!(ms = ms(tm.elapsed()), "tree rebuilt");
         tracing::debug!(ms = ms(tm.elapsed()), "tree released");
-        sb.set_restored(
-            img.inventory.command.clone(),
-            img.inventory.main_adopted,
-        )?;
+        sb.set_restored(img.inventory.command.clone(), img.inventory.main_adopted)?;
         if let Some(&h) = host.get(&workload) {
             sb.set_workload_pid(h)?;
         }

@@ -141,9 +141,16 @@ fn unsupported(pid: i32, what: &str, detail: String) -> Error {
 pub fn plan(procs: &[ProcessEntry]) -> Result<TreePlan> {
     let index: BTreeMap<i32, usize> = procs.iter().enumerate().map(|(i, p)| (p.pid, i)).collect();
     if index.len() != procs.len() {
-        return Err(Error::Other("image: a PID appears twice in the tree".into()));
+        return Err(Error::Other(
+            "image: a PID appears twice in the tree".into(),
+        ));
     }
-    let live = |pid: i32| index.get(&pid).filter(|&&i| procs[i].zombie.is_none()).copied();
+    let live = |pid: i32| {
+        index
+            .get(&pid)
+            .filter(|&&i| procs[i].zombie.is_none())
+            .copied()
+    };
     let mut plans: Vec<Plan> = procs
         .iter()
         .map(|e| Plan {

@@ -57,7 +57,8 @@ fn command_of(e: &serde_json::Value) -> Vec<String> {
 /// forks and exits, its child makes a session, forks the server and more,
 /// and exits. The sandbox stays up with the server as its main process;
 /// dumped and restored, every process (the server, a worker in its
-/// grandparent's session, a group led by a live sibling) checks from inside
+/// grandparent's session, a group led by a live sibling, a process of
+/// init's in a session whose leader lives elsewhere) checks from inside
 /// that its PID, parent (init for the reparented ones), group and session
 /// are what they were, and the server its counter. The sandbox ends once
 /// its last process has, with the server's status.
@@ -74,6 +75,7 @@ fn daemon_double_fork() {
     let [_, f_ppid, f_pgid, f_sid] = ids(&h, "ids-f");
     let [w1, w1_ppid, w1_pgid, w1_sid] = ids(&h, "ids-w1");
     let [_, w2_ppid, w2_pgid, w2_sid] = ids(&h, "ids-w2");
+    let [_, y_ppid, y_pgid, y_sid] = ids(&h, "ids-y");
     assert_eq!((b_pgid, b_sid), (b, b), "b made a session");
     assert_eq!(
         (d_ppid, d_pgid, d_sid),
@@ -87,6 +89,11 @@ fn daemon_double_fork() {
         (w2_ppid, w2_pgid, w2_sid),
         (w1, b, b),
         "w2 is in its grandparent's session"
+    );
+    assert_eq!(
+        (y_ppid, y_pgid, y_sid),
+        (1, w1, w1),
+        "y is init's child in w1's session, whose leader lives elsewhere"
     );
 
     // The launcher is gone, the sandbox runs on in the server.
@@ -111,9 +118,9 @@ fn daemon_double_fork() {
     assert_eq!(command_of(&ps), argv, "the restored sandbox's command");
     h.wait_count_above(&restored, at_dump);
 
-    // SIGTERM reaches every root left: d, e and f.
+    // SIGTERM reaches every root left: d, e, f and y.
     let v = h.expect_pass(&restored);
-    for role in ["d", "e", "f", "w1", "w2"] {
+    for role in ["d", "e", "f", "w1", "w2", "y"] {
         assert_eq!(
             ids(&h, &format!("ids-{role}")),
             ids(&h, &format!("ids-after-{role}")),
@@ -297,4 +304,52 @@ fn daemon_and_log_checks_can_fail() {
             }
         }
     }
+}
+
+/// Without a dump: a sandbox whose first process exits while another lives
+/// stays up, `ps` names the survivor as its main process, and the sandbox
+/// ends once that one has, with its status (not the first process's), in
+/// `ps` and as `stasis run`'s exit code.
+#[test]
+fn sandbox_lives_while_any_process_does() {
+    let h = Harness::new("lives-on");
+    let stop = h.path("stop");
+    let script = format!(
+        "setsid /bin/sh -c 'echo $$ > {d}/.s; mv {d}/.s {d}/survivor; \
+         while [ ! -e {stop} ]; do sleep 0.01; done; exit 5' & exit 3",
+        d = h.dir.display(),
+        stop = stop.display()
+    );
+    let name = h.new_name("fg");
+    let mut fg = h
+        .command()
+        .args(["run", "--name", &name, "--", "/bin/sh", "-c", &script])
+        .stdout(std::process::Stdio::null())
+        .spawn()
+        .expect("starting stasis run");
+    let survivor = h.path("survivor");
+    wait_until(
+        "the survivor to start",
+        READY_TIMEOUT,
+        || survivor.exists(),
+        || h.logs(&name),
+    );
+    let pid: i64 = read_number(&survivor).expect("DIR/survivor") as i64;
+    wait_until(
+        "the first process to exit and the survivor to be the main one",
+        READY_TIMEOUT,
+        || ps_entry(&h, &name)["workload_ns_pid"] == pid,
+        || format!("{}\n{}", ps_entry(&h, &name), h.logs(&name)),
+    );
+    let ps = ps_entry(&h, &name);
+    assert_eq!(ps["state"], "running", "{ps}");
+    assert_eq!(ps["main_adopted"], true, "{ps}");
+    std::fs::write(&stop, "").expect("writing DIR/stop");
+    let ended = wait_exited(&h, &name);
+    assert_eq!(
+        ended["exit_code"], 5,
+        "the last main process's status: {ended}"
+    );
+    let st = fg.wait().expect("waiting for stasis run");
+    assert_eq!(st.code(), Some(5), "stasis run's exit code");
 }

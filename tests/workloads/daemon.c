@@ -8,19 +8,22 @@
  *   +- d             the server (double fork: its parent b and grandparent
  *   |                launcher gone): init's child in session b, group b;
  *   |                counts in memory and writes DIR/count
- *   |  +- w1         forks w2, then setsid(): leads session w1
+ *   |  +- w1         forks w2, then setsid(): leads session w1; then forks
+ *   |     |          x, which forks y and exits
  *   |     +- w2      in its grandparent d's session b, group b
+ *   +- y (init's)    init's child in session w1 and group w1, whose leader
+ *                    w1 lives elsewhere in the tree
  *   +- e             init's child in session b, leads group e
  *   +- f             init's child in session b, in group e: a group led by
  *                    a live sibling
  *
  * Each process but the launcher writes DIR/ids-<role> ("pid ppid pgid sid")
  * once in place (d, e and f once init is their parent), and d writes
- * DIR/ready once all are. SIGTERM (which reaches d, e and f, the roots left)
+ * DIR/ready once all are. SIGTERM (which reaches d, e, f and y, the roots left)
  * makes each check that its ids are what they were (DIR/ids-after-<role>);
  * d also checks its counter against a shadow copy, passes SIGTERM on to w1
- * (which passes it on to w2), reaps it, waits for the verdicts of e and f
- * and folds them all into DIR/verdict. */
+ * (which passes it on to w2 and waits for y's verdict), reaps it, waits for
+ * the verdicts of e and f and folds them all into DIR/verdict. */
 #include "wl.h"
 
 #include <sys/wait.h>
@@ -146,6 +149,22 @@ static int run_w2(void)
 	return wl_finish_as("verdict-w2");
 }
 
+static int run_y(void)
+{
+	wait_for_init();
+	record();
+	in_place();
+	wl_wait_term();
+	check_ids();
+	return wl_finish_as("verdict-y");
+}
+
+static int run_x(void)
+{
+	spawn("y", run_y);
+	return 0;
+}
+
 static int run_w1(void)
 {
 	pid_t w2 = spawn("w2", run_w2);
@@ -154,12 +173,17 @@ static int run_w1(void)
 		perror("setsid");
 		return 2;
 	}
+	pid_t x = spawn("x", run_x);
+	int status;
+	if (waitpid(x, &status, 0) != x)
+		return 2;
 	record();
 	in_place();
 	wl_wait_term();
 	check_ids();
 	collect(w2, "w2");
 	fold("w2");
+	fold("y");
 	return wl_finish_as("verdict-w1");
 }
 

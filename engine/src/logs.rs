@@ -36,6 +36,10 @@ pub fn dump(log: &Path, writer: &mut ImageWriter) -> Result<()> {
         .metadata()
         .map_err(io(format!("stat of the log {}", log.display())))?
         .len();
+    if size == 0 {
+        // Nothing to carry, and no file (and its sync) to write.
+        return Ok(());
+    }
     let mut sink = writer.create_file(LOG_FILE)?;
     let mut buf = vec![0u8; CHUNK];
     let mut left = size;
@@ -101,4 +105,64 @@ pub fn restore(reader: &ImageReader, log: &Path) -> Result<()> {
         out.write_all(piece)
             .map_err(io(format!("writing the log {}", log.display())))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::image::CpuFeatures;
+
+    fn roundtrip(log: &[u8]) -> Vec<u8> {
+        let tmp = tempfile::tempdir().unwrap();
+        let src = tmp.path().join("log");
+        std::fs::write(&src, log).unwrap();
+        let dir = tmp.path().join("img");
+        let mut w = ImageWriter::create(&dir).unwrap();
+        dump(&src, &mut w).unwrap();
+        w.finish(CpuFeatures {
+            xcr0: 0xe7,
+            xstate_size: 2432,
+        })
+        .unwrap();
+        let r = ImageReader::open(&dir).unwrap();
+        r.verify_all().unwrap();
+        validate(&r).unwrap();
+        let out = tmp.path().join("new-log");
+        std::fs::write(&out, b"").unwrap();
+        restore(&r, &out).unwrap();
+        std::fs::read(&out).unwrap()
+    }
+
+    #[test]
+    fn small_log_comes_back_whole() {
+        let log = b"one\ntwo\nthree, no newline";
+        assert_eq!(roundtrip(log), log);
+        assert_eq!(roundtrip(b""), b"");
+    }
+
+    #[test]
+    fn large_log_keeps_its_end_in_whole_lines() {
+        let mut log = Vec::new();
+        let mut i = 0u64;
+        while log.len() as u64 <= MAX_LOG_BYTES + (3 << 20) {
+            log.extend_from_slice(format!("line {i} of the log\n").as_bytes());
+            i += 1;
+        }
+        let got = roundtrip(&log);
+        assert!(
+            got.len() as u64 <= MAX_LOG_BYTES,
+            "{} bytes kept",
+            got.len()
+        );
+        let nl = got.iter().position(|&b| b == b'\n').unwrap();
+        let note = std::str::from_utf8(&got[..nl]).unwrap();
+        let skipped: usize = note
+            .strip_prefix("[stasis: the first ")
+            .and_then(|r| r.strip_suffix(" bytes of this log were not kept]"))
+            .and_then(|n| n.parse().ok())
+            .unwrap_or_else(|| panic!("note: {note}"));
+        assert_eq!(&got[nl + 1..], &log[skipped..], "the rest is the log's end");
+        assert_eq!(log[skipped - 1], b'\n', "cut at a line boundary");
+        assert!(got.len() as u64 > MAX_LOG_BYTES - 4096);
+    }
 }

@@ -1,5 +1,5 @@
 //! Process state beyond files: memory shared between processes, SysV IPC,
-//! timers and clocks, seccomp filters, each across a dump and restore and
+//! timers and clocks, seccomp filters, scheduling attributes, each across a dump and restore and
 //! checked from inside the restored workload.
 
 mod common;
@@ -52,6 +52,45 @@ fn sysv_ipc() {
         "{ipc}"
     );
     let restored = h.restore(&image);
+    h.expect_pass(&restored);
+}
+
+/// Scheduling policies, priorities and nice values of five threads (OTHER
+/// with nice 7, BATCH with nice 3, IDLE, FIFO 11 with reset-on-fork, RR 5),
+/// the process's oom_score_adj and its child-subreaper flag come back as
+/// they were; each thread checks its own. The profile adds CAP_SYS_NICE
+/// to the default capabilities, for the real-time policies.
+#[test]
+fn process_attributes() {
+    let h = Harness::new("procattrs");
+    let profile = h.path("nice.toml");
+    std::fs::write(
+        &profile,
+        r#"[process]
+capabilities = [
+    "CAP_CHOWN", "CAP_DAC_OVERRIDE", "CAP_FSETID", "CAP_FOWNER", "CAP_MKNOD",
+    "CAP_NET_RAW", "CAP_SETGID", "CAP_SETUID", "CAP_SETFCAP", "CAP_SETPCAP",
+    "CAP_NET_BIND_SERVICE", "CAP_SYS_CHROOT", "CAP_KILL", "CAP_AUDIT_WRITE",
+    "CAP_SYS_NICE",
+]
+"#,
+    )
+    .expect("writing the profile");
+    let sb = run_with_profile(&h, &profile, &h.c_argv("procattrs", &[]));
+    h.wait_ready(&sb);
+    let (image, restored) = h.dump_and_restore(&sb);
+    let p: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(image.join("proc-2.json")).expect("proc-2.json in the image"),
+    )
+    .expect("proc-2.json is JSON");
+    assert_eq!(p["sched"]["oom_score_adj"], 321, "{}", p["sched"]);
+    assert_eq!(
+        p["sched"]["threads"].as_array().map(|a| a.len()),
+        Some(5),
+        "{}",
+        p["sched"]
+    );
+    assert_eq!(p["core"]["child_subreaper"], true);
     h.expect_pass(&restored);
 }
 

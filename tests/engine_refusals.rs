@@ -239,3 +239,31 @@ fn refuses_other_cpu_xstate() {
         &["xstate"],
     );
 }
+
+/// An image made on a CPU with an instruction-set feature this one lacks
+/// (simulated by adding one to the manifest's record of the dump's CPU) is
+/// refused naming the feature; the features this CPU has are recorded.
+#[test]
+fn refuses_cpu_without_a_dumped_feature() {
+    let mut recorded = Vec::new();
+    refused_restore(
+        "cpu-flag",
+        |img| {
+            edit_manifest(img, |m| {
+                let flags = m["cpu"]["flags"]
+                    .as_array_mut()
+                    .expect("cpu.flags in the manifest");
+                recorded = flags
+                    .iter()
+                    .filter_map(|f| f.as_str().map(String::from))
+                    .collect();
+                flags.push("avx1024_imaginary".into());
+            })
+        },
+        &["avx1024_imaginary", "lacks"],
+    );
+    assert!(
+        recorded.iter().any(|f| f == "sse2"),
+        "the dump did not record this CPU's features: {recorded:?}"
+    );
+}

@@ -144,6 +144,16 @@ fn selfcheck_tree() {
 }
 
 #[test]
+fn selfcheck_procattrs() {
+    selfcheck("procattrs", c_workload("procattrs", &[]));
+}
+
+#[test]
+fn selfcheck_stopped() {
+    selfcheck("stopped", c_workload("stopped", &[]));
+}
+
+#[test]
 fn selfcheck_signals() {
     selfcheck("signals", c_workload("signals", &[]));
 }

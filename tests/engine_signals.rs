@@ -54,3 +54,27 @@ fn avx2_registers() {
     let (_image, restored) = h.dump_and_restore(&sb);
     h.expect_pass(&restored);
 }
+
+/// Two processes stopped by job control (SIGSTOP, SIGTSTP) are stopped after
+/// the restore, run nothing until SIGCONT, and count again after it.
+#[test]
+fn stopped_processes_stay_stopped() {
+    let h = Harness::new("stopped");
+    let sb = h.start_c("stopped", &[]);
+    let (image, restored) = h.dump_and_restore(&sb);
+    let stops: Vec<i64> = ["proc-3.json", "proc-4.json"]
+        .iter()
+        .map(|f| {
+            let p: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(image.join(f)).expect("child image"))
+                    .expect("JSON");
+            p["core"]["stopped"].as_i64().unwrap_or(0)
+        })
+        .collect();
+    assert_eq!(
+        stops,
+        vec![libc::SIGSTOP as i64, libc::SIGTSTP as i64],
+        "the stop signals recorded"
+    );
+    h.expect_pass(&restored);
+}

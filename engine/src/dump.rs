@@ -35,6 +35,7 @@ pub fn cpu_features() -> CpuFeatures {
     CpuFeatures {
         xcr0: sys::cpu::xcr0().unwrap_or(0),
         xstate_size: sys::cpu::xsave_size().unwrap_or(0),
+        flags: sys::cpu::features().into_iter().map(String::from).collect(),
     }
 }
 
@@ -144,6 +145,8 @@ fn dump_locked(
         .map(|p| p.ns_pid)
         .unwrap_or(0);
     let about = About {
+        // The state directory holding every sandbox's (the digest cache's home).
+        state_dir: sb.state_dir().parent().unwrap_or(sb.state_dir()),
         log_path: &log_path,
         workload_ns,
         clocks,
@@ -221,6 +224,7 @@ fn entry(p: &SeizedProcess) -> ProcessEntry {
 
 /// What the dump knows of the sandbox beyond its processes.
 struct About<'a> {
+    state_dir: &'a Path,
     log_path: &'a Path,
     workload_ns: i32,
     clocks: Option<Clocks>,
@@ -236,6 +240,7 @@ fn collect_all(
     locks: &mut crate::files::LocksReader,
 ) -> Result<crate::net::tcp_repair::RepairGuard> {
     let About {
+        state_dir,
         log_path,
         workload_ns,
         clocks,
@@ -252,6 +257,7 @@ fn collect_all(
     let mut blobs = writer.create_file("blobs.img")?;
     let mut shared = memory::shared::Table::new();
     let mut shmem = writer.create_file("shmem.img")?;
+    let mut dumped = Vec::with_capacity(seized.procs.len());
     for p in &seized.procs {
         if p.zombie.is_some() {
             continue;
@@ -270,6 +276,7 @@ fn collect_all(
         stats.processes += 1;
         stats.threads += img.threads.len();
         stats.vmas += img.vmas.len();
+        dumped.push(img);
     }
     files.check_locks(locks)?;
     let mounts = crate::mounts::collect(
@@ -300,6 +307,16 @@ fn collect_all(
         writer.write_json("net.json", &crate::net::netns::collect(sb.init_pid())?)?;
     }
     writer.write_json("mounts.json", &mounts)?;
+    let mut digests = crate::deps::DigestCache::open(state_dir);
+    let deps = crate::deps::collect(
+        Path::new(&format!("/proc/{}/root", sb.init_pid())),
+        &crate::mounts::private_tmpfs(sb.profile()),
+        &dumped.iter().collect::<Vec<_>>(),
+        &files.image,
+        &mut digests,
+    )?;
+    digests.save();
+    writer.write_json(crate::deps::FILE, &deps)?;
     let inv = Inventory {
         sandbox: sb.name().to_string(),
         profile: serde_json::to_value(sb.profile())
@@ -355,7 +372,8 @@ fn collect_process(
         // The main thread's (first) is the process's.
         let status = &statuses[0];
         resident = (status.vmrss.unwrap_or(0) + status.vmswap.unwrap_or(0)) * 1024;
-        let (core, creds) = task::collect_core(p.pid, status, &mut r)?;
+        let (mut core, creds) = task::collect_core(p.pid, status, &mut r)?;
+        core.stopped = main.group_stop;
         // Mid-injection: the scratch space is taken, syscalls have run.
         interrupt::pause_at("collect", None)?;
         let mm = memory::mm::collect(p.pid, &mut r)?;
@@ -416,6 +434,7 @@ fn collect_process(
         let fds = files.collect(p.pid, p.ns_pid, pidfd, blobs)?;
         let rlimits = task::collect_rlimits(p.pid)?;
         let timers = timers::collect(p.pid, p.ns_pid, &mut r, &tids)?;
+        let sched = crate::sched::collect(p.pid, &tids)?;
         Ok(ProcessImage {
             pid: p.ns_pid,
             core,
@@ -429,6 +448,7 @@ fn collect_process(
             rlimits,
             timers,
             seccomp,
+            sched,
         })
     })();
     // The scratch page goes before the memory is read, so it is not in the image.

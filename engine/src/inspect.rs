@@ -15,6 +15,8 @@ pub struct ImageSummary {
     pub workload_pid: i32,
     pub stats: DumpStats,
     pub processes: Vec<ProcessSummary>,
+    /// Host files the image depends on, as they were at the dump.
+    pub host_files: Vec<crate::deps::HostFile>,
 }
 
 #[derive(Debug, Serialize)]
@@ -189,6 +191,7 @@ pub fn inspect(dir: &Path) -> Result<ImageSummary> {
         workload_pid: img.inventory.workload_pid,
         stats: img.inventory.stats.clone(),
         processes,
+        host_files: img.deps.files.clone(),
     })
 }
 
@@ -206,6 +209,13 @@ pub fn render(s: &ImageSummary) -> String {
         s.manifest.cpu.xcr0,
         s.manifest.cpu.xstate_size
     );
+    if !s.manifest.cpu.flags.is_empty() {
+        let _ = writeln!(
+            o,
+            "CPU features it needs: {}",
+            s.manifest.cpu.flags.join(" ")
+        );
+    }
     let st = &s.stats;
     let _ = writeln!(
         o,
@@ -219,6 +229,25 @@ pub fn render(s: &ImageSummary) -> String {
         st.collect_ms,
         st.memory_ms
     );
+    if !s.host_files.is_empty() {
+        let _ = writeln!(
+            o,
+            "host files it depends on (checked at restore): {}",
+            s.host_files.len()
+        );
+        for f in &s.host_files {
+            let _ = writeln!(
+                o,
+                "  {} ({} bytes{})",
+                f.path,
+                f.size,
+                f.xxh3
+                    .as_ref()
+                    .map(|h| format!(", xxh3 {h}"))
+                    .unwrap_or_default()
+            );
+        }
+    }
     for p in &s.processes {
         let _ = writeln!(o);
         if let Some(z) = p.zombie {

@@ -17,6 +17,9 @@
 //! - `timers`: interval and POSIX timers, and the time namespace that keeps
 //!   the monotonic clocks going on from the dump;
 //! - `seccomp`: seccomp filters and modes;
+//! - `sched`: scheduling policies, priorities and nice values, oom_score_adj;
+//! - `deps`: the host files an image needs but does not hold (mapped
+//!   executables and libraries, files open by path), checked at restore;
 //! - `logs`: the sandbox's log, carried in the image and continued.
 //!
 //! `seize` stops and releases the tree, `remote` runs syscalls inside a
@@ -24,6 +27,7 @@
 //! workload, `image` is the on-disk format; `dump` and `restore` are the
 //! two orchestrations, `inspect` reads an image for people.
 
+pub mod deps;
 pub mod dump;
 pub mod error;
 pub mod faults;
@@ -38,6 +42,7 @@ pub mod mounts;
 pub mod net;
 pub mod remote;
 pub mod restore;
+pub mod sched;
 pub mod seccomp;
 pub mod seize;
 pub mod signals;

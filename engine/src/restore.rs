@@ -26,6 +26,9 @@ use crate::{files, image, signals, task, thread};
 pub struct RestoreOptions {
     /// Name of the new sandbox; the image's sandbox name when free, else generated.
     pub name: Option<String>,
+    /// Restore even if host files the image depends on are missing or
+    /// changed (each is reported as a warning).
+    pub ignore_changed_files: bool,
 }
 
 /// Phase times (milliseconds) of a restore.
@@ -66,6 +69,9 @@ pub struct LoadedImage {
     pub shmem: SharedMemoryImage,
     /// SysV IPC objects of the sandbox's IPC namespace.
     pub ipc: IpcImage,
+    /// The host files the image depends on (empty in images made before
+    /// they were recorded).
+    pub deps: crate::deps::DepsImage,
     /// Page files not verified by `load`: the memory restore reads each of
     /// them whole and verifies it as it goes (`memory::pages::restore`);
     /// `verify_streamed` verifies them without restoring.
@@ -103,6 +109,27 @@ pub fn load(dir: &Path) -> Result<LoadedImage> {
             reason: format!(
                 "made on a CPU with xstate features {:#x} ({} bytes); this CPU has {:#x} ({} bytes)",
                 cpu.xcr0, cpu.xstate_size, here.xcr0, here.xstate_size
+            ),
+        });
+    }
+    if cpu.flags.len() > 1024 || cpu.flags.iter().any(|f| f.len() > 64) {
+        return Err(Error::BadImage {
+            path: dir.to_path_buf(),
+            reason: format!("manifest: {} CPU features", cpu.flags.len()),
+        });
+    }
+    let lacking: Vec<&str> = cpu
+        .flags
+        .iter()
+        .filter(|f| !here.flags.contains(f))
+        .map(String::as_str)
+        .collect();
+    if !lacking.is_empty() {
+        return Err(Error::BadImage {
+            path: dir.to_path_buf(),
+            reason: format!(
+                "made on a CPU with features this CPU lacks: {} (the workload may use them)",
+                lacking.join(", ")
             ),
         });
     }
@@ -166,6 +193,11 @@ pub fn load(dir: &Path) -> Result<LoadedImage> {
     if let Some(c) = &inventory.clocks {
         crate::timers::validate_clocks(c)?;
     }
+    let deps: crate::deps::DepsImage = match reader.file_size(crate::deps::FILE) {
+        Some(_) => reader.read_json(crate::deps::FILE)?,
+        None => Default::default(),
+    };
+    crate::deps::validate(&deps)?;
     // Every other file (page files no restored process reads included) is
     // verified here, before anything is made.
     let streamed: BTreeSet<String> = procs
@@ -186,6 +218,7 @@ pub fn load(dir: &Path) -> Result<LoadedImage> {
         procs,
         shmem,
         ipc,
+        deps,
         streamed,
     })
 }
@@ -228,6 +261,39 @@ fn validate_process(reader: &ImageReader, p: &ProcessImage, files: &FilesImage) 
     let tids: Vec<i32> = p.threads.iter().map(|t| t.tid).collect();
     crate::timers::validate(p.pid, &p.timers, &tids)?;
     crate::seccomp::validate(p.pid, &p.seccomp, &tids)?;
+    crate::sched::validate(p.pid, &p.sched, &tids)?;
+    if let Some(sig) = p.core.stopped {
+        if !matches!(
+            sig,
+            libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU
+        ) {
+            return Err(Error::BadImage {
+                path: format!("proc-{}.json", p.pid).into(),
+                reason: format!(
+                    "process {}: stopped by signal {sig}, not a stop signal",
+                    p.pid
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// Refuses an image whose host files are missing or changed, before
+/// anything is created (or warns of each, when told to go on).
+fn check_host_files(state_dir: &Path, deps: &crate::deps::DepsImage, ignore: bool) -> Result<()> {
+    let mut digests = crate::deps::DigestCache::open(state_dir);
+    let changed = crate::deps::check(Path::new("/"), deps, &mut digests)?;
+    digests.save();
+    if changed.is_empty() {
+        return Ok(());
+    }
+    if !ignore {
+        return Err(crate::deps::refusal(&changed));
+    }
+    for c in &changed {
+        tracing::warn!("restoring despite a changed host file: {c}");
+    }
     Ok(())
 }
 
@@ -304,6 +370,7 @@ fn restore_guarded(
 ) -> Result<Restored> {
     let t0 = Instant::now();
     let img = load(dir)?;
+    check_host_files(state_dir, &img.deps, opts.ignore_changed_files)?;
     let verify_ms = ms(t0.elapsed());
     let profile: sandbox::Profile =
         serde_json::from_value(img.inventory.profile.clone()).map_err(|e| Error::BadImage {
@@ -553,6 +620,15 @@ fn restore_guarded(
                 if failed.load(std::sync::atomic::Ordering::SeqCst) {
                     // Detached as it drops; the sandbox is removed whole.
                     return Ok(None);
+                }
+                // A process that was stopped gets its stop signal while still
+                // held: it stops again as soon as it is released, before it
+                // runs an instruction.
+                for sp in &seized.procs {
+                    if let Some(sig) = img.procs.get(&sp.ns_pid).and_then(|p| p.core.stopped) {
+                        // SAFETY: tgkill takes plain integers; the process is ours and held.
+                        unsafe { libc::syscall(libc::SYS_tgkill, sp.pid, sp.pid, sig) };
+                    }
                 }
                 seized.release()?;
                 Ok(Some(n))
@@ -834,6 +910,12 @@ fn rebuild_process(
     // everything set so far and get their own registrations below.
     let ns_tids: Vec<i32> = p.threads[1..].iter().map(|t| t.tid).collect();
     let hosts = thread::clone_threads(&mut r, pid, &ns_tids, site)?;
+    // Scheduling attributes, from outside, on every thread (before the
+    // credentials, which may drop the right to raise them).
+    let by_tid: Vec<(i32, i32)> = std::iter::once((t.tid, r.tid))
+        .chain(ns_tids.iter().copied().zip(hosts.iter().copied()))
+        .collect();
+    crate::sched::restore(pid, p.pid, &p.sched, &by_tid)?;
     tracing::debug!(
         pid,
         ms = ms(t0.elapsed()),

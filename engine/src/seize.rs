@@ -22,6 +22,9 @@ pub struct SeizedThread {
     /// A signal that arrived while stopping the thread: given back at release
     /// and recorded as pending in the image.
     pub deferred_signal: Option<i32>,
+    /// The job-control stop signal (SIGSTOP, SIGTSTP, SIGTTIN, SIGTTOU) of a
+    /// thread found in group-stop: its process was stopped.
+    pub group_stop: Option<i32>,
 }
 
 /// One process of the tree.
@@ -218,6 +221,7 @@ pub fn discover(init_pid: i32) -> Result<Vec<SeizedProcess>> {
                         tid,
                         ns_tid,
                         deferred_signal: None,
+                        group_stop: None,
                     })
                 })
                 .collect::<Result<_>>()?
@@ -298,6 +302,7 @@ impl Seized {
                 tid,
                 ns_tid: 0,
                 deferred_signal: None,
+                group_stop: None,
             }));
         }
     }
@@ -473,7 +478,18 @@ fn wait_stop(
         )
         .map_err(|e| format!("waitpid: {e}"))?;
         match st {
-            WaitStatus::PtraceEvent(_, _, ev) if ev == libc::PTRACE_EVENT_STOP => return Ok(()),
+            WaitStatus::PtraceEvent(_, sig, ev) if ev == libc::PTRACE_EVENT_STOP => {
+                // A group-stop reports its stop signal; the stop
+                // PTRACE_INTERRUPT asked for reports SIGTRAP.
+                let signo = sig as i32;
+                if matches!(
+                    signo,
+                    libc::SIGSTOP | libc::SIGTSTP | libc::SIGTTIN | libc::SIGTTOU
+                ) {
+                    t.group_stop = Some(signo);
+                }
+                return Ok(());
+            }
             WaitStatus::PtraceEvent(_, sig, _) | WaitStatus::Stopped(_, sig) => {
                 // A signal-delivery stop: the signal is off the thread's
                 // queues. Queue it again at once (it stays pending, blocked

@@ -46,6 +46,13 @@ pub fn collect_core(
         [libc::PR_GET_PDEATHSIG as u64, scratch, 0, 0, 0, 0],
     )?;
     let pdeath_signal = i32::from_le_bytes(r.read_mem(scratch, 4)?.try_into().expect("4 bytes"));
+    r.call(
+        "prctl(PR_GET_CHILD_SUBREAPER)",
+        libc::SYS_prctl,
+        [libc::PR_GET_CHILD_SUBREAPER as u64, scratch, 0, 0, 0, 0],
+    )?;
+    let child_subreaper =
+        i32::from_le_bytes(r.read_mem(scratch, 4)?.try_into().expect("4 bytes")) != 0;
     let cwd = link("cwd")?;
     let root = link("root")?;
     // The filters themselves are collected by `seccomp`.
@@ -67,6 +74,8 @@ pub fn collect_core(
         dumpable,
         pdeath_signal,
         seccomp_mode,
+        child_subreaper,
+        stopped: None,
     };
     let mut creds = creds_of(status);
     creds.securebits = securebits(r)?;
@@ -228,6 +237,13 @@ pub fn stage_core(st: &mut Staged, r: &mut Remote, c: &Core) -> Result<()> {
             0,
         ],
     );
+    if c.child_subreaper {
+        st.call(
+            "prctl(PR_SET_CHILD_SUBREAPER)",
+            libc::SYS_prctl,
+            [libc::PR_SET_CHILD_SUBREAPER as u64, 1, 0, 0, 0, 0],
+        );
+    }
     Ok(())
 }
 

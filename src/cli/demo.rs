@@ -122,6 +122,7 @@ pub fn run(state_dir: &Path) -> Result<u8> {
         &image,
         &engine::RestoreOptions {
             name: Some(restored_name.clone()),
+            ..Default::default()
         },
     )
     .context("restore")?;

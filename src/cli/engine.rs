@@ -36,6 +36,10 @@ pub struct RestoreArgs {
     /// Print phase times as JSON (with -d).
     #[arg(long)]
     pub json: bool,
+    /// Restore even if executables, libraries or files the image depends
+    /// on are missing or changed on this host (each is reported).
+    #[arg(long)]
+    pub ignore_changed_files: bool,
 }
 
 #[derive(Args, Debug)]
@@ -117,6 +121,7 @@ pub fn restore(state_dir: &Path, a: RestoreArgs) -> Result<u8> {
     }
     let opts = engine::RestoreOptions {
         name: a.name.clone(),
+        ignore_changed_files: a.ignore_changed_files,
     };
     let r = engine::restore(state_dir, &a.dir, &opts).with_context(|| {
         format!(

@@ -783,6 +783,7 @@ mod tests {
         CpuFeatures {
             xcr0: 0xe7,
             xstate_size: 2432,
+            flags: vec!["sse2".into()],
         }
     }
 

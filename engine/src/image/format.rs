@@ -27,6 +27,11 @@ pub struct CpuFeatures {
     pub xcr0: u64,
     /// Size of the NT_X86_XSTATE buffer.
     pub xstate_size: u32,
+    /// The instruction-set features (CPUID, named as /proc/cpuinfo does)
+    /// programs may have chosen code paths by: restore refuses a CPU that
+    /// lacks any of them. Empty in images made before they were recorded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub flags: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -136,6 +141,9 @@ pub struct ProcessImage {
     /// seccomp filters and modes of the threads.
     #[serde(default)]
     pub seccomp: SeccompImage,
+    /// Scheduling attributes of the threads, oom_score_adj.
+    #[serde(default)]
+    pub sched: crate::sched::SchedImage,
 }
 
 /// The timers of a process.
@@ -219,6 +227,13 @@ pub struct Core {
     /// Seccomp mode of the main thread from /proc (0 none); the filters are in
     /// `ProcessImage::seccomp`.
     pub seccomp_mode: u32,
+    /// PR_SET_CHILD_SUBREAPER: orphaned descendants are reparented to it.
+    #[serde(default)]
+    pub child_subreaper: bool,
+    /// The process was stopped by this job-control signal (group-stop):
+    /// restored stopped, waiting for SIGCONT.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stopped: Option<i32>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

@@ -8,7 +8,7 @@
 
 mod dir;
 pub mod format;
-mod hash;
+pub(crate) mod hash;
 
 pub use dir::{ImageReader, ImageWriter, PageSink, StreamedFile};
 pub use format::*;

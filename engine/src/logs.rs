@@ -122,6 +122,7 @@ mod tests {
         w.finish(CpuFeatures {
             xcr0: 0xe7,
             xstate_size: 2432,
+            flags: Vec::new(),
         })
         .unwrap();
         let r = ImageReader::open(&dir).unwrap();

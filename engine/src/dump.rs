@@ -326,7 +326,11 @@ fn collect_all(
         processes: seized.procs.iter().map(entry).collect(),
         stats: stats.clone(),
         clocks,
+        command: sb.command().to_vec(),
+        main_adopted: sb.main_adopted(),
     };
+    // The log as it was when the tree stopped travels with the image.
+    crate::logs::dump(log_path, writer)?;
     writer.write_json("inventory.json", &inv)?;
     Ok(files.net.take_repair())
 }

@@ -19,7 +19,8 @@
 //! - `seccomp`: seccomp filters and modes;
 //! - `sched`: scheduling policies, priorities and nice values, oom_score_adj;
 //! - `deps`: the host files an image needs but does not hold (mapped
-//!   executables and libraries, files open by path), checked at restore.
+//!   executables and libraries, files open by path), checked at restore;
+//! - `logs`: the sandbox's log, carried in the image and continued.
 //!
 //! `seize` stops and releases the tree, `remote` runs syscalls inside a
 //! stopped task, `interrupt` keeps an interrupted dump from harming the
@@ -35,6 +36,7 @@ pub mod image;
 pub mod inspect;
 pub mod interrupt;
 pub mod ipc;
+pub mod logs;
 pub mod memory;
 pub mod mounts;
 pub mod net;

@@ -19,7 +19,7 @@ use crate::image::{
 use crate::memory::{self, Rebuild, SCRATCH_PAGES, TRAMPOLINE_PAGES};
 use crate::remote::{put_cstr, BatchCall, BatchSite, Remote, Staged};
 use crate::seize::{self, Seized};
-use crate::tree::{self, Plan, READY_RECORD};
+use crate::tree::{self, READY_RECORD};
 use crate::{files, image, signals, task, thread};
 
 #[derive(Debug, Clone, Default)]
@@ -134,6 +134,7 @@ pub fn load(dir: &Path) -> Result<LoadedImage> {
         });
     }
     let inventory: Inventory = reader.read_json("inventory.json")?;
+    crate::logs::validate(&reader)?;
     if inventory.processes.len() > image::limits::MAX_PROCESSES {
         return Err(Error::Other(format!(
             "image: {} processes",
@@ -422,29 +423,8 @@ fn restore_guarded(
     let ipc_img = img.ipc.clone();
 
     let entries = img.inventory.processes.clone();
-    let index: BTreeMap<i32, usize> = entries
-        .iter()
-        .enumerate()
-        .map(|(i, e)| (e.pid, i))
-        .collect();
-    let mut plans: Vec<Plan> = entries
-        .iter()
-        .map(|e| Plan {
-            pid: e.pid,
-            pgid: e.pgid,
-            sid: e.sid,
-            zombie: e.zombie,
-            children: Vec::new(),
-            fds: Vec::new(),
-        })
-        .collect();
-    let mut roots = Vec::new();
-    for (i, e) in entries.iter().enumerate() {
-        match index.get(&e.ppid) {
-            Some(&pi) => plans[pi].children.push(i),
-            None => roots.push(i),
-        }
-    }
+    // Who forks whom, with the helpers that hold sessions and groups.
+    let tree_plan = tree::plan(&entries)?;
     let live = entries.iter().filter(|e| e.zombie.is_none()).count();
     let files_img = img.files.clone();
     let mounts_img = img.mounts.clone();
@@ -500,11 +480,11 @@ fn restore_guarded(
                 e => e.to_string(),
             })?;
         let mut held = Vec::new();
-        let mut plans = plans;
+        let mut tree_plan = tree_plan;
         for fd in fds {
             held.push(move_high(fd, base).map_err(|e| e.to_string())?);
         }
-        for p in plans.iter_mut() {
+        for p in tree_plan.plans.iter_mut().filter(|p| !p.helper) {
             if let Some(t) = fd_tables.get(&p.pid) {
                 p.fds = t
                     .iter()
@@ -514,9 +494,9 @@ fn restore_guarded(
         }
         crate::faults::pause_point("restore-launch");
         if crate::faults::fail_point("restore-pid-taken") {
-            occupy_pid(plans[roots[0]].pid)?;
+            occupy_pid(tree_plan.plans[tree_plan.roots[0]].pid)?;
         }
-        let pids = tree::fork_roots(&plans, &roots, ready_w_raw)?;
+        let pids = tree::fork_roots(&tree_plan, ready_w_raw)?;
         // The tree holds the shared memory objects now.
         init_layout.release();
         drop(held);
@@ -548,6 +528,8 @@ fn restore_guarded(
 
     let t2 = Instant::now();
     let result = (|| -> Result<RestoreStats> {
+        // The log written before the dump, before anything of the tree runs.
+        crate::logs::restore(&img.reader, &sb.log_path())?;
         wait_ready(&ready_r, live, &sb)?;
         crate::faults::pause_point("restore-tree");
         let fork_ms = ms(t2.elapsed());
@@ -686,6 +668,7 @@ fn restore_guarded(
         }
         tracing::debug!(ms = ms(tm.elapsed()), "tree rebuilt");
         tracing::debug!(ms = ms(tm.elapsed()), "tree released");
+        sb.set_restored(img.inventory.command.clone(), img.inventory.main_adopted)?;
         if let Some(&h) = host.get(&workload) {
             sb.set_workload_pid(h)?;
         }

@@ -4,11 +4,16 @@
 //! Init sets up what must be done from inside the namespaces (cgroup
 //! namespace, mounts, network, host name), starts the workload (or runs the
 //! restore closure), reports to the creator, and then supervises: it reaps
-//! every process that ends up as its child, passes every signal it receives on
-//! to the workload, records the workload's exit status in the state directory
-//! and exits once the workload has exited, killing what is left of the tree.
-//! After start-up it holds one fd only: an O_PATH handle on the state
-//! directory, close-on-exec.
+//! every process that ends up as its child (orphans included), passes every
+//! signal it receives on to the workload, and stays while any process of the
+//! sandbox lives. The *main* process is the one it started (or the restored
+//! tree's root); when that exits while others live (a server that daemonized
+//! itself), the oldest of init's remaining children becomes the main one,
+//! recorded in `main.json` in the state directory, and signals go to every
+//! child of init (the roots of what is left). Once no process is left, init
+//! records the exit status of the last main process in `exit.json` and exits
+//! with it. After start-up it holds one fd only: an O_PATH handle on the
+//! state directory, close-on-exec.
 
 use std::ffi::CString;
 use std::io::{Read, Write};
@@ -292,7 +297,7 @@ fn run(s: InitSetup, launch: Launch) -> i32 {
     }
     close(s.report_w);
 
-    let rec = supervise(pid, s.profile.namespaces.pid);
+    let rec = supervise(pid, s.state_fd);
     write_exit(s.state_fd, &rec);
     rec.shell_code()
 }
@@ -421,39 +426,95 @@ fn kill_rest(pid_ns: bool) {
     }
 }
 
-fn supervise(workload: i32, pid_ns: bool) -> ExitRecord {
+/// Init's children (the roots of the sandbox's tree), oldest first, by PID
+/// in init's PID namespace. Read from /proc (its own procfs in a sandbox
+/// with a mount namespace, else the host's: the innermost NSpid is used
+/// either way). Empty when /proc cannot be read.
+fn children_oldest_first() -> Vec<i32> {
+    let list = std::fs::read_to_string("/proc/thread-self/children").unwrap_or_default();
+    let mut v: Vec<(u64, i32)> = list
+        .split_whitespace()
+        .filter_map(|c| c.parse::<i32>().ok())
+        .filter_map(|c| {
+            let stat = std::fs::read_to_string(format!("/proc/{c}/stat")).ok()?;
+            // Field 22 (starttime), counted after the command's closing parenthesis.
+            let after = &stat[stat.rfind(')')? + 1..];
+            let start: u64 = after.split_whitespace().nth(19)?.parse().ok()?;
+            let status = std::fs::read_to_string(format!("/proc/{c}/status")).ok()?;
+            let ns_pid: i32 = status
+                .lines()
+                .find_map(|l| l.strip_prefix("NSpid:"))?
+                .split_whitespace()
+                .last()?
+                .parse()
+                .ok()?;
+            Some((start, ns_pid))
+        })
+        .collect();
+    v.sort_unstable();
+    v.into_iter().map(|(_, p)| p).collect()
+}
+
+/// What `main.json` holds: the sandbox's main process once it is no longer
+/// the one init started.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MainRecord {
+    /// PID of the main process in the sandbox's PID namespace.
+    pub ns_pid: i32,
+}
+
+/// Reaps every child, follows the main process, passes signals on. Returns
+/// the status of the last main process once no process is left.
+fn supervise(workload: i32, state_fd: RawFd) -> ExitRecord {
     // SAFETY: an initialised, full signal set.
     let set = unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut set);
         set
     };
+    // The main process (0: none known), whether it is still the one init
+    // started, and the status of the last main process that exited.
+    let mut main = workload;
+    let mut original = true;
     let mut result: Option<ExitRecord> = None;
     // The workload may already be gone: look before waiting.
     let mut check_children = true;
     loop {
         if check_children {
+            let mut main_gone = false;
             loop {
                 let mut st = 0;
                 // SAFETY: reaping any child; `st` is a valid out pointer.
                 let p = unsafe { libc::waitpid(-1, &mut st, libc::WNOHANG) };
                 if p > 0 {
-                    if p == workload && result.is_none() {
+                    if p == main {
                         result = Some(ExitRecord::from_wait_status(st));
-                    }
-                    if result.is_some() {
-                        kill_rest(pid_ns);
+                        main_gone = true;
+                        original = false;
                     }
                     continue;
                 }
                 if p < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::ECHILD) {
-                    // No child left at all.
+                    // No process left in the sandbox.
                     return result.unwrap_or(ExitRecord {
                         code: None,
                         signal: None,
                     });
                 }
                 break;
+            }
+            if main_gone || main == 0 {
+                // Others live on (a daemon the main process left behind):
+                // the oldest of them is the main process now.
+                main = children_oldest_first().first().copied().unwrap_or(0);
+                if main != 0 {
+                    let rec = MainRecord { ns_pid: main };
+                    write_state_file(
+                        state_fd,
+                        "main.json",
+                        &serde_json::to_vec(&rec).unwrap_or_default(),
+                    );
+                }
             }
         }
         // SAFETY: `set` is initialised; `info` is a valid out pointer.
@@ -466,17 +527,37 @@ fn supervise(workload: i32, pid_ns: bool) -> ExitRecord {
             continue;
         }
         check_children = sig == libc::SIGCHLD;
-        if sig != libc::SIGCHLD && result.is_none() {
+        if sig == libc::SIGCHLD {
+            continue;
+        }
+        if original {
             // SAFETY: kill(2) on our child, the workload, not yet reaped.
             unsafe { libc::kill(workload, sig) };
+        } else {
+            // The process init started is gone: every root of what is left
+            // gets the signal (a daemon's children get it from their parent).
+            for c in children_oldest_first() {
+                // SAFETY: kill(2) on a child of ours.
+                unsafe { libc::kill(c, sig) };
+            }
         }
     }
 }
 
 fn write_exit(state_fd: RawFd, rec: &ExitRecord) {
-    let data = serde_json::to_vec(rec).unwrap_or_default();
-    let tmp = CString::new("exit.json.tmp").expect("no NUL");
-    let fin = CString::new("exit.json").expect("no NUL");
+    write_state_file(
+        state_fd,
+        "exit.json",
+        &serde_json::to_vec(rec).unwrap_or_default(),
+    );
+}
+
+/// Replaces `name` in the state directory atomically (through a temporary
+/// file and a rename).
+fn write_state_file(state_fd: RawFd, name: &str, data: &[u8]) {
+    let (Ok(tmp), Ok(fin)) = (CString::new(format!("{name}.tmp")), CString::new(name)) else {
+        return;
+    };
     // SAFETY: openat relative to the state directory fd with a NUL-terminated name.
     let fd = unsafe {
         libc::openat(
@@ -493,7 +574,7 @@ fn write_exit(state_fd: RawFd, rec: &ExitRecord) {
     let mut f = unsafe { std::fs::File::from_raw_fd(fd) };
     // No fsync: the record describes a sandbox a crash ends anyway (see
     // `write_atomic`), and `stasis dump` waits for init's exit.
-    if f.write_all(&data).is_ok() {
+    if f.write_all(data).is_ok() {
         // SAFETY: renameat within the state directory, NUL-terminated names.
         unsafe { libc::renameat(state_fd, tmp.as_ptr(), state_fd, fin.as_ptr()) };
     }

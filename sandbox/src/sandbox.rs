@@ -3,8 +3,10 @@
 //! Layout of `STATE_DIR/NAME/`: `profile.toml` (the profile used),
 //! `state.json` (init's and the workload's PIDs with their start times, the
 //! cgroup, the veth, the command), `log` (the workload's stdout and stderr),
-//! `lock` (flock'ed by operations that must not overlap), and `exit.json`
-//! (written by init when the workload has exited).
+//! `lock` (flock'ed by operations that must not overlap), `main.json`
+//! (written by init when the process it started has exited and another one
+//! of the sandbox is its main process now) and `exit.json` (written by init
+//! when the sandbox's last process has exited).
 
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Write};
@@ -18,7 +20,7 @@ use serde::{Deserialize, Serialize};
 use crate::cgroup::Cgroup;
 use crate::clone::{clone_with_namespaces, Forked};
 use crate::guard::{Guard, Made};
-use crate::init::{init_main, ExitRecord, InitSetup, Launch, Report};
+use crate::init::{init_main, ExitRecord, InitSetup, Launch, MainRecord, Report};
 use crate::netlink::Rtnl;
 use crate::profile::Profile;
 use crate::{Error, Result};
@@ -44,6 +46,10 @@ struct State {
     workload_start: Option<u64>,
     cgroup: Cgroup,
     veth_host: Option<String>,
+    /// Whether the workload fields name a process init adopted (named in
+    /// `main.json`, or restored as such), not the one it started.
+    #[serde(default)]
+    main_adopted: bool,
 }
 
 /// A sandbox's state as `stasis ps` shows it.
@@ -662,6 +668,7 @@ impl Sandbox {
             workload_start: workload_pid.and_then(start_time),
             cgroup,
             veth_host,
+            main_adopted: false,
         };
         let sb = Sandbox {
             dir: dir.to_path_buf(),
@@ -701,12 +708,25 @@ impl Sandbox {
             }
             Err(e) => return Err(io_err("read", &sp)(e)),
         };
-        let state: State = serde_json::from_str(&text).map_err(|e| Error::BadState {
+        let mut state: State = serde_json::from_str(&text).map_err(|e| Error::BadState {
             name: name.to_string(),
             path: sp.clone(),
             message: e.to_string(),
         })?;
         let profile = Profile::load(&dir.join("profile.toml"))?;
+        // The process init started may be gone while others live on: init
+        // names the main process then.
+        if let Some(m) = fs::read(dir.join("main.json"))
+            .ok()
+            .and_then(|t| serde_json::from_slice::<MainRecord>(&t).ok())
+        {
+            if state.workload_ns_pid != Some(m.ns_pid) {
+                state.workload_pid = host_pid_of(state.init_pid, m.ns_pid, profile.namespaces.pid);
+                state.workload_ns_pid = Some(m.ns_pid);
+                state.workload_start = state.workload_pid.and_then(start_time);
+            }
+            state.main_adopted = true;
+        }
         Ok(Sandbox {
             dir,
             profile,
@@ -739,7 +759,14 @@ impl Sandbox {
     pub fn init_pid(&self) -> i32 {
         self.state.init_pid
     }
-    /// Host PID of the workload's root process.
+    /// Whether the main process (the workload PIDs) is one init adopted
+    /// after the process it started exited, e.g. a daemon's server process.
+    pub fn main_adopted(&self) -> bool {
+        self.state.main_adopted
+    }
+    /// Host PID of the workload's main process: the one init started, or,
+    /// once that has exited while others live, the one init names in
+    /// `main.json`.
     pub fn workload_pid(&self) -> Option<i32> {
         self.state.workload_pid
     }
@@ -770,6 +797,18 @@ impl Sandbox {
     /// Seconds since the epoch when the sandbox was made.
     pub fn created(&self) -> u64 {
         self.state.created
+    }
+
+    /// Records what a restored sandbox's workload was: the command it was
+    /// started with (what `stasis ps` shows) and whether its main process
+    /// was one init had adopted (signals then go to every root, as before
+    /// the dump).
+    pub fn set_restored(&mut self, command: Vec<String>, main_adopted: bool) -> Result<()> {
+        if !command.is_empty() {
+            self.state.command = command;
+        }
+        self.state.main_adopted = main_adopted;
+        self.save_state()
     }
 
     /// Records a (restored) workload's root process by host PID.
@@ -845,10 +884,27 @@ impl Sandbox {
     }
 
     /// Sends a signal to the workload. Most signals go through init, which
-    /// passes them on (so they reach a restored workload as well); SIGKILL and
-    /// SIGSTOP, which init cannot intercept, go to the workload directly.
+    /// passes them on to the main process while it is the one init started,
+    /// and to every child of init (the roots of what is left) after that.
+    /// SIGKILL ends the whole sandbox at once (init and every process in
+    /// it); SIGSTOP, which init cannot intercept, goes to the main process
+    /// directly.
     pub fn signal(&self, sig: i32) -> Result<()> {
-        if sig == libc::SIGKILL || sig == libc::SIGSTOP {
+        if sig == libc::SIGKILL {
+            let fd = self.init_pidfd()?;
+            // A frozen tree cannot die under the v1 freezer: thaw first.
+            let _ = self.cgroup().thaw();
+            pidfd_send_signal(&fd, sig).map_err(sys_err(format!(
+                "signal {sig} to init {}",
+                self.state.init_pid
+            )))?;
+            if !self.profile.namespaces.pid {
+                // Without a PID namespace, init's end is not the tree's.
+                self.cgroup().sigkill_all()?;
+            }
+            return Ok(());
+        }
+        if sig == libc::SIGSTOP {
             let pid = self
                 .state
                 .workload_pid
@@ -861,6 +917,22 @@ impl Sandbox {
                 .map_err(sys_err(format!("signal {sig} to workload {pid}")));
         }
         let fd = self.init_pidfd()?;
+        if self.state.main_adopted {
+            // Every root of what is left (init's children) gets it.
+            let init = self.state.init_pid;
+            let children = fs::read_to_string(format!("/proc/{init}/task/{init}/children"))
+                .map_err(sys_err(format!("read the children of init {init}")))?;
+            for c in children
+                .split_whitespace()
+                .filter_map(|c| c.parse::<i32>().ok())
+            {
+                // A child that is gone meanwhile needs no signal.
+                if let Ok(cfd) = pidfd_open(c) {
+                    let _ = pidfd_send_signal(&cfd, sig);
+                }
+            }
+            return Ok(());
+        }
         pidfd_send_signal(&fd, sig).map_err(sys_err(format!(
             "signal {sig} to init {}",
             self.state.init_pid

@@ -185,6 +185,7 @@ pub fn ps(state_dir: &Path, args: PsArgs) -> Result<u8> {
             "init_pid": sb.init_pid(),
             "workload_pid": sb.workload_pid(),
             "workload_ns_pid": sb.workload_ns_pid(),
+            "main_adopted": sb.main_adopted(),
             "created": sb.created(),
             "uptime_secs": now.saturating_sub(sb.created()),
             "memory_bytes": memory,

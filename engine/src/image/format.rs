@@ -61,6 +61,14 @@ pub struct Inventory {
     /// offsets make both clocks go on from these values.
     #[serde(default)]
     pub clocks: Option<Clocks>,
+    /// The command the dumped sandbox was started with (`stasis ps` shows it
+    /// for the restored one).
+    #[serde(default)]
+    pub command: Vec<String>,
+    /// Whether the main process (`workload_pid`) was one the sandbox's init
+    /// adopted after the process it started exited (a daemon).
+    #[serde(default)]
+    pub main_adopted: bool,
 }
 
 /// Clock readings, as (seconds, nanoseconds).

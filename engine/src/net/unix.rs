@@ -199,7 +199,7 @@ pub(crate) fn finish(
         if stream && d.rqlen.0 == 0 {
             continue;
         }
-        let packets = peek_queue(&seen[i], stream)?;
+        let packets = peek_queue(&seen[i], stream, d.shutdown)?;
         let u_total: u64 = packets.iter().map(|p| p.1.len() as u64).sum();
         if stream && u_total != d.rqlen.0 as u64 {
             return Err(seen[i].unsupported(
@@ -304,9 +304,21 @@ fn socket_files(seen: &[Seen], unix_ids: &[usize]) -> Result<Vec<UnixFile>> {
     Ok(out)
 }
 
+/// Most records (datagrams, seqpacket records) read from one socket's queue.
+pub const MAX_QUEUE_RECORDS: usize = 1 << 20;
+
 /// Reads the queue of a socket without consuming it: (sender name, data)
 /// per datagram or record; for a stream, chunks in order.
-fn peek_queue(s: &Seen, stream: bool) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+///
+/// A datagram or seqpacket record may be empty, and a seqpacket socket whose
+/// peer shut down or closed answers an empty queue with 0 (end of file)
+/// rather than EAGAIN: the two are told apart by the credentials the kernel
+/// attaches to every record it hands out while SO_PASSCRED is set on the
+/// socket (an end of file carries none). SO_PASSCRED and the peek offset are
+/// put back as the program had them. The kernel marks an empty record once
+/// peeked at, so the next peek at the same offset moves past it. The walk is
+/// bounded in records and bytes: a queue beyond either is refused.
+fn peek_queue(s: &Seen, stream: bool, shutdown: u8) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let fd = s.raw();
     let io = |what: &str| {
         let e = std::io::Error::last_os_error();
@@ -315,16 +327,28 @@ fn peek_queue(s: &Seen, stream: bool) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
             reason: format!("fd {}: {what}: {e}", s.fd),
         }
     };
+    let too_long = |what: String| s.unsupported(what, format!("socket:[{}]", s.img.ino));
     let old = opts::get_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF).unwrap_or(-1);
     opts::set_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0).map_err(|e| Error::Process {
         pid: s.pid,
         reason: format!("fd {}: SO_PEEK_OFF: {e} (feature: so-peek-off)", s.fd),
     })?;
+    // Records carry credentials while SO_PASSCRED is set; without it (not
+    // settable), an empty answer of a socket that can no longer receive is
+    // taken for the end of the queue.
+    let old_passcred = opts::get_int(fd, libc::SOL_SOCKET, libc::SO_PASSCRED).ok();
+    let creds = !stream
+        && old_passcred.is_some()
+        && opts::set_int(fd, libc::SOL_SOCKET, libc::SO_PASSCRED, 1).is_ok();
+    let rcv_shut = shutdown & 1 != 0;
     let res = (|| -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let mut out = Vec::new();
         let mut buf = vec![0u8; 1 << 16];
         let mut offset: usize = 0;
         let mut total: u64 = 0;
+        // Peeks that found the same record again (a larger buffer): at most
+        // one per record.
+        let mut again = false;
         loop {
             // SAFETY: zeroed sockaddr_un and msghdr are valid; we fill the pointers below.
             let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
@@ -352,7 +376,7 @@ fn peek_queue(s: &Seen, stream: bool) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
                 }
                 return Err(io("peeking at the queued data"));
             }
-            let passed = scm_rights(&msg);
+            let (passed, has_creds) = control_messages(&msg);
             if passed > 0 {
                 return Err(s.unsupported(
                     format!(
@@ -363,16 +387,34 @@ fn peek_queue(s: &Seen, stream: bool) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
                 ));
             }
             let n = n as usize;
-            if stream && n == 0 {
-                break;
+            if n == 0 {
+                // A stream's end; a seqpacket socket's end of file; or an
+                // empty record (a datagram socket never answers 0 otherwise).
+                let eof = if stream {
+                    true
+                } else if creds {
+                    !has_creds
+                } else {
+                    s.img.sock_type == libc::SOCK_SEQPACKET && rcv_shut
+                };
+                if eof {
+                    break;
+                }
             }
             if !stream && n > buf.len() {
+                if again || n as u64 > MAX_QUEUE_BYTES {
+                    return Err(too_long(format!(
+                        "unix socket with a record of {n} bytes queued"
+                    )));
+                }
                 // A datagram larger than the buffer: peek it again whole.
+                again = true;
                 buf.resize(n, 0);
                 opts::set_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, offset as i32)
                     .map_err(|_| io("SO_PEEK_OFF"))?;
                 continue;
             }
+            again = false;
             let namelen = (msg.msg_namelen as usize).saturating_sub(2).min(108);
             let sender = if stream || namelen == 0 {
                 Vec::new()
@@ -386,19 +428,33 @@ fn peek_queue(s: &Seen, stream: bool) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
             offset += n;
             total += n as u64;
             if total > MAX_QUEUE_BYTES {
-                break;
+                return Err(too_long(format!(
+                    "unix socket with more than {MAX_QUEUE_BYTES} bytes queued"
+                )));
+            }
+            if out.len() > MAX_QUEUE_RECORDS {
+                return Err(too_long(format!(
+                    "unix socket with more than {MAX_QUEUE_RECORDS} records queued"
+                )));
             }
         }
         Ok(out)
     })();
-    // Put the peek offset back as the program had it.
+    // Put the peek offset and SO_PASSCRED back as the program had them.
     let _ = opts::set_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, old);
+    if creds {
+        if let Some(v) = old_passcred {
+            let _ = opts::set_int(fd, libc::SOL_SOCKET, libc::SO_PASSCRED, v);
+        }
+    }
     res
 }
 
-/// Counts (and closes) the fds an SCM_RIGHTS message put in our table.
-fn scm_rights(msg: &libc::msghdr) -> usize {
+/// Counts (and closes) the fds an SCM_RIGHTS message put in our table, and
+/// says whether the message carried credentials (SCM_CREDENTIALS).
+fn control_messages(msg: &libc::msghdr) -> (usize, bool) {
     let mut count = 0;
+    let mut creds = false;
     // SAFETY: walking the control buffer the kernel filled, with the libc
     // CMSG macros bounded by msg_controllen.
     unsafe {
@@ -412,10 +468,13 @@ fn scm_rights(msg: &libc::msghdr) -> usize {
                 }
                 count += n;
             }
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_CREDENTIALS {
+                creds = true;
+            }
             c = libc::CMSG_NXTHDR(msg, c);
         }
     }
-    count
+    (count, creds)
 }
 
 // ---- restore --------------------------------------------------------------

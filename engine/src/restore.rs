@@ -133,6 +133,7 @@ pub fn load(dir: &Path) -> Result<LoadedImage> {
         validate_process(&reader, &p, &files)?;
         procs.insert(e.pid, p);
     }
+    image::refs::check(&inventory, &files, &procs)?;
     tree::check_rebuildable(&inventory.processes)?;
     files::validate_links(
         &files,
@@ -715,10 +716,14 @@ fn wait_ready(r: &OwnedFd, n: usize, sb: &sandbox::Sandbox) -> Result<()> {
             if err != 0 {
                 return Err(Error::Process {
                     pid,
-                    reason: format!(
-                        "setting up the restored process failed: {}",
-                        std::io::Error::from_raw_os_error(err)
-                    ),
+                    reason: if err == tree::PANICKED {
+                        "setting up the restored process failed: it panicked".into()
+                    } else {
+                        format!(
+                            "setting up the restored process failed: {}",
+                            std::io::Error::from_raw_os_error(err)
+                        )
+                    },
                 });
             }
             got += 1;

@@ -54,6 +54,9 @@ pub struct Plan {
     pub fds: Vec<(i32, i32, bool)>,
 }
 
+/// The error a restored process reports when its setup panicked.
+pub const PANICKED: i32 = -1;
+
 /// A record on the ready pipe: the process's PID and 0, or an errno.
 pub const READY_RECORD: usize = 8;
 
@@ -74,7 +77,12 @@ fn spawn(plans: &[Plan], idx: usize, ready_fd: i32) -> std::result::Result<i32, 
     let pid = unsafe { sys::clone3::clone3(0, libc::SIGCHLD as u64, &[p.pid]) }
         .map_err(|e| e.errno as i32)?;
     if pid == 0 {
-        let err = child_main(plans, idx, ready_fd);
+        // A panic must not unwind into the forked copy of its parent's
+        // code: it is reported as the process's failure.
+        let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            child_main(plans, idx, ready_fd)
+        }))
+        .unwrap_or(PANICKED);
         report(ready_fd, p.pid, err);
         // SAFETY: leaving the child without running the parent's destructors.
         unsafe { libc::_exit(1) };

@@ -9,6 +9,7 @@
 mod dir;
 pub mod format;
 mod hash;
+pub mod refs;
 
 pub use dir::{ImageReader, ImageWriter, PageSink, StreamedFile};
 pub use format::*;
@@ -37,6 +38,9 @@ pub mod limits {
     pub const MAX_FDS: usize = 1 << 20;
     /// Largest xstate buffer.
     pub const MAX_XSTATE: usize = 64 << 10;
+    /// Highest fd number (the kernel's own ceiling, fs.nr_open, is below
+    /// 2^31; this keeps the restore's fd arithmetic far from overflow).
+    pub const MAX_FD_NUMBER: i32 = 1 << 30;
     /// Largest auxv.
     pub const MAX_AUXV_WORDS: usize = 512;
     /// Largest pipe buffer restored.

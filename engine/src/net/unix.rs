@@ -718,6 +718,26 @@ pub(crate) fn restore_all(
         ))
     };
     let owner_of = |id: usize| files.iter().any(|f| f.owner == Some(id as u32));
+    // Indexes are checked by `validate`; a wrong one is an error here too,
+    // never a panic in the sandbox's init.
+    let unix_at = |k: usize| -> Result<&UnixSocketImage> {
+        sockets
+            .get(k)
+            .and_then(|q| q.unix.as_ref())
+            .ok_or_else(|| Error::BadImage {
+                path: "files.json".into(),
+                reason: format!("socket {k} is not a unix socket"),
+            })
+    };
+    let made = |fds: &[Option<OwnedFd>], k: usize| -> Result<RawFd> {
+        fds.get(k)
+            .and_then(|f| f.as_ref())
+            .map(|f| f.as_raw_fd())
+            .ok_or_else(|| Error::BadImage {
+                path: "files.json".into(),
+                reason: format!("socket {k} was not made (a reference to it is wrong)"),
+            })
+    };
     // 1. Stale socket files; a file a live socket holds is not taken over.
     for f in files {
         if socket_file_in_use(&f.path) {
@@ -750,7 +770,7 @@ pub(crate) fn restore_all(
         let Some(p) = u.peer.map(|p| p as usize) else {
             continue;
         };
-        let pu = sockets[p].unix.as_ref().expect("peer is a unix socket");
+        let pu = unix_at(p)?;
         if pu.peer != Some(i as u32) || p == i {
             continue; // a datagram socket connected one way: step 4
         }
@@ -785,8 +805,8 @@ pub(crate) fn restore_all(
                 !u.name.is_empty()
             };
             let (x, y) = if x_is_i { (i, p) } else { (p, i) };
-            let xu = sockets[x].unix.as_ref().expect("unix");
-            let yu = sockets[y].unix.as_ref().expect("unix");
+            let xu = unix_at(x)?;
+            let yu = unix_at(y)?;
             let (xs, ys) =
                 pair_via_listener(s.sock_type, xu, Some(yu)).map_err(|e| sock_err(s, e))?;
             fds[x] = Some(xs);
@@ -821,7 +841,7 @@ pub(crate) fn restore_all(
                 return Ok(helpers[h].as_raw_fd());
             }
             u.peer
-                .and_then(|p| fds[p as usize].as_ref())
+                .and_then(|p| fds.get(p as usize).and_then(|f| f.as_ref()))
                 .map(|f| f.as_raw_fd())
                 .ok_or_else(|| Error::Other(format!("{what}: no peer to write it")))
         };
@@ -843,16 +863,16 @@ pub(crate) fn restore_all(
             for p in &u.packets {
                 let data = read_blob(blobs, p.data, &what)?;
                 let peer_pair = u.peer.filter(|&q| {
-                    let qu = sockets[q as usize].unix.as_ref().expect("unix");
-                    qu.peer == Some(i as u32) && qu.name == p.sender
+                    unix_at(q as usize)
+                        .is_ok_and(|qu| qu.peer == Some(i as u32) && qu.name == p.sender)
                 });
                 let to = (!u.name.is_empty()).then_some((u.name.as_slice(), u.bind_dir.as_deref()));
                 if let Some(q) = peer_pair {
-                    let w = fds[q as usize].as_ref().expect("made").as_raw_fd();
+                    let w = made(fds, q as usize)?;
                     grow_sndbuf(w, data.len());
                     send_packet(w, &data, None, &what)?;
                 } else if let (Some(&q), Some(to)) = (by_name.get(p.sender.as_slice()), to) {
-                    let w = fds[q].as_ref().expect("made").as_raw_fd();
+                    let w = made(fds, q)?;
                     grow_sndbuf(w, data.len());
                     send_packet(w, &data, Some(to), &what)?;
                 } else if let Some(to) = to {
@@ -883,15 +903,15 @@ pub(crate) fn restore_all(
     for &(i, s, u) in &unix {
         if s.state == TCP_LISTEN {
             for &c in &u.waiting {
-                let fd = fds[c as usize].as_ref().expect("made above").as_raw_fd();
+                let fd = made(fds, c as usize)?;
                 connect_name(fd, &u.name, u.bind_dir.as_deref()).map_err(|e| sock_err(s, e))?;
             }
         }
         if s.sock_type == libc::SOCK_DGRAM {
             if let Some(p) = u.peer.map(|p| p as usize) {
-                let pu = sockets[p].unix.as_ref().expect("unix");
+                let pu = unix_at(p)?;
                 if pu.peer != Some(i as u32) {
-                    let fd = fds[i].as_ref().expect("made above").as_raw_fd();
+                    let fd = made(fds, i)?;
                     connect_name(fd, &pu.name, pu.bind_dir.as_deref())
                         .map_err(|e| sock_err(s, e))?;
                 }
@@ -908,7 +928,7 @@ pub(crate) fn restore_all(
             2 => libc::SHUT_WR,
             _ => libc::SHUT_RDWR,
         };
-        let fd = fds[i].as_ref().expect("made").as_raw_fd();
+        let fd = made(fds, i)?;
         // SAFETY: shutdown(2) on our socket.
         if unsafe { libc::shutdown(fd, how) } < 0 {
             return Err(sys_err(format!("shutdown of unix socket {}", s.id)));
@@ -924,8 +944,9 @@ pub(crate) fn restore_all(
             continue;
         }
         let owned = f.owner.is_some_and(|o| {
-            let ou = sockets[o as usize].unix.as_ref().expect("unix");
-            now.is_some() && file_path(ou).as_deref() == Some(f.path.as_str())
+            unix_at(o as usize).is_ok_and(|ou| {
+                now.is_some() && file_path(ou).as_deref() == Some(f.path.as_str())
+            })
         });
         if !owned {
             // The file of a socket that no longer exists: a stale socket file.
@@ -950,7 +971,7 @@ pub(crate) fn restore_all(
     }
     // Options last: buffer sizes may have been raised for the refill.
     for &(i, s, _) in &unix {
-        let fd = fds[i].as_ref().expect("made").as_raw_fd();
+        let fd = made(fds, i)?;
         opts::restore(fd, &s.opts, s.family, s.sock_type)
             .map_err(|e| Error::Other(format!("unix socket {}: {e}", s.id)))?;
         opts::restore_late(fd, &s.opts, s.sock_type, false)

@@ -740,12 +740,15 @@ pub fn describe(files: &FilesImage, kind: &FileKind) -> String {
 pub fn validate(pid: i32, fds: &[FdEntry], files: &FilesImage) -> Result<()> {
     for f in fds {
         if f.fd < 0 || f.file as usize >= files.files.len() {
-            return Err(Error::Other(format!(
-                "image of process {pid}: fd {} refers to file {} of {}",
-                f.fd,
-                f.file,
-                files.files.len()
-            )));
+            return Err(Error::BadImage {
+                path: format!("proc-{pid}.json").into(),
+                reason: format!(
+                    "fd {} refers to file description {} of {}",
+                    f.fd,
+                    f.file,
+                    files.files.len()
+                ),
+            });
         }
     }
     Ok(())

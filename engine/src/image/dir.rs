@@ -502,7 +502,8 @@ impl ImageReader {
         } else {
             Vec::new()
         };
-        let manifest: Manifest = decode_newer(&mpath, MANIFEST, v, &ignorable, major, minor)?;
+        let manifest: Manifest =
+            decode_newer(&mpath, MANIFEST, &bytes, &ignorable, major, minor)?;
         if manifest.arch != std::env::consts::ARCH {
             return Err(bad(
                 &mpath,
@@ -634,9 +635,14 @@ impl ImageReader {
         }
         let m = &self.manifest;
         if m.format_version == FORMAT_VERSION && m.format_minor > FORMAT_MINOR {
-            let v: serde_json::Value = serde_json::from_slice(&bytes)
-                .map_err(|e| bad(&path, format!("cannot decode: {e}")))?;
-            return decode_newer(&path, name, v, &m.ignorable, m.format_version, m.format_minor);
+            return decode_newer(
+                &path,
+                name,
+                &bytes,
+                &m.ignorable,
+                m.format_version,
+                m.format_minor,
+            );
         }
         serde_json::from_slice(&bytes).map_err(|e| bad(&path, format!("cannot decode: {e}")))
     }
@@ -649,13 +655,17 @@ impl ImageReader {
 fn decode_newer<T: DeserializeOwned + Serialize>(
     path: &Path,
     name: &str,
-    raw: serde_json::Value,
+    bytes: &[u8],
     ignorable: &[String],
     major: u32,
     minor: u32,
 ) -> Result<T> {
-    let value: T = serde_json::from_value(raw.clone())
-        .map_err(|e| bad(path, format!("cannot decode: {e}")))?;
+    // Decoded from the bytes (some fields borrow their strings), and read
+    // once more as a plain JSON value to find the fields the decode skipped.
+    let value: T =
+        serde_json::from_slice(bytes).map_err(|e| bad(path, format!("cannot decode: {e}")))?;
+    let raw: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| bad(path, format!("cannot decode: {e}")))?;
     let known = serde_json::to_value(&value)
         .map_err(|e| bad(path, format!("cannot encode again: {e}")))?;
     let mut unknown = Vec::new();

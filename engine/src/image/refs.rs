@@ -56,6 +56,26 @@ pub fn check(
                 ));
             }
         }
+        for v in &p.vmas {
+            if let super::VmaKind::File {
+                memfd: Some(m),
+                path,
+                ..
+            } = &v.kind
+            {
+                if *m as usize >= files.memfds.len() {
+                    return Err(bad(
+                        file,
+                        format!(
+                            "area {:#x}-{:#x} maps {path} as memfd {m}, of {} in files.json",
+                            v.start,
+                            v.end,
+                            files.memfds.len()
+                        ),
+                    ));
+                }
+            }
+        }
         let mut numbers = HashSet::new();
         for f in &p.fds {
             if !(0..limits::MAX_FD_NUMBER).contains(&f.fd) {

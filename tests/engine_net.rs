@@ -58,6 +58,45 @@ fn unix_sockets_leave_running() {
     h.expect_pass(&sb);
 }
 
+/// Seqpacket sockets holding empty records (real messages of their own),
+/// ends whose peer shut down or closed (whose empty queue reads as end of
+/// file, not as a record), an empty queue that can no longer receive: the
+/// dump reads every queue once and ends, and each record comes back, in
+/// order, with SO_PASSCRED as the program had it.
+#[test]
+fn unix_seqpacket_empty_records_and_shutdown() {
+    let h = Harness::new("seqpacket");
+    if missing(
+        &h,
+        "unix_seqpacket_empty_records_and_shutdown",
+        &["sock-diag-unix", "so-peek-off"],
+    ) {
+        return;
+    }
+    let sb = h.start_c("seqpacket", &[]);
+    let (image, restored) = h.dump_and_restore(&sb);
+    let shown = h.inspect_json(&image).to_string();
+    assert!(shown.contains("unix seqpacket socket"), "{shown}");
+    h.expect_pass(&restored);
+}
+
+/// The same queues read by a dump that leaves the workload running: nothing
+/// consumed, nothing changed.
+#[test]
+fn unix_seqpacket_empty_records_leave_running() {
+    let h = Harness::new("seqpacket-live");
+    if missing(
+        &h,
+        "unix_seqpacket_empty_records_leave_running",
+        &["sock-diag-unix", "so-peek-off"],
+    ) {
+        return;
+    }
+    let sb = h.start_c("seqpacket", &[]);
+    h.dump(&sb, &["--leave-running"]);
+    h.expect_pass(&sb);
+}
+
 use std::io::{Read, Write};
 use std::net::{Ipv4Addr, SocketAddr, TcpStream};
 use std::path::{Path, PathBuf};

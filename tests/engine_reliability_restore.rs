@@ -358,9 +358,14 @@ fn sigkill_at(phase: &str) {
         || ready.exists(),
         String::new,
     );
-    // The sandbox is there, half made.
+    // The sandbox is there, half made (its veth comes after its cgroup).
     let veth = veth_name(&h, &name);
-    assert!(link_exists(&veth), "no veth {veth} while paused at {phase}");
+    let veth_made = phase != "sandbox-cgroup";
+    assert_eq!(
+        link_exists(&veth),
+        veth_made,
+        "veth {veth} while paused at {phase}"
+    );
     assert!(
         !cgroups_named(&name).is_empty(),
         "no cgroup of {name} while paused at {phase}"
@@ -380,7 +385,9 @@ fn sigkill_at(phase: &str) {
     assert_nothing_left(&h, &name, &b, &format!("a restore killed at {phase}"));
     let err = text(&out.stderr);
     assert!(
-        err.contains("ended before it was done; removed") && err.contains(&veth),
+        err.contains("ended before it was done; removed")
+            && (err.contains(&veth) || !veth_made)
+            && err.contains("cgroup"),
         "the watcher did not report its clean-up: {}",
         describe(&out)
     );
@@ -393,6 +400,14 @@ fn sigkill_at(phase: &str) {
         describe(&out)
     );
     h.expect_pass(&name);
+}
+
+/// Killed right after the cgroup is made, before the watcher is told that
+/// it exists (it was told beforehand that it would): nothing is left, the
+/// name is free.
+#[test]
+fn sigkill_right_after_the_cgroup_is_made() {
+    sigkill_at("sandbox-cgroup");
 }
 
 /// Killed while init forks the tree (inside Sandbox::create: no state.json yet).

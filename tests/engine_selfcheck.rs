@@ -241,6 +241,11 @@ fn selfcheck_unix() {
 }
 
 #[test]
+fn selfcheck_seqpacket() {
+    selfcheck("seqpacket", c_workload("seqpacket", &[]));
+}
+
+#[test]
 fn selfcheck_inet() {
     selfcheck("inet", c_workload("inet", &[]));
 }

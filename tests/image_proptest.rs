@@ -504,3 +504,524 @@ fn unused_page_file_is_verified_by_load() {
         }
     }
 }
+
+// ---- cross-references ------------------------------------------------------
+//
+// Images whose every file is well-formed JSON with its checksum made right,
+// so that what is tested is the semantic validation: an index or id one
+// record uses to name another (socket peers, listeners and waiting clients,
+// socket file owners, fd targets, pipes, epoll targets, PIDs and parents,
+// thread ids, page runs' files, shared memory objects) set to another
+// value. `load` must refuse a bad one with an error naming the image file,
+// never panic; and a sample of the mutated images that `load` accepts are
+// restored for real: the restore succeeds or fails cleanly, never with a
+// panic, and a failed one leaves no process, state directory or cgroup.
+
+/// Keys whose values name other records.
+const REF_KEYS: &[&str] = &[
+    "peer",
+    "connecting_to",
+    "waiting",
+    "owner",
+    "sender",
+    "file",
+    "socket",
+    "pipe",
+    "memfd",
+    "pid",
+    "ppid",
+    "pgid",
+    "sid",
+    "tid",
+    "fd",
+    "tfd",
+    "object",
+    "id",
+    "family",
+    "sock_type",
+    "state",
+    "workload_pid",
+];
+
+#[derive(Debug, Clone)]
+struct RefMutation {
+    file: usize,
+    key: usize,
+    which: usize,
+    value: i64,
+}
+
+fn ref_value() -> impl Strategy<Value = i64> {
+    prop_oneof![
+        4 => 0i64..12,
+        1 => Just(-1i64),
+        1 => Just(i32::MAX as i64),
+        1 => Just(u32::MAX as i64),
+        1 => Just(1i64 << 40),
+        1 => 0i64..40000,
+    ]
+}
+
+fn ref_mutation() -> impl Strategy<Value = RefMutation> {
+    (0usize..64, 0..REF_KEYS.len(), any::<usize>(), ref_value()).prop_map(
+        |(file, key, which, value)| RefMutation {
+            file,
+            key,
+            which,
+            value,
+        },
+    )
+}
+
+/// The values (numbers, or numbers in arrays) held under `key` anywhere in `v`.
+fn slots(v: &mut Value, key: &str, out: &mut Vec<*mut Value>) {
+    match v {
+        Value::Object(o) => {
+            for (k, x) in o.iter_mut() {
+                if k == key {
+                    match x {
+                        Value::Number(_) | Value::Null => out.push(x as *mut Value),
+                        Value::Array(a) => {
+                            for e in a.iter_mut().filter(|e| e.is_number()) {
+                                out.push(e as *mut Value);
+                            }
+                        }
+                        _ => slots(x, key, out),
+                    }
+                } else {
+                    slots(x, key, out);
+                }
+            }
+        }
+        Value::Array(a) => {
+            for x in a {
+                slots(x, key, out);
+            }
+        }
+        _ => {}
+    }
+}
+
+/// Sets one reference of one metadata file (checksum made right). Returns
+/// a description of the change, or None when the file has no such key.
+fn apply_ref(dir: &Path, m: &RefMutation) -> Option<String> {
+    let jsons: Vec<String> = files(dir)
+        .into_iter()
+        .filter(|n| n.ends_with(".json"))
+        .collect();
+    let name = jsons.get(m.file % jsons.len().max(1))?.clone();
+    let mut v: Value = serde_json::from_slice(&fs::read(dir.join(&name)).ok()?).ok()?;
+    // One of the reference keys the file holds.
+    let present: Vec<&str> = REF_KEYS
+        .iter()
+        .copied()
+        .filter(|k| {
+            let mut f = Vec::new();
+            slots(&mut v, k, &mut f);
+            !f.is_empty()
+        })
+        .collect();
+    let key = *present.get(m.key % present.len().max(1))?;
+    let mut found = Vec::new();
+    slots(&mut v, key, &mut found);
+    let at = found[m.which % found.len()];
+    // SAFETY: `at` points into `v`, which is alive and not otherwise
+    // borrowed; only one pointer is used.
+    let old = unsafe { std::mem::replace(&mut *at, Value::from(m.value)) };
+    if old == Value::from(m.value) {
+        return None;
+    }
+    rewrite(dir, &name, &serde_json::to_vec(&v).unwrap());
+    Some(format!("{name}: {key} {old} -> {}", m.value))
+}
+
+/// Cgroup directories (three levels under each hierarchy's root) named
+/// after sandbox `name`.
+fn cgroups_named(name: &str) -> Vec<PathBuf> {
+    let text = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let mut level: Vec<PathBuf> = text
+        .lines()
+        .filter_map(|l| {
+            let (pre, post) = l.split_once(" - ")?;
+            let fstype = post.split(' ').next()?;
+            let mount = pre.split(' ').nth(4)?;
+            (fstype == "cgroup" || fstype == "cgroup2").then(|| PathBuf::from(mount))
+        })
+        .collect();
+    let mut found = Vec::new();
+    for _ in 0..3 {
+        let mut next = Vec::new();
+        for d in &level {
+            let Ok(rd) = fs::read_dir(d) else { continue };
+            for e in rd.filter_map(|e| e.ok()) {
+                if !e.file_type().map(|t| t.is_dir()).unwrap_or(false) {
+                    continue;
+                }
+                let f = e.file_name().to_string_lossy().into_owned();
+                if f == name || f.starts_with(&format!("{name}-")) {
+                    found.push(e.path());
+                }
+                next.push(e.path());
+            }
+        }
+        level = next;
+    }
+    found
+}
+
+/// Host processes whose command line mentions `needle`.
+fn processes_mentioning(needle: &Path) -> Vec<String> {
+    let needle = needle.to_string_lossy().into_owned();
+    let mut found = Vec::new();
+    for e in fs::read_dir("/proc").unwrap().filter_map(|e| e.ok()) {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<i32>().ok()) else {
+            continue;
+        };
+        let Ok(cmd) = fs::read(format!("/proc/{pid}/cmdline")) else {
+            continue;
+        };
+        let cmd = String::from_utf8_lossy(&cmd).replace('\0', " ");
+        if cmd.contains(&needle) {
+            found.push(format!("{pid}: {cmd}"));
+        }
+    }
+    found
+}
+
+/// Restores `dir` with the binary as sandbox `name`: Ok(()) when it ran (it
+/// is then removed again), Err(stderr) when it was refused. Either way no
+/// panic may show, and a refused one leaves nothing behind.
+fn restore_for_real(h: &Harness, dir: &Path, name: &str) -> Result<(), String> {
+    let out = h.restore_raw(dir, name);
+    let err = text(&out.stderr);
+    assert!(
+        !err.contains("panicked") && !err.contains("init died"),
+        "restore of a crafted image: {}",
+        describe(&out)
+    );
+    if out.status.success() {
+        let rm = h.stasis(["rm", "--force", name]);
+        assert!(rm.status.success(), "rm --force: {}", describe(&rm));
+    }
+    // What a restore leaves is gone when it returns: the processes may take
+    // a moment to be reaped.
+    wait_until(
+        &format!("nothing left of sandbox {name}"),
+        std::time::Duration::from_secs(10),
+        || processes_mentioning(&h.dir).is_empty(),
+        || format!("{:?}", processes_mentioning(&h.dir)),
+    );
+    assert!(
+        !h.state.join(name).exists(),
+        "the state directory of {name} is left"
+    );
+    let cg = cgroups_named(name);
+    assert!(cg.is_empty(), "cgroups of {name} left: {cg:?}");
+    if out.status.success() {
+        Ok(())
+    } else {
+        assert!(!err.trim().is_empty(), "a refusal says nothing");
+        Err(err)
+    }
+}
+
+/// Random reference mutations of a real image: `load` refuses or accepts,
+/// never panics, and names the image file in its refusal; `real` of the
+/// accepted ones are restored for real.
+fn run_ref_cases(h: &Harness, image: &Path, tag: &str, cases: u32, real: usize) {
+    let work = h.root.join(format!("refs-{tag}"));
+    fs::create_dir_all(&work).unwrap();
+    let names = files(image);
+    let mut runner = TestRunner::new(Config {
+        cases: std::env::var("STASIS_PROPTEST_CASES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(cases),
+        failure_persistence: None,
+        ..Config::default()
+    });
+    let n = std::cell::Cell::new(0usize);
+    let restored = std::cell::Cell::new(0usize);
+    let (mut refused, mut accepted) = (0usize, 0usize);
+    let counts = std::cell::RefCell::new((&mut refused, &mut accepted));
+    let result = runner.run(&prop::collection::vec(ref_mutation(), 1..3), |ms| {
+        n.set(n.get() + 1);
+        let dir = fresh_copy(image, &work, n.get());
+        let changes: Vec<String> = ms.iter().filter_map(|m| apply_ref(&dir, m)).collect();
+        match engine::restore::load(&dir) {
+            Err(e) => {
+                let e = e.to_string();
+                // A bad record names its file; a tree the restore cannot
+                // rebuild is refused as not supported, naming the process.
+                prop_assert!(
+                    names.iter().any(|f| e.contains(f.as_str()))
+                        || e.contains("image")
+                        || e.contains("is not supported yet"),
+                    "the refusal names no image file: {e} ({changes:?})"
+                );
+                *counts.borrow_mut().0 += 1;
+            }
+            Ok(_) => {
+                *counts.borrow_mut().1 += 1;
+                if !changes.is_empty() && restored.get() < real {
+                    restored.set(restored.get() + 1);
+                    let name = h.new_name("crafted");
+                    let _ = restore_for_real(h, &dir, &name);
+                }
+            }
+        }
+        fs::remove_dir_all(&dir).unwrap();
+        Ok(())
+    });
+    if let Err(e) = result {
+        panic!("{e}");
+    }
+    eprintln!(
+        "{tag}: {} cases, {refused} refused by load, {accepted} accepted, {} of those restored for real",
+        n.get(),
+        restored.get()
+    );
+}
+
+#[test]
+fn crafted_references_are_refused_cleanly() {
+    let h = Harness::new("image-refs");
+    if missing(
+        &h,
+        "crafted_references_are_refused_cleanly",
+        &["sock-diag-unix", "so-peek-off"],
+    ) {
+        return;
+    }
+    let sb = h.start_c("unix", &[]);
+    let image = h.dump(&sb, &[]);
+    engine::restore::load(&image).expect("the intact image loads");
+    run_ref_cases(&h, &image, "unix", 300, 20);
+    let _ = fs::remove_file(h.dir.join("ready"));
+    let sb = h.start_c("fds", &["epoll"]);
+    let image = h.dump(&sb, &[]);
+    engine::restore::load(&image).expect("the intact image loads");
+    run_ref_cases(&h, &image, "epoll", 200, 12);
+}
+
+/// Edits JSON file `name` of `dir` with `f` (checksum made right).
+fn edit_json(dir: &Path, name: &str, f: impl FnOnce(&mut Value)) {
+    let mut v: Value = serde_json::from_slice(&fs::read(dir.join(name)).unwrap()).unwrap();
+    f(&mut v);
+    assert!(rewrite(dir, name, &serde_json::to_vec(&v).unwrap()));
+}
+
+/// One crafted reference of each kind, refused before anything is made by
+/// `load` and by `stasis restore`, with an error naming the file and the
+/// reference; nothing is left.
+#[test]
+fn each_kind_of_bad_reference_is_named() {
+    let h = Harness::new("image-badref");
+    if missing(
+        &h,
+        "each_kind_of_bad_reference_is_named",
+        &["sock-diag-unix", "so-peek-off"],
+    ) {
+        return;
+    }
+    let sb = h.start_c("unix", &[]);
+    let image = h.dump(&sb, &[]);
+    let procs: Vec<String> = files(&image)
+        .into_iter()
+        .filter(|n| n.starts_with("proc-"))
+        .collect();
+    let first_proc = procs[0].clone();
+    let second_pid: i64 = procs[1]
+        .trim_start_matches("proc-")
+        .trim_end_matches(".json")
+        .parse()
+        .unwrap();
+    type Edit = Box<dyn Fn(&Path)>;
+    let cases: Vec<(&str, Edit, Vec<&str>)> = vec![
+        (
+            "a socket's peer out of range",
+            Box::new(|d: &Path| {
+                edit_json(d, "files.json", |v| {
+                    let s = v["sockets"]
+                        .as_array_mut()
+                        .unwrap()
+                        .iter_mut()
+                        .find(|s| s["unix"]["peer"].is_number())
+                        .unwrap();
+                    s["unix"]["peer"] = 9999.into();
+                })
+            }),
+            vec!["files.json", "peer socket 9999"],
+        ),
+        (
+            "a listener's waiting client that is no client",
+            Box::new(|d: &Path| {
+                edit_json(d, "files.json", |v| {
+                    let socks = v["sockets"].as_array_mut().unwrap();
+                    let l = socks
+                        .iter()
+                        .position(|s| {
+                            s["unix"]["waiting"]
+                                .as_array()
+                                .is_some_and(|w| !w.is_empty())
+                        })
+                        .unwrap();
+                    socks[l]["unix"]["waiting"][0] = l.into();
+                })
+            }),
+            vec!["files.json", "waiting client socket"],
+        ),
+        (
+            "a socket's peer that is not connected to it",
+            Box::new(|d: &Path| {
+                edit_json(d, "files.json", |v| {
+                    let socks = v["sockets"].as_array_mut().unwrap();
+                    let stream: Vec<usize> = socks
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, s)| s["sock_type"] == 1 && s["unix"]["peer"].is_number())
+                        .map(|(i, _)| i)
+                        .collect();
+                    // Point a stream socket at another pair's end.
+                    let (a, b) = (stream[0], stream[2]);
+                    let b_peer = socks[b]["unix"]["peer"].clone();
+                    let target = if b_peer == Value::from(a) { stream[3] } else { b };
+                    socks[a]["unix"]["peer"] = target.into();
+                })
+            }),
+            vec!["files.json", "is not connected to it"],
+        ),
+        (
+            "a socket file owned by no unix socket",
+            Box::new(|d: &Path| {
+                edit_json(d, "files.json", |v| {
+                    let f = v["unix_files"]
+                        .as_array_mut()
+                        .unwrap()
+                        .iter_mut()
+                        .find(|f| f["owner"].is_number())
+                        .unwrap();
+                    f["owner"] = 4242.into();
+                })
+            }),
+            vec!["files.json", "owner socket 4242"],
+        ),
+        (
+            "an fd of a description that does not exist",
+            Box::new(move |d: &Path| {
+                edit_json(d, &first_proc, |v| v["fds"][0]["file"] = 77777.into())
+            }),
+            vec!["proc-", "refers to file description 77777"],
+        ),
+        (
+            "an fd number near i32::MAX",
+            Box::new({
+                let p = procs[0].clone();
+                move |d: &Path| edit_json(d, &p, |v| v["fds"][0]["fd"] = (i32::MAX - 1).into())
+            }),
+            vec!["proc-", "out of range"],
+        ),
+        (
+            "a process listed twice",
+            Box::new(move |d: &Path| {
+                edit_json(d, "inventory.json", |v| {
+                    let procs = v["processes"].as_array_mut().unwrap();
+                    let e = procs
+                        .iter()
+                        .find(|e| e["pid"] == second_pid)
+                        .unwrap()
+                        .clone();
+                    procs.push(e);
+                })
+            }),
+            vec!["inventory.json", "listed twice"],
+        ),
+        (
+            "a description that is a socket twice",
+            Box::new(|d: &Path| {
+                edit_json(d, "files.json", |v| {
+                    let files = v["files"].as_array_mut().unwrap();
+                    let socks: Vec<usize> = files
+                        .iter()
+                        .enumerate()
+                        .filter(|(_, f)| f["kind"] == "socket")
+                        .map(|(i, _)| i)
+                        .collect();
+                    let s = files[socks[0]]["socket"].clone();
+                    files[socks[1]]["socket"] = s;
+                })
+            }),
+            vec!["files.json", "file description"],
+        ),
+    ];
+    for (what, edit, words) in cases {
+        let dir = fresh_copy(&image, &h.root, 0);
+        edit(&dir);
+        let err = match engine::restore::load(&dir) {
+            Ok(_) => panic!("{what}: the image loads"),
+            Err(e) => e.to_string(),
+        };
+        for w in &words {
+            assert!(err.contains(w), "{what}: load says {err:?}, not {w:?}");
+        }
+        let name = h.new_name("badref");
+        let err = restore_for_real(&h, &dir, &name)
+            .err()
+            .unwrap_or_else(|| panic!("{what}: restored"));
+        for w in &words {
+            assert!(err.contains(w), "{what}: stasis restore says {err:?}, not {w:?}");
+        }
+    }
+}
+
+/// An image of a newer minor version with a field this stasis does not know
+/// (not declared ignorable) is refused by `stasis restore` with a message
+/// naming both versions and the field; a newer major is refused whatever it
+/// holds; nothing is left.
+#[test]
+fn image_from_the_future_is_refused() {
+    let h = Harness::new("image-future");
+    let sb = h.start_c("counter", &[]);
+    let image = h.dump(&sb, &[]);
+    let m = manifest(&image).unwrap();
+    let major = m["format_version"].as_u64().unwrap();
+    let minor = m["format_minor"].as_u64().unwrap();
+    let proc = files(&image)
+        .into_iter()
+        .find(|n| n.starts_with("proc-"))
+        .unwrap();
+    let dir = fresh_copy(&image, &h.root, 1);
+    edit_json(&dir, &proc, |v| {
+        v["threads"][0]["from_the_future"] = serde_json::json!({ "x": 1 })
+    });
+    let mut m2 = manifest(&dir).unwrap();
+    m2["format_minor"] = (minor + 1).into();
+    write_manifest(&dir, &m2);
+    let err = restore_for_real(&h, &dir, &h.new_name("future"))
+        .err()
+        .expect("an image with an unknown field of a newer minor restored");
+    for w in [
+        format!("format version {major}.{}", minor + 1),
+        format!("{major}.{minor}"),
+        "threads[0].from_the_future".to_string(),
+        proc.clone(),
+    ] {
+        assert!(err.contains(&w), "{err} does not name {w}");
+    }
+    // Declared ignorable: it restores, and the workload runs on.
+    m2["ignorable"] = serde_json::json!(["proc-*.json:from_the_future"]);
+    write_manifest(&dir, &m2);
+    restore_for_real(&h, &dir, &h.new_name("ignorable")).expect("an ignorable field");
+    // A newer major: refused.
+    let dir = fresh_copy(&image, &h.root, 2);
+    let mut m3 = manifest(&dir).unwrap();
+    m3["format_version"] = (major + 1).into();
+    write_manifest(&dir, &m3);
+    let err = restore_for_real(&h, &dir, &h.new_name("major"))
+        .err()
+        .expect("a newer major restored");
+    assert!(
+        err.contains(&format!("format version {}.{minor}", major + 1)),
+        "{err}"
+    );
+}

@@ -667,6 +667,68 @@ fn cleanup_after_kill() {
     assert!(t.leftover_cgroups().is_empty());
 }
 
+/// A workload that made cgroups of its own below its sandbox's (as a
+/// container runtime or systemd inside would) and moved processes into
+/// them: `rm --force` kills those processes too and removes every cgroup
+/// directory, deepest first, in every hierarchy.
+#[test]
+fn rm_force_removes_the_workloads_own_cgroups() {
+    let t = Env::new("cgkids");
+    let name = unique("cgkids");
+    let p = t.profile("p", "");
+    let o = t.stasis(&[
+        "run",
+        "-d",
+        "--name",
+        &name,
+        "--profile",
+        p.to_str().unwrap(),
+        "sh",
+        "-c",
+        "sleep 1000 & sleep 1000 & wait",
+    ]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let e = t.ps_entry(&name);
+    let cgroups: Vec<PathBuf> = e["cgroups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| PathBuf::from(v.as_str().unwrap()))
+        .collect();
+    // The workload's sleeps (children of its shell, PID 2 of the sandbox).
+    let workload = e["workload_pid"].as_i64().unwrap();
+    let mut kids = Vec::new();
+    wait_until("the workload's two sleeps", || {
+        kids = fs::read_to_string(format!("/proc/{workload}/task/{workload}/children"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .map(str::to_string)
+            .collect();
+        kids.len() == 2
+    });
+    // Child cgroups two deep in every hierarchy, one sleep in each level.
+    for c in &cgroups {
+        let deep = c.join("inner").join("deeper");
+        fs::create_dir_all(&deep).unwrap();
+        fs::write(c.join("inner").join("cgroup.procs"), &kids[0]).unwrap();
+        fs::write(deep.join("cgroup.procs"), &kids[1]).unwrap();
+    }
+    let o = t.stasis(&["rm", "--force", &name]);
+    assert!(o.status.success(), "rm --force: {}", text(&o.stderr));
+    for c in &cgroups {
+        assert!(!c.exists(), "cgroup {} left", c.display());
+    }
+    for k in &kids {
+        let st = fs::read_to_string(format!("/proc/{k}/stat")).unwrap_or_default();
+        assert!(
+            st.is_empty() || st.contains(") Z"),
+            "process {k} of a child cgroup still runs: {st}"
+        );
+    }
+    assert!(t.leftover_cgroups().is_empty());
+    assert!(!t.state_dir().join(&name).exists());
+}
+
 #[test]
 fn cleanup_after_failed_start() {
     let t = Env::new("cf");

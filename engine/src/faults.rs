@@ -16,11 +16,12 @@ use std::sync::OnceLock;
 /// `interrupt::pause_at`, which also takes SIGUSR1 to go on; at `live-copy`,
 /// after a `--leave-running` dump released the workload and before it copies
 /// the first page, write faults are served while it waits) and restore's.
-pub const PHASES: [&str; 7] = [
+pub const PHASES: [&str; 8] = [
     "freeze",
     "collect",
     "write",
     "live-copy",
+    "sandbox-cgroup",
     "restore-launch",
     "restore-tree",
     "restore-rebuild",

@@ -205,9 +205,10 @@ pub fn render(s: &ImageSummary) -> String {
     let mut o = String::new();
     let _ = writeln!(
         o,
-        "image of sandbox {} (format {}, stasis {}, kernel {}, xstate {:#x}/{} bytes)",
+        "image of sandbox {} (format {}.{}, stasis {}, kernel {}, xstate {:#x}/{} bytes)",
         s.sandbox,
         s.manifest.format_version,
+        s.manifest.format_minor,
         s.manifest.stasis_version,
         s.manifest.kernel_release,
         s.manifest.cpu.xcr0,

@@ -19,7 +19,6 @@
 
 use std::collections::BTreeMap;
 use std::fs::File;
-use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileExt;
 
 use crate::error::{Error, Result};
@@ -82,32 +81,15 @@ fn perm_of(p: &libc::ipc_perm, id: i32) -> IpcPerm {
     }
 }
 
-/// Back to the original IPC namespace when dropped.
-struct InNamespace {
-    home: OwnedFd,
-}
-
-impl InNamespace {
-    fn enter(pid: i32) -> Result<Self> {
-        let open = |p: &str| -> Result<OwnedFd> {
-            let f = File::open(p).map_err(|e| err(format!("opening {p}: {e}")))?;
-            Ok(OwnedFd::from(f))
-        };
-        let home = open("/proc/self/ns/ipc")?;
-        let theirs = open(&format!("/proc/{pid}/ns/ipc"))?;
-        nix::sched::setns(&theirs, nix::sched::CloneFlags::CLONE_NEWIPC)
-            .map_err(|e| err(format!("entering the IPC namespace of process {pid}: {e}")))?;
-        Ok(InNamespace { home })
-    }
-}
-
-impl Drop for InNamespace {
-    fn drop(&mut self) {
-        if let Err(e) = nix::sched::setns(&self.home, nix::sched::CloneFlags::CLONE_NEWIPC) {
-            // Every later IPC call of this process would act in the sandbox.
-            panic!("cannot return to stasis's own IPC namespace: {e}");
-        }
-    }
+/// Moves the calling thread into the IPC namespace of process `pid`. IPC
+/// namespaces belong to threads: only a thread made for the purpose calls
+/// this, and it ends there, so stasis's own threads never leave their
+/// namespace (and nothing has to bring them back).
+fn enter_namespace(pid: i32) -> Result<()> {
+    let theirs = File::open(format!("/proc/{pid}/ns/ipc"))
+        .map_err(|e| err(format!("opening /proc/{pid}/ns/ipc: {e}")))?;
+    nix::sched::setns(&theirs, nix::sched::CloneFlags::CLONE_NEWIPC)
+        .map_err(|e| err(format!("entering the IPC namespace of process {pid}: {e}")))
 }
 
 /// Collects the IPC namespace of the sandbox whose init is `init_pid`;
@@ -121,7 +103,34 @@ pub fn collect(
     if ns_inode(&format!("/proc/{init_pid}/ns/ipc"))? == ns_inode("/proc/self/ns/ipc")? {
         return Ok(None);
     }
-    let _ns = InNamespace::enter(init_pid)?;
+    // The thread blocks every signal (it inherits the mask it is started
+    // with): the dump's signals go to the thread that waits for them.
+    use nix::sys::signal::{pthread_sigmask, SigSet, SigmaskHow};
+    let mut old = SigSet::empty();
+    pthread_sigmask(SigmaskHow::SIG_BLOCK, Some(&SigSet::all()), Some(&mut old))
+        .map_err(crate::error::errno("blocking signals for the IPC thread"))?;
+    let r = std::thread::scope(|sc| {
+        let t = std::thread::Builder::new()
+            .name("stasis-ipc".into())
+            .spawn_scoped(sc, || {
+                enter_namespace(init_pid)?;
+                collect_inside(pages, blobs)
+            });
+        let restored = pthread_sigmask(SigmaskHow::SIG_SETMASK, Some(&old), None);
+        let r = match t {
+            Ok(t) => t
+                .join()
+                .unwrap_or_else(|_| Err(err("the IPC collecting thread panicked"))),
+            Err(e) => Err(err(format!("starting the IPC collecting thread: {e}"))),
+        };
+        restored.map_err(crate::error::errno("restoring the signal mask"))?;
+        r
+    })?;
+    Ok(Some(r))
+}
+
+/// The collection proper, run in the sandbox's IPC namespace.
+fn collect_inside(pages: &mut PageSink, blobs: &mut PageSink) -> Result<IpcImage> {
     let mut img = IpcImage::default();
     for name in SYSCTLS {
         let path = format!("/proc/sys/kernel/{name}");
@@ -132,7 +141,7 @@ pub fn collect(
     img.shm = collect_shm(pages)?;
     img.sem = collect_sem()?;
     img.msg = collect_msg(blobs, &img.sysctls)?;
-    Ok(Some(img))
+    Ok(img)
 }
 
 fn collect_shm(pages: &mut PageSink) -> Result<Vec<ShmSegment>> {

@@ -143,7 +143,7 @@ pub fn load(dir: &Path) -> Result<LoadedImage> {
     }
     let files: FilesImage = reader.read_json("files.json")?;
     let mounts: crate::mounts::MountsImage = reader.read_json("mounts.json")?;
-    crate::mounts::validate(&mounts)?;
+    crate::mounts::validate(&mounts).map_err(in_file("mounts.json"))?;
     crate::net::validate(&files.sockets, &files.unix_files)?;
     let netns = match reader.file_size("net.json") {
         Some(_) => Some(reader.read_json("net.json")?),
@@ -158,28 +158,31 @@ pub fn load(dir: &Path) -> Result<LoadedImage> {
             continue;
         }
         let p: ProcessImage = reader.read_json(&format!("proc-{}.json", e.pid))?;
-        validate_process(&reader, &p, &files)?;
+        validate_process(&reader, &p, &files).map_err(in_file(&format!("proc-{}.json", e.pid)))?;
         procs.insert(e.pid, p);
     }
-    tree::check_rebuildable(&inventory.processes)?;
+    image::refs::check(&inventory, &files, &procs)?;
+    tree::check_rebuildable(&inventory.processes).map_err(in_file("inventory.json"))?;
     files::validate_links(
         &files,
         &procs.values().collect::<Vec<_>>(),
         &inventory.processes.iter().map(|e| e.pid).collect(),
-    )?;
+    )
+    .map_err(in_file("files.json"))?;
     let shmem: SharedMemoryImage = if reader.file_size("shmem.json").is_some() {
         reader.read_json("shmem.json")?
     } else {
         SharedMemoryImage::default()
     };
     let shmem_size = reader.file_size("shmem.img").unwrap_or(0);
-    memory::shared::validate(&shmem, shmem_size, &procs)?;
+    memory::shared::validate(&shmem, shmem_size, &procs).map_err(in_file("shmem.json"))?;
     let ipc: IpcImage = if reader.file_size("ipc.json").is_some() {
         reader.read_json("ipc.json")?
     } else {
         IpcImage::default()
     };
-    crate::ipc::validate(&ipc, shmem_size, reader.file_size("blobs.img").unwrap_or(0))?;
+    crate::ipc::validate(&ipc, shmem_size, reader.file_size("blobs.img").unwrap_or(0))
+        .map_err(in_file("ipc.json"))?;
     for o in &shmem.objects {
         if let image::SharedObjectKind::Sysv { shmid } = o.kind {
             if !ipc.shm.iter().any(|s| s.perm.id == shmid) {
@@ -191,7 +194,7 @@ pub fn load(dir: &Path) -> Result<LoadedImage> {
         }
     }
     if let Some(c) = &inventory.clocks {
-        crate::timers::validate_clocks(c)?;
+        crate::timers::validate_clocks(c).map_err(in_file("inventory.json"))?;
     }
     let deps: crate::deps::DepsImage = match reader.file_size(crate::deps::FILE) {
         Some(_) => reader.read_json(crate::deps::FILE)?,
@@ -221,6 +224,22 @@ pub fn load(dir: &Path) -> Result<LoadedImage> {
         deps,
         streamed,
     })
+}
+
+/// A validation error of the records of image file `name`, as an error
+/// naming that file (refusals of what is not supported stay as they are).
+fn in_file(name: &str) -> impl FnOnce(Error) -> Error + '_ {
+    move |e| match e {
+        Error::Other(m) => Error::BadImage {
+            path: name.into(),
+            reason: m.trim_start_matches("image: ").to_string(),
+        },
+        Error::Process { pid, reason } => Error::BadImage {
+            path: name.into(),
+            reason: format!("process {pid}: {reason}"),
+        },
+        e => e,
+    }
 }
 
 fn validate_process(reader: &ImageReader, p: &ProcessImage, files: &FilesImage) -> Result<()> {
@@ -488,8 +507,14 @@ fn restore_guarded(
             if let Some(t) = fd_tables.get(&p.pid) {
                 p.fds = t
                     .iter()
-                    .map(|&(fd, file, cx)| (fd, held[file as usize].as_raw_fd(), cx))
-                    .collect();
+                    .map(|&(fd, file, cx)| {
+                        held.get(file as usize)
+                            .map(|h| (fd, h.as_raw_fd(), cx))
+                            .ok_or_else(|| {
+                                format!("process {} fd {fd}: no file description {file}", p.pid)
+                            })
+                    })
+                    .collect::<std::result::Result<_, String>>()?;
             }
         }
         crate::faults::pause_point("restore-launch");
@@ -775,10 +800,14 @@ fn wait_ready(r: &OwnedFd, n: usize, sb: &sandbox::Sandbox) -> Result<()> {
             if err != 0 {
                 return Err(Error::Process {
                     pid,
-                    reason: format!(
-                        "setting up the restored process failed: {}",
-                        std::io::Error::from_raw_os_error(err)
-                    ),
+                    reason: if err == tree::PANICKED {
+                        "setting up the restored process failed: it panicked".into()
+                    } else {
+                        format!(
+                            "setting up the restored process failed: {}",
+                            std::io::Error::from_raw_os_error(err)
+                        )
+                    },
                 });
             }
             got += 1;

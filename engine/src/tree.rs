@@ -372,6 +372,9 @@ pub fn plan(procs: &[ProcessEntry]) -> Result<TreePlan> {
     })
 }
 
+/// The error a restored process reports when its setup panicked.
+pub const PANICKED: i32 = -1;
+
 /// A record on the ready pipe: the process's PID and 0, or an errno.
 pub const READY_RECORD: usize = 8;
 
@@ -458,11 +461,16 @@ fn spawn(
     let pid = unsafe { sys::clone3::clone3(0, libc::SIGCHLD as u64, &[p.pid]) }
         .map_err(|e| e.errno as i32)?;
     if pid == 0 {
-        let err = if p.helper {
-            helper_main(plans, idx, ready_fd, sync)
-        } else {
-            child_main(plans, idx, ready_fd, sync)
-        };
+        // A panic must not unwind into the forked copy of its parent's
+        // code: it is reported as the process's failure.
+        let err = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            if p.helper {
+                helper_main(plans, idx, ready_fd, sync)
+            } else {
+                child_main(plans, idx, ready_fd, sync)
+            }
+        }))
+        .unwrap_or(PANICKED);
         report(ready_fd, p.pid, err);
         // SAFETY: leaving the child without running the parent's destructors.
         unsafe { libc::_exit(1) };

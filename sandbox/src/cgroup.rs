@@ -207,8 +207,17 @@ impl Cgroup {
         Cgroup::create_in(&layout, name, settings)
     }
 
-    /// Like [`Cgroup::create`], on a given layout.
-    pub fn create_in(layout: &Layout, name: &str, settings: &CgroupSettings) -> Result<Cgroup> {
+    /// The cgroup [`Cgroup::create`] would make for `name`, without making
+    /// anything: its directories, for whoever must remove them should the
+    /// creator die while it makes them.
+    pub fn plan(name: &str, settings: &CgroupSettings) -> Result<Cgroup> {
+        let layout = Layout::detect()?;
+        let mut cg = Cgroup::empty(&layout, settings)?;
+        cg.make_dirs(&layout, name, settings, false)?;
+        Ok(cg)
+    }
+
+    fn empty(layout: &Layout, settings: &CgroupSettings) -> Result<Cgroup> {
         let freezer = match settings.freezer {
             FreezerChoice::V2 if layout.unified.is_none() => {
                 return Err(CgroupError::NoFreezer("v2"))
@@ -222,13 +231,18 @@ impl Cgroup {
             FreezerChoice::Auto if layout.v1.contains_key("freezer") => Freezer::V1,
             FreezerChoice::Auto => return Err(CgroupError::NoHierarchy),
         };
-        let mut cg = Cgroup {
+        Ok(Cgroup {
             v2: None,
             v1: BTreeMap::new(),
             freezer,
             v2_controllers: false,
-        };
-        let r = cg.make_dirs(layout, name, settings);
+        })
+    }
+
+    /// Like [`Cgroup::create`], on a given layout.
+    pub fn create_in(layout: &Layout, name: &str, settings: &CgroupSettings) -> Result<Cgroup> {
+        let mut cg = Cgroup::empty(layout, settings)?;
+        let r = cg.make_dirs(layout, name, settings, true);
         if let Err(e) = r {
             let _ = cg.remove();
             return Err(e);
@@ -236,7 +250,30 @@ impl Cgroup {
         Ok(cg)
     }
 
-    fn make_dirs(&mut self, layout: &Layout, name: &str, s: &CgroupSettings) -> Result<()> {
+    /// Makes the directories (or, without `create`, only records them).
+    fn make_dirs(
+        &mut self,
+        layout: &Layout,
+        name: &str,
+        s: &CgroupSettings,
+        create: bool,
+    ) -> Result<()> {
+        if !create {
+            if let Some(root) = &layout.unified {
+                self.v2 = Some(root.join(&s.parent).join(name));
+            }
+            let mut wanted = vec!["memory", "pids"];
+            if self.freezer == Freezer::V1 {
+                wanted.push("freezer");
+            }
+            for ctrl in wanted {
+                if let Some(root) = layout.v1.get(ctrl) {
+                    self.v1
+                        .insert(ctrl.to_string(), root.join(&s.parent).join(name));
+                }
+            }
+            return Ok(());
+        }
         if let Some(root) = &layout.unified {
             let parent = root.join(&s.parent);
             fs::create_dir_all(&parent).map_err(io_err(&parent, "mkdir"))?;
@@ -303,7 +340,8 @@ impl Cgroup {
         None
     }
 
-    fn any_dir(&self) -> PathBuf {
+    /// One directory of the cgroup (the cgroup2 one where there is one).
+    pub fn any_dir(&self) -> PathBuf {
         self.v2
             .clone()
             .or_else(|| self.v1.values().next().cloned())
@@ -438,10 +476,16 @@ impl Cgroup {
         }
     }
 
-    /// Host PIDs of every process in the cgroup.
+    /// Host PIDs of every process in the cgroup, in the cgroups the
+    /// workload made below it too.
     pub fn procs(&self) -> Result<Vec<i32>> {
         let mut all = Vec::new();
+        let mut dirs = Vec::new();
         for d in self.dirs() {
+            below(&d, &mut dirs);
+            dirs.push(d);
+        }
+        for d in dirs {
             match read_file(&d.join("cgroup.procs")) {
                 Ok(t) => all.extend(t.lines().filter_map(|l| l.trim().parse::<i32>().ok())),
                 Err(CgroupError::Io { source, .. }) if source.kind() == io::ErrorKind::NotFound => {
@@ -518,9 +562,15 @@ impl Cgroup {
     }
 
     /// [`Cgroup::remove`], waiting up to `timeout` for the tasks to leave.
+    /// The cgroups the workload made below its own go first, deepest first.
     pub fn remove_within(&self, timeout: Duration) -> Result<()> {
         let deadline = Instant::now() + timeout;
+        let mut dirs = Vec::new();
         for d in self.dirs() {
+            below(&d, &mut dirs);
+            dirs.push(d);
+        }
+        for d in dirs {
             let mut pause = Duration::from_micros(200);
             loop {
                 match fs::remove_dir(&d) {
@@ -545,10 +595,40 @@ impl Cgroup {
         Ok(())
     }
 
+    /// Removes those of the cgroup's directories that exist and are empty
+    /// (no process, no cgroup below), touching nothing else: what a creator
+    /// that died while making them leaves.
+    pub fn remove_if_empty(&self) -> Vec<PathBuf> {
+        self.dirs()
+            .into_iter()
+            .filter(|d| fs::remove_dir(d).is_ok())
+            .collect()
+    }
+
     /// Whether any of the cgroup's directories still exists.
     pub fn exists(&self) -> bool {
         self.dirs().iter().any(|d| d.exists())
     }
+}
+
+/// Every cgroup below `dir`, deepest first (children before their
+/// parents), appended to `out`. Bounded in depth and count: a workload
+/// cannot make stasis walk forever.
+fn below(dir: &Path, out: &mut Vec<PathBuf>) {
+    fn walk(dir: &Path, depth: usize, out: &mut Vec<PathBuf>) {
+        if depth > 32 || out.len() > 65536 {
+            return;
+        }
+        let Ok(rd) = fs::read_dir(dir) else { return };
+        for e in rd.flatten() {
+            if e.file_type().is_ok_and(|t| t.is_dir()) {
+                let p = e.path();
+                walk(&p, depth + 1, out);
+                out.push(p);
+            }
+        }
+    }
+    walk(dir, 0, out)
 }
 
 fn mkdir_new(dir: &Path) -> Result<()> {

@@ -33,6 +33,13 @@ pub(crate) enum Made {
     /// The sandbox's state directory (made by this creation, never a taken one).
     Dir(PathBuf),
     Cgroup(Cgroup),
+    /// A state directory about to be made: removed only if it is still
+    /// empty (the directory is told about before it exists, so that no
+    /// instant leaves one the watcher does not know of).
+    DirPlanned(PathBuf),
+    /// The cgroup about to be made: those of its directories that exist and
+    /// are empty are removed (a cgroup of the name that is in use is not).
+    CgroupPlanned(Cgroup),
     /// Init's host PID and start time.
     Init {
         pid: i32,
@@ -40,6 +47,30 @@ pub(crate) enum Made {
     },
     /// The veth's host end.
     Veth(String),
+}
+
+/// For the reliability tests: `STASIS_TEST_PAUSE_AT=<phase>:<readyfile>`
+/// naming `phase` makes the creator write the ready file and wait there to
+/// be killed (the engine's fault points, for the phases inside the sandbox
+/// crate: `sandbox-cgroup`, the cgroup just made).
+pub(crate) fn pause_point(phase: &str) {
+    let Ok(v) = std::env::var("STASIS_TEST_PAUSE_AT") else {
+        return;
+    };
+    let Some((want, ready)) = v.split_once(':') else {
+        return;
+    };
+    if want != phase {
+        return;
+    }
+    let tmp = format!("{ready}.stasis-tmp");
+    if fs::write(&tmp, phase).is_ok() {
+        let _ = fs::rename(&tmp, ready);
+    }
+    loop {
+        // SAFETY: pause has no arguments; it returns only after a handled signal.
+        unsafe { libc::pause() };
+    }
 }
 
 /// The creator's end of the watcher (see the module docs).
@@ -300,11 +331,30 @@ fn undo(made: &[Made]) -> Vec<String> {
         }
     }
     for m in made {
+        if let Made::CgroupPlanned(cg) = m {
+            if cgroup.is_none() {
+                for d in cg.remove_if_empty() {
+                    out.push(format!("cgroup {}", d.display()));
+                }
+            }
+        }
+    }
+    for m in made {
         if let Made::Veth(v) = m {
             if delete_veth(v) {
                 out.push(format!("veth {v}"));
             } else {
                 out.push(format!("(not veth {v})"));
+            }
+        }
+    }
+    for m in made {
+        if let Made::DirPlanned(d) = m {
+            let made_whole = made
+                .iter()
+                .any(|x| matches!(x, Made::Dir(y) if y == d));
+            if !made_whole && fs::remove_dir(d).is_ok() {
+                out.push(format!("state directory {}", d.display()));
             }
         }
     }

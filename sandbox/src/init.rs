@@ -203,6 +203,29 @@ fn block_all_signals() {
     }
 }
 
+/// Runs `f` in a process whose stderr is /dev/null (init, or a process it
+/// forks): a panic becomes an error carrying its message and place, for the
+/// report that reaches the user, instead of unwinding past `f`.
+pub fn catch_panic<T>(f: impl FnOnce() -> Result<T, String>) -> Result<T, String> {
+    static LAST: std::sync::Mutex<Option<String>> = std::sync::Mutex::new(None);
+    std::panic::set_hook(Box::new(|info| {
+        if let Ok(mut last) = LAST.lock() {
+            *last = Some(info.to_string());
+        }
+    }));
+    match std::panic::catch_unwind(std::panic::AssertUnwindSafe(f)) {
+        Ok(r) => r,
+        Err(_) => {
+            let what = LAST
+                .lock()
+                .ok()
+                .and_then(|mut l| l.take())
+                .unwrap_or_else(|| "panicked".into());
+            Err(format!("stasis-init failed: {what}"))
+        }
+    }
+}
+
 /// The body of init. Never returns.
 pub(crate) fn init_main(s: InitSetup, launch: Launch) -> ! {
     let code = run(s, launch);
@@ -268,7 +291,7 @@ fn run(s: InitSetup, launch: Launch) -> i32 {
                 env: s.env.clone(),
                 init_fds: vec![s.report_w, s.state_fd],
             };
-            let r = f(&ctx);
+            let r = catch_panic(|| f(&ctx));
             close_fds_except(&[s.report_w, s.state_fd]);
             match r {
                 Ok(pid) if pid > 0 => pid,

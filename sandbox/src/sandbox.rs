@@ -407,6 +407,9 @@ impl Sandbox {
         // do not depend on the working directory.
         let state_dir = &fs::canonicalize(state_dir).map_err(io_err("resolve", state_dir))?;
         let dir = state_dir.join(&name);
+        if let Some(g) = guard {
+            g.note(&Made::DirPlanned(dir.clone()));
+        }
         match fs::DirBuilder::new().mode(0o700).create(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
@@ -486,7 +489,16 @@ impl Sandbox {
             .open(dir)
             .map_err(io_err("open state directory", dir))?;
 
+        // The watcher hears of the cgroup before it exists: a creator killed
+        // at any instant leaves none behind.
+        if guard.is_some() {
+            note(Made::CgroupPlanned(Cgroup::plan(
+                &leaf_name(dir, name),
+                &profile.cgroup,
+            )?));
+        }
         let cgroup = Cgroup::create(&leaf_name(dir, name), &profile.cgroup)?;
+        crate::guard::pause_point("sandbox-cgroup");
         undo.cgroup = Some(cgroup.clone());
         note(Made::Cgroup(cgroup.clone()));
 
@@ -733,6 +745,69 @@ impl Sandbox {
             state,
             child: None,
         })
+    }
+
+    /// Removes what a creator that died while making sandbox `name` may have
+    /// left without a state file: its state directory and its cgroup (with
+    /// the processes in it only when `force`). Returns what it removed
+    /// (empty: nothing of the name was there).
+    pub fn remove_leftovers(state_dir: &Path, name: &str, force: bool) -> Result<Vec<String>> {
+        if !valid_name(name) {
+            return Err(Error::BadName(name.to_string()));
+        }
+        let state_dir = &fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
+        let dir = state_dir.join(name);
+        if dir.join("state.json").exists() {
+            return Ok(Vec::new());
+        }
+        let settings = Profile::load(&dir.join("profile.toml"))
+            .map(|p| p.cgroup)
+            .unwrap_or_default();
+        let mut out = Vec::new();
+        let cg = Cgroup::plan(&leaf_name(&dir, name), &settings)?;
+        if cg.exists() {
+            if !cg.procs()?.is_empty() && !force {
+                return Err(Error::Setup {
+                    step: "remove".into(),
+                    message: format!(
+                        "cgroup {} of sandbox `{name}` (which has no state) still holds processes: use --force",
+                        cg.any_dir().display()
+                    ),
+                });
+            }
+            cg.kill_all()?;
+            cg.remove()?;
+            out.push(format!("cgroup {}", cg.any_dir().display()));
+        }
+        if dir.is_dir() {
+            if !force {
+                return Err(Error::Setup {
+                    step: "remove".into(),
+                    message: format!(
+                        "sandbox `{name}` has no state (its creation was interrupted, or is under way): use --force"
+                    ),
+                });
+            }
+            fs::remove_dir_all(&dir).map_err(io_err("remove", &dir))?;
+            out.push(format!("state directory {}", dir.display()));
+        }
+        Ok(out)
+    }
+
+    /// Names of sandboxes under `state_dir` that left a state directory
+    /// without a state file (their creator died while making them).
+    pub fn list_incomplete(state_dir: &Path) -> Vec<String> {
+        let Ok(rd) = fs::read_dir(state_dir) else {
+            return Vec::new();
+        };
+        let mut names: Vec<String> = rd
+            .filter_map(|e| e.ok())
+            .filter(|e| e.path().is_dir() && !e.path().join("state.json").exists())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| valid_name(n))
+            .collect();
+        names.sort();
+        names
     }
 
     /// Names of all sandboxes under `state_dir` (those with a state file), sorted.

@@ -196,6 +196,17 @@ pub fn ps(state_dir: &Path, args: PsArgs) -> Result<u8> {
             "veth_host": sb.veth_host(),
         }));
     }
+    // State directories without state: a creation under way, or one whose
+    // creator died (`stasis rm --force NAME` removes what it left).
+    for name in Sandbox::list_incomplete(state_dir) {
+        rows.push(serde_json::json!({
+            "name": name,
+            "state": "incomplete",
+            "state_text": "incomplete",
+            "init_pid": null,
+            "command": [],
+        }));
+    }
     let mut out = std::io::stdout().lock();
     if args.json {
         writeln!(out, "{}", serde_json::to_string_pretty(&rows)?)?;
@@ -292,10 +303,14 @@ pub fn freeze(state_dir: &Path, args: NameArgs, freeze: bool) -> Result<u8> {
 pub fn rm(state_dir: &Path, args: RmArgs) -> Result<u8> {
     let mut sb = match Sandbox::open(state_dir, &args.name) {
         Ok(sb) => sb,
-        // A state directory without state: its creator died while starting it.
-        Err(sandbox::Error::NotFound { dir, .. }) if args.force && dir.is_dir() => {
-            std::fs::remove_dir_all(&dir)
-                .with_context(|| format!("cannot remove {}", dir.display()))?;
+        // No state: what a creator that died while starting it left (a
+        // state directory, a cgroup), if anything.
+        Err(e @ sandbox::Error::NotFound { .. }) => {
+            let removed = Sandbox::remove_leftovers(state_dir, &args.name, args.force)?;
+            if removed.is_empty() {
+                return Err(e.into());
+            }
+            eprintln!("removed {}", removed.join(", "));
             return Ok(0);
         }
         Err(e) => return Err(e.into()),

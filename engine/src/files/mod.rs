@@ -854,22 +854,23 @@ pub const FD_LIMIT: i32 = 1 << 20;
 pub fn validate(pid: i32, fds: &[FdEntry], files: &FilesImage) -> Result<()> {
     let mut seen = std::collections::HashSet::with_capacity(fds.len());
     for f in fds {
+        let bad = |reason: String| Error::BadImage {
+            path: format!("proc-{pid}.json").into(),
+            reason,
+        };
         if !(0..FD_LIMIT).contains(&f.fd) {
-            return Err(Error::Other(format!(
-                "image of process {pid}: fd {} is out of range (0 to {})",
+            return Err(bad(format!(
+                "fd {} is out of range (0 to {})",
                 f.fd,
                 FD_LIMIT - 1
             )));
         }
         if !seen.insert(f.fd) {
-            return Err(Error::Other(format!(
-                "image of process {pid}: fd {} appears twice in its fd table",
-                f.fd
-            )));
+            return Err(bad(format!("fd {} appears twice in its fd table", f.fd)));
         }
         if f.file as usize >= files.files.len() {
-            return Err(Error::Other(format!(
-                "image of process {pid}: fd {} refers to file {} of {}",
+            return Err(bad(format!(
+                "fd {} refers to file description {} of {}",
                 f.fd,
                 f.file,
                 files.files.len()

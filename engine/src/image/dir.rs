@@ -11,7 +11,10 @@ use super::hash::Checksum;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 
-use super::{limits, CpuFeatures, FileEntry, Manifest, FORMAT_VERSION, MAGIC};
+use super::{
+    limits, CpuFeatures, FileEntry, Manifest, FORMAT_MINOR, FORMAT_VERSION, IGNORABLE,
+    LEGACY_FORMAT_VERSION, MAGIC,
+};
 use crate::error::{io, Error, Result};
 
 const MANIFEST: &str = "manifest.json";
@@ -385,6 +388,8 @@ impl ImageWriter {
         let manifest = Manifest {
             magic: MAGIC.to_string(),
             format_version: FORMAT_VERSION,
+            format_minor: FORMAT_MINOR,
+            ignorable: IGNORABLE.iter().map(|s| s.to_string()).collect(),
             stasis_version: env!("CARGO_PKG_VERSION").to_string(),
             kernel_release: kernel_release(),
             arch: std::env::consts::ARCH.to_string(),
@@ -458,20 +463,47 @@ impl ImageReader {
         check_owner_mode(dir, &meta)?;
         let mpath = dir.join(MANIFEST);
         let bytes = read_bounded(&mpath, limits::MAX_MANIFEST_BYTES)?;
-        let manifest: Manifest = serde_json::from_slice(&bytes)
-            .map_err(|e| bad(&mpath, format!("not a stasis manifest: {e}")))?;
-        if manifest.magic != MAGIC {
-            return Err(bad(&mpath, format!("bad magic {:?}", manifest.magic)));
+        // The version first, from the fields every version has: a manifest
+        // of a newer format may hold fields this one does not know.
+        #[derive(serde::Deserialize)]
+        struct Head {
+            magic: String,
+            format_version: u32,
+            #[serde(default)]
+            format_minor: u32,
+            #[serde(default)]
+            stasis_version: String,
         }
-        if manifest.format_version != FORMAT_VERSION {
+        let head: Head = serde_json::from_slice(&bytes)
+            .map_err(|e| bad(&mpath, format!("not a stasis manifest: {e}")))?;
+        if head.magic != MAGIC {
+            return Err(bad(&mpath, format!("bad magic {:?}", head.magic)));
+        }
+        let (major, minor) = (head.format_version, head.format_minor);
+        let known_major = major == FORMAT_VERSION || (major == LEGACY_FORMAT_VERSION && minor == 0);
+        if !known_major {
             return Err(bad(
                 &mpath,
                 format!(
-                    "format version {} (stasis {}), this stasis reads version {}",
-                    manifest.format_version, manifest.stasis_version, FORMAT_VERSION
+                    "format version {major}.{minor} (made by stasis {}); this stasis {} reads versions {LEGACY_FORMAT_VERSION} and {FORMAT_VERSION}.0 to {FORMAT_VERSION}.{FORMAT_MINOR}",
+                    head.stasis_version,
+                    env!("CARGO_PKG_VERSION"),
                 ),
             ));
         }
+        // Every field of the manifest must be known, but those a newer
+        // minor declares ignorable.
+        let v: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| bad(&mpath, format!("not a stasis manifest: {e}")))?;
+        let ignorable: Vec<String> = if major == FORMAT_VERSION && minor > FORMAT_MINOR {
+            v.get("ignorable")
+                .and_then(|i| serde_json::from_value(i.clone()).ok())
+                .unwrap_or_default()
+        } else {
+            Vec::new()
+        };
+        let manifest: Manifest =
+            decode_newer(&mpath, MANIFEST, &bytes, &ignorable, major, minor)?;
         if manifest.arch != std::env::consts::ARCH {
             return Err(bad(
                 &mpath,
@@ -578,7 +610,7 @@ impl ImageReader {
     }
 
     /// Reads and decodes a JSON file, verifying its checksum.
-    pub fn read_json<T: DeserializeOwned>(&self, name: &str) -> Result<T> {
+    pub fn read_json<T: DeserializeOwned + Serialize>(&self, name: &str) -> Result<T> {
         let path = self.dir.join(name);
         let entry = self
             .manifest
@@ -601,7 +633,112 @@ impl ImageReader {
         if bytes.len() as u64 != entry.size || sum != entry.xxh3 {
             return Err(bad(&path, "checksum mismatch"));
         }
+        let m = &self.manifest;
+        if m.format_version == FORMAT_VERSION && m.format_minor > FORMAT_MINOR {
+            return decode_newer(
+                &path,
+                name,
+                &bytes,
+                &m.ignorable,
+                m.format_version,
+                m.format_minor,
+            );
+        }
         serde_json::from_slice(&bytes).map_err(|e| bad(&path, format!("cannot decode: {e}")))
+    }
+}
+
+/// Decodes `raw`, the JSON of image file `name` made by a newer minor of
+/// this format, refusing it when it holds a field this stasis does not know
+/// and the image does not declare ignorable (`file-pattern:key` in
+/// `ignorable`, the pattern a file name with at most one `*`).
+fn decode_newer<T: DeserializeOwned + Serialize>(
+    path: &Path,
+    name: &str,
+    bytes: &[u8],
+    ignorable: &[String],
+    major: u32,
+    minor: u32,
+) -> Result<T> {
+    // Decoded from the bytes (some fields borrow their strings), and read
+    // once more as a plain JSON value to find the fields the decode skipped.
+    let value: T =
+        serde_json::from_slice(bytes).map_err(|e| bad(path, format!("cannot decode: {e}")))?;
+    let raw: serde_json::Value =
+        serde_json::from_slice(bytes).map_err(|e| bad(path, format!("cannot decode: {e}")))?;
+    let known = serde_json::to_value(&value)
+        .map_err(|e| bad(path, format!("cannot encode again: {e}")))?;
+    let mut unknown = Vec::new();
+    unknown_fields(&raw, &known, "", &mut unknown);
+    let declared = |key: &str| {
+        ignorable.iter().any(|d| {
+            d.rsplit_once(':')
+                .is_some_and(|(pat, k)| k == key && file_matches(pat, name))
+        })
+    };
+    if let Some((at, key)) = unknown.iter().find(|(_, key)| !declared(key)) {
+        return Err(bad(
+            path,
+            format!(
+                "format version {major}.{minor} adds field {at} that this stasis {} (format {FORMAT_VERSION}.{FORMAT_MINOR}) does not know, and the image does not declare `{name}:{key}` ignorable: restore it with a newer stasis",
+                env!("CARGO_PKG_VERSION"),
+            ),
+        ));
+    }
+    Ok(value)
+}
+
+fn file_matches(pattern: &str, name: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == name,
+        Some((pre, post)) => {
+            name.len() >= pre.len() + post.len() && name.starts_with(pre) && name.ends_with(post)
+        }
+    }
+}
+
+/// Keys of `raw` (at any depth) that a decode and encode again did not
+/// keep: (their path, their key). A key the encoding leaves out when it
+/// holds its default (absent, null, false, 0, empty) counts as kept.
+fn unknown_fields(
+    raw: &serde_json::Value,
+    known: &serde_json::Value,
+    at: &str,
+    out: &mut Vec<(String, String)>,
+) {
+    use serde_json::Value;
+    match (raw, known) {
+        (Value::Object(r), Value::Object(k)) => {
+            for (key, rv) in r {
+                let here = if at.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{at}.{key}")
+                };
+                match k.get(key) {
+                    Some(kv) => unknown_fields(rv, kv, &here, out),
+                    None => {
+                        let default = match rv {
+                            Value::Null => true,
+                            Value::Bool(b) => !b,
+                            Value::Number(n) => n.as_f64() == Some(0.0),
+                            Value::String(s) => s.is_empty(),
+                            Value::Array(a) => a.is_empty(),
+                            Value::Object(o) => o.is_empty(),
+                        };
+                        if !default {
+                            out.push((here, key.clone()));
+                        }
+                    }
+                }
+            }
+        }
+        (Value::Array(r), Value::Array(k)) => {
+            for (i, (rv, kv)) in r.iter().zip(k).enumerate() {
+                unknown_fields(rv, kv, &format!("{at}[{i}]"), out);
+            }
+        }
+        _ => {}
     }
 }
 
@@ -864,6 +1001,94 @@ mod tests {
         fs::write(&p, &longer).unwrap();
         let err = f.read_verified(&mut buf, |_, _| Ok(())).unwrap_err();
         assert!(err.to_string().contains("longer than"), "{err}");
+    }
+
+    #[derive(Debug, serde::Serialize, serde::Deserialize, PartialEq)]
+    struct Rec {
+        a: u32,
+        #[serde(default)]
+        inner: Vec<Inner>,
+    }
+
+    #[derive(Debug, serde::Serialize, serde::Deserialize, PartialEq)]
+    struct Inner {
+        b: u32,
+    }
+
+    /// Rewrites `name` of the image at `dir` with `value` (size and checksum
+    /// made right) and changes the manifest with `edit`.
+    fn rewrite(dir: &Path, name: &str, value: &serde_json::Value, edit: impl FnOnce(&mut serde_json::Value)) {
+        let bytes = serde_json::to_vec(value).unwrap();
+        fs::write(dir.join(name), &bytes).unwrap();
+        let mp = dir.join(MANIFEST);
+        let mut m: serde_json::Value = serde_json::from_slice(&fs::read(&mp).unwrap()).unwrap();
+        m["files"][name]["size"] = bytes.len().into();
+        m["files"][name]["xxh3"] = format!("{:016x}", crate::image::xxh3_64(&bytes)).into();
+        edit(&mut m);
+        fs::write(&mp, serde_json::to_vec(&m).unwrap()).unwrap();
+    }
+
+    #[test]
+    fn versions_major_minor_and_ignorable_fields() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("img");
+        let mut w = ImageWriter::create(&dir).unwrap();
+        let rec = Rec { a: 1, inner: vec![Inner { b: 2 }] };
+        w.write_json("r.json", &rec).unwrap();
+        w.finish(cpu()).unwrap();
+        let r = ImageReader::open(&dir).unwrap();
+        assert_eq!(r.manifest().format_version, FORMAT_VERSION);
+        assert_eq!(r.manifest().format_minor, FORMAT_MINOR);
+        assert_eq!(r.read_json::<Rec>("r.json").unwrap(), rec);
+
+        // A field from a newer minor: refused, naming both versions and the field.
+        let future = serde_json::json!({ "a": 1, "inner": [{ "b": 2, "from_the_future": 7 }] });
+        let newer = FORMAT_MINOR + 1;
+        rewrite(&dir, "r.json", &future, |m| m["format_minor"] = newer.into());
+        let r = ImageReader::open(&dir).unwrap();
+        let err = r.read_json::<Rec>("r.json").unwrap_err().to_string();
+        let here = format!("format {FORMAT_VERSION}.{FORMAT_MINOR}");
+        let there = format!("format version {FORMAT_VERSION}.{newer}");
+        assert!(
+            err.contains(&here) && err.contains(&there) && err.contains("inner[0].from_the_future") && err.contains("r.json"),
+            "{err}"
+        );
+        // Declared ignorable (for this file): read, the field ignored.
+        rewrite(&dir, "r.json", &future, |m| m["ignorable"] = serde_json::json!(["r*.json:from_the_future"]));
+        let r = ImageReader::open(&dir).unwrap();
+        assert_eq!(r.read_json::<Rec>("r.json").unwrap(), rec);
+        // Declared for another file only: refused.
+        rewrite(&dir, "r.json", &future, |m| m["ignorable"] = serde_json::json!(["proc-*.json:from_the_future"]));
+        let r = ImageReader::open(&dir).unwrap();
+        assert!(r.read_json::<Rec>("r.json").is_err());
+        // The same minor with a field this stasis knows nothing of, in the
+        // manifest itself: refused before anything is read.
+        rewrite(&dir, "r.json", &serde_json::to_value(&rec).unwrap(), |m| {
+            m["ignorable"] = serde_json::json!([]);
+            m["future_key"] = "x".into();
+        });
+        let err = ImageReader::open(&dir).err().unwrap().to_string();
+        assert!(err.contains("future_key") && err.contains(&there), "{err}");
+
+        // A newer major: refused whatever it declares, naming the versions.
+        rewrite(&dir, "r.json", &serde_json::to_value(&rec).unwrap(), |m| {
+            m.as_object_mut().unwrap().remove("future_key");
+            m["format_version"] = (FORMAT_VERSION + 1).into();
+            m["format_minor"] = 0.into();
+        });
+        let err = ImageReader::open(&dir).err().unwrap().to_string();
+        assert!(
+            err.contains(&format!("format version {}.0", FORMAT_VERSION + 1))
+                && err.contains(&format!("{FORMAT_VERSION}.{FORMAT_MINOR}")),
+            "{err}"
+        );
+        // The legacy major (no minor in its manifest): read as before.
+        rewrite(&dir, "r.json", &serde_json::to_value(&rec).unwrap(), |m| {
+            m["format_version"] = LEGACY_FORMAT_VERSION.into();
+            m.as_object_mut().unwrap().remove("format_minor");
+        });
+        let r = ImageReader::open(&dir).unwrap();
+        assert_eq!(r.read_json::<Rec>("r.json").unwrap(), rec);
     }
 
     #[test]

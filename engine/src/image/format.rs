@@ -1,16 +1,30 @@
-//! Serde types of every image record. The image is versioned as a whole
-//! (`FORMAT_VERSION`); fields are only added with `#[serde(default)]`.
+//! Serde types of every image record. The image is versioned as a whole,
+//! major.minor (`FORMAT_VERSION`, `FORMAT_MINOR`, docs/image-format.md):
+//! a field is only added with `#[serde(default)]` and a new minor, and a
+//! field an older stasis may ignore is listed in `IGNORABLE` with it.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 /// `manifest.json`: what the image is and the checksum of every other file.
+/// Unknown fields are refused when read (unless a newer minor declares
+/// them ignorable): `ImageReader::open`.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
 pub struct Manifest {
     pub magic: String,
+    /// The format's major version: a reader refuses any other (but the
+    /// legacy major 1, which it reads).
     pub format_version: u32,
+    /// The format's minor version: a reader refuses a newer one unless
+    /// every field it does not know is listed in `ignorable`.
+    #[serde(default)]
+    pub format_minor: u32,
+    /// Fields added in minors after the first of this major that a reader
+    /// that does not know them may ignore, as `file-pattern:key` (see
+    /// docs/image-format.md).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ignorable: Vec<String>,
     pub stasis_version: String,
     pub kernel_release: String,
     pub arch: String,

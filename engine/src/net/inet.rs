@@ -362,14 +362,21 @@ pub(crate) fn refill_udp(
             }
             a => a,
         };
-        let rfd = fds[s.id as usize].as_ref().expect("made").as_raw_fd();
+        let rfd = fds
+            .get(s.id as usize)
+            .and_then(|f| f.as_ref())
+            .ok_or_else(|| Error::Other(format!("{what}: socket {} missing", s.id)))?
+            .as_raw_fd();
         let total: u64 = i.datagrams.iter().map(|d| d.data.len * 2 + 1024).sum();
         let room = (total + (1 << 20)).min(i32::MAX as u64 / 2) as i32;
         let _ = opts::set_int(rfd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, room);
         for d in &i.datagrams {
-            let sender = &sockets[d.sender as usize];
-            let sfd = fds[d.sender as usize]
-                .as_ref()
+            let sender = sockets
+                .get(d.sender as usize)
+                .ok_or_else(|| Error::Other(format!("{what}: sender {} missing", d.sender)))?;
+            let sfd = fds
+                .get(d.sender as usize)
+                .and_then(|f| f.as_ref())
                 .ok_or_else(|| Error::Other(format!("{what}: sender {} missing", d.sender)))?
                 .as_raw_fd();
             let data = super::read_blob(blobs, d.data, &what)?;
@@ -403,7 +410,11 @@ pub(crate) fn connect_udp(sockets: &[SocketImage], fds: &[Option<OwnedFd>]) -> R
             continue;
         }
         if let Some(p) = s.inet.as_ref().and_then(|i| i.peer.as_ref()) {
-            let fd = fds[s.id as usize].as_ref().expect("made").as_raw_fd();
+            let fd = fds
+                .get(s.id as usize)
+                .and_then(|f| f.as_ref())
+                .ok_or_else(|| Error::Other(format!("UDP socket {} missing", s.id)))?
+                .as_raw_fd();
             connect(
                 fd,
                 &parse(p, "peer")?,

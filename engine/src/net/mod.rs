@@ -272,7 +272,9 @@ impl SocketSet {
         for pass in [false, true] {
             for s in sockets {
                 if s.family != libc::AF_UNIX && established(s) == pass {
-                    fds[s.id as usize] = Some(inet::restore(s, blobs)?);
+                    if let Some(slot) = fds.get_mut(s.id as usize) {
+                        *slot = Some(inet::restore(s, blobs)?);
+                    }
                 }
             }
         }
@@ -282,7 +284,7 @@ impl SocketSet {
         inet::connect_udp(sockets, &fds)?;
         // Established connections leave repair mode once all exist.
         for s in sockets {
-            if let (Some(i), Some(fd)) = (&s.inet, &fds[s.id as usize]) {
+            if let (Some(i), Some(Some(fd))) = (&s.inet, fds.get(s.id as usize)) {
                 if let Some(t) = &i.tcp {
                     tcp_repair::go_live(s, i, t, fd, blobs)?;
                 }
@@ -358,35 +360,129 @@ pub fn describe(s: Option<&SocketImage>) -> String {
     d
 }
 
-/// Bounds and cross-references of the socket records.
+/// Bounds and cross-references of the socket records (files.json): every
+/// index one socket uses to name another (peer, listener, waiting client,
+/// datagram sender, socket file owner) names a socket of the kind restore
+/// makes of it, checked before anything is created.
 pub fn validate(sockets: &[SocketImage], unix_files: &[UnixFile]) -> Result<()> {
     let n = sockets.len() as u32;
-    let bad = |why: String| Err(Error::Other(format!("image: {why}")));
+    let bad = |why: String| {
+        Err(Error::BadImage {
+            path: "files.json".into(),
+            reason: why,
+        })
+    };
+    let unix_of = |r: u32| sockets.get(r as usize).and_then(|q| q.unix.as_ref());
+    let mut waits_at: Vec<Option<usize>> = vec![None; sockets.len()];
     for (i, s) in sockets.iter().enumerate() {
         if s.id as usize != i {
-            return bad(format!("socket id {} out of order", s.id));
+            return bad(format!("socket id {} out of order (at {i})", s.id));
+        }
+        let ty_ok = matches!(
+            s.sock_type,
+            libc::SOCK_STREAM | libc::SOCK_DGRAM | libc::SOCK_SEQPACKET
+        );
+        let kind_ok = match s.family {
+            libc::AF_UNIX => s.unix.is_some() && s.inet.is_none(),
+            libc::AF_INET | libc::AF_INET6 => {
+                s.inet.is_some() && s.unix.is_none() && s.sock_type != libc::SOCK_SEQPACKET
+            }
+            _ => false,
+        };
+        if !ty_ok || !kind_ok {
+            return bad(format!(
+                "socket {i}: family {} type {} with {} record",
+                s.family,
+                s.sock_type,
+                match (&s.unix, &s.inet) {
+                    (Some(_), None) => "a unix",
+                    (None, Some(_)) => "an inet",
+                    (None, None) => "no",
+                    (Some(_), Some(_)) => "both a unix and an inet",
+                }
+            ));
         }
         if let Some(u) = &s.unix {
+            let stream = s.sock_type != libc::SOCK_DGRAM;
+            let listening = s.state == inet::TCP_LISTEN;
+            // Every socket index it holds names a unix socket of its type.
             let refs = u
                 .peer
                 .iter()
-                .chain(u.connecting_to.iter())
-                .chain(u.waiting.iter());
-            for &r in refs {
-                if r >= n {
-                    return bad(format!("socket {i} refers to socket {r} of {n}"));
+                .map(|&r| ("peer", r))
+                .chain(u.connecting_to.iter().map(|&r| ("listener", r)))
+                .chain(u.waiting.iter().map(|&r| ("waiting client", r)));
+            for (what, r) in refs {
+                match sockets.get(r as usize) {
+                    None => return bad(format!("socket {i}: {what} socket {r} of {n}")),
+                    Some(q) if q.unix.is_none() || q.sock_type != s.sock_type => {
+                        return bad(format!(
+                            "socket {i}: {what} socket {r} is not a unix socket of its type"
+                        ))
+                    }
+                    _ => {}
+                }
+            }
+            if let Some(p) = u.peer {
+                let pu = unix_of(p).map(|q| q.peer);
+                if listening || u.peer_gone {
+                    return bad(format!(
+                        "socket {i}: a peer (socket {p}) on a listening socket or one whose peer closed"
+                    ));
+                }
+                // Stream and seqpacket peers are pairs.
+                if stream && (p as usize == i || pu != Some(Some(i as u32))) {
+                    return bad(format!(
+                        "socket {i}: peer socket {p} is not connected to it"
+                    ));
+                }
+            }
+            if let Some(l) = u.connecting_to {
+                let lq = &sockets[l as usize];
+                if !stream || lq.state != inet::TCP_LISTEN || u.peer.is_some() {
+                    return bad(format!(
+                        "socket {i}: waits to be accepted by socket {l}, which is not a listener"
+                    ));
+                }
+            }
+            if !u.waiting.is_empty() && !listening {
+                return bad(format!(
+                    "socket {i}: clients waiting on a socket that does not listen"
+                ));
+            }
+            for &c in &u.waiting {
+                let cu = unix_of(c).cloned().unwrap_or_default();
+                let c_ok = c as usize != i
+                    && waits_at[c as usize].replace(i).is_none()
+                    && cu.connecting_to == Some(i as u32)
+                    && cu.peer.is_none()
+                    && sockets[c as usize].state != inet::TCP_LISTEN;
+                if !c_ok {
+                    return bad(format!(
+                        "socket {i}: waiting client socket {c} is not a client connecting to it (or waits twice)"
+                    ));
                 }
             }
             if u.name.len() > 108 {
                 return bad(format!("socket {i}: unix name of {} bytes", u.name.len()));
             }
-            if u.packets.len() > 1 << 20 {
+            if u.bind_dir.as_ref().is_some_and(|d| !d.starts_with('/')) {
+                return bad(format!("socket {i}: relative bind directory"));
+            }
+            if u.packets.len() > unix::MAX_QUEUE_RECORDS {
                 return bad(format!("socket {i}: {} packets", u.packets.len()));
+            }
+            if u.packets.iter().any(|p| p.sender.len() > 108) {
+                return bad(format!("socket {i}: a sender name longer than 108 bytes"));
             }
         }
         let big = |len: u64| len > unix::MAX_QUEUE_BYTES;
         if let Some(u) = &s.unix {
-            if big(u.stream_queue.len) || u.packets.iter().any(|p| big(p.data.len)) {
+            let total = u
+                .packets
+                .iter()
+                .fold(u.stream_queue.len, |t, p| t.saturating_add(p.data.len));
+            if big(u.stream_queue.len) || big(total) {
                 return bad(format!("socket {i}: queue larger than the limit"));
             }
         }
@@ -399,10 +495,10 @@ pub fn validate(sockets: &[SocketImage], unix_files: &[UnixFile]) -> Result<()> 
             for d in &i.datagrams {
                 let ok = sockets
                     .get(d.sender as usize)
-                    .is_some_and(|q| q.family != libc::AF_UNIX && q.sock_type == libc::SOCK_DGRAM);
+                    .is_some_and(|q| q.inet.is_some() && q.sock_type == libc::SOCK_DGRAM);
                 if !ok || d.data.len > unix::MAX_QUEUE_BYTES {
                     return bad(format!(
-                        "socket {}: a datagram from socket {}",
+                        "socket {}: a datagram from socket {}, which is not a UDP socket",
                         s.id, d.sender
                     ));
                 }
@@ -420,9 +516,27 @@ pub fn validate(sockets: &[SocketImage], unix_files: &[UnixFile]) -> Result<()> 
             }
         }
     }
+    // A client that says it waits on a listener is in that listener's queue.
+    for (i, s) in sockets.iter().enumerate() {
+        if let Some(l) = s.unix.as_ref().and_then(|u| u.connecting_to) {
+            if waits_at[i] != Some(l as usize) {
+                return bad(format!(
+                    "socket {i}: connecting to socket {l}, whose queue does not hold it"
+                ));
+            }
+        }
+    }
     for f in unix_files {
-        if f.owner.is_some_and(|o| o >= n) || !f.path.starts_with('/') {
-            return bad(format!("unix socket file {}", f.path));
+        if !f.path.starts_with('/') || f.path.len() > 4096 {
+            return bad(format!("unix socket file {:?}: not an absolute path", f.path));
+        }
+        if let Some(o) = f.owner {
+            if unix_of(o).is_none() {
+                return bad(format!(
+                    "unix socket file {}: owner socket {o} is not a unix socket",
+                    f.path
+                ));
+            }
         }
     }
     Ok(())

@@ -199,7 +199,7 @@ pub(crate) fn finish(
         if stream && d.rqlen.0 == 0 {
             continue;
         }
-        let packets = peek_queue(&seen[i], stream)?;
+        let packets = peek_queue(&seen[i], stream, d.shutdown)?;
         let u_total: u64 = packets.iter().map(|p| p.1.len() as u64).sum();
         if stream && u_total != d.rqlen.0 as u64 {
             return Err(seen[i].unsupported(
@@ -304,9 +304,21 @@ fn socket_files(seen: &[Seen], unix_ids: &[usize]) -> Result<Vec<UnixFile>> {
     Ok(out)
 }
 
+/// Most records (datagrams, seqpacket records) read from one socket's queue.
+pub const MAX_QUEUE_RECORDS: usize = 1 << 20;
+
 /// Reads the queue of a socket without consuming it: (sender name, data)
 /// per datagram or record; for a stream, chunks in order.
-fn peek_queue(s: &Seen, stream: bool) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
+///
+/// A datagram or seqpacket record may be empty, and a seqpacket socket whose
+/// peer shut down or closed answers an empty queue with 0 (end of file)
+/// rather than EAGAIN: the two are told apart by the credentials the kernel
+/// attaches to every record it hands out while SO_PASSCRED is set on the
+/// socket (an end of file carries none). SO_PASSCRED and the peek offset are
+/// put back as the program had them. The kernel marks an empty record once
+/// peeked at, so the next peek at the same offset moves past it. The walk is
+/// bounded in records and bytes: a queue beyond either is refused.
+fn peek_queue(s: &Seen, stream: bool, shutdown: u8) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
     let fd = s.raw();
     let io = |what: &str| {
         let e = std::io::Error::last_os_error();
@@ -315,16 +327,28 @@ fn peek_queue(s: &Seen, stream: bool) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
             reason: format!("fd {}: {what}: {e}", s.fd),
         }
     };
+    let too_long = |what: String| s.unsupported(what, format!("socket:[{}]", s.img.ino));
     let old = opts::get_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF).unwrap_or(-1);
     opts::set_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, 0).map_err(|e| Error::Process {
         pid: s.pid,
         reason: format!("fd {}: SO_PEEK_OFF: {e} (feature: so-peek-off)", s.fd),
     })?;
+    // Records carry credentials while SO_PASSCRED is set; without it (not
+    // settable), an empty answer of a socket that can no longer receive is
+    // taken for the end of the queue.
+    let old_passcred = opts::get_int(fd, libc::SOL_SOCKET, libc::SO_PASSCRED).ok();
+    let creds = !stream
+        && old_passcred.is_some()
+        && opts::set_int(fd, libc::SOL_SOCKET, libc::SO_PASSCRED, 1).is_ok();
+    let rcv_shut = shutdown & 1 != 0;
     let res = (|| -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
         let mut out = Vec::new();
         let mut buf = vec![0u8; 1 << 16];
         let mut offset: usize = 0;
         let mut total: u64 = 0;
+        // Peeks that found the same record again (a larger buffer): at most
+        // one per record.
+        let mut again = false;
         loop {
             // SAFETY: zeroed sockaddr_un and msghdr are valid; we fill the pointers below.
             let mut addr: libc::sockaddr_un = unsafe { std::mem::zeroed() };
@@ -352,7 +376,7 @@ fn peek_queue(s: &Seen, stream: bool) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
                 }
                 return Err(io("peeking at the queued data"));
             }
-            let passed = scm_rights(&msg);
+            let (passed, has_creds) = control_messages(&msg);
             if passed > 0 {
                 return Err(s.unsupported(
                     format!(
@@ -363,16 +387,34 @@ fn peek_queue(s: &Seen, stream: bool) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
                 ));
             }
             let n = n as usize;
-            if stream && n == 0 {
-                break;
+            if n == 0 {
+                // A stream's end; a seqpacket socket's end of file; or an
+                // empty record (a datagram socket never answers 0 otherwise).
+                let eof = if stream {
+                    true
+                } else if creds {
+                    !has_creds
+                } else {
+                    s.img.sock_type == libc::SOCK_SEQPACKET && rcv_shut
+                };
+                if eof {
+                    break;
+                }
             }
             if !stream && n > buf.len() {
+                if again || n as u64 > MAX_QUEUE_BYTES {
+                    return Err(too_long(format!(
+                        "unix socket with a record of {n} bytes queued"
+                    )));
+                }
                 // A datagram larger than the buffer: peek it again whole.
+                again = true;
                 buf.resize(n, 0);
                 opts::set_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, offset as i32)
                     .map_err(|_| io("SO_PEEK_OFF"))?;
                 continue;
             }
+            again = false;
             let namelen = (msg.msg_namelen as usize).saturating_sub(2).min(108);
             let sender = if stream || namelen == 0 {
                 Vec::new()
@@ -386,19 +428,33 @@ fn peek_queue(s: &Seen, stream: bool) -> Result<Vec<(Vec<u8>, Vec<u8>)>> {
             offset += n;
             total += n as u64;
             if total > MAX_QUEUE_BYTES {
-                break;
+                return Err(too_long(format!(
+                    "unix socket with more than {MAX_QUEUE_BYTES} bytes queued"
+                )));
+            }
+            if out.len() > MAX_QUEUE_RECORDS {
+                return Err(too_long(format!(
+                    "unix socket with more than {MAX_QUEUE_RECORDS} records queued"
+                )));
             }
         }
         Ok(out)
     })();
-    // Put the peek offset back as the program had it.
+    // Put the peek offset and SO_PASSCRED back as the program had them.
     let _ = opts::set_int(fd, libc::SOL_SOCKET, libc::SO_PEEK_OFF, old);
+    if creds {
+        if let Some(v) = old_passcred {
+            let _ = opts::set_int(fd, libc::SOL_SOCKET, libc::SO_PASSCRED, v);
+        }
+    }
     res
 }
 
-/// Counts (and closes) the fds an SCM_RIGHTS message put in our table.
-fn scm_rights(msg: &libc::msghdr) -> usize {
+/// Counts (and closes) the fds an SCM_RIGHTS message put in our table, and
+/// says whether the message carried credentials (SCM_CREDENTIALS).
+fn control_messages(msg: &libc::msghdr) -> (usize, bool) {
     let mut count = 0;
+    let mut creds = false;
     // SAFETY: walking the control buffer the kernel filled, with the libc
     // CMSG macros bounded by msg_controllen.
     unsafe {
@@ -412,10 +468,13 @@ fn scm_rights(msg: &libc::msghdr) -> usize {
                 }
                 count += n;
             }
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_CREDENTIALS {
+                creds = true;
+            }
             c = libc::CMSG_NXTHDR(msg, c);
         }
     }
-    count
+    (count, creds)
 }
 
 // ---- restore --------------------------------------------------------------
@@ -659,6 +718,26 @@ pub(crate) fn restore_all(
         ))
     };
     let owner_of = |id: usize| files.iter().any(|f| f.owner == Some(id as u32));
+    // Indexes are checked by `validate`; a wrong one is an error here too,
+    // never a panic in the sandbox's init.
+    let unix_at = |k: usize| -> Result<&UnixSocketImage> {
+        sockets
+            .get(k)
+            .and_then(|q| q.unix.as_ref())
+            .ok_or_else(|| Error::BadImage {
+                path: "files.json".into(),
+                reason: format!("socket {k} is not a unix socket"),
+            })
+    };
+    let made = |fds: &[Option<OwnedFd>], k: usize| -> Result<RawFd> {
+        fds.get(k)
+            .and_then(|f| f.as_ref())
+            .map(|f| f.as_raw_fd())
+            .ok_or_else(|| Error::BadImage {
+                path: "files.json".into(),
+                reason: format!("socket {k} was not made (a reference to it is wrong)"),
+            })
+    };
     // 1. Stale socket files; a file a live socket holds is not taken over.
     for f in files {
         if socket_file_in_use(&f.path) {
@@ -691,7 +770,7 @@ pub(crate) fn restore_all(
         let Some(p) = u.peer.map(|p| p as usize) else {
             continue;
         };
-        let pu = sockets[p].unix.as_ref().expect("peer is a unix socket");
+        let pu = unix_at(p)?;
         if pu.peer != Some(i as u32) || p == i {
             continue; // a datagram socket connected one way: step 4
         }
@@ -726,8 +805,8 @@ pub(crate) fn restore_all(
                 !u.name.is_empty()
             };
             let (x, y) = if x_is_i { (i, p) } else { (p, i) };
-            let xu = sockets[x].unix.as_ref().expect("unix");
-            let yu = sockets[y].unix.as_ref().expect("unix");
+            let xu = unix_at(x)?;
+            let yu = unix_at(y)?;
             let (xs, ys) =
                 pair_via_listener(s.sock_type, xu, Some(yu)).map_err(|e| sock_err(s, e))?;
             fds[x] = Some(xs);
@@ -762,7 +841,7 @@ pub(crate) fn restore_all(
                 return Ok(helpers[h].as_raw_fd());
             }
             u.peer
-                .and_then(|p| fds[p as usize].as_ref())
+                .and_then(|p| fds.get(p as usize).and_then(|f| f.as_ref()))
                 .map(|f| f.as_raw_fd())
                 .ok_or_else(|| Error::Other(format!("{what}: no peer to write it")))
         };
@@ -784,16 +863,16 @@ pub(crate) fn restore_all(
             for p in &u.packets {
                 let data = read_blob(blobs, p.data, &what)?;
                 let peer_pair = u.peer.filter(|&q| {
-                    let qu = sockets[q as usize].unix.as_ref().expect("unix");
-                    qu.peer == Some(i as u32) && qu.name == p.sender
+                    unix_at(q as usize)
+                        .is_ok_and(|qu| qu.peer == Some(i as u32) && qu.name == p.sender)
                 });
                 let to = (!u.name.is_empty()).then_some((u.name.as_slice(), u.bind_dir.as_deref()));
                 if let Some(q) = peer_pair {
-                    let w = fds[q as usize].as_ref().expect("made").as_raw_fd();
+                    let w = made(fds, q as usize)?;
                     grow_sndbuf(w, data.len());
                     send_packet(w, &data, None, &what)?;
                 } else if let (Some(&q), Some(to)) = (by_name.get(p.sender.as_slice()), to) {
-                    let w = fds[q].as_ref().expect("made").as_raw_fd();
+                    let w = made(fds, q)?;
                     grow_sndbuf(w, data.len());
                     send_packet(w, &data, Some(to), &what)?;
                 } else if let Some(to) = to {
@@ -824,15 +903,15 @@ pub(crate) fn restore_all(
     for &(i, s, u) in &unix {
         if s.state == TCP_LISTEN {
             for &c in &u.waiting {
-                let fd = fds[c as usize].as_ref().expect("made above").as_raw_fd();
+                let fd = made(fds, c as usize)?;
                 connect_name(fd, &u.name, u.bind_dir.as_deref()).map_err(|e| sock_err(s, e))?;
             }
         }
         if s.sock_type == libc::SOCK_DGRAM {
             if let Some(p) = u.peer.map(|p| p as usize) {
-                let pu = sockets[p].unix.as_ref().expect("unix");
+                let pu = unix_at(p)?;
                 if pu.peer != Some(i as u32) {
-                    let fd = fds[i].as_ref().expect("made above").as_raw_fd();
+                    let fd = made(fds, i)?;
                     connect_name(fd, &pu.name, pu.bind_dir.as_deref())
                         .map_err(|e| sock_err(s, e))?;
                 }
@@ -849,7 +928,7 @@ pub(crate) fn restore_all(
             2 => libc::SHUT_WR,
             _ => libc::SHUT_RDWR,
         };
-        let fd = fds[i].as_ref().expect("made").as_raw_fd();
+        let fd = made(fds, i)?;
         // SAFETY: shutdown(2) on our socket.
         if unsafe { libc::shutdown(fd, how) } < 0 {
             return Err(sys_err(format!("shutdown of unix socket {}", s.id)));
@@ -865,8 +944,9 @@ pub(crate) fn restore_all(
             continue;
         }
         let owned = f.owner.is_some_and(|o| {
-            let ou = sockets[o as usize].unix.as_ref().expect("unix");
-            now.is_some() && file_path(ou).as_deref() == Some(f.path.as_str())
+            unix_at(o as usize).is_ok_and(|ou| {
+                now.is_some() && file_path(ou).as_deref() == Some(f.path.as_str())
+            })
         });
         if !owned {
             // The file of a socket that no longer exists: a stale socket file.
@@ -891,7 +971,7 @@ pub(crate) fn restore_all(
     }
     // Options last: buffer sizes may have been raised for the refill.
     for &(i, s, _) in &unix {
-        let fd = fds[i].as_ref().expect("made").as_raw_fd();
+        let fd = made(fds, i)?;
         opts::restore(fd, &s.opts, s.family, s.sock_type)
             .map_err(|e| Error::Other(format!("unix socket {}: {e}", s.id)))?;
         opts::restore_late(fd, &s.opts, s.sock_type, false)

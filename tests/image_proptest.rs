@@ -885,7 +885,11 @@ fn each_kind_of_bad_reference_is_named() {
                     // Point a stream socket at another pair's end.
                     let (a, b) = (stream[0], stream[2]);
                     let b_peer = socks[b]["unix"]["peer"].clone();
-                    let target = if b_peer == Value::from(a) { stream[3] } else { b };
+                    let target = if b_peer == Value::from(a) {
+                        stream[3]
+                    } else {
+                        b
+                    };
                     socks[a]["unix"]["peer"] = target.into();
                 })
             }),
@@ -969,7 +973,10 @@ fn each_kind_of_bad_reference_is_named() {
             .err()
             .unwrap_or_else(|| panic!("{what}: restored"));
         for w in &words {
-            assert!(err.contains(w), "{what}: stasis restore says {err:?}, not {w:?}");
+            assert!(
+                err.contains(w),
+                "{what}: stasis restore says {err:?}, not {w:?}"
+            );
         }
     }
 }

@@ -944,9 +944,8 @@ pub(crate) fn restore_all(
             continue;
         }
         let owned = f.owner.is_some_and(|o| {
-            unix_at(o as usize).is_ok_and(|ou| {
-                now.is_some() && file_path(ou).as_deref() == Some(f.path.as_str())
-            })
+            unix_at(o as usize)
+                .is_ok_and(|ou| now.is_some() && file_path(ou).as_deref() == Some(f.path.as_str()))
         });
         if !owned {
             // The file of a socket that no longer exists: a stale socket file.

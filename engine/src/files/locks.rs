@@ -620,6 +620,7 @@ mod tests {
                 ino,
                 deleted: false,
                 memfd: None,
+                ghost: None,
             },
             pages: Vec::new(),
             shared_object: None,

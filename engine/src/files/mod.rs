@@ -856,7 +856,7 @@ pub fn validate(pid: i32, fds: &[FdEntry], files: &FilesImage) -> Result<()> {
     for f in fds {
         let bad = |reason: String| Error::BadImage {
             path: format!("proc-{pid}.json").into(),
-            reason,
+            reason: format!("process {pid}: {reason}"),
         };
         if !(0..FD_LIMIT).contains(&f.fd) {
             return Err(bad(format!(

@@ -324,6 +324,20 @@ def tree(pid):
     return pids
 
 
+def clean_criu_net_lock():
+    """Remove the rules of CRIU's network lock (they match its mark 0xc114)
+    that a test leaves in the host's firewall."""
+    for tool in ("iptables", "ip6tables", "iptables-legacy",
+                 "ip6tables-legacy"):
+        if not shutil.which(tool):
+            continue
+        r = subprocess.run([tool, "-S"], capture_output=True, text=True)
+        for l in r.stdout.splitlines():
+            if l.startswith("-A ") and "0xc114" in l:
+                subprocess.run([tool, "-D"] + shlex.split(l)[1:],
+                               capture_output=True)
+
+
 def kill_hook_daemons(hook):
     """Servers a hook forked and detached (netns_lock_iptables's stays until
     killed)."""
@@ -616,6 +630,7 @@ no_new_privs = false
                 self.clean_cgroups(names)
             else:
                 self.clean_cgroups([])
+                clean_criu_net_lock()
             if post is not None and post.poll() is None:
                 post.kill()
                 post.wait()

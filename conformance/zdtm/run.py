@@ -627,9 +627,9 @@ no_new_privs = false
             if not a.criu:
                 for n in names:
                     self.stasis("rm", "--force", n, timeout=60)
-                self.clean_cgroups(names)
+                self.clean_cgroups(names, name)
             else:
-                self.clean_cgroups([])
+                self.clean_cgroups([], name)
                 clean_criu_net_lock()
             if post is not None and post.poll() is None:
                 post.kill()
@@ -645,9 +645,19 @@ no_new_privs = false
                         shutil.copy(f, tdir)
                 suite.cleanout(name)
 
-    def clean_cgroups(self, names):
+    def clean_cgroups(self, names, test):
         """Cgroups stasis leaves behind when a test made its own (and, with
-        --host-cgroupns, the named hierarchy the cgroup tests mount)."""
+        --host-cgroupns or --criu, the named hierarchy the cgroup tests
+        mount)."""
+        if self.args.criu:
+            # A cgroup test CRIU fails leaves its hierarchies mounted in the
+            # host's mount namespace (in NAME.test).
+            with open("/proc/self/mountinfo") as fd:
+                mnts = [l.split()[4] for l in fd]
+            mine = os.path.join(self.suite.static, test + ".")
+            for m in reversed(mnts):
+                if m.startswith(mine):
+                    subprocess.run(["umount", "-l", m], capture_output=True)
         for n in names:
             for top in glob.glob("/sys/fs/cgroup/*/stasis/%s-*" % n):
                 rmtree_cgroup(top)
@@ -658,6 +668,13 @@ no_new_privs = false
             # the next run's sandboxed tests mount it.
             for top in glob.glob("/sys/fs/cgroup/*/zdtmtst"):
                 rmtree_cgroup(top)
+        if self.args.criu:
+            # CRIU restores the cgroup tests under --cgroup-root /newroot,
+            # copying there every cgroup under the test's (the host's root:
+            # other sandboxes' cgroups included, as empty copies).
+            for top in glob.glob("/sys/fs/cgroup/*/newroot"):
+                rmtree_cgroup(top)
+
             d = tempfile.mkdtemp(prefix="cgclean.", dir=self.work)
             if subprocess.run(["mount", "-t", "cgroup", "none", d, "-o",
                                "none,name=zdtmtst"],

@@ -138,20 +138,49 @@ class Suite:
             return r.returncode != 0
         return False
 
-    def hook(self, name, arg, env, criu=False):
+    def hook_start(self, name, arg, env, logdir, criu=False):
+        """Start the test's hook with arg, as zdtm.py does (from CRIU's
+        test/ directory). Its output goes to a file: a hook may leave a
+        detached child behind (net_lock_*), which would hold a pipe open."""
         h = os.path.join(self.static, name + ".hook")
-        if os.access(h, os.X_OK):
-            with open(h, errors="replace") as fd:
-                # Hooks that read CRIU's image files through pycriu check
-                # CRIU's image format: they have nothing to say about stasis.
-                if "import pycriu" in fd.read() and not criu:
-                    return None
-            r = subprocess.run([h, arg], cwd=self.top, env=env,
-                               capture_output=True, text=True, timeout=60)
-            if r.returncode != 0:
-                return "hook %s failed: %s" % (arg, first_line(
-                    r.stderr + r.stdout))
+        if not os.access(h, os.X_OK):
+            return None
+        with open(h, errors="replace") as fd:
+            # Hooks that read CRIU's image files through pycriu check CRIU's
+            # image format: they have nothing to say about stasis.
+            if "import pycriu" in fd.read() and not criu:
+                return None
+        with open(os.path.join(logdir, "hook.log"), "a") as log:
+            log.write("== %s\n" % arg)
+            log.flush()
+            return subprocess.Popen([h, arg], cwd=self.top, env=env,
+                                    stdin=subprocess.DEVNULL, stdout=log,
+                                    stderr=log, start_new_session=True)
+
+    def hook_wait(self, p, arg, logdir, timeout=60):
+        if p is None:
+            return None
+        try:
+            rc = p.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+            return "hook %s: still running after %ds" % (arg, timeout)
+        if rc != 0:
+            try:
+                with open(os.path.join(logdir, "hook.log"),
+                          errors="replace") as fd:
+                    text = fd.read().split("== %s\n" % arg)[-1]
+            except OSError:
+                text = ""
+            lines = [l.strip() for l in text.splitlines() if l.strip()]
+            return "hook %s failed: %s" % (arg, lines[-1] if lines
+                                           else "exit %d" % rc)
         return None
+
+    def hook(self, name, arg, env, logdir, criu=False):
+        return self.hook_wait(self.hook_start(name, arg, env, logdir, criu),
+                              arg, logdir)
 
 
 def flags(desc):
@@ -293,6 +322,41 @@ def tree(pid):
         except OSError:
             pass
     return pids
+
+
+def clean_criu_net_lock():
+    """Remove the rules of CRIU's network lock (they match its mark 0xc114)
+    that a test leaves in the host's firewall."""
+    for tool in ("iptables", "ip6tables", "iptables-legacy",
+                 "ip6tables-legacy"):
+        if not shutil.which(tool):
+            continue
+        r = subprocess.run([tool, "-S"], capture_output=True, text=True)
+        for l in r.stdout.splitlines():
+            if l.startswith("-A ") and "0xc114" in l:
+                subprocess.run([tool, "-D"] + shlex.split(l)[1:],
+                               capture_output=True)
+
+
+def kill_hook_daemons(hook):
+    """Servers a hook forked and detached (netns_lock_iptables's stays until
+    killed)."""
+    if not os.path.exists(hook):
+        return
+    me = str(os.getpid())
+    for d in os.listdir("/proc"):
+        if not d.isdigit() or d == me:
+            continue
+        try:
+            with open("/proc/%s/cmdline" % d, "rb") as fd:
+                argv = fd.read().decode(errors="replace").split("\0")
+        except OSError:
+            continue
+        if hook in argv:
+            try:
+                os.kill(int(d), signal.SIGKILL)
+            except OSError:
+                pass
 
 
 def kill_tree(pid):
@@ -454,10 +518,12 @@ no_new_privs = false
                     "/usr/sbin:/usr/bin:/sbin:/bin")
         names = [base + "-a"]
         res = dict(result="FAIL", stage="start", error="")
+        post = None
         try:
             if a.criu:
-                return self._run_criu(name, desc, cmd, tdir, pidfile,
-                                      outfile, suid, henv)
+                res = self._run_criu(name, desc, cmd, tdir, pidfile,
+                                     outfile, suid, henv)
+                return res
             # 1. start
             run = ["run", "-d", "--name", names[0], "--profile",
                    self.profile % ("suid" if suid else "user"), "--"]
@@ -467,6 +533,9 @@ no_new_privs = false
                 res["error"] = "stasis run: " + (first_line(err, ERR_PAT) or
                                                  first_line(err) or str(rc))
                 return res
+            # zdtm.py runs the --post-start hook while the test starts:
+            # some tests wait for it before they write their pidfile.
+            post = suite.hook_start(name, "--post-start", henv, tdir)
             deadline = now() + a.timeout
             while not os.path.exists(pidfile):
                 if now() > deadline:
@@ -496,8 +565,8 @@ no_new_privs = false
             r = self.ps(names[0])
             hp = r and host_pid(r["init_pid"], tpid)
             henv["ZDTM_TEST_PID"] = str(hp or tpid)
-            e = suite.hook(name, "--post-start", henv) or \
-                suite.hook(name, "--pre-dump", henv)
+            e = suite.hook_wait(post, "--post-start", tdir) or \
+                suite.hook(name, "--pre-dump", henv, tdir)
             if e:
                 res["error"] = e
                 return res
@@ -521,7 +590,7 @@ no_new_privs = false
                 os.unlink(pidfile)
             except OSError:
                 pass
-            e = suite.hook(name, "--pre-restore", henv)
+            e = suite.hook(name, "--pre-restore", henv, tdir)
             if e:
                 res["error"] = e
                 return res
@@ -547,7 +616,7 @@ no_new_privs = false
                     % (tpid, out_error(outfile))
                 return res
             henv["ZDTM_TEST_PID"] = str(hp)
-            e = suite.hook(name, "--post-restore", henv)
+            e = suite.hook(name, "--post-restore", henv, tdir)
             if e:
                 res["error"] = e
                 return res
@@ -558,8 +627,15 @@ no_new_privs = false
             if not a.criu:
                 for n in names:
                     self.stasis("rm", "--force", n, timeout=60)
-                self.clean_cgroups(names)
-            suite.hook(name, "--clean", henv)
+                self.clean_cgroups(names, name)
+            else:
+                self.clean_cgroups([], name)
+                clean_criu_net_lock()
+            if post is not None and post.poll() is None:
+                post.kill()
+                post.wait()
+            suite.hook(name, "--clean", henv, tdir, bool(a.criu))
+            kill_hook_daemons(os.path.join(static, name + ".hook"))
             if not a.keep:
                 # A failed test keeps its stasis messages, not its image.
                 shutil.rmtree(tdir if res.get("result") == "PASS" else img,
@@ -569,17 +645,36 @@ no_new_privs = false
                         shutil.copy(f, tdir)
                 suite.cleanout(name)
 
-    def clean_cgroups(self, names):
+    def clean_cgroups(self, names, test):
         """Cgroups stasis leaves behind when a test made its own (and, with
-        --host-cgroupns, the named hierarchy the cgroup tests mount)."""
+        --host-cgroupns or --criu, the named hierarchy the cgroup tests
+        mount)."""
+        if self.args.criu:
+            # A cgroup test CRIU fails leaves its hierarchies mounted in the
+            # host's mount namespace (in NAME.test).
+            with open("/proc/self/mountinfo") as fd:
+                mnts = [l.split()[4] for l in fd]
+            mine = os.path.join(self.suite.static, test + ".")
+            for m in reversed(mnts):
+                if m.startswith(mine):
+                    subprocess.run(["umount", "-l", m], capture_output=True)
         for n in names:
             for top in glob.glob("/sys/fs/cgroup/*/stasis/%s-*" % n):
                 rmtree_cgroup(top)
-        if self.args.host_cgroupns:
+        if self.args.host_cgroupns or self.args.criu:
             # The cgroup tests then make "zdtmtst" cgroups in the host's
-            # hierarchies; their hooks clean only some of them.
+            # hierarchies (and a named one) that their hooks clean only in
+            # part; a named hierarchy left with cgroups in it would also let
+            # the next run's sandboxed tests mount it.
             for top in glob.glob("/sys/fs/cgroup/*/zdtmtst"):
                 rmtree_cgroup(top)
+        if self.args.criu:
+            # CRIU restores the cgroup tests under --cgroup-root /newroot,
+            # copying there every cgroup under the test's (the host's root:
+            # other sandboxes' cgroups included, as empty copies).
+            for top in glob.glob("/sys/fs/cgroup/*/newroot"):
+                rmtree_cgroup(top)
+
             d = tempfile.mkdtemp(prefix="cgclean.", dir=self.work)
             if subprocess.run(["mount", "-t", "cgroup", "none", d, "-o",
                                "none,name=zdtmtst"],
@@ -628,25 +723,31 @@ no_new_privs = false
         # The daemonized test keeps the stdout and stderr it was started
         # with: a file (a pipe would keep a reader waiting, and a dump with an
         # external pipe fails).
-        log = open(os.path.join(tdir, "test.log"), "w")
+        with open(os.path.join(tdir, "test.log"), "w") as log:
+            first = subprocess.Popen(cmd, cwd=self.suite.static, env=env,
+                                     stdin=subprocess.DEVNULL, stdout=log,
+                                     stderr=log)
+        post = self.suite.hook_start(name, "--post-start", henv, tdir, True)
         try:
-            rc = subprocess.run(cmd, cwd=self.suite.static, env=env,
-                                stdin=subprocess.DEVNULL, stdout=log,
-                                stderr=log, timeout=a.timeout).returncode
+            rc = first.wait(timeout=a.timeout)
         except subprocess.TimeoutExpired:
             rc = None
-        finally:
-            log.close()
+            self.kill_started(first.pid, cmd)
+        e = self.suite.hook_wait(post, "--post-start", tdir)
         if rc != 0 or not os.path.exists(pidfile):
-            res["error"] = "test exited before its pidfile: " + \
+            res["error"] = ("no pidfile after %ds: " % a.timeout
+                            if rc is None else
+                            "test exited before its pidfile: ") + \
                 out_error(outfile)
+            return res
+        if e:
+            res["error"] = e
             return res
         with open(pidfile) as fd:
             tpid = int(fd.readline().strip())
         henv["ZDTM_TEST_PID"] = str(tpid)
         try:
-            e = self.suite.hook(name, "--post-start", henv, True) or \
-                self.suite.hook(name, "--pre-dump", henv, True)
+            e = self.suite.hook(name, "--pre-dump", henv, tdir, True)
             if e:
                 res["error"] = e
                 return res
@@ -669,7 +770,7 @@ no_new_privs = false
                 os.unlink(pidfile)
             except OSError:
                 pass
-            self.suite.hook(name, "--pre-restore", henv, True)
+            self.suite.hook(name, "--pre-restore", henv, tdir, True)
             res["stage"] = "restore"
             rs = [a.criu, "restore", "--no-default-config", "--images-dir",
                   img, "--verbosity=4", "--log-file", "restore.log",
@@ -679,12 +780,35 @@ no_new_privs = false
             if rc != 0:
                 res["error"] = self.criu_error(img, "restore.log", rc)
                 return res
-            self.suite.hook(name, "--post-restore", henv, True)
+            self.suite.hook(name, "--post-restore", henv, tdir, True)
             res["stage"] = "check"
             return self.verdict(tpid, outfile, res)
         finally:
             kill_tree(tpid)
             wait_gone(tpid, 5)
+
+    @staticmethod
+    def kill_started(first, cmd):
+        """A test that never wrote its pidfile: its first process and the
+        daemon it forked (the runner's child, as its subreaper)."""
+        kill_tree(first)
+        wait_gone(first, 5)
+        me = os.getpid()
+        for t in os.listdir("/proc/%d/task" % me):
+            try:
+                with open("/proc/%d/task/%s/children" % (me, t)) as fd:
+                    kids = [int(c) for c in fd.read().split()]
+            except OSError:
+                continue
+            for k in kids:
+                try:
+                    with open("/proc/%d/cmdline" % k, "rb") as fd:
+                        argv0 = fd.read().split(b"\0")[0].decode()
+                except OSError:
+                    continue
+                if argv0 == cmd[0]:
+                    kill_tree(k)
+                    wait_gone(k, 5)
 
     def criu_run(self, argv, tdir):
         with open(os.path.join(tdir, "criu.out"), "a") as out:

@@ -240,11 +240,14 @@ impl HostView {
                 }
             }
         }
+        // The digest cache of host files is kept on purpose, across
+        // sandboxes: not a leak.
         let state = fs::read_dir(state)
             .into_iter()
             .flatten()
             .flatten()
             .map(|e| e.file_name().to_string_lossy().into_owned())
+            .filter(|n| n != "file-digests.json")
             .collect();
         HostView {
             procs,

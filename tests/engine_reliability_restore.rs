@@ -283,7 +283,9 @@ fn corrupted_second_page_file_caught_before_anything_runs() {
         let len = fs::metadata(&pages)
             .unwrap_or_else(|e| panic!("{}: {e}", pages.display()))
             .len();
-        assert!(len >= 16 << 20, "{file} holds {len} bytes");
+        // The two writers take 4 MiB stretches in turn: each file holds at
+        // least one (how many depends on how the threads were scheduled).
+        assert!(len >= 4 << 20, "{file} holds {len} bytes");
         flip_byte(&pages, len - 4096 + 17);
         let err = failed_restore(&h, &copy, &[], &["checksum mismatch", file]);
         assert!(!err.contains("removed"), "{err}");
@@ -292,8 +294,8 @@ fn corrupted_second_page_file_caught_before_anything_runs() {
     h.expect_pass(&restored);
 }
 
-/// A file an fd referred to is gone at restore: the sandbox was already
-/// made (the files are opened by its init) and is removed whole; the error
+/// A file an fd referred to is gone at restore: refused before anything is
+/// made (the host files the image depends on are checked first); the error
 /// names the file and the process and fd that held it.
 #[test]
 fn missing_file_named_with_its_process_and_fd() {

@@ -247,7 +247,10 @@ pub fn check(root: &Path, d: &DepsImage, cache: &mut DigestCache) -> Result<Vec<
         let md = match fs::metadata(&at) {
             Ok(m) => m,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                differs(format!("missing (was {})", f.kind.name()));
+                differs(format!(
+                    "missing (No such file or directory; was {})",
+                    f.kind.name()
+                ));
                 continue;
             }
             Err(e) => {
@@ -392,7 +395,18 @@ impl DigestCache {
             return;
         };
         let tmp = path.with_extension(format!("tmp.{}", std::process::id()));
-        if fs::write(&tmp, bytes).is_ok() && fs::rename(&tmp, path).is_err() {
+        let written = {
+            use std::io::Write;
+            use std::os::unix::fs::OpenOptionsExt;
+            // Like every file of the state directory: the owner's alone.
+            fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o600)
+                .open(&tmp)
+                .and_then(|mut f| f.write_all(&bytes))
+        };
+        if written.is_err() || fs::rename(&tmp, path).is_err() {
             let _ = fs::remove_file(&tmp);
         }
         self.dirty = false;

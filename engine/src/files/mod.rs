@@ -361,7 +361,7 @@ impl FileTable {
             } else if fmt == libc::S_IFSOCK {
                 self.net.collect(host_pid, pid, fd, &dup, st.st_ino)?
             } else if fmt == libc::S_IFREG || fmt == libc::S_IFDIR || fmt == libc::S_IFCHR {
-                let deleted = st.st_nlink == 0 && (fmt == libc::S_IFREG || fmt == libc::S_IFDIR);
+                let deleted = st.st_nlink == 0;
                 let ghost = if deleted {
                     let (open, what) = (format!("/proc/{host_pid}/fd/{fd}"), format!("fd {fd}"));
                     let seen = ghost::Seen {

@@ -57,6 +57,8 @@ pub struct Seen<'a> {
     pub link: &'a str,
     /// The description's flags showed O_TMPFILE.
     pub tmpfile: bool,
+    /// The holder's root directory seen from here (/proc/PID/root).
+    pub root: &'a str,
 }
 
 impl GhostTable {
@@ -100,6 +102,23 @@ fn collect(s: &Seen<'_>, id: u32, blobs: &mut PageSink) -> Result<GhostImage> {
     }
     // A device node is never opened here (opening one may do something).
     let st = nix::sys::stat::stat(s.open).map_err(|e| perr(e.into()))?;
+    // It is recreated in its directory: that must be where it lived. An
+    // inode of a kernel-internal filesystem (an aio ring, MAP_HUGETLB memory,
+    // a DRM buffer) shows a path that is no directory of its filesystem.
+    let dir = match path.rfind('/') {
+        Some(0) | None => "/",
+        Some(i) => &path[..i],
+    };
+    let refuse = |why: &str| Error::Unsupported {
+        pid: s.pid,
+        what: format!("{}: a deleted file {why}", s.what),
+        detail: s.link.to_string(),
+    };
+    match nix::sys::stat::stat(format!("{}{dir}", s.root).as_str()) {
+        Ok(d) if d.st_dev == st.st_dev && d.st_mode & libc::S_IFMT == libc::S_IFDIR => {}
+        Ok(_) => return Err(refuse("of a kernel-internal or other filesystem")),
+        Err(_) => return Err(refuse(&format!("whose directory {dir} is gone too"))),
+    }
     let kind = st.st_mode & libc::S_IFMT;
     let size = if kind == libc::S_IFREG {
         st.st_size as u64

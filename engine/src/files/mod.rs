@@ -209,6 +209,7 @@ impl FileTable {
                         open: &open,
                         link: path,
                         tmpfile: false,
+                        root: &format!("/proc/{host_pid}/root"),
                     };
                     *ghost = Some(self.ghosts.save(&mut self.image.ghosts, seen, blobs)?);
                 }
@@ -255,6 +256,7 @@ impl FileTable {
             open: &open,
             link: &core.cwd,
             tmpfile: false,
+            root: &format!("/proc/{host_pid}/root"),
         };
         core.cwd_ghost = Some(self.ghosts.save(&mut self.image.ghosts, seen, blobs)?);
         core.cwd = ghost::path_of(&core.cwd).to_string();
@@ -371,6 +373,7 @@ impl FileTable {
                         open: &open,
                         link: &link,
                         tmpfile: info.flags & ghost::O_TMPFILE_BIT != 0,
+                        root: &format!("/proc/{host_pid}/root"),
                     };
                     Some(self.ghosts.save(&mut self.image.ghosts, seen, blobs)?)
                 } else {

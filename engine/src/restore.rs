@@ -329,6 +329,7 @@ fn restore_guarded(
     let extra = slots.values().map(Vec::len).max().unwrap_or(0) as i32;
     let slot_base = max_target + 1;
     let base = (slot_base + extra).max(64);
+    files::check_fd_room(&img.files, max_target, base)?;
     let blobs = img.reader.open_checked("blobs.img")?;
     let blobs = File::from(move_high(blobs.into(), base)?);
     let mut pages: BTreeMap<i32, memory::pages::PageFiles> = BTreeMap::new();

@@ -867,6 +867,28 @@ pub fn describe(files: &FilesImage, kind: &FileKind) -> String {
     }
 }
 
+/// Checks before anything is made that this process may hold every
+/// description of the image at `base` and above (the tree's highest fd
+/// number is `max_target`): init holds them there while the tree is forked.
+pub fn check_fd_room(files: &FilesImage, max_target: i32, base: i32) -> Result<()> {
+    let held = files.files.len() + files.memfds.len() + files.ghosts.len() + 2 * files.pipes.len();
+    // The image's own files and the ready pipe come on top.
+    let need = base as u64 + held as u64 + 16;
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit into a local struct.
+    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) } == 0 && need > l.rlim_cur {
+        return Err(Error::Other(format!(
+            "the image's fds go up to fd {max_target}; with its {held} open descriptions held above \
+             them the restore needs {need} fds, more than the open-file limit ({})",
+            l.rlim_cur
+        )));
+    }
+    Ok(())
+}
+
 /// Highest fd number an image may hold, plus one: the kernel's default
 /// `fs.nr_open`, above which no process can have an fd unless the host was
 /// tuned for it. The restore's fd planning adds to the numbers it reads, so

@@ -59,6 +59,32 @@ fn thousands_of_fds_with_file_mappings() {
     assert!(fds >= 3000 + 20, "{fds} fds in the image");
 }
 
+/// A process whose fds sit right below the open-file limit (600 fds ending
+/// 100 below the hard limit the sandbox's workloads get): the restore keeps
+/// the descriptions it hands the tree in the holes of the fd tables, not
+/// above the highest fd, where they would not fit.
+#[test]
+fn fds_near_the_open_file_limit() {
+    let h = Harness::new("highfds");
+    let limit = nofile_limit();
+    let base = limit.saturating_sub(700).max(3);
+    let sb = h.start_c("manyfds", &["600", &base.to_string()]);
+    let (_image, restored) = h.dump_and_restore(&sb);
+    let v = h.expect_pass(&restored);
+    assert_eq!(verdict_field(&v, "fds"), Some("600"), "{v}");
+}
+
+/// This process's hard RLIMIT_NOFILE (what the sandbox's workloads get).
+fn nofile_limit() -> u64 {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit into a local struct.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) }, 0);
+    l.rlim_max.min(1 << 20)
+}
+
 /// Reads an image's JSON file `name`, lets `edit` change it, writes it back
 /// and puts its new size and checksum in the manifest.
 fn edit_image_json(image: &std::path::Path, name: &str, edit: impl FnOnce(&mut serde_json::Value)) {

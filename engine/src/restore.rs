@@ -305,8 +305,9 @@ fn restore_guarded(
         .flat_map(|p| p.fds.iter().map(|f| f.fd))
         .max()
         .unwrap_or(2);
-    // Fds passed to a process only for the rebuild of its memory (memfds it
-    // maps) go right above the tree's fd numbers, below every source fd.
+    // Fds passed to a process only for its rebuild (memfds and deleted files
+    // it maps, a deleted cwd) go right above the tree's fd numbers; init
+    // keeps what the tree inherits at numbers none of them uses (`FdPlan`).
     let slots: BTreeMap<i32, Vec<(files::Slot, u32)>> = img
         .procs
         .iter()

@@ -16,7 +16,7 @@
  *   fd 10  DIR/sparse: 64 MiB with data only at [0, 4 KiB), [1 MiB, 1 MiB +
  *          8 KiB) and its last byte, read-write, offset 5000
  *   fd 11  a second description of it, read-only
- *   fd 12  /tmp/shared (tmpfs), 3 MiB, read-write, also mapped shared
+ *   fd 12  /tmp/shared-PID (tmpfs), 3 MiB, read-write, also mapped shared
  *   fd 13  DIR/big: 40 MiB of data, read-only, offset 33 MiB
  *   DIR/mapped, 4 pages, mapped private (its first page written) and shared
  *   (its last page written), its fd closed.
@@ -237,12 +237,14 @@ static int ghost_mode(void)
 	int nb = layout(10, before);
 	lseek(10, 5000, SEEK_SET);
 
-	at_fd(open("/tmp/shared", O_RDWR | O_CREAT | O_TRUNC, 0600), 12);
+	char shared[64];
+	snprintf(shared, sizeof(shared), "/tmp/shared-%d", getpid());
+	at_fd(open(shared, O_RDWR | O_CREAT | O_TRUNC, 0600), 12);
 	fill_at(12, 4, 0, 3 * MIB);
 	unsigned char *sh = mmap(NULL, 3 * MIB, PROT_READ | PROT_WRITE, MAP_SHARED, 12, 0);
 	if (sh == MAP_FAILED)
 		return 2;
-	unlink("/tmp/shared");
+	unlink(shared);
 
 	wl_path(path, sizeof(path), "big");
 	at_fd(open(path, O_RDWR | O_CREAT | O_TRUNC, 0600), 13);
@@ -299,7 +301,7 @@ static int ghost_mode(void)
 	}
 	for (size_t i = 0; i < 3 * MIB; i += 4093)
 		if (sh[i] != pat(4, i)) {
-			wl_fail("the shared mapping of /tmp/shared: byte %zu", i);
+			wl_fail("the shared mapping of the deleted /tmp file: byte %zu", i);
 			break;
 		}
 	sh[10] = 0x99;

@@ -63,11 +63,12 @@ fn deleted_files_sparse_large_and_mapped() {
     assert!(!h.path("sparse").exists() && !h.path("mapped").exists());
 }
 
-/// A removed working directory, a removed directory held open and a removed
-/// FIFO holding data (three fds on it) come back removed, with their old
-/// names in /proc, the FIFO with its data and its fds one FIFO.
+/// A removed working directory, a removed directory held open, a removed
+/// FIFO holding data (three fds on it) and a removed device node come back
+/// removed, with their old names in /proc, the FIFO with its data and its
+/// fds one FIFO, the node the same device.
 #[test]
-fn deleted_cwd_directory_and_fifo() {
+fn deleted_cwd_directory_fifo_and_device_node() {
     let h = Harness::new("deldirs");
     let sb = h.start_c("deleted", &["dirs"]);
     let (image, restored) = h.dump_and_restore(&sb);
@@ -76,7 +77,7 @@ fn deleted_cwd_directory_and_fifo() {
         serde_json::from_slice(&std::fs::read(image.join("proc-2.json")).expect("proc-2.json"))
             .expect("JSON");
     assert!(p["core"]["cwd_ghost"].is_u64(), "{}", p["core"]);
-    for name in ["gone-cwd", "gone-dir", "gone-fifo"] {
+    for name in ["gone-cwd", "gone-dir", "gone-fifo", "gone-zero"] {
         assert!(!h.path(name).exists(), "{name} came back with a name");
     }
 }

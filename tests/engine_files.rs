@@ -59,6 +59,32 @@ fn thousands_of_fds_with_file_mappings() {
     assert!(fds >= 3000 + 20, "{fds} fds in the image");
 }
 
+/// A process whose fds sit right below the open-file limit (600 fds ending
+/// 100 below the hard limit the sandbox's workloads get): the restore keeps
+/// the descriptions it hands the tree in the holes of the fd tables, not
+/// above the highest fd, where they would not fit.
+#[test]
+fn fds_near_the_open_file_limit() {
+    let h = Harness::new("highfds");
+    let limit = nofile_limit();
+    let base = limit.saturating_sub(700).max(3);
+    let sb = h.start_c("manyfds", &["600", &base.to_string()]);
+    let (_image, restored) = h.dump_and_restore(&sb);
+    let v = h.expect_pass(&restored);
+    assert_eq!(verdict_field(&v, "fds"), Some("600"), "{v}");
+}
+
+/// This process's hard RLIMIT_NOFILE (what the sandbox's workloads get).
+fn nofile_limit() -> u64 {
+    let mut l = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit into a local struct.
+    assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) }, 0);
+    l.rlim_max.min(1 << 20)
+}
+
 /// Reads an image's JSON file `name`, lets `edit` change it, writes it back
 /// and puts its new size and checksum in the manifest.
 fn edit_image_json(image: &std::path::Path, name: &str, edit: impl FnOnce(&mut serde_json::Value)) {
@@ -81,7 +107,8 @@ fn edit_image_json(image: &std::path::Path, name: &str, edit: impl FnOnce(&mut s
 
 /// An fd number near i32::MAX (or one used twice) in an image is refused by
 /// the checks before anything is made, with an error naming the process and
-/// the fd; the sandbox name stays free.
+/// the fd, and so is one the restore could not hold open below the open-file
+/// limit; the sandbox name stays free.
 #[test]
 fn image_with_out_of_range_fd_is_refused() {
     let h = Harness::new("fdrange");
@@ -93,6 +120,9 @@ fn image_with_out_of_range_fd_is_refused() {
             format!("fd {} is out of range", i32::MAX - 1),
         ),
         (10, "fd 10 appears twice".to_string()),
+        // In range, but above what the restore may hold (the open-file
+        // limit is at most fs.nr_open, 2^20 unless the host raised it).
+        ((1 << 20) - 1, "more than the open-file limit".to_string()),
     ] {
         let copy = h.image_path();
         copy_image(&image, &copy);
@@ -106,8 +136,8 @@ fn image_with_out_of_range_fd_is_refused() {
         let err = text(&out.stderr);
         assert!(!out.status.success(), "restore of a bad fd table succeeded");
         assert!(
-            err.contains("process 2") && err.contains(&want),
-            "the error names the process and the fd: {err}"
+            err.contains(&want) && (err.contains("process 2") || err.contains("the image's fds")),
+            "the error says what is wrong: {err}"
         );
         assert!(!h.ps_lists(&name), "{name} was left behind");
     }

@@ -216,6 +216,23 @@ fn selfcheck_fds() {
 }
 
 #[test]
+fn selfcheck_many_fds() {
+    selfcheck("manyfds", c_workload("manyfds", &["3000"]));
+}
+
+#[test]
+fn selfcheck_deleted() {
+    for mode in ["tmpfile", "ghost", "dirs"] {
+        selfcheck(&format!("deleted-{mode}"), c_workload("deleted", &[mode]));
+    }
+}
+
+#[test]
+fn selfcheck_refuse_aio() {
+    selfcheck("aio", c_workload("refuse", &["aio"]));
+}
+
+#[test]
 fn selfcheck_shell_loop() {
     selfcheck("shloop", |dir| {
         vec![

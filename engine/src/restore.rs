@@ -316,20 +316,6 @@ fn check_host_files(state_dir: &Path, deps: &crate::deps::DepsImage, ignore: boo
     Ok(())
 }
 
-/// Moves an fd to `>= min` (close-on-exec), closing the original.
-fn move_high(fd: OwnedFd, min: i32) -> Result<OwnedFd> {
-    // SAFETY: F_DUPFD_CLOEXEC on an fd we own.
-    let n = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, min) };
-    if n < 0 {
-        return Err(Error::Io {
-            what: format!("moving an fd above {min}"),
-            cause: std::io::Error::last_os_error(),
-        });
-    }
-    // SAFETY: `n` is a new fd we own.
-    Ok(unsafe { OwnedFd::from_raw_fd(n) })
-}
-
 fn raise_nofile() {
     let mut l = libc::rlimit {
         rlim_cur: 0,
@@ -406,8 +392,9 @@ fn restore_guarded(
         .flat_map(|p| p.fds.iter().map(|f| f.fd))
         .max()
         .unwrap_or(2);
-    // Fds passed to a process only for the rebuild of its memory (memfds it
-    // maps) go right above the tree's fd numbers, below every source fd.
+    // Fds passed to a process only for its rebuild (memfds and deleted files
+    // it maps, a deleted cwd) go right above the tree's fd numbers; init
+    // keeps what the tree inherits at numbers none of them uses (`FdPlan`).
     let slots: BTreeMap<i32, Vec<(files::Slot, u32)>> = img
         .procs
         .iter()
@@ -415,9 +402,13 @@ fn restore_guarded(
         .collect();
     let extra = slots.values().map(Vec::len).max().unwrap_or(0) as i32;
     let slot_base = max_target + 1;
-    let base = (slot_base + extra).max(64);
+    let plan = files::FdPlan::new(
+        img.procs.values().flat_map(|p| p.fds.iter().map(|f| f.fd)),
+        slot_base..slot_base + extra,
+    );
+    plan.check_room(&img.files)?;
     let blobs = img.reader.open_checked("blobs.img")?;
-    let blobs = File::from(move_high(blobs.into(), base)?);
+    let blobs = File::from(plan.place(blobs.into())?);
     let mut pages: BTreeMap<i32, memory::pages::PageFiles> = BTreeMap::new();
     for (pid, p) in &img.procs {
         let mut files = memory::pages::PageFiles::new();
@@ -427,14 +418,13 @@ fn restore_guarded(
         pages.insert(*pid, files);
     }
     let shmem_file = match img.reader.file_size("shmem.img") {
-        Some(_) => Some(File::from(move_high(
-            img.reader.open_checked("shmem.img")?.into(),
-            base,
-        )?)),
+        Some(_) => Some(File::from(
+            plan.place(img.reader.open_checked("shmem.img")?.into())?,
+        )),
         None => None,
     };
     let (ready_r, ready_w) = pipe()?;
-    let ready_w = move_high(ready_w, base)?;
+    let ready_w = plan.place(ready_w)?;
     // Where init maps the shared memory objects for the tree to inherit.
     let layout = memory::shared::Layout::plan(&img.shmem, img.procs.values())?;
     let init_layout = layout.clone();
@@ -501,7 +491,7 @@ fn restore_guarded(
         let mut held = Vec::new();
         let mut tree_plan = tree_plan;
         for fd in fds {
-            held.push(move_high(fd, base).map_err(|e| e.to_string())?);
+            held.push(plan.place(fd).map_err(|e| e.to_string())?);
         }
         for p in tree_plan.plans.iter_mut().filter(|p| !p.helper) {
             if let Some(t) = fd_tables.get(&p.pid) {

@@ -407,18 +407,30 @@ impl Drop for Seized {
         if !self.released {
             for p in &self.procs {
                 if self.kill_on_drop {
+                    // Threads cloned by the restore but not adopted yet are
+                    // tracees too: every thread the process has.
+                    let mut tids: Vec<i32> = std::fs::read_dir(format!("/proc/{}/task", p.pid))
+                        .map(|d| {
+                            d.flatten()
+                                .filter_map(|e| e.file_name().to_str()?.parse().ok())
+                                .collect()
+                        })
+                        .unwrap_or_default();
+                    tids.extend(p.threads.iter().map(|t| t.tid));
+                    tids.sort_unstable();
+                    tids.dedup();
                     // SAFETY: kill takes plain integers; an error only means
                     // the process is gone. SIGKILL ends a tracee in its stop.
                     unsafe { libc::kill(p.pid, libc::SIGKILL) };
                     // Its parent hears of its exit only once its tracer has
                     // collected it: each thread is waited for here.
                     // Stops reported before the kill come first.
-                    for t in &p.threads {
+                    for &tid in &tids {
                         for _ in 0..64 {
                             let mut status = 0;
                             // SAFETY: waitpid on a tracee of this thread;
                             // ECHILD when it is not one (any more).
-                            let r = unsafe { libc::waitpid(t.tid, &mut status, libc::__WALL) };
+                            let r = unsafe { libc::waitpid(tid, &mut status, libc::__WALL) };
                             if r < 0 || libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
                                 break;
                             }

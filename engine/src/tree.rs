@@ -594,7 +594,8 @@ fn child_main(plans: &[Plan], idx: usize, ready_fd: i32, sync: Option<&Sync>) ->
     }
     for &(target, src, cloexec) in &p.fds {
         let flags = if cloexec { libc::O_CLOEXEC } else { 0 };
-        // SAFETY: dup3 between fd numbers; every source lies above every target.
+        // SAFETY: dup3 between fd numbers; no source is any process's target
+        // (`files::FdPlan`), so none is overwritten before it is used.
         if unsafe { libc::dup3(src, target, flags) } < 0 {
             return errno();
         }

@@ -16,7 +16,7 @@
  *   fd 10  DIR/sparse: 64 MiB with data only at [0, 4 KiB), [1 MiB, 1 MiB +
  *          8 KiB) and its last byte, read-write, offset 5000
  *   fd 11  a second description of it, read-only
- *   fd 12  /tmp/shared (tmpfs), 3 MiB, read-write, also mapped shared
+ *   fd 12  /tmp/shared-PID (tmpfs), 3 MiB, read-write, also mapped shared
  *   fd 13  DIR/big: 40 MiB of data, read-only, offset 33 MiB
  *   DIR/mapped, 4 pages, mapped private (its first page written) and shared
  *   (its last page written), its fd closed.
@@ -30,15 +30,19 @@
  *   fd 10  DIR/gone-dir, open O_RDONLY|O_DIRECTORY, removed
  *   fd 11  DIR/gone-fifo, open read-write, holding "hello", removed
  *   fd 12  the same FIFO read-only and non-blocking, fd 13 write-only
+ *   fd 14  DIR/gone-zero, a device node for /dev/zero, open read-only,
+ *          removed
  *   After SIGTERM: the cwd and fd 10 are removed directories with their old
  *   names (/proc/self/cwd, /proc/self/fd/10), nothing can be made in the
  *   cwd, reading fd 10's entries fails as before; the FIFO still holds
- *   "hello" and its three fds are one FIFO. */
+ *   "hello" and its three fds are one FIFO; fd 14 is a removed node of
+ *   /dev/zero under its old name and reads zeros. */
 #include "wl.h"
 
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
+#include <sys/sysmacros.h>
 
 #define MIB (1024UL * 1024)
 
@@ -131,6 +135,8 @@ static int link_fd(int fd, const char *path)
 	snprintf(proc, sizeof(proc), "/proc/self/fd/%d", fd);
 	return linkat(AT_FDCWD, proc, AT_FDCWD, path, AT_SYMLINK_FOLLOW);
 }
+
+static void expect_link(const char *proc, const char *want);
 
 static int tmpfile_mode(void)
 {
@@ -231,12 +237,14 @@ static int ghost_mode(void)
 	int nb = layout(10, before);
 	lseek(10, 5000, SEEK_SET);
 
-	at_fd(open("/tmp/shared", O_RDWR | O_CREAT | O_TRUNC, 0600), 12);
+	char shared[64];
+	snprintf(shared, sizeof(shared), "/tmp/shared-%d", getpid());
+	at_fd(open(shared, O_RDWR | O_CREAT | O_TRUNC, 0600), 12);
 	fill_at(12, 4, 0, 3 * MIB);
 	unsigned char *sh = mmap(NULL, 3 * MIB, PROT_READ | PROT_WRITE, MAP_SHARED, 12, 0);
 	if (sh == MAP_FAILED)
 		return 2;
-	unlink("/tmp/shared");
+	unlink(shared);
 
 	wl_path(path, sizeof(path), "big");
 	at_fd(open(path, O_RDWR | O_CREAT | O_TRUNC, 0600), 13);
@@ -268,6 +276,8 @@ static int ghost_mode(void)
 	expect_flags(11, O_RDONLY, 0);
 	expect_pos(10, 5000);
 	expect_pos(11, 0);
+	wl_path(path, sizeof(path), "sparse (deleted)");
+	expect_link("/proc/self/fd/10", path);
 	expect_pos(13, 33 * MIB);
 	struct stat st;
 	if (fstat(10, &st) != 0 || st.st_size != (off_t)SPARSE)
@@ -291,7 +301,7 @@ static int ghost_mode(void)
 	}
 	for (size_t i = 0; i < 3 * MIB; i += 4093)
 		if (sh[i] != pat(4, i)) {
-			wl_fail("the shared mapping of /tmp/shared: byte %zu", i);
+			wl_fail("the shared mapping of the deleted /tmp file: byte %zu", i);
 			break;
 		}
 	sh[10] = 0x99;
@@ -363,6 +373,13 @@ static int dirs_mode(void)
 	if (write(13, "hello", 5) != 5)
 		return 2;
 	unlink(fifo);
+	char node[4096], node_link[4200];
+	wl_path(node, sizeof(node), "gone-zero");
+	if (mknod(node, S_IFCHR | 0640, makedev(1, 5)) != 0)
+		return 2;
+	at_fd(open(node, O_RDONLY), 14);
+	unlink(node);
+	snprintf(node_link, sizeof(node_link), "%s (deleted)", node);
 	wl_write("ready", "ready\n");
 	wl_wait_term();
 
@@ -391,6 +408,14 @@ static int dirs_mode(void)
 		wl_fail("the removed FIFO lost its data: \"%s\"", got);
 	if (write(13, "abc", 3) != 3 || read(11, got, 3) != 3 || memcmp(got, "abc", 3) != 0)
 		wl_fail("fds 11 and 13 are not one FIFO");
+	memset(got, 1, sizeof(got));
+	if (fstat(14, &st) != 0 || !S_ISCHR(st.st_mode) || st.st_rdev != makedev(1, 5) || st.st_nlink != 0 ||
+	    (st.st_mode & 07777) != 0640)
+		wl_fail("fd 14 is not the removed node of /dev/zero");
+	else if (read(14, got, 8) != 8 || got[0] || got[7])
+		wl_fail("fd 14 does not read zeros");
+	expect_flags(14, O_RDONLY, 0);
+	expect_link("/proc/self/fd/14", node_link);
 	return wl_finish();
 }
 

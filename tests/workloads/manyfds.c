@@ -1,5 +1,7 @@
-/* manyfds [N] DIR: a process holding N fds (default 3000) and many file
- * mappings whose fds are closed.
+/* manyfds [N [BASE]] DIR: a process holding N fds (default 3000) and many
+ * file mappings whose fds are closed. With BASE, its fds start there
+ * instead of at 3 (and the table has a hole below them), near the open-file
+ * limit when BASE is.
  *
  * fds 3 .. 3+N-1, by (fd - 3) % 6 (a dense table, as a busy server's):
  *   0  a regular file DIR/f-K (K of 200 files, 8 KiB each, every byte known),
@@ -30,12 +32,12 @@
 #include <sys/socket.h>
 #include <sys/sysmacros.h>
 
-#define BASE 3
+static int BASE = 3;
 #define FILES 200
 #define FILE_BYTES 8192
 #define MAPS 120
 #define MAP_BYTES (3 * WL_PAGE)
-#define SCAN_TO 16000
+static int SCAN_TO = 16000;
 #define TEMP_FD 12000
 #define MAX_N 4000
 
@@ -158,6 +160,10 @@ int main(int argc, char **argv)
 		n_fds = atoi(argv[1]);
 		argi = 2;
 	}
+	if (argc > 3) {
+		BASE = atoi(argv[2]);
+		argi = 3;
+	}
 	wl_init(argc, argv, argi);
 	if (n_fds < 6 || n_fds > MAX_N)
 		return 2;
@@ -165,7 +171,7 @@ int main(int argc, char **argv)
 	if (getrlimit(RLIMIT_NOFILE, &rl) != 0)
 		return 2;
 	rl.rlim_cur = rl.rlim_max;
-	if (rl.rlim_cur < SCAN_TO || setrlimit(RLIMIT_NOFILE, &rl) != 0) {
+	if (BASE < 3 || rl.rlim_cur < (rlim_t)BASE + (rlim_t)n_fds + 100 || setrlimit(RLIMIT_NOFILE, &rl) != 0) {
 		dprintf(2, "RLIMIT_NOFILE hard limit %llu is too low\n", (unsigned long long)rl.rlim_max);
 		return 2;
 	}
@@ -271,6 +277,13 @@ int main(int argc, char **argv)
 	}
 	/* Nothing else open in the range, nor above it but the duplicates. */
 	int dups = (n_fds + 149) / 150;
+	if (BASE + n_fds + 200 > SCAN_TO)
+		SCAN_TO = BASE + n_fds + 200;
+	if ((rlim_t)SCAN_TO > rl.rlim_cur)
+		SCAN_TO = (int)rl.rlim_cur;
+	for (int fd = 3; fd < BASE && !wl_failed(); fd++)
+		if (fcntl(fd, F_GETFD) >= 0)
+			wl_fail("fd %d is open, but was not", fd);
 	for (int fd = BASE + n_fds; fd < SCAN_TO; fd++) {
 		int dup = fd < BASE + n_fds + dups;
 		if ((fcntl(fd, F_GETFD) >= 0) != dup) {

@@ -6,17 +6,19 @@
 //! image, streamed through a bounded buffer), size, owner and mode, and
 //! whether it was made with O_TMPFILE.
 //!
-//! Restore recreates it once in its old directory as a file that never has a
-//! name: `O_TMPFILE`, without `O_EXCL` for a file that was made with
-//! O_TMPFILE (a program may still give it a name with linkat through
-//! /proc/self/fd, as databases do), with `O_EXCL` for a file that was
-//! deleted (the kernel refuses to link it again, as before). Where the
-//! filesystem has no O_TMPFILE, the file is created under its old name (or
-//! beside it) and unlinked at once. Every description is then opened anew
+//! Restore recreates it once in its old directory. A file made with
+//! O_TMPFILE comes back the same way, never named (`O_TMPFILE` without
+//! `O_EXCL`: a program may still give it a name with linkat through
+//! /proc/self/fd, as databases do). A file that was deleted is created under
+//! its old name (beside it when the name is taken again) and unlinked at
+//! once, so that /proc shows its old name, as CRIU does too; the kernel then
+//! refuses to link it again, as before. Where the filesystem has no
+//! O_TMPFILE, an O_TMPFILE file is made that way too. Every description is then opened anew
 //! through /proc/self/fd with its flags and offset, and mappings map the
 //! recreated file. A deleted directory (always empty: rmdir takes only empty
-//! ones, and nothing can be created in it afterwards) is made anew beside
-//! its old name, opened and removed again.
+//! ones, and nothing can be created in it afterwards) is made anew under its
+//! old name, opened and removed again; a deleted device node is made anew
+//! with mknod (never opened at dump) and held by an O_PATH fd.
 
 use std::collections::HashMap;
 use std::ffi::CString;
@@ -55,6 +57,8 @@ pub struct Seen<'a> {
     pub link: &'a str,
     /// The description's flags showed O_TMPFILE.
     pub tmpfile: bool,
+    /// The holder's root directory seen from here (/proc/PID/root).
+    pub root: &'a str,
 }
 
 impl GhostTable {
@@ -96,15 +100,25 @@ fn collect(s: &Seen<'_>, id: u32, blobs: &mut PageSink) -> Result<GhostImage> {
             detail: s.link.to_string(),
         });
     }
-    // A description of our own: looking for holes does not move the
-    // workload's offset.
-    let f = File::options()
-        .read(true)
-        .custom_flags(libc::O_CLOEXEC | libc::O_NOATIME)
-        .open(s.open)
-        .or_else(|_| File::open(s.open))
-        .map_err(perr)?;
-    let st = nix::sys::stat::fstat(&f).map_err(|e| perr(e.into()))?;
+    // A device node is never opened here (opening one may do something).
+    let st = nix::sys::stat::stat(s.open).map_err(|e| perr(e.into()))?;
+    // It is recreated in its directory: that must be where it lived. An
+    // inode of a kernel-internal filesystem (an aio ring, MAP_HUGETLB memory,
+    // a DRM buffer) shows a path that is no directory of its filesystem.
+    let dir = match path.rfind('/') {
+        Some(0) | None => "/",
+        Some(i) => &path[..i],
+    };
+    let refuse = |why: &str| Error::Unsupported {
+        pid: s.pid,
+        what: format!("{}: a deleted file {why}", s.what),
+        detail: s.link.to_string(),
+    };
+    match nix::sys::stat::stat(format!("{}{dir}", s.root).as_str()) {
+        Ok(d) if d.st_dev == st.st_dev && d.st_mode & libc::S_IFMT == libc::S_IFDIR => {}
+        Ok(_) => return Err(refuse("of a kernel-internal or other filesystem")),
+        Err(_) => return Err(refuse(&format!("whose directory {dir} is gone too"))),
+    }
     let kind = st.st_mode & libc::S_IFMT;
     let size = if kind == libc::S_IFREG {
         st.st_size as u64
@@ -120,10 +134,27 @@ fn collect(s: &Seen<'_>, id: u32, blobs: &mut PageSink) -> Result<GhostImage> {
     }
     let name = path.rsplit('/').next().unwrap_or("");
     let tmpfile = kind == libc::S_IFREG && (s.tmpfile || name == format!("#{}", st.st_ino));
-    let extents = save_data(&f, size, blobs).map_err(|e| match e {
-        Error::Io { cause, .. } => perr(cause),
-        e => e,
-    })?;
+    let extents = if kind == libc::S_IFREG {
+        // A description of our own: looking for holes does not move the
+        // workload's offset.
+        let f = File::options()
+            .read(true)
+            .custom_flags(libc::O_CLOEXEC | libc::O_NOATIME)
+            .open(s.open)
+            .or_else(|_| File::open(s.open))
+            .map_err(perr)?;
+        save_data(&f, size, blobs).map_err(|e| match e {
+            Error::Io { cause, .. } => perr(cause),
+            e => e,
+        })?
+    } else {
+        Vec::new()
+    };
+    let rdev = if matches!(kind, libc::S_IFCHR | libc::S_IFBLK) {
+        st.st_rdev
+    } else {
+        0
+    };
     Ok(GhostImage {
         id,
         path,
@@ -133,6 +164,7 @@ fn collect(s: &Seen<'_>, id: u32, blobs: &mut PageSink) -> Result<GhostImage> {
         gid: st.st_gid,
         size,
         tmpfile,
+        rdev,
         extents,
     })
 }
@@ -196,7 +228,8 @@ pub fn validate(g: &GhostImage, index: usize) -> Result<()> {
     if !g.path.starts_with('/') || g.path.len() > MAX_PATH || g.path.contains('\0') {
         return Err(bad("bad path".into()));
     }
-    if g.kind != libc::S_IFREG && (g.kind != libc::S_IFDIR || !g.extents.is_empty()) {
+    let node = matches!(g.kind, libc::S_IFDIR | libc::S_IFCHR | libc::S_IFBLK);
+    if g.kind != libc::S_IFREG && (!node || !g.extents.is_empty()) {
         return Err(bad(format!("file type {:o}", g.kind)));
     }
     if g.size > MAX_GHOST_BYTES {
@@ -229,11 +262,10 @@ fn open_c(path: &str, flags: i32, mode: u32) -> std::io::Result<OwnedFd> {
     Ok(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
-/// A nameless file in `dir` (O_TMPFILE), or None where the filesystem has
-/// no O_TMPFILE.
+/// A nameless, linkable file in `dir` (O_TMPFILE), or None where the
+/// filesystem has no O_TMPFILE.
 fn nameless(g: &GhostImage, dir: &str) -> Result<Option<OwnedFd>> {
-    let excl = if g.tmpfile { 0 } else { libc::O_EXCL };
-    match open_c(dir, libc::O_TMPFILE | libc::O_RDWR | excl, 0o600) {
+    match open_c(dir, libc::O_TMPFILE | libc::O_RDWR, 0o600) {
         Ok(fd) => Ok(Some(fd)),
         Err(e) if matches!(e.raw_os_error(), Some(libc::EOPNOTSUPP | libc::EISDIR)) => Ok(None),
         Err(e) => Err(Error::Io {
@@ -317,8 +349,47 @@ fn removed_directory(g: &GhostImage) -> Result<OwnedFd> {
     )))
 }
 
+/// A device node made under the ghost's old name (or beside it), held by an
+/// O_PATH fd (its descriptions are opened through it) and unlinked again.
+fn removed_node(g: &GhostImage) -> Result<OwnedFd> {
+    let mut name = g.path.clone();
+    for n in 1..=100 {
+        let c = CString::new(name.as_str())
+            .map_err(|_| Error::Other(format!("image: path with NUL byte: {:?}", g.path)))?;
+        // SAFETY: mknod of a NUL-terminated path.
+        if unsafe { libc::mknod(c.as_ptr(), g.kind | 0o600, g.rdev as libc::dev_t) } != 0 {
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EEXIST) {
+                name = format!("{}.stasis-deleted-{n}", g.path);
+                continue;
+            }
+            return Err(Error::Io {
+                what: format!(
+                    "recreating deleted device node {} ({}:{})",
+                    g.path,
+                    libc::major(g.rdev as libc::dev_t),
+                    libc::minor(g.rdev as libc::dev_t)
+                ),
+                cause: e,
+            });
+        }
+        let fd = open_c(&name, libc::O_PATH, 0);
+        // SAFETY: unlink of the node we just made.
+        unsafe { libc::unlink(c.as_ptr()) };
+        return fd.map_err(|cause| Error::Io {
+            what: format!("opening recreated deleted device node {name}"),
+            cause,
+        });
+    }
+    Err(Error::Other(format!(
+        "recreating deleted device node {}: every name beside it is taken",
+        g.path
+    )))
+}
+
 /// Recreates a ghost, unlinked, with its data, owner and mode; returns an
-/// fd of it (close-on-exec): O_RDWR for a file, O_RDONLY for a directory.
+/// fd of it (close-on-exec): O_RDWR for a file, O_RDONLY for a directory,
+/// O_PATH for a device node.
 pub fn create(g: &GhostImage, blobs: Option<&File>) -> Result<OwnedFd> {
     let dir = match g.path.rfind('/') {
         Some(0) => "/",
@@ -327,14 +398,31 @@ pub fn create(g: &GhostImage, blobs: Option<&File>) -> Result<OwnedFd> {
     };
     let fd = if g.kind == libc::S_IFDIR {
         removed_directory(g)?
-    } else {
+    } else if g.kind != libc::S_IFREG {
+        removed_node(g)?
+    } else if g.tmpfile {
         match nameless(g, dir)? {
             Some(fd) => fd,
             None => named_then_unlinked(g)?,
         }
+    } else {
+        named_then_unlinked(g)?
     };
     let what = |s: &str| format!("{s} deleted file {}", g.path);
-    if g.kind == libc::S_IFDIR {
+    if g.kind != libc::S_IFREG {
+        if g.kind != libc::S_IFDIR {
+            // An O_PATH fd takes neither fchown nor fchmod: through /proc.
+            let p = format!("/proc/self/fd/{}", fd.as_raw_fd());
+            let c = CString::new(p).map_err(|_| Error::Other("a /proc path".into()))?;
+            // SAFETY: chown and chmod of the NUL-terminated /proc link of our node.
+            let ok = unsafe { libc::chown(c.as_ptr(), g.uid, g.gid) } == 0
+                // SAFETY: as above.
+                && unsafe { libc::chmod(c.as_ptr(), g.mode & 0o7777) } == 0;
+            if !ok {
+                return Err(last_os_error(what("setting the owner and mode of")));
+            }
+            return Ok(fd);
+        }
         // SAFETY: fchown of our directory.
         let owned = unsafe { libc::fchown(fd.as_raw_fd(), g.uid, g.gid) } == 0;
         // SAFETY: fchmod of our directory.

@@ -8,8 +8,9 @@
 //! `tty` the refusal of terminals.
 //!
 //! Restore opens every description once, in the sandbox's init before the
-//! tree is forked, moves them above every fd number the tree uses, and each
-//! restored process then puts its fds in place with dup3.
+//! tree is forked, moves them to fd numbers no process of the tree uses
+//! (`FdPlan`), and each restored process then puts its fds in place with
+//! dup3.
 
 pub mod epoll;
 pub mod eventfd;
@@ -215,6 +216,7 @@ impl FileTable {
                         open: &open,
                         link: path,
                         tmpfile: false,
+                        root: &format!("/proc/{host_pid}/root"),
                     };
                     *ghost = Some(self.ghosts.save(&mut self.image.ghosts, seen, blobs)?);
                 }
@@ -261,6 +263,7 @@ impl FileTable {
             open: &open,
             link: &core.cwd,
             tmpfile: false,
+            root: &format!("/proc/{host_pid}/root"),
         };
         core.cwd_ghost = Some(self.ghosts.save(&mut self.image.ghosts, seen, blobs)?);
         core.cwd = ghost::path_of(&core.cwd).to_string();
@@ -368,7 +371,7 @@ impl FileTable {
                 self.net.collect(host_pid, pid, fd, &dup, st.st_ino)?
             } else if fmt == libc::S_IFREG || fmt == libc::S_IFDIR || fmt == libc::S_IFCHR {
                 tty::check_dump(pid, fd, &link, &dup, &st, self.init)?;
-                let deleted = st.st_nlink == 0 && (fmt == libc::S_IFREG || fmt == libc::S_IFDIR);
+                let deleted = st.st_nlink == 0;
                 let ghost = if deleted {
                     let (open, what) = (format!("/proc/{host_pid}/fd/{fd}"), format!("fd {fd}"));
                     let seen = ghost::Seen {
@@ -378,6 +381,7 @@ impl FileTable {
                         open: &open,
                         link: &link,
                         tmpfile: info.flags & ghost::O_TMPFILE_BIT != 0,
+                        root: &format!("/proc/{host_pid}/root"),
                     };
                     Some(self.ghosts.save(&mut self.image.ghosts, seen, blobs)?)
                 } else {
@@ -840,6 +844,80 @@ pub fn describe(files: &FilesImage, kind: &FileKind) -> String {
         },
         FileKind::Pidfd { pid } => format!("pidfd of process {pid}"),
         other => format!("{other:?}"),
+    }
+}
+
+/// Where the restore keeps what the tree inherits (every description, the
+/// image's files, the ready pipe) while init forks it: at fd numbers that no
+/// process of the tree uses (`reserved`: every fd number of every process,
+/// and the slots for the objects passed for the rebuild), so that each
+/// process's dup3s onto its own numbers never overwrite a source. Holes in
+/// the fd tables are used first: a tree whose fds go up to near the
+/// open-file limit still fits.
+pub struct FdPlan {
+    reserved: Vec<i32>,
+    /// Every number below is reserved or was taken when last looked at.
+    next: std::cell::Cell<i32>,
+}
+
+impl FdPlan {
+    pub fn new(targets: impl Iterator<Item = i32>, slots: std::ops::Range<i32>) -> Self {
+        let mut reserved: Vec<i32> = targets.chain(slots).collect();
+        reserved.sort_unstable();
+        reserved.dedup();
+        FdPlan {
+            reserved,
+            next: std::cell::Cell::new(3),
+        }
+    }
+
+    /// Checks before anything is made that this process may hold the
+    /// image's `held` descriptions beside the reserved numbers.
+    pub fn check_room(&self, files: &FilesImage) -> Result<()> {
+        let held =
+            files.files.len() + files.memfds.len() + files.ghosts.len() + 2 * files.pipes.len();
+        let top = self.reserved.last().copied().unwrap_or(2) as u64 + 1;
+        // The image's own files, the ready pipe and init's own fds come on top.
+        let need = top.max(self.reserved.len() as u64 + held as u64 + 64);
+        let mut l = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit into a local struct.
+        if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut l) } == 0 && need > l.rlim_cur {
+            return Err(Error::Other(format!(
+                "the image's fds go up to fd {}; with its {held} open descriptions beside \
+                 them the restore needs {need} fds, more than the open-file limit ({})",
+                top - 1,
+                l.rlim_cur
+            )));
+        }
+        Ok(())
+    }
+
+    /// Moves `fd` to the lowest number that is free here and reserved for
+    /// no process (close-on-exec), closing the original.
+    pub fn place(&self, fd: OwnedFd) -> Result<OwnedFd> {
+        let mut n = self.next.get();
+        loop {
+            let free = self.reserved.binary_search(&n).is_err()
+                // SAFETY: F_GETFD only asks whether fd number n is open.
+                && unsafe { libc::fcntl(n, libc::F_GETFD) } < 0;
+            if free {
+                break;
+            }
+            n = n
+                .checked_add(1)
+                .ok_or_else(|| Error::Other("no free fd number".into()))?;
+        }
+        // SAFETY: F_DUPFD_CLOEXEC on an fd we own: n is free, so it is n.
+        let got = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, n) };
+        if got != n {
+            return Err(last_os_error(format!("moving an fd to fd {n}")));
+        }
+        self.next.set(n + 1);
+        // SAFETY: `got` is a new fd we own.
+        Ok(unsafe { std::os::fd::FromRawFd::from_raw_fd(got) })
     }
 }
 

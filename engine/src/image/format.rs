@@ -595,6 +595,10 @@ pub struct FilesImage {
     pub ghosts: Vec<GhostImage>,
 }
 
+fn is_zero_u64(v: &u64) -> bool {
+    *v == 0
+}
+
 /// A file deleted (unlinked) while open or mapped: saved once however many
 /// descriptions and mappings share its inode, recreated once at restore
 /// (unlinked again) and every description reopened from it.
@@ -604,7 +608,7 @@ pub struct GhostImage {
     /// Its path when it was deleted (without " (deleted)"): it is recreated
     /// in that directory.
     pub path: String,
-    /// st_mode's S_IFMT bits: a regular file, a directory or a FIFO.
+    /// st_mode's S_IFMT bits: a regular file, a directory or a device node.
     pub kind: u32,
     /// Permission bits.
     pub mode: u32,
@@ -615,6 +619,9 @@ pub struct GhostImage {
     /// (linkat through /proc/self/fd), which a deleted file cannot.
     #[serde(default)]
     pub tmpfile: bool,
+    /// The device number of a device node.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub rdev: u64,
     /// Its data, hole by hole as in the file (in blobs.img).
     #[serde(default)]
     pub extents: Vec<MemfdExtent>,

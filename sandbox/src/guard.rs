@@ -350,9 +350,7 @@ fn undo(made: &[Made]) -> Vec<String> {
     }
     for m in made {
         if let Made::DirPlanned(d) = m {
-            let made_whole = made
-                .iter()
-                .any(|x| matches!(x, Made::Dir(y) if y == d));
+            let made_whole = made.iter().any(|x| matches!(x, Made::Dir(y) if y == d));
             if !made_whole && fs::remove_dir(d).is_ok() {
                 out.push(format!("state directory {}", d.display()));
             }

@@ -502,8 +502,7 @@ impl ImageReader {
         } else {
             Vec::new()
         };
-        let manifest: Manifest =
-            decode_newer(&mpath, MANIFEST, &bytes, &ignorable, major, minor)?;
+        let manifest: Manifest = decode_newer(&mpath, MANIFEST, &bytes, &ignorable, major, minor)?;
         if manifest.arch != std::env::consts::ARCH {
             return Err(bad(
                 &mpath,
@@ -666,8 +665,8 @@ fn decode_newer<T: DeserializeOwned + Serialize>(
         serde_json::from_slice(bytes).map_err(|e| bad(path, format!("cannot decode: {e}")))?;
     let raw: serde_json::Value =
         serde_json::from_slice(bytes).map_err(|e| bad(path, format!("cannot decode: {e}")))?;
-    let known = serde_json::to_value(&value)
-        .map_err(|e| bad(path, format!("cannot encode again: {e}")))?;
+    let known =
+        serde_json::to_value(&value).map_err(|e| bad(path, format!("cannot encode again: {e}")))?;
     let mut unknown = Vec::new();
     unknown_fields(&raw, &known, "", &mut unknown);
     let declared = |key: &str| {
@@ -1016,7 +1015,12 @@ mod tests {
 
     /// Rewrites `name` of the image at `dir` with `value` (size and checksum
     /// made right) and changes the manifest with `edit`.
-    fn rewrite(dir: &Path, name: &str, value: &serde_json::Value, edit: impl FnOnce(&mut serde_json::Value)) {
+    fn rewrite(
+        dir: &Path,
+        name: &str,
+        value: &serde_json::Value,
+        edit: impl FnOnce(&mut serde_json::Value),
+    ) {
         let bytes = serde_json::to_vec(value).unwrap();
         fs::write(dir.join(name), &bytes).unwrap();
         let mp = dir.join(MANIFEST);
@@ -1032,7 +1036,10 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let dir = tmp.path().join("img");
         let mut w = ImageWriter::create(&dir).unwrap();
-        let rec = Rec { a: 1, inner: vec![Inner { b: 2 }] };
+        let rec = Rec {
+            a: 1,
+            inner: vec![Inner { b: 2 }],
+        };
         w.write_json("r.json", &rec).unwrap();
         w.finish(cpu()).unwrap();
         let r = ImageReader::open(&dir).unwrap();
@@ -1043,21 +1050,30 @@ mod tests {
         // A field from a newer minor: refused, naming both versions and the field.
         let future = serde_json::json!({ "a": 1, "inner": [{ "b": 2, "from_the_future": 7 }] });
         let newer = FORMAT_MINOR + 1;
-        rewrite(&dir, "r.json", &future, |m| m["format_minor"] = newer.into());
+        rewrite(&dir, "r.json", &future, |m| {
+            m["format_minor"] = newer.into()
+        });
         let r = ImageReader::open(&dir).unwrap();
         let err = r.read_json::<Rec>("r.json").unwrap_err().to_string();
         let here = format!("format {FORMAT_VERSION}.{FORMAT_MINOR}");
         let there = format!("format version {FORMAT_VERSION}.{newer}");
         assert!(
-            err.contains(&here) && err.contains(&there) && err.contains("inner[0].from_the_future") && err.contains("r.json"),
+            err.contains(&here)
+                && err.contains(&there)
+                && err.contains("inner[0].from_the_future")
+                && err.contains("r.json"),
             "{err}"
         );
         // Declared ignorable (for this file): read, the field ignored.
-        rewrite(&dir, "r.json", &future, |m| m["ignorable"] = serde_json::json!(["r*.json:from_the_future"]));
+        rewrite(&dir, "r.json", &future, |m| {
+            m["ignorable"] = serde_json::json!(["r*.json:from_the_future"])
+        });
         let r = ImageReader::open(&dir).unwrap();
         assert_eq!(r.read_json::<Rec>("r.json").unwrap(), rec);
         // Declared for another file only: refused.
-        rewrite(&dir, "r.json", &future, |m| m["ignorable"] = serde_json::json!(["proc-*.json:from_the_future"]));
+        rewrite(&dir, "r.json", &future, |m| {
+            m["ignorable"] = serde_json::json!(["proc-*.json:from_the_future"])
+        });
         let r = ImageReader::open(&dir).unwrap();
         assert!(r.read_json::<Rec>("r.json").is_err());
         // The same minor with a field this stasis knows nothing of, in the

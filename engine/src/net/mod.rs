@@ -528,7 +528,10 @@ pub fn validate(sockets: &[SocketImage], unix_files: &[UnixFile]) -> Result<()> 
     }
     for f in unix_files {
         if !f.path.starts_with('/') || f.path.len() > 4096 {
-            return bad(format!("unix socket file {:?}: not an absolute path", f.path));
+            return bad(format!(
+                "unix socket file {:?}: not an absolute path",
+                f.path
+            ));
         }
         if let Some(o) = f.owner {
             if unix_of(o).is_none() {

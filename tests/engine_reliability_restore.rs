@@ -332,6 +332,21 @@ fn pid_taken_in_the_namespace() {
     );
 }
 
+/// A panic in the sandbox's init while it rebuilds the tree (whose stderr
+/// is /dev/null): the restore fails with the panic's message and place, and
+/// nothing is left.
+#[test]
+fn panic_in_init_reaches_the_user() {
+    let h = Harness::new("rel-panic");
+    let image = veth_image(&h, "counter");
+    failed_restore(
+        &h,
+        &image,
+        &[("STASIS_TEST_FAIL_AT", "restore-init-panic")],
+        &["stasis-init failed", "panicked at", "a panic injected"],
+    );
+}
+
 /// Kills `stasis restore` with SIGKILL once it has reached `phase`; its
 /// watcher must remove everything; then the same image restores under the
 /// same name and runs on.

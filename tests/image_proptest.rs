@@ -628,7 +628,7 @@ fn apply_ref(dir: &Path, m: &RefMutation) -> Option<String> {
     // SAFETY: `at` points into `v`, which is alive and not otherwise
     // borrowed; only one pointer is used.
     let old = unsafe { std::mem::replace(&mut *at, Value::from(m.value)) };
-    if old == Value::from(m.value) {
+    if old == m.value {
         return None;
     }
     rewrite(dir, &name, &serde_json::to_vec(&v).unwrap());
@@ -885,11 +885,7 @@ fn each_kind_of_bad_reference_is_named() {
                     // Point a stream socket at another pair's end.
                     let (a, b) = (stream[0], stream[2]);
                     let b_peer = socks[b]["unix"]["peer"].clone();
-                    let target = if b_peer == Value::from(a) {
-                        stream[3]
-                    } else {
-                        b
-                    };
+                    let target = if b_peer == a { stream[3] } else { b };
                     socks[a]["unix"]["peer"] = target.into();
                 })
             }),
@@ -1005,8 +1001,7 @@ fn image_from_the_future_is_refused() {
     m2["format_minor"] = (minor + 1).into();
     write_manifest(&dir, &m2);
     let err = restore_for_real(&h, &dir, &h.new_name("future"))
-        .err()
-        .expect("an image with an unknown field of a newer minor restored");
+        .expect_err("an image with an unknown field of a newer minor restored");
     for w in [
         format!("format version {major}.{}", minor + 1),
         format!("{major}.{minor}"),
@@ -1024,9 +1019,7 @@ fn image_from_the_future_is_refused() {
     let mut m3 = manifest(&dir).unwrap();
     m3["format_version"] = (major + 1).into();
     write_manifest(&dir, &m3);
-    let err = restore_for_real(&h, &dir, &h.new_name("major"))
-        .err()
-        .expect("a newer major restored");
+    let err = restore_for_real(&h, &dir, &h.new_name("major")).expect_err("a newer major restored");
     assert!(
         err.contains(&format!("format version {}.{minor}", major + 1)),
         "{err}"

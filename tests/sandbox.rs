@@ -729,6 +729,53 @@ fn rm_force_removes_the_workloads_own_cgroups() {
     assert!(!t.state_dir().join(&name).exists());
 }
 
+/// What a creator and its watcher both killed may leave: a sandbox's
+/// cgroup, with its processes, and no state directory. `ps` lists the name
+/// as incomplete, `rm` refuses while processes are in it, `rm --force`
+/// kills them and removes the cgroup; the name is free again.
+#[test]
+fn cgroup_without_state_is_listed_and_removed() {
+    let t = Env::new("orphan");
+    let name = unique("orphan");
+    // The default cgroup parent: what `rm` of a name without state looks at.
+    let o = t.stasis(&["run", "-d", "--name", &name, "sleep", "1000"]);
+    assert!(o.status.success(), "{}", text(&o.stderr));
+    let e = t.ps_entry(&name);
+    let cgroups: Vec<PathBuf> = e["cgroups"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|v| PathBuf::from(v.as_str().unwrap()))
+        .collect();
+    let workload = e["workload_pid"].as_i64().unwrap();
+    fs::remove_dir_all(t.state_dir().join(&name)).unwrap();
+    let e = t.ps_entry(&name);
+    assert_eq!(e["state"], "incomplete", "{e}");
+    let o = t.stasis(&["rm", &name]);
+    assert!(
+        !o.status.success(),
+        "rm without --force of a cgroup holding processes"
+    );
+    assert!(text(&o.stderr).contains("--force"), "{}", text(&o.stderr));
+    let o = t.stasis(&["rm", "--force", &name]);
+    assert!(o.status.success(), "rm --force: {}", text(&o.stderr));
+    for c in &cgroups {
+        assert!(!c.exists(), "cgroup {} left", c.display());
+    }
+    let st = fs::read_to_string(format!("/proc/{workload}/stat")).unwrap_or_default();
+    assert!(
+        st.is_empty() || st.contains(") Z"),
+        "the workload runs on: {st}"
+    );
+    assert!(!t.ps().iter().any(|e| e["name"] == name.as_str()));
+    let o = t.stasis(&["run", "-d", "--name", &name, "true"]);
+    assert!(
+        o.status.success(),
+        "the name is not free: {}",
+        text(&o.stderr)
+    );
+}
+
 #[test]
 fn cleanup_after_failed_start() {
     let t = Env::new("cf");

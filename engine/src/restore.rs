@@ -508,6 +508,9 @@ fn restore_guarded(
             }
         }
         crate::faults::pause_point("restore-launch");
+        if crate::faults::fail_point("restore-init-panic") {
+            panic!("a panic injected in the sandbox's init (STASIS_TEST_FAIL_AT)");
+        }
         if crate::faults::fail_point("restore-pid-taken") {
             occupy_pid(tree_plan.plans[tree_plan.roots[0]].pid)?;
         }

@@ -765,7 +765,7 @@ impl Sandbox {
             .unwrap_or_default();
         let mut out = Vec::new();
         let cg = Cgroup::plan(&leaf_name(&dir, name), &settings)?;
-        if cg.exists() {
+        if cg.exists() && !Sandbox::cgroup_name_ambiguous(state_dir, name) {
             if !cg.procs()?.is_empty() && !force {
                 return Err(Error::Setup {
                     step: "remove".into(),
@@ -794,18 +794,60 @@ impl Sandbox {
         Ok(out)
     }
 
+    /// Whether the cgroup named after sandbox `name` of `state_dir` may be
+    /// another state directory's: under the default state directory a name
+    /// ending in `-` and eight hex digits is also the cgroup name of a
+    /// sandbox of another state directory (`leaf_name`).
+    fn cgroup_name_ambiguous(state_dir: &Path, name: &str) -> bool {
+        state_dir == Path::new(DEFAULT_STATE_DIR)
+            && name.rsplit_once('-').is_some_and(|(_, h)| {
+                h.len() == 8
+                    && h.bytes()
+                        .all(|b| b.is_ascii_hexdigit() && !b.is_ascii_uppercase())
+            })
+    }
+
     /// Names of sandboxes under `state_dir` that left a state directory
-    /// without a state file (their creator died while making them).
+    /// without a state file, or a cgroup (under the default cgroup parent)
+    /// without a state directory: their creator died while making them.
     pub fn list_incomplete(state_dir: &Path) -> Vec<String> {
-        let Ok(rd) = fs::read_dir(state_dir) else {
-            return Vec::new();
-        };
-        let mut names: Vec<String> = rd
+        let state_dir = &fs::canonicalize(state_dir).unwrap_or_else(|_| state_dir.to_path_buf());
+        let mut names: Vec<String> = fs::read_dir(state_dir)
+            .into_iter()
+            .flatten()
             .filter_map(|e| e.ok())
             .filter(|e| e.path().is_dir() && !e.path().join("state.json").exists())
             .filter_map(|e| e.file_name().into_string().ok())
             .filter(|n| valid_name(n))
             .collect();
+        // Cgroups named after a sandbox of this state directory that has no
+        // state directory and is not ending (a dump's keeper removes those).
+        let probe = leaf_name(&state_dir.join("x"), "x");
+        let suffix = probe.strip_prefix('x').unwrap_or("").to_string();
+        let parent = Cgroup::plan("x", &crate::profile::CgroupSettings::default())
+            .ok()
+            .and_then(|c| c.any_dir().parent().map(Path::to_path_buf));
+        if let Some(parent) = parent {
+            for e in fs::read_dir(&parent).into_iter().flatten().flatten() {
+                let Ok(leaf) = e.file_name().into_string() else {
+                    continue;
+                };
+                let Some(name) = leaf.strip_suffix(suffix.as_str()) else {
+                    continue;
+                };
+                let name = name.to_string();
+                if !valid_name(&name)
+                    || Sandbox::cgroup_name_ambiguous(state_dir, &name)
+                    || leaf_name(&state_dir.join(&name), &name) != leaf
+                    || state_dir.join(&name).exists()
+                    || Ending::marker_path(state_dir, &name).exists()
+                    || names.contains(&name)
+                {
+                    continue;
+                }
+                names.push(name);
+            }
+        }
         names.sort();
         names
     }

@@ -4,7 +4,13 @@
 //! waiting in a listener's queue, queue lengths and shutdown state. Queued
 //! data is read without being consumed: MSG_PEEK walking the queue with
 //! SO_PEEK_OFF on our duplicate of the socket (the offset is put back
-//! afterwards). File descriptors in flight (SCM_RIGHTS) are refused.
+//! afterwards). Empty datagrams and seqpacket records are records like any
+//! other; an empty answer of a seqpacket socket that can no longer receive is
+//! its end of file, told apart by the credentials SO_PASSCRED makes the
+//! kernel attach to records (`peek_queue`). The kernel marks an empty record
+//! as peeked, so a program that later peeks at its queue with SO_PEEK_OFF
+//! itself steps over empty records the dump peeked at (a --leave-running
+//! dump only). File descriptors in flight (SCM_RIGHTS) are refused.
 //!
 //! Restore, in the sandbox's init, so that every name, peer and queue comes
 //! back as it was:

@@ -158,6 +158,9 @@ pub fn collect(
             // resource's own restore reports it.
             Err(_) => continue,
         };
+        if on_kernel_fs(&at) {
+            continue;
+        }
         let ft = md.file_type();
         let kind = if ft.is_file() {
             HostFileKind::File
@@ -184,6 +187,35 @@ pub fn collect(
         });
     }
     Ok(out)
+}
+
+/// Whether `at` lies on a file system whose files are kernel state rather
+/// than stored data (proc, sysfs, cgroup, devpts, debugfs, tracefs, bpf,
+/// securityfs, configfs): nothing to compare at restore.
+fn on_kernel_fs(at: &Path) -> bool {
+    const KERNEL_FS: &[i64] = &[
+        0x9fa0,      // proc
+        0x6265_6572, // sysfs
+        0x0027_e0eb, // cgroup
+        0x6367_7270, // cgroup2
+        0x1cd1,      // devpts
+        0x6462_6720, // debugfs
+        0x7472_6163, // tracefs
+        0xcafe_4a11, // bpf
+        0x7363_6673, // securityfs
+        0x6265_6570, // configfs
+    ];
+    let Ok(c) = std::ffi::CString::new(at.as_os_str().as_encoded_bytes()) else {
+        return false;
+    };
+    // SAFETY: statfs writes into `buf`, a zeroed struct of the right type;
+    // `c` is a NUL-terminated path.
+    let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    if unsafe { libc::statfs(c.as_ptr(), &mut buf) } != 0 {
+        return false;
+    }
+    KERNEL_FS.contains(&(buf.f_type as i64))
 }
 
 /// Bounds what a restore reads.
@@ -498,6 +530,13 @@ mod tests {
         fs::write(&f, vec![8u8; 3 << 20]).unwrap();
         let md2 = fs::metadata(&f).unwrap();
         assert_ne!(again.digest(&f, &md2).unwrap(), d1);
+    }
+
+    #[test]
+    fn kernel_file_systems_are_not_dependencies() {
+        assert!(on_kernel_fs(Path::new("/proc/self/stat")));
+        assert!(on_kernel_fs(Path::new("/sys/kernel")));
+        assert!(!on_kernel_fs(Path::new("/usr/bin")));
     }
 
     #[test]

@@ -490,3 +490,25 @@ fn refuses_unix_peer_outside() {
     );
     assert!(h.ps_lists(&sb), "the workload is gone after a refused dump");
 }
+
+/// Netlink sockets: an autobound route socket in two multicast groups with
+/// NETLINK_EXT_ACK, and one bound to a port id of its own and connected to
+/// the kernel, come back with their port ids, groups and options, and still
+/// get the kernel's answers.
+#[test]
+fn netlink_sockets() {
+    let h = Harness::new("netlink");
+    let sb = h.start_c("netlink", &[]);
+    let (image, restored) = h.dump_and_restore(&sb);
+    let files: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(image.join("files.json")).expect("files.json"))
+            .expect("JSON");
+    let netlinks = files["sockets"]
+        .as_array()
+        .expect("sockets")
+        .iter()
+        .filter(|s| s["netlink"].is_object())
+        .count();
+    assert_eq!(netlinks, 2, "{}", files["sockets"]);
+    h.expect_pass(&restored);
+}

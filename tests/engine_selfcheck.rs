@@ -154,6 +154,11 @@ fn selfcheck_stopped() {
 }
 
 #[test]
+fn selfcheck_netlink() {
+    selfcheck("netlink", c_workload("netlink", &[]));
+}
+
+#[test]
 fn selfcheck_signals() {
     selfcheck("signals", c_workload("signals", &[]));
 }

@@ -797,9 +797,9 @@ pub struct SocketImage {
     pub id: u32,
     /// Inode number at dump (for inspection and error messages).
     pub ino: u64,
-    /// AF_UNIX, AF_INET or AF_INET6.
+    /// AF_UNIX, AF_INET, AF_INET6 or AF_NETLINK.
     pub family: i32,
-    /// SOCK_STREAM, SOCK_DGRAM or SOCK_SEQPACKET.
+    /// SOCK_STREAM, SOCK_DGRAM or SOCK_SEQPACKET (SOCK_RAW: netlink).
     pub sock_type: i32,
     pub protocol: i32,
     /// Kernel state in TCP numbering (unix sockets use it too):
@@ -814,6 +814,9 @@ pub struct SocketImage {
     pub unix: Option<UnixSocketImage>,
     #[serde(default)]
     pub inet: Option<InetSocketImage>,
+    /// A netlink socket's port id, groups and peer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netlink: Option<crate::net::netlink::NetlinkImage>,
 }
 
 /// Socket options a program may have set.

@@ -17,6 +17,7 @@
 
 pub mod diag;
 pub mod inet;
+pub mod netlink;
 pub mod netns;
 pub mod opts;
 pub mod tcp_repair;
@@ -173,6 +174,7 @@ impl SocketTable {
                 opts: Default::default(),
                 unix: None,
                 inet: None,
+                netlink: None,
             },
             dup: Some(dup),
             pid,
@@ -191,7 +193,7 @@ impl SocketTable {
             (libc::AF_INET | libc::AF_INET6, libc::SOCK_DGRAM) if protocol == libc::IPPROTO_UDP => {
                 None
             }
-            (libc::AF_NETLINK, _) => Some("a netlink socket".to_string()),
+            (libc::AF_NETLINK, libc::SOCK_RAW | libc::SOCK_DGRAM) => None,
             (libc::AF_PACKET, _) => Some("a packet socket".to_string()),
             (libc::AF_INET | libc::AF_INET6, libc::SOCK_RAW) => Some("a raw IP socket".to_string()),
             _ => Some(format!(
@@ -205,7 +207,9 @@ impl SocketTable {
             pid,
             reason: format!("fd {fd}: reading socket options: {e}"),
         })?;
-        if family == libc::AF_UNIX {
+        if family == libc::AF_NETLINK {
+            netlink::collect(&mut s)?;
+        } else if family == libc::AF_UNIX {
             let d = self
                 .unix_diag(host_pid)?
                 .get(&ino)
@@ -269,9 +273,18 @@ impl SocketSet {
         // Listeners before connections: a connection binds its port in
         // repair mode, which may share it with anything; a listener may not.
         let established = |s: &SocketImage| s.inet.as_ref().is_some_and(|i| i.tcp.is_some());
+        for s in sockets {
+            if let (Some(n), Some(slot)) = (&s.netlink, fds.get_mut(s.id as usize)) {
+                let fd = netlink::restore(s, n)?;
+                opts::restore(fd.as_raw_fd(), &s.opts, s.family, s.sock_type)
+                    .map_err(|e| Error::Other(format!("netlink socket {}: {e}", s.id)))?;
+                *slot = Some(fd);
+            }
+        }
         for pass in [false, true] {
             for s in sockets {
-                if s.family != libc::AF_UNIX && established(s) == pass {
+                let inet = s.family == libc::AF_INET || s.family == libc::AF_INET6;
+                if inet && established(s) == pass {
                     if let Some(slot) = fds.get_mut(s.id as usize) {
                         *slot = Some(inet::restore(s, blobs)?);
                     }
@@ -381,14 +394,28 @@ pub fn validate(sockets: &[SocketImage], unix_files: &[UnixFile]) -> Result<()> 
         let ty_ok = matches!(
             s.sock_type,
             libc::SOCK_STREAM | libc::SOCK_DGRAM | libc::SOCK_SEQPACKET
-        );
+        ) || (s.family == libc::AF_NETLINK && s.sock_type == libc::SOCK_RAW);
         let kind_ok = match s.family {
-            libc::AF_UNIX => s.unix.is_some() && s.inet.is_none(),
+            libc::AF_UNIX => s.unix.is_some() && s.inet.is_none() && s.netlink.is_none(),
             libc::AF_INET | libc::AF_INET6 => {
-                s.inet.is_some() && s.unix.is_none() && s.sock_type != libc::SOCK_SEQPACKET
+                s.inet.is_some()
+                    && s.unix.is_none()
+                    && s.netlink.is_none()
+                    && s.sock_type != libc::SOCK_SEQPACKET
+            }
+            libc::AF_NETLINK => {
+                s.netlink.is_some()
+                    && s.unix.is_none()
+                    && s.inet.is_none()
+                    && matches!(s.sock_type, libc::SOCK_RAW | libc::SOCK_DGRAM)
             }
             _ => false,
         };
+        if let Some(n) = &s.netlink {
+            if let Err(e) = netlink::validate(i, n) {
+                return bad(e);
+            }
+        }
         if !ty_ok || !kind_ok {
             return bad(format!(
                 "socket {i}: family {} type {} with {} record",

@@ -136,6 +136,7 @@ mod tests {
                 local: Some(local.into()),
                 ..Default::default()
             }),
+            netlink: None,
         }
     }
 

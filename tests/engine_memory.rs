@@ -54,3 +54,15 @@ fn one_gib_anonymous_area() {
     assert_eq!(verdict_field(&v, "pages"), Some("262144"), "{v}");
     eprintln!("1 GiB: dump {dumped:?}, restore {restored_in:?}");
 }
+
+/// Flags of areas and of the address space: madvise advice, MAP_NORESERVE,
+/// MAP_DROPPABLE, mlock'ed areas (also locked on fault, also shared),
+/// mlockall(MCL_FUTURE | MCL_ONFAULT) and PR_SET_THP_DISABLE, each compared
+/// from inside with what smaps and prctl showed before the dump.
+#[test]
+fn area_flags_and_locks() {
+    let h = Harness::new("memflags");
+    let sb = h.start_c("memflags", &[]);
+    let (_image, restored) = h.dump_and_restore(&sb);
+    h.expect_pass(&restored);
+}

@@ -118,6 +118,11 @@ fn selfcheck_memory() {
 }
 
 #[test]
+fn selfcheck_memflags() {
+    selfcheck("memflags", c_workload("memflags", &[]));
+}
+
+#[test]
 fn selfcheck_bigmem() {
     // 64 MiB: the same code path as the 1 GiB test, quicker.
     selfcheck("bigmem", c_workload("bigmem", &["64"]));

@@ -909,6 +909,7 @@ fn rebuild_process(
     )?;
     let mut st = Staged::new(site);
     memory::mm::stage_mm(&mut st, &mut r, &p.mm, exe_fd)?;
+    memory::mm::stage_mm_flags(&mut st, &p.mm);
     st.call("close(exe)", libc::SYS_close, [exe_fd, 0, 0, 0, 0, 0]);
     rb.stage_close_files(&mut st);
     signals::stage_actions(&mut st, &mut r, &p.sigactions)?;

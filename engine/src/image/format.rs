@@ -297,6 +297,17 @@ pub struct MmImage {
     pub auxv: Vec<u64>,
     /// Path of the executable inside the sandbox.
     pub exe: String,
+    /// What PR_GET_THP_DISABLE returned (0: transparent huge pages allowed).
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub thp_disable: u64,
+    /// The mlockall flags in force for future mappings (MCL_FUTURE, with
+    /// MCL_ONFAULT when they are locked as they fault in), or 0.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub mlock_future: u64,
+}
+
+fn is_zero_u64(v: &u64) -> bool {
+    *v == 0
 }
 
 /// What backs a memory area.
@@ -336,7 +347,9 @@ pub struct Vma {
     pub prot: u32,
     pub shared: bool,
     pub growsdown: bool,
-    /// madvise-like flags to reapply (dontfork, wipeonfork, hugepage, nohugepage, dontdump, mergeable).
+    /// Flags to reapply: madvise (dontfork, wipeonfork, hugepage, nohugepage,
+    /// dontdump, mergeable, sequential, random), mmap (noreserve, droppable)
+    /// and mlock (locked, lockonfault).
     #[serde(default)]
     pub advice: Vec<String>,
     /// The name the kernel shows ([heap], [stack], ...), for inspection.

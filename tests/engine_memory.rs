@@ -66,3 +66,15 @@ fn area_flags_and_locks() {
     let (_image, restored) = h.dump_and_restore(&sb);
     h.expect_pass(&restored);
 }
+
+/// A memfd holding a script is executed (execveat with AT_EMPTY_PATH) after
+/// restore as before, while mapped privately through a read-only
+/// description and shared through its own; a memfd with a writer still
+/// cannot be (ETXTBSY).
+#[test]
+fn memfd_executed_after_restore() {
+    let h = Harness::new("memfdexec");
+    let sb = h.start_c("memfdexec", &[]);
+    let (_image, restored) = h.dump_and_restore(&sb);
+    h.expect_pass(&restored);
+}

@@ -123,6 +123,11 @@ fn selfcheck_memflags() {
 }
 
 #[test]
+fn selfcheck_memfdexec() {
+    selfcheck("memfdexec", c_workload("memfdexec", &[]));
+}
+
+#[test]
 fn selfcheck_bigmem() {
     // 64 MiB: the same code path as the 1 GiB test, quicker.
     selfcheck("bigmem", c_workload("bigmem", &["64"]));

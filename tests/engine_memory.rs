@@ -78,3 +78,14 @@ fn memfd_executed_after_restore() {
     let (_image, restored) = h.dump_and_restore(&sb);
     h.expect_pass(&restored);
 }
+
+/// membarrier registrations (global, private, sync-core and rseq
+/// expedited) are in force after restore, as the process's own
+/// MEMBARRIER_CMD_GET_REGISTRATIONS and expedited barriers show.
+#[test]
+fn membarrier_registrations() {
+    let h = Harness::new("membarrier");
+    let sb = h.start_c("membarrier", &[]);
+    let (_image, restored) = h.dump_and_restore(&sb);
+    h.expect_pass(&restored);
+}

@@ -128,6 +128,11 @@ fn selfcheck_memfdexec() {
 }
 
 #[test]
+fn selfcheck_membarrier() {
+    selfcheck("membarrier", c_workload("membarrier", &[]));
+}
+
+#[test]
 fn selfcheck_bigmem() {
     // 64 MiB: the same code path as the 1 GiB test, quicker.
     selfcheck("bigmem", c_workload("bigmem", &["64"]));

@@ -304,6 +304,9 @@ pub struct MmImage {
     /// MCL_ONFAULT when they are locked as they fault in), or 0.
     #[serde(default, skip_serializing_if = "is_zero_u64")]
     pub mlock_future: u64,
+    /// membarrier registrations (MEMBARRIER_CMD_REGISTER_* bits), or 0.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub membarrier: u64,
 }
 
 fn is_zero_u64(v: &u64) -> bool {

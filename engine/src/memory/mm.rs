@@ -42,6 +42,7 @@ pub fn collect(pid: i32, r: &mut Remote) -> Result<MmImage> {
         [libc::PR_GET_THP_DISABLE as u64, 0, 0, 0, 0, 0],
     )?;
     let mlock_future = mlock_future(pid, r)?;
+    let membarrier = membarrier_registrations(r)?;
     Ok(MmImage {
         start_code: st.startcode,
         end_code: st.endcode,
@@ -58,7 +59,36 @@ pub fn collect(pid: i32, r: &mut Remote) -> Result<MmImage> {
         exe,
         thp_disable,
         mlock_future,
+        membarrier,
     })
+}
+
+/// membarrier's registration commands (MEMBARRIER_CMD_REGISTER_*) that
+/// stasis puts back: global, private, private sync-core and private rseq
+/// expedited.
+const MEMBARRIER_REGISTER: [u64; 4] = [1 << 2, 1 << 4, 1 << 6, 1 << 8];
+const MEMBARRIER_CMD_GET_REGISTRATIONS: u64 = 1 << 9;
+
+/// The membarrier registrations of the process, as register commands.
+/// MEMBARRIER_CMD_GET_REGISTRATIONS (Linux 6.3) tells them at once; before
+/// it, each private expedited kind is issued (a registered process gets 0,
+/// an unregistered EPERM).
+fn membarrier_registrations(r: &mut Remote) -> Result<u64> {
+    let mask = r.syscall_raw(
+        libc::SYS_membarrier,
+        [MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0, 0, 0, 0],
+    )?;
+    if mask >= 0 {
+        return Ok(mask as u64 & MEMBARRIER_REGISTER.iter().sum::<u64>());
+    }
+    let mut mask = 0;
+    for reg in &MEMBARRIER_REGISTER[1..] {
+        // The barrier command is its register command's bit shifted down by one.
+        if r.syscall_raw(libc::SYS_membarrier, [reg >> 1, 0, 0, 0, 0, 0])? == 0 {
+            mask |= reg;
+        }
+    }
+    Ok(mask)
 }
 
 /// Locked memory of `pid` in KiB (VmLck).
@@ -134,7 +164,8 @@ fn mlock_future(pid: i32, r: &mut Remote) -> Result<u64> {
 }
 
 /// Stages what the mm carries besides its fields: transparent huge pages
-/// disabled for the process, and mlockall's flags for future mappings.
+/// disabled for the process, its membarrier registrations, and mlockall's
+/// flags for future mappings.
 pub fn stage_mm_flags(st: &mut Staged, mm: &MmImage) {
     if mm.thp_disable != 0 {
         // Bit 0: disabled; bit 1: PR_THP_DISABLE_EXCEPT_ADVISED.
@@ -150,6 +181,15 @@ pub fn stage_mm_flags(st: &mut Staged, mm: &MmImage) {
                 0,
             ],
         );
+    }
+    for reg in MEMBARRIER_REGISTER {
+        if mm.membarrier & reg != 0 {
+            st.call(
+                format!("membarrier({reg:#x}): registration"),
+                libc::SYS_membarrier,
+                [reg, 0, 0, 0, 0, 0],
+            );
+        }
     }
     if mm.mlock_future != 0 {
         st.call(

@@ -89,3 +89,14 @@ fn membarrier_registrations() {
     let (_image, restored) = h.dump_and_restore(&sb);
     h.expect_pass(&restored);
 }
+
+/// A Linux AIO context with completed, unreaped events: after restore the
+/// ring is at its address (the context id), the events are reaped with
+/// their tags and results, and a new request completes into the next slot.
+#[test]
+fn aio_context_with_unreaped_events() {
+    let h = Harness::new("aio");
+    let sb = h.start_c("aio", &[]);
+    let (_image, restored) = h.dump_and_restore(&sb);
+    h.expect_pass(&restored);
+}

@@ -133,6 +133,11 @@ fn selfcheck_membarrier() {
 }
 
 #[test]
+fn selfcheck_aio() {
+    selfcheck("aio", c_workload("aio", &[]));
+}
+
+#[test]
 fn selfcheck_bigmem() {
     // 64 MiB: the same code path as the 1 GiB test, quicker.
     selfcheck("bigmem", c_workload("bigmem", &["64"]));

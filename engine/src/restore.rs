@@ -894,6 +894,7 @@ fn rebuild_process(
     }
     rb.flush(&mut r)?;
     memory::mm::check_vdso(&r, &p.vmas)?;
+    memory::aio::restore(&mut r, &p.vmas, scratch, SCRATCH_LEN)?;
     put_cstr(&mut r, scratch, &p.mm.exe)?;
     let exe_fd = r.call(
         &format!("open {}", p.mm.exe),

@@ -340,6 +340,10 @@ pub enum VmaKind {
     },
     /// One of the kernel's special mappings: [vvar], [vvar_vclock], [vdso].
     Special { name: String },
+    /// The ring of a Linux AIO context (io_setup): the area's address is
+    /// the context's id, its pages (all saved) the ring; `nr_req` is what
+    /// io_setup is asked for to get a ring of the same size.
+    Aio { nr_req: u32 },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

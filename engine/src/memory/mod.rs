@@ -5,6 +5,7 @@
 //! the address space from outside, through syscalls injected at a trampoline
 //! page mapped where neither the old nor the new layout has anything.
 
+pub mod aio;
 pub(crate) mod buf;
 pub mod live;
 pub mod mm;
@@ -158,7 +159,9 @@ pub fn collect(pid: i32) -> Result<Vec<Vma>> {
             MMapPath::TStack(_) | MMapPath::Anonymous => (VmaKind::Anon, String::new()),
             MMapPath::Path(p) => {
                 let s = p.to_string_lossy().to_string();
-                if shared && shared::is_shared_object(&s) {
+                if shared && s == aio::RING_PATH {
+                    (aio::collect(pid, start, end)?, "[aio]".to_string())
+                } else if shared && shared::is_shared_object(&s) {
                     // Resolved to an object of the image by `shared::Table`.
                     shared_object = Some(SharedRef {
                         object: u32::MAX,
@@ -548,6 +551,13 @@ impl Rebuild {
         }
         let (fd, off) = match &v.kind {
             VmaKind::Special { .. } => return Ok(()),
+            VmaKind::Aio { .. } => {
+                // The ring's contents, in place until `aio::restore` moves
+                // a new ring over them.
+                flags =
+                    libc::MAP_FIXED as u64 | libc::MAP_PRIVATE as u64 | libc::MAP_ANONYMOUS as u64;
+                (u64::MAX, 0)
+            }
             VmaKind::Anon => {
                 flags |= libc::MAP_ANONYMOUS as u64;
                 (u64::MAX, 0)
@@ -610,7 +620,7 @@ impl Rebuild {
     /// Queues the calls that put back an area's protection and madvise flags
     /// (run by `flush`).
     pub fn finish_area(&mut self, v: &Vma) -> Result<()> {
-        if matches!(v.kind, VmaKind::Special { .. }) {
+        if matches!(v.kind, VmaKind::Special { .. } | VmaKind::Aio { .. }) {
             return Ok(());
         }
         let len = v.end - v.start;

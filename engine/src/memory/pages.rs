@@ -186,7 +186,7 @@ pub fn scan(pid: i32, vmas: &mut [Vma], present: Option<&Present>) -> Result<()>
         }
         match (&v.kind, v.shared) {
             (VmaKind::Special { .. }, _) | (VmaKind::File { .. }, true) => continue,
-            (VmaKind::Anon, true) => {
+            (VmaKind::Anon, true) | (VmaKind::Aio { .. }, _) => {
                 v.pages.push(PageRun {
                     addr: v.start,
                     npages: (v.end - v.start) / PAGE_SIZE,
@@ -620,6 +620,7 @@ pub fn files_used(vmas: &[Vma]) -> BTreeSet<u32> {
 pub fn validate(pid: i32, vmas: &[Vma], file_size: impl Fn(u32) -> Option<u64>) -> Result<()> {
     let mut used: Vec<(u32, u64, u64)> = Vec::new();
     for v in vmas {
+        super::aio::validate(pid, v)?;
         if v.start >= v.end || v.start % PAGE_SIZE != 0 || v.end % PAGE_SIZE != 0 {
             return Err(Error::Other(format!(
                 "image of process {pid}: bad memory area {:#x}-{:#x}",

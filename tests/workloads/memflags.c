@@ -52,7 +52,7 @@ static struct area areas[] = {
 	{ "wipeonfork", MAP_PRIVATE, MADV_WIPEONFORK, 0, "wf", 1, 0, "" },
 	{ "random mlocked", MAP_PRIVATE, MADV_RANDOM, 1, "rr", 1, 0, "" },
 	{ "locked on fault", MAP_PRIVATE, -1, 2, "lf", 1, 0, "" },
-	/* Its pages may be dropped under memory pressure: flags only. */
+	/* Its pages may be dropped at any time (and are not saved): flags only. */
 	{ "droppable", MAP_DROPPABLE, -1, 0, "dp", 0, 0, "" },
 	{ "shared locked", MAP_SHARED, MADV_DONTDUMP, 1, "lo", 1, 0, "" },
 };

@@ -55,7 +55,7 @@ const ADVICE: &[(VmFlags, &str, i32)] = &[
 /// Flags of an area that are not madvise advice: how it was mapped
 /// (`noreserve`, `droppable`) and locked (`locked`, `lockonfault`).
 const NORESERVE: &str = "noreserve";
-const DROPPABLE: &str = "droppable";
+pub(crate) const DROPPABLE: &str = "droppable";
 const LOCKED: &str = "locked";
 const LOCKONFAULT: &str = "lockonfault";
 /// mmap's MAP_DROPPABLE (Linux 6.11; not in libc yet): a mapping type of

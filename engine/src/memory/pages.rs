@@ -171,7 +171,7 @@ fn open_pagemap(pid: i32) -> Result<File> {
 /// Which pages of each area to save, as runs (`offset` still 0): private
 /// areas keep their present or swapped pages that are neither the zero page
 /// nor file pages; shared anonymous areas keep every page; shared file
-/// mappings and special mappings keep none. The pages come from `present`
+/// mappings, special mappings and MAP_DROPPABLE areas keep none. The pages come from `present`
 /// (one walk of the whole address space) where given, else from
 /// /proc/PID/pagemap read area by area.
 pub fn scan(pid: i32, vmas: &mut [Vma], present: Option<&Present>) -> Result<()> {
@@ -182,6 +182,11 @@ pub fn scan(pid: i32, vmas: &mut [Vma], present: Option<&Present>) -> Result<()>
         v.pages.clear();
         if v.shared_object.is_some() {
             // Saved once for every process, by `shared`.
+            continue;
+        }
+        if v.advice.iter().any(|a| a == super::DROPPABLE) {
+            // MAP_DROPPABLE: the kernel may free these pages whenever it
+            // likes; they come back empty, as after such a drop.
             continue;
         }
         match (&v.kind, v.shared) {

@@ -3,7 +3,8 @@
  * MERGEABLE, SEQUENTIAL, RANDOM), how areas were mapped (MAP_NORESERVE,
  * MAP_DROPPABLE), locked areas (MAP_LOCKED, mlock, mlock2 MLOCK_ONFAULT),
  * mlockall(MCL_FUTURE | MCL_ONFAULT) for mappings made after the restore, and
- * PR_SET_THP_DISABLE. Each area's flags as smaps shows them are compared with
+ * PR_SET_THP_DISABLE, shared read-only file mappings that may (or may not)
+ * be made writable. Each area's flags as smaps shows them are compared with
  * those at ready, and its contents checked.
  *
  * usage: memflags DIR */
@@ -120,6 +121,24 @@ int main(int argc, char **argv)
 		}
 		used++;
 	}
+	/* Shared, read-only mappings of a file open for writing (mprotect may
+	 * make it writable) and of one open read-only (it may not). */
+	char path[4096];
+	wl_path(path, sizeof(path), "memflags.dat");
+	int rw = open(path, O_RDWR | O_CREAT | O_TRUNC | O_CLOEXEC, 0600);
+	if (rw < 0 || ftruncate(rw, WL_PAGE) != 0) {
+		dprintf(2, "creating %s: %s\n", path, strerror(errno));
+		return 2;
+	}
+	int ro = open(path, O_RDONLY | O_CLOEXEC);
+	char *may_write = mmap(NULL, WL_PAGE, PROT_READ, MAP_SHARED, rw, 0);
+	char *read_only = mmap(NULL, WL_PAGE, PROT_READ, MAP_SHARED, ro, 0);
+	if (ro < 0 || may_write == MAP_FAILED || read_only == MAP_FAILED) {
+		dprintf(2, "mapping %s: %s\n", path, strerror(errno));
+		return 2;
+	}
+	close(rw);
+	close(ro);
 	if (prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0) != 0) {
 		dprintf(2, "PR_SET_THP_DISABLE: %s\n", strerror(errno));
 		return 2;
@@ -148,6 +167,15 @@ int main(int argc, char **argv)
 		if (a->check_data)
 			wl_expect(a->what, a->p, LEN, 100 + (uint32_t)i);
 	}
+	if (mprotect(may_write, WL_PAGE, PROT_READ | PROT_WRITE) != 0)
+		wl_fail("a shared mapping of a file open for writing cannot be made writable: %s", strerror(errno));
+	else {
+		may_write[0] = 'w';
+		if (read_only[0] != 'w')
+			wl_fail("a write through the shared mapping does not reach the file");
+	}
+	if (mprotect(read_only, WL_PAGE, PROT_READ | PROT_WRITE) == 0)
+		wl_fail("a shared mapping of a file open read-only became writable");
 	int thp = prctl(PR_GET_THP_DISABLE, 0, 0, 0, 0);
 	if (thp != 1)
 		wl_fail("PR_GET_THP_DISABLE is %d, expected 1", thp);

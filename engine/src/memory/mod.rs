@@ -58,6 +58,9 @@ const NORESERVE: &str = "noreserve";
 pub(crate) const DROPPABLE: &str = "droppable";
 const LOCKED: &str = "locked";
 const LOCKONFAULT: &str = "lockonfault";
+/// A shared file mapping without PROT_WRITE whose file was open for
+/// writing (VM_MAYWRITE): mprotect may add PROT_WRITE later.
+const MAYWRITE: &str = "maywrite";
 /// mmap's MAP_DROPPABLE (Linux 6.11; not in libc yet): a mapping type of
 /// its own, in place of MAP_PRIVATE.
 const MAP_DROPPABLE: u64 = 0x08;
@@ -226,6 +229,13 @@ pub fn collect(pid: i32) -> Result<Vec<Vma>> {
                 (x.droppable, DROPPABLE),
                 (flags.contains(VmFlags::LO), LOCKED),
                 (x.lockonfault, LOCKONFAULT),
+                (
+                    shared
+                        && matches!(kind, VmaKind::File { .. })
+                        && !m.perms.contains(MMPermissions::WRITE)
+                        && flags.contains(VmFlags::MW),
+                    MAYWRITE,
+                ),
             ];
             advice.extend(own.iter().filter(|(on, _)| *on).map(|(_, n)| n.to_string()));
         }
@@ -597,7 +607,8 @@ impl Rebuild {
                 (*fd, *offset)
             }
             VmaKind::File { path, offset, .. } => {
-                let oflags = if v.shared && v.prot & libc::PROT_WRITE as u32 != 0 {
+                let writable = v.prot & libc::PROT_WRITE as u32 != 0 || has(MAYWRITE);
+                let oflags = if v.shared && writable {
                     libc::O_RDWR
                 } else {
                     libc::O_RDONLY

@@ -4,7 +4,7 @@
  * MAP_DROPPABLE), locked areas (MAP_LOCKED, mlock, mlock2 MLOCK_ONFAULT),
  * mlockall(MCL_FUTURE | MCL_ONFAULT) for mappings made after the restore, and
  * PR_SET_THP_DISABLE, shared read-only file mappings that may (or may not)
- * be made writable. Each area's flags as smaps shows them are compared with
+ * be made writable, guard regions (MADV_GUARD_INSTALL). Each area's flags as smaps shows them are compared with
  * those at ready, and its contents checked.
  *
  * usage: memflags DIR */
@@ -21,6 +21,9 @@
 #endif
 #ifndef MLOCK_ONFAULT
 #define MLOCK_ONFAULT 0x01
+#endif
+#ifndef MADV_GUARD_INSTALL
+#define MADV_GUARD_INSTALL 102
 #endif
 #ifndef MCL_ONFAULT
 #define MCL_ONFAULT 4
@@ -58,6 +61,25 @@ static struct area areas[] = {
 	{ "shared locked", MAP_SHARED, MADV_DONTDUMP, 1, "lo", 1, 0, "" },
 };
 #define NAREAS (sizeof(areas) / sizeof(areas[0]))
+
+/* Which of the PAGES pages at `p` are guard pages (pagemap bit 58), as a
+ * bit mask; -1 when pagemap cannot be read. */
+static int guard_mask(const char *p)
+{
+	uint64_t e[PAGES];
+	int fd = open("/proc/self/pagemap", O_RDONLY | O_CLOEXEC);
+	if (fd < 0)
+		return -1;
+	ssize_t n = pread(fd, e, sizeof(e), (off_t)((uintptr_t)p / WL_PAGE * 8));
+	close(fd);
+	if (n != (ssize_t)sizeof(e))
+		return -1;
+	int mask = 0;
+	for (int i = 0; i < PAGES; i++)
+		if (e[i] >> 58 & 1)
+			mask |= 1 << i;
+	return mask;
+}
 
 /* The watched flags of the area starting at `addr` ("" if none), from
  * /proc/self/smaps. Returns 0 when the area was found. */
@@ -139,6 +161,18 @@ int main(int argc, char **argv)
 	}
 	close(rw);
 	close(ro);
+	/* Guard regions (Linux 6.13) on the middle two pages of four. */
+	char *guarded = mmap(NULL, LEN, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	if (guarded == MAP_FAILED) {
+		dprintf(2, "mmap: %s\n", strerror(errno));
+		return 2;
+	}
+	wl_fill(guarded, LEN, 99);
+	int guards = madvise(guarded + WL_PAGE, 2 * WL_PAGE, MADV_GUARD_INSTALL) == 0;
+	if (guards && guard_mask(guarded) != 0x6) {
+		dprintf(2, "guard pages: pagemap shows %#x\n", guard_mask(guarded));
+		return 2;
+	}
 	if (prctl(PR_SET_THP_DISABLE, 1, 0, 0, 0) != 0) {
 		dprintf(2, "PR_SET_THP_DISABLE: %s\n", strerror(errno));
 		return 2;
@@ -176,6 +210,13 @@ int main(int argc, char **argv)
 	}
 	if (mprotect(read_only, WL_PAGE, PROT_READ | PROT_WRITE) == 0)
 		wl_fail("a shared mapping of a file open read-only became writable");
+	if (guards) {
+		int m = guard_mask(guarded);
+		if (m != 0x6)
+			wl_fail("guard pages: pagemap shows %#x, expected pages 1 and 2 (0x6)", m);
+		wl_expect("page before the guard region", guarded, WL_PAGE, 99);
+		wl_expect_from("page after the guard region", guarded + 3 * WL_PAGE, WL_PAGE, 99, 3 * WL_PAGE);
+	}
 	int thp = prctl(PR_GET_THP_DISABLE, 0, 0, 0, 0);
 	if (thp != 1)
 		wl_fail("PR_GET_THP_DISABLE is %d, expected 1", thp);
@@ -187,6 +228,6 @@ int main(int argc, char **argv)
 		 !strstr(fresh_flags, "lf"))
 		wl_fail("an area mapped after restore has flags '%s': mlockall(MCL_FUTURE | MCL_ONFAULT) is lost",
 			fresh_flags);
-	wl_pass_note("areas=%d", used);
+	wl_pass_note("areas=%d guards=%d", used, guards);
 	return wl_finish();
 }

@@ -366,6 +366,10 @@ pub struct Vma {
     pub kind: VmaKind,
     /// Runs of saved pages, ascending and inside [start, end).
     pub pages: Vec<PageRun>,
+    /// Guard regions (MADV_GUARD_INSTALL) as [start, end) byte ranges,
+    /// ascending and inside the area.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub guards: Vec<[u64; 2]>,
     /// The shared memory object the area maps (shared anonymous memory, a
     /// SysV segment), saved once in `shmem.json` however many areas and
     /// processes map it. Its pages are not in `pages`.

@@ -64,6 +64,8 @@ const MAYWRITE: &str = "maywrite";
 /// mmap's MAP_DROPPABLE (Linux 6.11; not in libc yet): a mapping type of
 /// its own, in place of MAP_PRIVATE.
 const MAP_DROPPABLE: u64 = 0x08;
+/// madvise's MADV_GUARD_INSTALL (Linux 6.13; not in libc yet).
+const MADV_GUARD_INSTALL: u64 = 102;
 /// mlock2's flag: lock pages as they fault in.
 const MLOCK_ONFAULT: u64 = 0x01;
 
@@ -249,6 +251,7 @@ pub fn collect(pid: i32) -> Result<Vec<Vma>> {
             label: name,
             kind,
             pages: Vec::new(),
+            guards: Vec::new(),
             shared_object,
         });
     }
@@ -659,6 +662,17 @@ impl Rebuild {
                     None,
                 ));
             }
+        }
+        for &[s, e] in &v.guards {
+            self.pending.push((
+                BatchCall {
+                    what: format!("madvise(MADV_GUARD_INSTALL) of {s:#x}-{e:#x}"),
+                    nr: libc::SYS_madvise,
+                    args: [s, e - s, MADV_GUARD_INSTALL, 0, 0, 0],
+                    may_fail: false,
+                },
+                None,
+            ));
         }
         // Locked last, its pages in place: stasis's right to lock memory
         // (the task is still root here, before its credentials are set)

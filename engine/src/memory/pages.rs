@@ -109,16 +109,26 @@ pub fn present_regions(
     start: u64,
     end: u64,
 ) -> sys::Result<Vec<sys::mm::PageRegion>> {
-    use sys::mm::{PAGE_IS_FILE, PAGE_IS_PFNZERO, PAGE_IS_PRESENT, PAGE_IS_SWAPPED};
-    let req = sys::mm::ScanRequest {
+    use sys::mm::{PAGE_IS_FILE, PAGE_IS_GUARD, PAGE_IS_PFNZERO, PAGE_IS_PRESENT, PAGE_IS_SWAPPED};
+    let mut req = sys::mm::ScanRequest {
         start,
         end,
         category_inverted: PAGE_IS_FILE | PAGE_IS_PFNZERO,
         category_mask: PAGE_IS_FILE | PAGE_IS_PFNZERO,
         category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+        // Guard regions (their markers count as swapped) told apart.
+        return_mask: PAGE_IS_GUARD,
         ..Default::default()
     };
-    sys::mm::pagemap_scan_with(pagemap, &req)
+    match sys::mm::pagemap_scan_with(pagemap, &req) {
+        // Before Linux 6.14 there is no guard category (nor guard regions
+        // to find).
+        Err(e) if e.errno == nix::errno::Errno::EINVAL => {
+            req.return_mask = 0;
+            sys::mm::pagemap_scan_with(pagemap, &req)
+        }
+        other => other,
+    }
 }
 
 /// [`Present::find`] on a thread of its own, started before the areas are
@@ -180,6 +190,7 @@ pub fn scan(pid: i32, vmas: &mut [Vma], present: Option<&Present>) -> Result<()>
     let mut at = 0usize;
     for v in vmas.iter_mut() {
         v.pages.clear();
+        v.guards.clear();
         if v.shared_object.is_some() {
             // Saved once for every process, by `shared`.
             continue;
@@ -209,6 +220,10 @@ pub fn scan(pid: i32, vmas: &mut [Vma], present: Option<&Present>) -> Result<()>
                 }
                 for r in regions[at..].iter().take_while(|r| r.start < v.end) {
                     let (s, e) = (r.start.max(v.start), r.end.min(v.end));
+                    if r.categories & sys::mm::PAGE_IS_GUARD != 0 {
+                        v.guards.push([s, e]);
+                        continue;
+                    }
                     v.pages.push(PageRun {
                         addr: s,
                         npages: (e - s) / PAGE_SIZE,
@@ -626,6 +641,16 @@ pub fn validate(pid: i32, vmas: &[Vma], file_size: impl Fn(u32) -> Option<u64>) 
     let mut used: Vec<(u32, u64, u64)> = Vec::new();
     for v in vmas {
         super::aio::validate(pid, v)?;
+        let mut last = v.start;
+        for &[s, e] in &v.guards {
+            if s < last || s >= e || e > v.end || s % PAGE_SIZE != 0 || e % PAGE_SIZE != 0 {
+                return Err(Error::Other(format!(
+                    "image of process {pid}: guard region {s:#x}-{e:#x} lies outside its area {:#x}-{:#x} or out of order",
+                    v.start, v.end
+                )));
+            }
+            last = e;
+        }
         if v.start >= v.end || v.start % PAGE_SIZE != 0 || v.end % PAGE_SIZE != 0 {
             return Err(Error::Other(format!(
                 "image of process {pid}: bad memory area {:#x}-{:#x}",
@@ -1139,6 +1164,7 @@ mod tests {
             shared: false,
             growsdown: false,
             advice: Vec::new(),
+            guards: Vec::new(),
             label: String::new(),
             kind: VmaKind::Anon,
             pages: runs

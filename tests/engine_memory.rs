@@ -54,3 +54,49 @@ fn one_gib_anonymous_area() {
     assert_eq!(verdict_field(&v, "pages"), Some("262144"), "{v}");
     eprintln!("1 GiB: dump {dumped:?}, restore {restored_in:?}");
 }
+
+/// Flags of areas and of the address space: madvise advice, MAP_NORESERVE,
+/// MAP_DROPPABLE, mlock'ed areas (also locked on fault, also shared),
+/// mlockall(MCL_FUTURE | MCL_ONFAULT) and PR_SET_THP_DISABLE, each compared
+/// from inside with what smaps and prctl showed before the dump.
+#[test]
+fn area_flags_and_locks() {
+    let h = Harness::new("memflags");
+    let sb = h.start_c("memflags", &[]);
+    let (_image, restored) = h.dump_and_restore(&sb);
+    h.expect_pass(&restored);
+}
+
+/// A memfd holding a script is executed (execveat with AT_EMPTY_PATH) after
+/// restore as before, while mapped privately through a read-only
+/// description and shared through its own; a memfd with a writer still
+/// cannot be (ETXTBSY).
+#[test]
+fn memfd_executed_after_restore() {
+    let h = Harness::new("memfdexec");
+    let sb = h.start_c("memfdexec", &[]);
+    let (_image, restored) = h.dump_and_restore(&sb);
+    h.expect_pass(&restored);
+}
+
+/// membarrier registrations (global, private, sync-core and rseq
+/// expedited) are in force after restore, as the process's own
+/// MEMBARRIER_CMD_GET_REGISTRATIONS and expedited barriers show.
+#[test]
+fn membarrier_registrations() {
+    let h = Harness::new("membarrier");
+    let sb = h.start_c("membarrier", &[]);
+    let (_image, restored) = h.dump_and_restore(&sb);
+    h.expect_pass(&restored);
+}
+
+/// A Linux AIO context with completed, unreaped events: after restore the
+/// ring is at its address (the context id), the events are reaped with
+/// their tags and results, and a new request completes into the next slot.
+#[test]
+fn aio_context_with_unreaped_events() {
+    let h = Harness::new("aio");
+    let sb = h.start_c("aio", &[]);
+    let (_image, restored) = h.dump_and_restore(&sb);
+    h.expect_pass(&restored);
+}

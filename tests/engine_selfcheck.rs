@@ -118,6 +118,26 @@ fn selfcheck_memory() {
 }
 
 #[test]
+fn selfcheck_memflags() {
+    selfcheck("memflags", c_workload("memflags", &[]));
+}
+
+#[test]
+fn selfcheck_memfdexec() {
+    selfcheck("memfdexec", c_workload("memfdexec", &[]));
+}
+
+#[test]
+fn selfcheck_membarrier() {
+    selfcheck("membarrier", c_workload("membarrier", &[]));
+}
+
+#[test]
+fn selfcheck_aio() {
+    selfcheck("aio", c_workload("aio", &[]));
+}
+
+#[test]
 fn selfcheck_bigmem() {
     // 64 MiB: the same code path as the 1 GiB test, quicker.
     selfcheck("bigmem", c_workload("bigmem", &["64"]));

@@ -111,6 +111,7 @@ pub fn inspect(dir: &Path) -> Result<ImageSummary> {
                     crate::image::VmaKind::Anon => v.label.clone(),
                     crate::image::VmaKind::File { path, .. } => path.clone(),
                     crate::image::VmaKind::Special { name } => name.clone(),
+                    crate::image::VmaKind::Aio { .. } => "[aio] ring".into(),
                 },
                 pages_saved: v.pages.iter().map(|r| r.npages).sum(),
             })

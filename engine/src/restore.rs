@@ -887,6 +887,7 @@ fn rebuild_process(
     }
     rb.flush(&mut r)?;
     memory::mm::check_vdso(&r, &p.vmas)?;
+    memory::aio::restore(&mut r, &p.vmas, scratch, SCRATCH_LEN)?;
     put_cstr(&mut r, scratch, &p.mm.exe)?;
     let exe_fd = r.call(
         &format!("open {}", p.mm.exe),
@@ -902,6 +903,7 @@ fn rebuild_process(
     )?;
     let mut st = Staged::new(site);
     memory::mm::stage_mm(&mut st, &mut r, &p.mm, exe_fd)?;
+    memory::mm::stage_mm_flags(&mut st, &p.mm);
     st.call("close(exe)", libc::SYS_close, [exe_fd, 0, 0, 0, 0, 0]);
     rb.stage_close_files(&mut st);
     signals::stage_actions(&mut st, &mut r, &p.sigactions)?;

@@ -612,6 +612,7 @@ mod tests {
             shared: true,
             growsdown: false,
             advice: Vec::new(),
+            guards: Vec::new(),
             label: path.into(),
             kind: VmaKind::File {
                 path: path.into(),

@@ -231,6 +231,33 @@ pub fn create(m: &MemfdImage, blobs: Option<&File>) -> Result<OwnedFd> {
     Ok(fd)
 }
 
+/// The description memfd_create made (`anchor`'s own), for the image's
+/// first read-write description of memfd `m`, with its status `flags` and
+/// `pos`. A description opened anew for writing counts as a writer of the
+/// file, and the kernel refuses to execute a file with writers (ETXTBSY):
+/// memfd_create's does not count, so a program that executes its memfd
+/// (execveat with AT_EMPTY_PATH) can still do so after restore.
+pub fn created_desc(m: &MemfdImage, anchor: &OwnedFd, flags: u32, pos: u64) -> Result<OwnedFd> {
+    let what = |s: &str| format!("{s} memfd {} ({})", m.id, m.name);
+    // SAFETY: F_DUPFD_CLOEXEC of our fd; a new fd or -1.
+    let raw = unsafe { libc::fcntl(anchor.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 0) };
+    if raw < 0 {
+        return Err(last_os_error(what("duplicating")));
+    }
+    // SAFETY: `raw` is a new fd owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    let fl = flags as i32 & (libc::O_NONBLOCK | libc::O_APPEND | libc::O_NOATIME);
+    // SAFETY: F_SETFL on our fd.
+    if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_SETFL, fl) } < 0 {
+        return Err(last_os_error(what("setting the flags of")));
+    }
+    // SAFETY: lseek on our fd.
+    if unsafe { libc::lseek(fd.as_raw_fd(), pos as i64, libc::SEEK_SET) } < 0 {
+        return Err(last_os_error(what("seeking")));
+    }
+    Ok(fd)
+}
+
 /// A new description of memfd `m` (open through `anchor`) with `flags` at `pos`.
 pub fn open_desc(m: &MemfdImage, anchor: &OwnedFd, flags: u32, pos: u64) -> Result<OwnedFd> {
     let path = format!("/proc/self/fd/{}", anchor.as_raw_fd());

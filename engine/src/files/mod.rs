@@ -619,6 +619,8 @@ pub fn open_all(
         .map(|g| ghost::create(g, blobs))
         .collect::<Result<Vec<_>>>()?;
     let mut fds = Vec::with_capacity(files.files.len() + memfds.len() + ghosts.len());
+    // Whether memfd_create's own description of each memfd is taken.
+    let mut created_used = vec![false; memfds.len()];
     let mut sockets = if files.sockets.is_empty() {
         None
     } else {
@@ -642,7 +644,13 @@ pub fn open_all(
                 FileKind::Pipe { pipe, fifo } => pipes.open_end(*pipe, fifo.as_deref(), f.flags)?,
                 FileKind::Memfd { memfd, pos } => {
                     let m = *memfd as usize;
-                    memfd::open_desc(&files.memfds[m], &memfds[m], f.flags, *pos)?
+                    let (img, anchor) = (&files.memfds[m], &memfds[m]);
+                    if f.flags as i32 & libc::O_ACCMODE == libc::O_RDWR && !created_used[m] {
+                        created_used[m] = true;
+                        memfd::created_desc(img, anchor, f.flags, *pos)?
+                    } else {
+                        memfd::open_desc(img, anchor, f.flags, *pos)?
+                    }
                 }
                 FileKind::Eventfd { count, semaphore } => {
                     set_status_flags(f, eventfd::open(f.id, *count, *semaphore)?)?

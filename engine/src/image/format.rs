@@ -297,6 +297,20 @@ pub struct MmImage {
     pub auxv: Vec<u64>,
     /// Path of the executable inside the sandbox.
     pub exe: String,
+    /// What PR_GET_THP_DISABLE returned (0: transparent huge pages allowed).
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub thp_disable: u64,
+    /// The mlockall flags in force for future mappings (MCL_FUTURE, with
+    /// MCL_ONFAULT when they are locked as they fault in), or 0.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub mlock_future: u64,
+    /// membarrier registrations (MEMBARRIER_CMD_REGISTER_* bits), or 0.
+    #[serde(default, skip_serializing_if = "is_zero_u64")]
+    pub membarrier: u64,
+}
+
+fn is_zero_u64(v: &u64) -> bool {
+    *v == 0
 }
 
 /// What backs a memory area.
@@ -326,6 +340,10 @@ pub enum VmaKind {
     },
     /// One of the kernel's special mappings: [vvar], [vvar_vclock], [vdso].
     Special { name: String },
+    /// The ring of a Linux AIO context (io_setup): the area's address is
+    /// the context's id, its pages (all saved) the ring; `nr_req` is what
+    /// io_setup is asked for to get a ring of the same size.
+    Aio { nr_req: u32 },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -336,7 +354,9 @@ pub struct Vma {
     pub prot: u32,
     pub shared: bool,
     pub growsdown: bool,
-    /// madvise-like flags to reapply (dontfork, wipeonfork, hugepage, nohugepage, dontdump, mergeable).
+    /// Flags to reapply: madvise (dontfork, wipeonfork, hugepage, nohugepage,
+    /// dontdump, mergeable, sequential, random), mmap (noreserve, droppable)
+    /// and mlock (locked, lockonfault).
     #[serde(default)]
     pub advice: Vec<String>,
     /// The name the kernel shows ([heap], [stack], ...), for inspection.
@@ -346,6 +366,10 @@ pub struct Vma {
     pub kind: VmaKind,
     /// Runs of saved pages, ascending and inside [start, end).
     pub pages: Vec<PageRun>,
+    /// Guard regions (MADV_GUARD_INSTALL) as [start, end) byte ranges,
+    /// ascending and inside the area.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub guards: Vec<[u64; 2]>,
     /// The shared memory object the area maps (shared anonymous memory, a
     /// SysV segment), saved once in `shmem.json` however many areas and
     /// processes map it. Its pages are not in `pages`.

@@ -36,6 +36,13 @@ pub fn collect(pid: i32, r: &mut Remote) -> Result<MmImage> {
         });
     }
     let brk = r.call("brk(0)", libc::SYS_brk, [0; 6])?;
+    let thp_disable = r.call(
+        "prctl(PR_GET_THP_DISABLE)",
+        libc::SYS_prctl,
+        [libc::PR_GET_THP_DISABLE as u64, 0, 0, 0, 0, 0],
+    )?;
+    let mlock_future = mlock_future(pid, r)?;
+    let membarrier = membarrier_registrations(r)?;
     Ok(MmImage {
         start_code: st.startcode,
         end_code: st.endcode,
@@ -50,7 +57,154 @@ pub fn collect(pid: i32, r: &mut Remote) -> Result<MmImage> {
         env_end: st.env_end.unwrap_or(0),
         auxv,
         exe,
+        thp_disable,
+        mlock_future,
+        membarrier,
     })
+}
+
+/// membarrier's registration commands (MEMBARRIER_CMD_REGISTER_*) that
+/// stasis puts back: global, private, private sync-core and private rseq
+/// expedited.
+const MEMBARRIER_REGISTER: [u64; 4] = [1 << 2, 1 << 4, 1 << 6, 1 << 8];
+const MEMBARRIER_CMD_GET_REGISTRATIONS: u64 = 1 << 9;
+
+/// The membarrier registrations of the process, as register commands.
+/// MEMBARRIER_CMD_GET_REGISTRATIONS (Linux 6.3) tells them at once; before
+/// it, each private expedited kind is issued (a registered process gets 0,
+/// an unregistered EPERM).
+fn membarrier_registrations(r: &mut Remote) -> Result<u64> {
+    let mask = r.syscall_raw(
+        libc::SYS_membarrier,
+        [MEMBARRIER_CMD_GET_REGISTRATIONS, 0, 0, 0, 0, 0],
+    )?;
+    if mask >= 0 {
+        return Ok(mask as u64 & MEMBARRIER_REGISTER.iter().sum::<u64>());
+    }
+    let mut mask = 0;
+    for reg in &MEMBARRIER_REGISTER[1..] {
+        // The barrier command is its register command's bit shifted down by one.
+        if r.syscall_raw(libc::SYS_membarrier, [reg >> 1, 0, 0, 0, 0, 0])? == 0 {
+            mask |= reg;
+        }
+    }
+    Ok(mask)
+}
+
+/// Locked memory of `pid` in KiB (VmLck).
+fn locked_kib(pid: i32) -> Result<u64> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .map_err(|e| perr(pid, "reading status", e))?;
+    Ok(text
+        .lines()
+        .find_map(|l| l.strip_prefix("VmLck:"))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+        .unwrap_or(0))
+}
+
+/// The mlockall flags in force for future mappings, which /proc does not
+/// show: asked only of a process holding locked memory, by mapping one
+/// page in it and looking whether the page was locked (VmLck grows) and
+/// populated (not with MCL_ONFAULT). The page is unmapped before anything
+/// else happens.
+fn mlock_future(pid: i32, r: &mut Remote) -> Result<u64> {
+    let before = locked_kib(pid)?;
+    if before == 0 {
+        return Ok(0);
+    }
+    let len = PAGE_SIZE;
+    let addr = r.syscall_raw(
+        libc::SYS_mmap,
+        [
+            0,
+            len,
+            libc::PROT_READ as u64,
+            (libc::MAP_PRIVATE | libc::MAP_ANONYMOUS) as u64,
+            u64::MAX,
+            0,
+        ],
+    )?;
+    if addr == -(libc::EAGAIN as i64) {
+        // Locked, and over the task's RLIMIT_MEMLOCK: locked all the same.
+        return Ok(libc::MCL_FUTURE as u64);
+    }
+    if addr < 0 {
+        return Err(perr(
+            pid,
+            "mmap of a probe page",
+            std::io::Error::from_raw_os_error(-addr as i32),
+        ));
+    }
+    let addr = addr as u64;
+    let probe = (|| -> Result<u64> {
+        if locked_kib(pid)? <= before {
+            return Ok(0);
+        }
+        let vec = r.scratch(8)?;
+        r.call(
+            "mincore(probe page)",
+            libc::SYS_mincore,
+            [addr, len, vec, 0, 0, 0],
+        )?;
+        let resident = r.read_mem(vec, 1)?.first().is_some_and(|b| b & 1 != 0);
+        let mut flags = libc::MCL_FUTURE as u64;
+        if !resident {
+            flags |= libc::MCL_ONFAULT as u64;
+        }
+        Ok(flags)
+    })();
+    let unmapped = r.call(
+        "munmap(probe page)",
+        libc::SYS_munmap,
+        [addr, len, 0, 0, 0, 0],
+    );
+    let flags = probe?;
+    unmapped?;
+    Ok(flags)
+}
+
+/// Stages what the mm carries besides its fields: transparent huge pages
+/// disabled for the process, its membarrier registrations, and mlockall's
+/// flags for future mappings.
+pub fn stage_mm_flags(st: &mut Staged, mm: &MmImage) {
+    if mm.thp_disable != 0 {
+        // Bit 0: disabled; bit 1: PR_THP_DISABLE_EXCEPT_ADVISED.
+        st.call(
+            "prctl(PR_SET_THP_DISABLE)",
+            libc::SYS_prctl,
+            [
+                libc::PR_SET_THP_DISABLE as u64,
+                1,
+                mm.thp_disable & 2,
+                0,
+                0,
+                0,
+            ],
+        );
+    }
+    for reg in MEMBARRIER_REGISTER {
+        if mm.membarrier & reg != 0 {
+            st.call(
+                format!("membarrier({reg:#x}): registration"),
+                libc::SYS_membarrier,
+                [reg, 0, 0, 0, 0, 0],
+            );
+        }
+    }
+    if mm.mlock_future != 0 {
+        st.call(
+            "mlockall(future mappings)",
+            libc::SYS_mlockall,
+            [
+                mm.mlock_future & (libc::MCL_FUTURE | libc::MCL_ONFAULT) as u64,
+                0,
+                0,
+                0,
+                0,
+                0,
+            ],
+        );
+    }
 }
 
 pub fn validate(pid: i32, mm: &MmImage) -> Result<()> {

@@ -5,6 +5,7 @@
 //! the address space from outside, through syscalls injected at a trampoline
 //! page mapped where neither the old nor the new layout has anything.
 
+pub mod aio;
 pub(crate) mod buf;
 pub mod live;
 pub mod mm;
@@ -47,41 +48,84 @@ const ADVICE: &[(VmFlags, &str, i32)] = &[
     (VmFlags::HG, "hugepage", libc::MADV_HUGEPAGE),
     (VmFlags::NH, "nohugepage", libc::MADV_NOHUGEPAGE),
     (VmFlags::MG, "mergeable", libc::MADV_MERGEABLE),
+    (VmFlags::SR, "sequential", libc::MADV_SEQUENTIAL),
+    (VmFlags::RR, "random", libc::MADV_RANDOM),
 ];
+
+/// Flags of an area that are not madvise advice: how it was mapped
+/// (`noreserve`, `droppable`) and locked (`locked`, `lockonfault`).
+const NORESERVE: &str = "noreserve";
+pub(crate) const DROPPABLE: &str = "droppable";
+const LOCKED: &str = "locked";
+const LOCKONFAULT: &str = "lockonfault";
+/// A shared file mapping without PROT_WRITE whose file was open for
+/// writing (VM_MAYWRITE): mprotect may add PROT_WRITE later.
+const MAYWRITE: &str = "maywrite";
+/// mmap's MAP_DROPPABLE (Linux 6.11; not in libc yet): a mapping type of
+/// its own, in place of MAP_PRIVATE.
+const MAP_DROPPABLE: u64 = 0x08;
+/// madvise's MADV_GUARD_INSTALL (Linux 6.13; not in libc yet).
+const MADV_GUARD_INSTALL: u64 = 102;
+/// mlock2's flag: lock pages as they fault in.
+const MLOCK_ONFAULT: u64 = 0x01;
+
+/// smaps flags procfs does not know (`lf`: VM_LOCKONFAULT, `dp`:
+/// VM_DROPPABLE), per area in the order of the areas.
+#[derive(Default, Clone, Copy)]
+struct ExtraFlags {
+    lockonfault: bool,
+    droppable: bool,
+}
 
 /// /proc/PID/smaps, parsed for the header line and the `VmFlags` line of
 /// each area only: the other lines (a score of counters per area, most of
 /// the text) are dropped before parsing, which otherwise costs more than
 /// the kernel's writing of them with many areas.
-fn read_smaps(pid: i32) -> Result<procfs::process::MemoryMaps> {
+fn read_smaps(pid: i32) -> Result<(procfs::process::MemoryMaps, Vec<ExtraFlags>)> {
     use procfs::FromBufRead;
     let text = std::fs::read(format!("/proc/{pid}/smaps")).map_err(|e| Error::Process {
         pid,
         reason: format!("reading smaps: {e}"),
     })?;
     let mut kept = Vec::with_capacity(text.len() / 8);
+    let mut extra = Vec::new();
     for line in text.split(|&b| b == b'\n') {
         // A header starts with the area's start address in lower-case hex;
         // every other line with a capitalised key.
         let header = line
             .first()
             .is_some_and(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(b));
+        if header {
+            extra.push(ExtraFlags::default());
+        }
+        if let (Some(flags), Some(x)) = (line.strip_prefix(b"VmFlags:"), extra.last_mut()) {
+            for f in flags.split(|&b| b == b' ') {
+                match f {
+                    b"lf" => x.lockonfault = true,
+                    b"dp" => x.droppable = true,
+                    _ => {}
+                }
+            }
+        }
         if header || line.starts_with(b"VmFlags:") {
             kept.extend_from_slice(line);
             kept.push(b'\n');
         }
     }
-    procfs::process::MemoryMaps::from_buf_read(&kept[..]).map_err(|e| Error::Process {
-        pid,
-        reason: format!("parsing smaps: {e}"),
-    })
+    let maps =
+        procfs::process::MemoryMaps::from_buf_read(&kept[..]).map_err(|e| Error::Process {
+            pid,
+            reason: format!("parsing smaps: {e}"),
+        })?;
+    Ok((maps, extra))
 }
 
 /// Reads the memory areas of `pid` (pages are filled in by `pages::dump`).
 pub fn collect(pid: i32) -> Result<Vec<Vma>> {
-    let maps = read_smaps(pid)?;
+    let (maps, extra) = read_smaps(pid)?;
     let mut out = Vec::new();
-    for m in maps {
+    for (i, m) in maps.into_iter().enumerate() {
+        let x = extra.get(i).copied().unwrap_or_default();
         let (start, end) = m.address;
         let flags = m.extension.vm_flags;
         let shared = m.perms.contains(MMPermissions::SHARED);
@@ -120,7 +164,9 @@ pub fn collect(pid: i32) -> Result<Vec<Vma>> {
             MMapPath::TStack(_) | MMapPath::Anonymous => (VmaKind::Anon, String::new()),
             MMapPath::Path(p) => {
                 let s = p.to_string_lossy().to_string();
-                if shared && shared::is_shared_object(&s) {
+                if shared && s == aio::RING_PATH {
+                    (aio::collect(pid, start, end)?, "[aio]".to_string())
+                } else if shared && shared::is_shared_object(&s) {
                     // Resolved to an object of the image by `shared::Table`.
                     shared_object = Some(SharedRef {
                         object: u32::MAX,
@@ -174,11 +220,27 @@ pub fn collect(pid: i32) -> Result<Vec<Vma>> {
                 detail: name,
             });
         }
-        let advice = ADVICE
+        let mut advice: Vec<String> = ADVICE
             .iter()
             .filter(|(f, _, _)| flags.contains(*f))
             .map(|(_, n, _)| n.to_string())
             .collect();
+        if !special {
+            let own = [
+                (flags.contains(VmFlags::NR), NORESERVE),
+                (x.droppable, DROPPABLE),
+                (flags.contains(VmFlags::LO), LOCKED),
+                (x.lockonfault, LOCKONFAULT),
+                (
+                    shared
+                        && matches!(kind, VmaKind::File { .. })
+                        && !m.perms.contains(MMPermissions::WRITE)
+                        && flags.contains(VmFlags::MW),
+                    MAYWRITE,
+                ),
+            ];
+            advice.extend(own.iter().filter(|(on, _)| *on).map(|(_, n)| n.to_string()));
+        }
         out.push(Vma {
             start,
             end,
@@ -189,6 +251,7 @@ pub fn collect(pid: i32) -> Result<Vec<Vma>> {
             label: name,
             kind,
             pages: Vec::new(),
+            guards: Vec::new(),
             shared_object,
         });
     }
@@ -471,13 +534,19 @@ impl Rebuild {
             prot |= libc::PROT_WRITE as u64;
         }
         let mut flags = libc::MAP_FIXED as u64;
+        let has = |f: &str| v.advice.iter().any(|a| a == f);
         flags |= if v.shared {
             libc::MAP_SHARED as u64
+        } else if has(DROPPABLE) && matches!(v.kind, VmaKind::Anon) {
+            MAP_DROPPABLE
         } else {
             libc::MAP_PRIVATE as u64
         };
         if v.growsdown {
             flags |= libc::MAP_GROWSDOWN as u64;
+        }
+        if has(NORESERVE) {
+            flags |= libc::MAP_NORESERVE as u64;
         }
         if let Some(sr) = v.shared_object {
             let &(base, _) = self.parked.get(&sr.object).ok_or_else(|| Error::Process {
@@ -495,6 +564,13 @@ impl Rebuild {
         }
         let (fd, off) = match &v.kind {
             VmaKind::Special { .. } => return Ok(()),
+            VmaKind::Aio { .. } => {
+                // The ring's contents, in place until `aio::restore` moves
+                // a new ring over them.
+                flags =
+                    libc::MAP_FIXED as u64 | libc::MAP_PRIVATE as u64 | libc::MAP_ANONYMOUS as u64;
+                (u64::MAX, 0)
+            }
             VmaKind::Anon => {
                 flags |= libc::MAP_ANONYMOUS as u64;
                 (u64::MAX, 0)
@@ -534,7 +610,8 @@ impl Rebuild {
                 (*fd, *offset)
             }
             VmaKind::File { path, offset, .. } => {
-                let oflags = if v.shared && v.prot & libc::PROT_WRITE as u32 != 0 {
+                let writable = v.prot & libc::PROT_WRITE as u32 != 0 || has(MAYWRITE);
+                let oflags = if v.shared && writable {
                     libc::O_RDWR
                 } else {
                     libc::O_RDONLY
@@ -557,7 +634,7 @@ impl Rebuild {
     /// Queues the calls that put back an area's protection and madvise flags
     /// (run by `flush`).
     pub fn finish_area(&mut self, v: &Vma) -> Result<()> {
-        if matches!(v.kind, VmaKind::Special { .. }) {
+        if matches!(v.kind, VmaKind::Special { .. } | VmaKind::Aio { .. }) {
             return Ok(());
         }
         let len = v.end - v.start;
@@ -585,6 +662,44 @@ impl Rebuild {
                     None,
                 ));
             }
+        }
+        for &[s, e] in &v.guards {
+            self.pending.push((
+                BatchCall {
+                    what: format!("madvise(MADV_GUARD_INSTALL) of {s:#x}-{e:#x}"),
+                    nr: libc::SYS_madvise,
+                    args: [s, e - s, MADV_GUARD_INSTALL, 0, 0, 0],
+                    may_fail: false,
+                },
+                None,
+            ));
+        }
+        // Locked last, its pages in place: stasis's right to lock memory
+        // (the task is still root here, before its credentials are set)
+        // is not bound by RLIMIT_MEMLOCK, as the dumped task's may have been.
+        if v.advice.iter().any(|a| a == LOCKED) {
+            let onfault = v.advice.iter().any(|a| a == LOCKONFAULT);
+            self.pending.push((
+                BatchCall {
+                    what: format!(
+                        "mlock2{} of area {:#x}-{:#x}",
+                        if onfault { "(MLOCK_ONFAULT)" } else { "" },
+                        v.start,
+                        v.end
+                    ),
+                    nr: libc::SYS_mlock2,
+                    args: [
+                        v.start,
+                        len,
+                        if onfault { MLOCK_ONFAULT } else { 0 },
+                        0,
+                        0,
+                        0,
+                    ],
+                    may_fail: false,
+                },
+                None,
+            ));
         }
         Ok(())
     }

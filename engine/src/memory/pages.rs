@@ -109,16 +109,26 @@ pub fn present_regions(
     start: u64,
     end: u64,
 ) -> sys::Result<Vec<sys::mm::PageRegion>> {
-    use sys::mm::{PAGE_IS_FILE, PAGE_IS_PFNZERO, PAGE_IS_PRESENT, PAGE_IS_SWAPPED};
-    let req = sys::mm::ScanRequest {
+    use sys::mm::{PAGE_IS_FILE, PAGE_IS_GUARD, PAGE_IS_PFNZERO, PAGE_IS_PRESENT, PAGE_IS_SWAPPED};
+    let mut req = sys::mm::ScanRequest {
         start,
         end,
         category_inverted: PAGE_IS_FILE | PAGE_IS_PFNZERO,
         category_mask: PAGE_IS_FILE | PAGE_IS_PFNZERO,
         category_anyof_mask: PAGE_IS_PRESENT | PAGE_IS_SWAPPED,
+        // Guard regions (their markers count as swapped) told apart.
+        return_mask: PAGE_IS_GUARD,
         ..Default::default()
     };
-    sys::mm::pagemap_scan_with(pagemap, &req)
+    match sys::mm::pagemap_scan_with(pagemap, &req) {
+        // Before Linux 6.14 there is no guard category (nor guard regions
+        // to find).
+        Err(e) if e.errno == nix::errno::Errno::EINVAL => {
+            req.return_mask = 0;
+            sys::mm::pagemap_scan_with(pagemap, &req)
+        }
+        other => other,
+    }
 }
 
 /// [`Present::find`] on a thread of its own, started before the areas are
@@ -171,7 +181,7 @@ fn open_pagemap(pid: i32) -> Result<File> {
 /// Which pages of each area to save, as runs (`offset` still 0): private
 /// areas keep their present or swapped pages that are neither the zero page
 /// nor file pages; shared anonymous areas keep every page; shared file
-/// mappings and special mappings keep none. The pages come from `present`
+/// mappings, special mappings and MAP_DROPPABLE areas keep none. The pages come from `present`
 /// (one walk of the whole address space) where given, else from
 /// /proc/PID/pagemap read area by area.
 pub fn scan(pid: i32, vmas: &mut [Vma], present: Option<&Present>) -> Result<()> {
@@ -180,13 +190,19 @@ pub fn scan(pid: i32, vmas: &mut [Vma], present: Option<&Present>) -> Result<()>
     let mut at = 0usize;
     for v in vmas.iter_mut() {
         v.pages.clear();
+        v.guards.clear();
         if v.shared_object.is_some() {
             // Saved once for every process, by `shared`.
             continue;
         }
+        if v.advice.iter().any(|a| a == super::DROPPABLE) {
+            // MAP_DROPPABLE: the kernel may free these pages whenever it
+            // likes; they come back empty, as after such a drop.
+            continue;
+        }
         match (&v.kind, v.shared) {
             (VmaKind::Special { .. }, _) | (VmaKind::File { .. }, true) => continue,
-            (VmaKind::Anon, true) => {
+            (VmaKind::Anon, true) | (VmaKind::Aio { .. }, _) => {
                 v.pages.push(PageRun {
                     addr: v.start,
                     npages: (v.end - v.start) / PAGE_SIZE,
@@ -204,6 +220,10 @@ pub fn scan(pid: i32, vmas: &mut [Vma], present: Option<&Present>) -> Result<()>
                 }
                 for r in regions[at..].iter().take_while(|r| r.start < v.end) {
                     let (s, e) = (r.start.max(v.start), r.end.min(v.end));
+                    if r.categories & sys::mm::PAGE_IS_GUARD != 0 {
+                        v.guards.push([s, e]);
+                        continue;
+                    }
                     v.pages.push(PageRun {
                         addr: s,
                         npages: (e - s) / PAGE_SIZE,
@@ -620,6 +640,17 @@ pub fn files_used(vmas: &[Vma]) -> BTreeSet<u32> {
 pub fn validate(pid: i32, vmas: &[Vma], file_size: impl Fn(u32) -> Option<u64>) -> Result<()> {
     let mut used: Vec<(u32, u64, u64)> = Vec::new();
     for v in vmas {
+        super::aio::validate(pid, v)?;
+        let mut last = v.start;
+        for &[s, e] in &v.guards {
+            if s < last || s >= e || e > v.end || s % PAGE_SIZE != 0 || e % PAGE_SIZE != 0 {
+                return Err(Error::Other(format!(
+                    "image of process {pid}: guard region {s:#x}-{e:#x} lies outside its area {:#x}-{:#x} or out of order",
+                    v.start, v.end
+                )));
+            }
+            last = e;
+        }
         if v.start >= v.end || v.start % PAGE_SIZE != 0 || v.end % PAGE_SIZE != 0 {
             return Err(Error::Other(format!(
                 "image of process {pid}: bad memory area {:#x}-{:#x}",
@@ -1133,6 +1164,7 @@ mod tests {
             shared: false,
             growsdown: false,
             advice: Vec::new(),
+            guards: Vec::new(),
             label: String::new(),
             kind: VmaKind::Anon,
             pages: runs

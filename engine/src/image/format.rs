@@ -619,10 +619,6 @@ pub struct FilesImage {
     pub ghosts: Vec<GhostImage>,
 }
 
-fn is_zero_u64(v: &u64) -> bool {
-    *v == 0
-}
-
 /// A file deleted (unlinked) while open or mapped: saved once however many
 /// descriptions and mappings share its inode, recreated once at restore
 /// (unlinked again) and every description reopened from it.

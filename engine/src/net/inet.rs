@@ -198,11 +198,16 @@ pub(crate) fn collect(
                 // find the port in use), so it comes back unbound.
                 img.ended = info.segs_in() > 0;
             }
-            TCP_ESTABLISHED => {
+            st if tcp_repair::repairable(st) => {
                 let conn = format!("{} -> {}", show(&img.local), show(&img.peer));
                 if !opts_.tcp_established {
+                    let what = if st == TCP_ESTABLISHED {
+                        format!("established TCP connection {conn}")
+                    } else {
+                        format!("TCP connection {conn} in state {}", state_name(st))
+                    };
                     return Err(s.unsupported(
-                        format!("established TCP connection {conn} (dump with --tcp-established to take it)"),
+                        format!("{what} (dump with --tcp-established to take it)"),
                         format!("socket:[{}]", s.img.ino),
                     ));
                 }

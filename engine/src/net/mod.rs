@@ -282,6 +282,14 @@ impl SocketSet {
         // from its peer only).
         inet::refill_udp(sockets, &fds, blobs)?;
         inet::connect_udp(sockets, &fds)?;
+        // The FINs of half-closed and closing connections, once all exist.
+        for s in sockets {
+            if let (Some(i), Some(Some(fd))) = (&s.inet, fds.get(s.id as usize)) {
+                if let Some(t) = &i.tcp {
+                    tcp_repair::restore_fins(s, i, t, fd)?;
+                }
+            }
+        }
         // Established connections leave repair mode once all exist.
         for s in sockets {
             if let (Some(i), Some(Some(fd))) = (&s.inet, fds.get(s.id as usize)) {
@@ -352,8 +360,12 @@ pub fn describe(s: Option<&SocketImage>) -> String {
         d.push_str(&format!(", listening (backlog {})", i.backlog));
     }
     if let Some(t) = &i.tcp {
+        let state = match s.state {
+            inet::TCP_ESTABLISHED => "established".to_string(),
+            st => inet::state_name(st).to_string(),
+        };
         d.push_str(&format!(
-            ", established ({} bytes to send, {} to read)",
+            ", {state} ({} bytes to send, {} to read)",
             t.send_queue.len, t.recv_queue.len
         ));
     }
@@ -502,6 +514,13 @@ pub fn validate(sockets: &[SocketImage], unix_files: &[UnixFile]) -> Result<()> 
                         s.id, d.sender
                     ));
                 }
+            }
+            if i.tcp.is_some() && !tcp_repair::repairable(s.state) {
+                return bad(format!(
+                    "socket {}: a TCP connection in state {}",
+                    s.id,
+                    inet::state_name(s.state)
+                ));
             }
             if i.tcp.is_some() && (i.local.is_none() || i.peer.is_none()) {
                 return bad(format!(

@@ -44,3 +44,63 @@ fn tcp_half_closed_inside() {
     let restored = h.restore(&image);
     h.expect_pass(&restored);
 }
+
+use std::io::Read;
+use std::net::{Ipv4Addr, Shutdown, SocketAddr};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// A profile with a veth on a /30 of its own (10.X.Y.0/30, X from this
+/// process, Y from a counter): the profile's path and the sandbox's address.
+fn veth_profile(h: &Harness) -> (PathBuf, Ipv4Addr) {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let n = NEXT.fetch_add(1, Ordering::Relaxed);
+    let x = 200 + (std::process::id() % 50) as u8;
+    let y = ((n * 4 + 128) % 256) as u8;
+    let host = Ipv4Addr::new(10, x, y, 1);
+    let inside = Ipv4Addr::new(10, x, y, 2);
+    let path = h.root.join("veth.toml");
+    std::fs::write(
+        &path,
+        format!(
+            "[network.veth]\naddress = \"{inside}/30\"\nhost_address = \"{host}/30\"\n\
+             routes = [{{ destination = \"default\", gateway = \"{host}\" }}]\n"
+        ),
+    )
+    .expect("writing the profile");
+    (path, inside)
+}
+
+/// A client on the host sends its request and shuts down writing; the
+/// server in the sandbox is dumped in CLOSE_WAIT with the request unread.
+/// After the restore it reads the request, then end of file, and answers;
+/// the client gets the answer, then the server's FIN, over the same
+/// connection.
+#[test]
+fn tcp_close_wait_host_client() {
+    let h = Harness::new("tcp-closewait");
+    if missing(&h, "tcp_close_wait_host_client", &["tcp-repair"]) {
+        return;
+    }
+    let (profile, inside) = veth_profile(&h);
+    let port = 7010;
+    let argv = h.c_argv("tcp", &["halfserver", &port.to_string()]);
+    let sb = run_with_profile(&h, &profile, &argv);
+    let mut client = tcp_client::TcpClient::connect(SocketAddr::from((inside, port)));
+    client
+        .stream
+        .shutdown(Shutdown::Write)
+        .expect("shutting down the client's writing");
+    h.wait_ready(&sb);
+    let image = h.dump(&sb, &["--tcp-established"]);
+    let restored = h.restore(&image);
+    h.signal(&restored, "TERM");
+    let mut answer = String::new();
+    client
+        .stream
+        .read_to_string(&mut answer)
+        .unwrap_or_else(|e| panic!("reading the answer: {e}\n{}", h.logs(&restored)));
+    assert_eq!(answer, format!("OK {}\n", tcp_client::CLIENT_BYTES));
+    let v = h.verdict(&restored);
+    assert!(v.starts_with("PASS"), "{v}\n{}", h.logs(&restored));
+}

@@ -470,8 +470,46 @@ static int halfclosed(void)
 	return wl_finish();
 }
 
+/* halfserver: accepts one connection (from the test, on the host) whose
+ * client sent CLIENT_BYTES (seed 2) and shut down writing; ready once the
+ * server is in CLOSE_WAIT with the bytes unread. On SIGTERM it finds the
+ * state, the bytes, then end of file, answers "OK <n>\n" and shuts down. */
+static int halfserver(int port)
+{
+	int l = listen_on(AF_INET, "0.0.0.0", port);
+	int s = accept(l, NULL, NULL);
+	must(s >= 0, "accept");
+	await_state(s, 8, "the server");
+	for (int i = 0; i < 2000 && queued(s) < CLIENT_BYTES; i++)
+		wl_sleep_ms(5);
+	if (queued(s) < CLIENT_BYTES) {
+		dprintf(2, "the client's %d bytes did not arrive\n", CLIENT_BYTES);
+		return 2;
+	}
+	wl_write("ready", "1\n");
+	wl_wait_term();
+	expect_state(s, 8, "the server");
+	read_expect(s, CLIENT_BYTES, 2, "the client's bytes");
+	expect_eof(s, "the server");
+	char ok[64];
+	int n = snprintf(ok, sizeof(ok), "OK %d\n", CLIENT_BYTES);
+	if (send(s, ok, (size_t)n, MSG_NOSIGNAL) != n)
+		wl_fail("answering the client: %s", strerror(errno));
+	if (shutdown(s, SHUT_WR) != 0)
+		wl_fail("shutdown: %s", strerror(errno));
+	/* The client acknowledges the answer and the FIN: the connection ends. */
+	for (int i = 0; i < 2000 && tcp_state(s) != 7; i++)
+		wl_sleep_ms(5);
+	expect_state(s, 7, "the server at the end");
+	return wl_finish();
+}
+
 int main(int argc, char **argv)
 {
+	if (argc > 2 && !strcmp(argv[1], "halfserver")) {
+		wl_init(argc, argv, 3);
+		return halfserver(atoi(argv[2]));
+	}
 	if (argc > 1 && !strcmp(argv[1], "halfclosed")) {
 		wl_init(argc, argv, 2);
 		return halfclosed();
@@ -484,6 +522,6 @@ int main(int argc, char **argv)
 		wl_init(argc, argv, 3);
 		return server(atoi(argv[2]));
 	}
-	dprintf(2, "usage: tcp loopback DIR | tcp halfclosed DIR | tcp server PORT DIR\n");
+	dprintf(2, "usage: tcp loopback DIR | tcp halfclosed DIR | tcp halfserver PORT DIR | tcp server PORT DIR\n");
 	return 2;
 }

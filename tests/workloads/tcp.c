@@ -20,6 +20,7 @@
 #include "wl.h"
 
 #include <arpa/inet.h>
+#include <fcntl.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
 #include <poll.h>
@@ -504,8 +505,68 @@ static int halfserver(int port)
 	return wl_finish();
 }
 
+/* synsent: a non-blocking connect to HOST:PORT (a listener of the test's
+ * whose accept queue is full, so the SYN gets no answer): ready once in
+ * SYN_SENT. On SIGTERM (the test has made room) the connect completes
+ * within 10 s; the workload sends "HELLO\n" and expects "OK\n". */
+static int synsent(const char *host, int port)
+{
+	struct sockaddr_in a = { .sin_family = AF_INET, .sin_port = htons((uint16_t)port) };
+	must(inet_pton(AF_INET, host, &a.sin_addr) == 1, "inet_pton");
+	int c = socket(AF_INET, SOCK_STREAM | SOCK_NONBLOCK, 0);
+	must(c >= 0, "socket");
+	must(connect(c, (struct sockaddr *)&a, sizeof(a)) < 0 && errno == EINPROGRESS, "connect in progress");
+	await_state(c, 2, "the client");
+	wl_write("ready", "1\n");
+	wl_wait_term();
+	struct pollfd p = { .fd = c, .events = POLLOUT };
+	if (poll(&p, 1, 10000) != 1) {
+		wl_fail("the connect did not complete within 10 s (state %s)", state_str(tcp_state(c)));
+		return wl_finish();
+	}
+	int err = -1;
+	socklen_t l = sizeof(err);
+	if (getsockopt(c, SOL_SOCKET, SO_ERROR, &err, &l) != 0 || err != 0) {
+		wl_fail("the connect failed: %s", strerror(err));
+		return wl_finish();
+	}
+	expect_state(c, 1, "the client");
+	struct sockaddr_in peer;
+	l = sizeof(peer);
+	if (getpeername(c, (struct sockaddr *)&peer, &l) != 0 || peer.sin_port != a.sin_port ||
+	    peer.sin_addr.s_addr != a.sin_addr.s_addr)
+		wl_fail("getpeername does not give %s:%d", host, port);
+	int fl = fcntl(c, F_GETFL);
+	if (!(fl & O_NONBLOCK))
+		wl_fail("the socket lost O_NONBLOCK");
+	if (send(c, "HELLO\n", 6, MSG_NOSIGNAL) != 6)
+		wl_fail("sending: %s", strerror(errno));
+	char ans[8] = { 0 };
+	size_t have = 0;
+	while (have < 3) {
+		p.events = POLLIN;
+		if (poll(&p, 1, 10000) != 1) {
+			wl_fail("no answer within 10 s");
+			break;
+		}
+		ssize_t r = recv(c, ans + have, 3 - have, 0);
+		if (r <= 0) {
+			wl_fail("reading the answer: %s", r ? strerror(errno) : "end of file");
+			break;
+		}
+		have += (size_t)r;
+	}
+	if (have == 3 && memcmp(ans, "OK\n", 3) != 0)
+		wl_fail("answer %.3s, expected OK", ans);
+	return wl_finish();
+}
+
 int main(int argc, char **argv)
 {
+	if (argc > 3 && !strcmp(argv[1], "synsent")) {
+		wl_init(argc, argv, 4);
+		return synsent(argv[2], atoi(argv[3]));
+	}
 	if (argc > 2 && !strcmp(argv[1], "halfserver")) {
 		wl_init(argc, argv, 3);
 		return halfserver(atoi(argv[2]));
@@ -522,6 +583,6 @@ int main(int argc, char **argv)
 		wl_init(argc, argv, 3);
 		return server(atoi(argv[2]));
 	}
-	dprintf(2, "usage: tcp loopback DIR | tcp halfclosed DIR | tcp halfserver PORT DIR | tcp server PORT DIR\n");
+	dprintf(2, "usage: tcp loopback DIR | tcp halfclosed DIR | tcp halfserver PORT DIR | tcp synsent HOST PORT DIR | tcp server PORT DIR\n");
 	return 2;
 }

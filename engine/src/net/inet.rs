@@ -211,6 +211,20 @@ pub(crate) fn collect(
                         format!("socket:[{}]", s.img.ino),
                     ));
                 }
+                if img.peer.is_none() {
+                    // A connect in progress has no peer getpeername shows.
+                    img.peer =
+                        proc_peer(s.host_pid, s.img.ino, s.img.family).map(|a| a.to_string());
+                }
+                if img.peer.is_none() {
+                    return Err(s.unsupported(
+                        format!(
+                            "TCP connection from {} whose peer address was not found",
+                            show(&img.local)
+                        ),
+                        format!("socket:[{}]", s.img.ino),
+                    ));
+                }
                 if let Some(h) = &opts_.veth_host {
                     repair.lock_network(h)?;
                 }
@@ -243,6 +257,40 @@ pub(crate) fn collect(
     }
     s.img.inet = Some(img);
     Ok(())
+}
+
+/// The remote address of TCP socket `ino` as /proc/PID/net/tcp(6) of a
+/// process of its namespace lists it.
+fn proc_peer(host_pid: i32, ino: u64, family: i32) -> Option<SocketAddr> {
+    let file = if family == libc::AF_INET6 {
+        "tcp6"
+    } else {
+        "tcp"
+    };
+    let text = std::fs::read_to_string(format!("/proc/{host_pid}/net/{file}")).ok()?;
+    let ino = ino.to_string();
+    let line = text
+        .lines()
+        .skip(1)
+        .find(|l| l.split_whitespace().nth(9) == Some(ino.as_str()))?;
+    let (addr, port) = line.split_whitespace().nth(2)?.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    // Each 32-bit word of the address is printed as a number in the host's
+    // byte order.
+    let mut bytes = Vec::with_capacity(16);
+    for i in (0..addr.len()).step_by(8) {
+        let w = u32::from_str_radix(addr.get(i..i + 8)?, 16).ok()?;
+        bytes.extend_from_slice(&w.to_ne_bytes());
+    }
+    let ip: std::net::IpAddr = match bytes.len() {
+        4 => Ipv4Addr::from(<[u8; 4]>::try_from(bytes).ok()?).into(),
+        16 => {
+            let v6 = Ipv6Addr::from(<[u8; 16]>::try_from(bytes).ok()?);
+            v6.to_ipv4_mapped().map(Into::into).unwrap_or(v6.into())
+        }
+        _ => return None,
+    };
+    Some(SocketAddr::new(ip, port))
 }
 
 /// The datagrams queued on a UDP socket with their sources, walked with

@@ -55,6 +55,7 @@ const TCPI_OPT_SACK: u8 = 2;
 const TCPI_OPT_WSCALE: u8 = 4;
 const SIOCOUTQNSD: libc::c_ulong = 0x894B;
 
+const SYN_SENT: u8 = 2;
 const FIN_WAIT1: u8 = 4;
 const FIN_WAIT2: u8 = 5;
 const CLOSE_WAIT: u8 = 8;
@@ -65,7 +66,7 @@ const CLOSING: u8 = 11;
 pub fn repairable(state: u8) -> bool {
     matches!(
         state,
-        inet::TCP_ESTABLISHED | FIN_WAIT1 | FIN_WAIT2 | CLOSE_WAIT | LAST_ACK | CLOSING
+        inet::TCP_ESTABLISHED | SYN_SENT | FIN_WAIT1 | FIN_WAIT2 | CLOSE_WAIT | LAST_ACK | CLOSING
     )
 }
 
@@ -238,6 +239,20 @@ fn collect(s: &Seen, blobs: &mut PageSink) -> Result<TcpConnImage> {
             format!("socket:[{}]", s.img.ino),
         ));
     }
+    if state == SYN_SENT {
+        // A connect in progress: only its initial sequence number (the SYN
+        // takes it; nothing is queued, nothing was negotiated yet).
+        opts::set_int(fd, tcp, TCP_REPAIR_QUEUE, TCP_SEND_QUEUE)
+            .map_err(|e| err("TCP_REPAIR_QUEUE", e))?;
+        let write_seq =
+            opts::get_int(fd, tcp, TCP_QUEUE_SEQ).map_err(|e| err("TCP_QUEUE_SEQ", e))? as u32;
+        opts::set_int(fd, tcp, TCP_REPAIR_QUEUE, TCP_NO_QUEUE)
+            .map_err(|e| err("TCP_REPAIR_QUEUE", e))?;
+        return Ok(TcpConnImage {
+            snd_seq: write_seq.wrapping_sub(1),
+            ..Default::default()
+        });
+    }
     let mss = opts::get_int(fd, tcp, libc::TCP_MAXSEG).map_err(|e| err("TCP_MAXSEG", e))?;
     let timestamp = opts::get_int(fd, tcp, TCP_TIMESTAMP).map_err(|e| err("TCP_TIMESTAMP", e))?;
     let mut win = [0u8; 20];
@@ -355,6 +370,9 @@ pub(crate) fn restore(
         .map_err(|e| ctx("IPV6_V6ONLY", e))?;
     }
     inet::bind(raw, &local, s.family, &what)?;
+    if s.state == SYN_SENT {
+        return connect_again(fd, &peer, s.family, &what);
+    }
     inet::connect(raw, &peer, s.family, &what)?;
     let mut ropts: Vec<(u32, u32)> = vec![(TCPOPT_MSS, t.mss)];
     if t.wscale_ok {
@@ -447,6 +465,14 @@ pub(crate) fn go_live(
         i.peer.as_deref().unwrap_or("?")
     );
     let raw = fd.as_raw_fd();
+    if s.state == SYN_SENT {
+        // Out of repair mode since its connect.
+        opts::restore(raw, &s.opts, s.family, s.sock_type)
+            .map_err(|e| Error::Other(format!("{what}: {e}")))?;
+        opts::restore_late(raw, &s.opts, s.sock_type, true)
+            .map_err(|e| Error::Other(format!("{what}: {e}")))?;
+        return Ok(());
+    }
     opts::set_int(raw, libc::IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF).map_err(|e| Error::Io {
         what: format!("{what}: leaving TCP_REPAIR"),
         cause: e,
@@ -694,4 +720,42 @@ impl Segment {
         }
         Ok(())
     }
+}
+
+/// A connect in progress (SYN_SENT), bound and given its initial sequence
+/// number in repair mode: out of repair mode, a non-blocking connect sends
+/// the SYN again with the same sequence number, and the kernel goes on
+/// retransmitting it until the peer answers.
+fn connect_again(
+    fd: OwnedFd,
+    peer: &std::net::SocketAddr,
+    family: i32,
+    what: &str,
+) -> Result<OwnedFd> {
+    let raw = fd.as_raw_fd();
+    opts::set_int(raw, libc::IPPROTO_TCP, TCP_REPAIR, TCP_REPAIR_OFF_NO_WP).map_err(|e| {
+        Error::Io {
+            what: format!("{what}: leaving TCP_REPAIR"),
+            cause: e,
+        }
+    })?;
+    // SAFETY: F_SETFL on our socket (its flags are set as recorded when it
+    // is handed out).
+    if unsafe { libc::fcntl(raw, libc::F_SETFL, libc::O_NONBLOCK) } < 0 {
+        return Err(Error::Io {
+            what: format!("{what}: O_NONBLOCK"),
+            cause: std::io::Error::last_os_error(),
+        });
+    }
+    let (st, len) = inet::to_raw(peer, family);
+    // SAFETY: connect with a sockaddr we built.
+    let r = unsafe { libc::connect(raw, (&st as *const libc::sockaddr_storage).cast(), len) };
+    let e = std::io::Error::last_os_error();
+    if r < 0 && e.raw_os_error() != Some(libc::EINPROGRESS) {
+        return Err(Error::Io {
+            what: format!("{what}: connecting to {peer} again"),
+            cause: e,
+        });
+    }
+    Ok(fd)
 }

@@ -198,3 +198,52 @@ fn inside_of(host: Ipv4Addr) -> Ipv4Addr {
     let o = host.octets();
     Ipv4Addr::new(o[0], o[1], o[2], o[3] + 1)
 }
+
+/// Connections of the tree waiting in listeners' accept queues (IPv4 and
+/// IPv6) come back queued: the restored listeners accept them, from the
+/// same clients, and they carry messages both ways.
+#[test]
+fn tcp_waiting_in_accept_queue() {
+    let h = Harness::new("tcp-unaccepted");
+    if missing(&h, "tcp_waiting_in_accept_queue", &["tcp-repair"]) {
+        return;
+    }
+    let sb = h.start_c("tcp", &["unaccepted"]);
+    let out = h.dump_raw(&sb, &h.image_path(), &[]);
+    assert!(
+        !out.status.success(),
+        "dump without --tcp-established: {}",
+        describe(&out)
+    );
+    let image = h.dump(&sb, &["--tcp-established"]);
+    let restored = h.restore(&image);
+    h.expect_pass(&restored);
+}
+
+/// A waiting connection whose client already sent a request is refused
+/// (its bytes could be read only by accepting it), naming the listener and
+/// the client; the workload goes on and accepts it.
+#[test]
+fn tcp_waiting_with_data_refused() {
+    let h = Harness::new("tcp-unaccepted-data");
+    if missing(&h, "tcp_waiting_with_data_refused", &["tcp-repair"]) {
+        return;
+    }
+    let sb = h.start_c("tcp", &["unaccepted", "data"]);
+    let image = h.image_path();
+    let out = h.dump_raw(&sb, &image, &["--tcp-established"]);
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "dump succeeded: {}", describe(&out));
+    for w in [
+        "listening on 127.0.0.1:",
+        "waiting to be accepted",
+        "100 bytes",
+    ] {
+        assert!(err.contains(w), "the refusal does not mention {w:?}: {err}");
+    }
+    assert!(
+        !image.join("manifest.json").exists(),
+        "a refused dump left an image"
+    );
+    h.expect_pass(&sb);
+}

@@ -561,8 +561,92 @@ static int synsent(const char *host, int port)
 	return wl_finish();
 }
 
+/* unaccepted: two IPv4 clients and one IPv6 client connect to listeners
+ * of the same process that do not accept them yet (ready once the
+ * listeners' queues hold them). With `data` as the next argument, the first
+ * client also sends a request the listener's end holds. On SIGTERM the
+ * listeners accept them all, each accepted connection's peer is one of the
+ * clients, and a message goes each way over each. */
+static int listen_queue(int l)
+{
+	struct tcp_info ti;
+	socklen_t len = sizeof(ti);
+	if (getsockopt(l, IPPROTO_TCP, TCP_INFO, &ti, &len) != 0)
+		return -1;
+	return (int)ti.tcpi_unacked;
+}
+
+static void exchange(int l, int *c, int nc, const char *what)
+{
+	for (int k = 0; k < nc; k++) {
+		struct pollfd p = { .fd = l, .events = POLLIN };
+		if (poll(&p, 1, 10000) != 1) {
+			wl_fail("%s: connection %d of %d not accepted within 10 s", what, k + 1, nc);
+			return;
+		}
+		struct sockaddr_storage from;
+		socklen_t fl = sizeof(from);
+		int s = accept(l, (struct sockaddr *)&from, &fl);
+		if (s < 0) {
+			wl_fail("%s: accept: %s", what, strerror(errno));
+			return;
+		}
+		int which = -1;
+		for (int i = 0; i < nc; i++) {
+			struct sockaddr_storage a;
+			socklen_t al = sizeof(a);
+			if (getsockname(c[i], (struct sockaddr *)&a, &al) == 0 && al == fl && !memcmp(&a, &from, al))
+				which = i;
+		}
+		if (which < 0) {
+			wl_fail("%s: accepted a connection from no client of ours", what);
+			return;
+		}
+		write_all(c[which], 64, 60 + which);
+		read_expect(s, 64, 60 + which, "a client's message");
+		write_all(s, 32, 70 + which);
+		read_expect(c[which], 32, 70 + which, "the server's answer");
+		close(s);
+	}
+}
+
+static int unaccepted(int data)
+{
+	int l4 = listen_on(AF_INET, "127.0.0.1", 0), l6 = listen_on(AF_INET6, "::1", 0);
+	int c4[2] = { connect_to(l4), connect_to(l4) };
+	int c6[1] = { connect_to(l6) };
+	if (data)
+		write_all(c4[0], 100, 80);
+	for (int i = 0; i < 2000 && (listen_queue(l4) != 2 || listen_queue(l6) != 1); i++)
+		wl_sleep_ms(5);
+	if (listen_queue(l4) != 2 || listen_queue(l6) != 1) {
+		dprintf(2, "setup: the listeners' queues hold %d and %d connections\n", listen_queue(l4), listen_queue(l6));
+		return 2;
+	}
+	wl_write("ready", "1\n");
+	wl_wait_term();
+	if (listen_queue(l4) != 2 || listen_queue(l6) != 1)
+		wl_fail("the listeners' queues hold %d and %d connections, expected 2 and 1", listen_queue(l4),
+			listen_queue(l6));
+	if (data) {
+		/* The request is what the accepted connection reads first. */
+		int s = accept(l4, NULL, NULL);
+		read_expect(s, 100, 80, "the queued request");
+		close(s);
+		return wl_finish();
+	}
+	exchange(l4, c4, 2, "IPv4 listener");
+	exchange(l6, c6, 1, "IPv6 listener");
+	return wl_finish();
+}
+
 int main(int argc, char **argv)
 {
+	if (argc > 1 && !strcmp(argv[1], "unaccepted")) {
+		int data = argc > 2 && !strcmp(argv[2], "data");
+		wl_init(argc, argv, data ? 3 : 2);
+		return unaccepted(data);
+	}
 	if (argc > 3 && !strcmp(argv[1], "synsent")) {
 		wl_init(argc, argv, 4);
 		return synsent(argv[2], atoi(argv[3]));
@@ -583,6 +667,6 @@ int main(int argc, char **argv)
 		wl_init(argc, argv, 3);
 		return server(atoi(argv[2]));
 	}
-	dprintf(2, "usage: tcp loopback DIR | tcp halfclosed DIR | tcp halfserver PORT DIR | tcp synsent HOST PORT DIR | tcp server PORT DIR\n");
+	dprintf(2, "usage: tcp loopback DIR | tcp halfclosed DIR | tcp halfserver PORT DIR | tcp synsent HOST PORT DIR | tcp unaccepted [data] DIR | tcp server PORT DIR\n");
 	return 2;
 }

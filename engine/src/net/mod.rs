@@ -53,6 +53,8 @@ pub(crate) struct Seen {
     pub unix_vfs: Option<u64>,
     /// UDP: the queued datagrams (source, data), resolved by `finish`.
     pub udp_queue: Vec<(std::net::SocketAddr, Vec<u8>)>,
+    /// TCP listener: the connections waiting in its accept queue.
+    pub tcp_waiting: Vec<inet::Waiting>,
 }
 
 impl Seen {
@@ -180,6 +182,7 @@ impl SocketTable {
             host_pid,
             unix_vfs: None,
             udp_queue: Vec::new(),
+            tcp_waiting: Vec::new(),
         };
         let kind_name = match (family, sock_type) {
             (libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_DGRAM | libc::SOCK_SEQPACKET) => None,
@@ -240,6 +243,7 @@ impl SocketTable {
             Vec::new()
         };
         tcp_repair::finish(&mut self.seen, blobs)?;
+        inet::finish_waiting(&mut self.seen)?;
         inet::finish_udp(&mut self.seen, blobs)?;
         Ok((self.seen.iter().map(|s| s.img.clone()).collect(), files))
     }
@@ -514,6 +518,16 @@ pub fn validate(sockets: &[SocketImage], unix_files: &[UnixFile]) -> Result<()> 
                         s.id, d.sender
                     ));
                 }
+            }
+            let empty =
+                |t: &crate::image::TcpConnImage| t.send_queue.len == 0 && t.recv_queue.len == 0;
+            if i.reconnect
+                && !(s.state == inet::TCP_ESTABLISHED && i.tcp.as_ref().is_some_and(empty))
+            {
+                return bad(format!(
+                    "socket {}: connecting again a socket that is not an established connection with empty queues",
+                    s.id
+                ));
             }
             if i.tcp.is_some() && !tcp_repair::repairable(s.state) {
                 return bad(format!(

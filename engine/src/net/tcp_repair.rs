@@ -355,6 +355,15 @@ pub(crate) fn restore(
     let fd = inet::new_socket(s.family, libc::SOCK_STREAM)?;
     let raw = fd.as_raw_fd();
     let tcp = libc::IPPROTO_TCP;
+    if i.reconnect {
+        // Waiting in a listener's accept queue: a real handshake with the
+        // restored listener (made before any connection) queues it again.
+        opts::restore(raw, &s.opts, s.family, s.sock_type)
+            .map_err(|e| Error::Other(format!("{what}: {e}")))?;
+        inet::bind(raw, &local, s.family, &what)?;
+        inet::connect(raw, &peer, s.family, &what)?;
+        return Ok(fd);
+    }
     opts::set_int(raw, tcp, TCP_REPAIR, TCP_REPAIR_ON).map_err(|e| ctx("TCP_REPAIR", e))?;
     for (q, seq) in [(TCP_RECV_QUEUE, t.rcv_seq), (TCP_SEND_QUEUE, t.snd_seq)] {
         opts::set_int(raw, tcp, TCP_REPAIR_QUEUE, q).map_err(|e| ctx("TCP_REPAIR_QUEUE", e))?;
@@ -465,7 +474,7 @@ pub(crate) fn go_live(
         i.peer.as_deref().unwrap_or("?")
     );
     let raw = fd.as_raw_fd();
-    if s.state == SYN_SENT {
+    if s.state == SYN_SENT || i.reconnect {
         // Out of repair mode since its connect.
         opts::restore(raw, &s.opts, s.family, s.sock_type)
             .map_err(|e| Error::Other(format!("{what}: {e}")))?;

@@ -1,9 +1,10 @@
 //! TCP and UDP sockets: unbound, bound, listening (with their backlog),
 //! connected UDP, and established TCP connections (see `tcp_repair`).
 //!
-//! A listening socket with connections waiting to be accepted is refused:
-//! those connections have no socket a program holds, and TCP_REPAIR cannot
-//! put a connection back into a listener's queue. Datagrams queued on a UDP
+//! A listening socket's waiting connections have no socket a program holds,
+//! and TCP_REPAIR cannot put a connection back into a listener's queue:
+//! one whose client is a quiet TCP socket of the tree is restored by
+//! connecting that client again (`finish_waiting`); others are refused. Datagrams queued on a UDP
 //! socket are carried when a socket of the tree sent them (it sends them
 //! again at restore, before UDP sockets connect); others are not (UDP may
 //! lose datagrams; the image counts them).

@@ -247,3 +247,17 @@ fn tcp_waiting_with_data_refused() {
     );
     h.expect_pass(&sb);
 }
+
+/// A dump with --leave-running takes the half-closed and closing
+/// connections out of repair mode untouched: the workload goes on with
+/// every state, byte and end of file where it was.
+#[test]
+fn tcp_half_closed_leave_running() {
+    let h = Harness::new("tcp-half-live");
+    if missing(&h, "tcp_half_closed_leave_running", &["tcp-repair"]) {
+        return;
+    }
+    let sb = h.start_c("tcp", &["halfclosed"]);
+    h.dump(&sb, &["--tcp-established", "--leave-running"]);
+    h.expect_pass(&sb);
+}

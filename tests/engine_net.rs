@@ -387,7 +387,8 @@ fn redis_server() {
     }
     assert_eq!(redis(addr, &[words(&["DBSIZE"])]), [format!(":{n}")]);
     // Dump an idle server: until redis has closed its side of the loader's
-    // connections they sit in CLOSE_WAIT, which the engine refuses.
+    // connections they sit in CLOSE_WAIT, which a dump without
+    // --tcp-established refuses.
     let init = h
         .ps_json()
         .as_array()

@@ -309,6 +309,16 @@ fn selfcheck_tcp_loopback() {
     selfcheck("tcp", c_workload("tcp", &["loopback"]));
 }
 
+#[test]
+fn selfcheck_tcp_halfclosed() {
+    selfcheck("tcp-half", c_workload("tcp", &["halfclosed"]));
+}
+
+#[test]
+fn selfcheck_tcp_unaccepted() {
+    selfcheck("tcp-unaccepted", c_workload("tcp", &["unaccepted"]));
+}
+
 /// `tcp server` needs its client: the steps of the tests, without a dump.
 #[test]
 fn selfcheck_tcp_server() {

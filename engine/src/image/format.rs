@@ -948,6 +948,11 @@ pub struct InetSocketImage {
     /// unbound, as a fresh socket.
     #[serde(default)]
     pub ended: bool,
+    /// A connection of the tree waiting in a listener's accept queue (this
+    /// is its client end): restored by connecting to the restored listener
+    /// again, which puts the listener's end back in its queue.
+    #[serde(default)]
+    pub reconnect: bool,
 }
 
 /// A datagram queued on a UDP socket, sent by socket `sender` of the tree.

@@ -1,9 +1,10 @@
 //! TCP and UDP sockets: unbound, bound, listening (with their backlog),
 //! connected UDP, and established TCP connections (see `tcp_repair`).
 //!
-//! A listening socket with connections waiting to be accepted is refused:
-//! those connections have no socket a program holds, and TCP_REPAIR cannot
-//! put a connection back into a listener's queue. Datagrams queued on a UDP
+//! A listening socket's waiting connections have no socket a program holds,
+//! and TCP_REPAIR cannot put a connection back into a listener's queue:
+//! one whose client is a quiet TCP socket of the tree is restored by
+//! connecting that client again (`finish_waiting`); others are refused. Datagrams queued on a UDP
 //! socket are carried when a socket of the tree sent them (it sends them
 //! again at restore, before UDP sockets connect); others are not (UDP may
 //! lose datagrams; the image counts them).
@@ -179,7 +180,10 @@ pub(crate) fn collect(
         match info.state() {
             TCP_LISTEN => {
                 img.backlog = info.sacked();
-                if info.unacked() > 0 {
+                if info.unacked() > 0 && opts_.tcp_established {
+                    s.tcp_waiting = proc_waiting(s.host_pid, s.img.family, local);
+                }
+                if info.unacked() > 0 && s.tcp_waiting.len() != info.unacked() as usize {
                     return Err(s.unsupported(
                         format!(
                             "TCP socket listening on {} has {} connections waiting to be accepted",
@@ -198,11 +202,30 @@ pub(crate) fn collect(
                 // find the port in use), so it comes back unbound.
                 img.ended = info.segs_in() > 0;
             }
-            TCP_ESTABLISHED => {
+            st if tcp_repair::repairable(st) => {
                 let conn = format!("{} -> {}", show(&img.local), show(&img.peer));
                 if !opts_.tcp_established {
+                    let what = if st == TCP_ESTABLISHED {
+                        format!("established TCP connection {conn}")
+                    } else {
+                        format!("TCP connection {conn} in state {}", state_name(st))
+                    };
                     return Err(s.unsupported(
-                        format!("established TCP connection {conn} (dump with --tcp-established to take it)"),
+                        format!("{what} (dump with --tcp-established to take it)"),
+                        format!("socket:[{}]", s.img.ino),
+                    ));
+                }
+                if img.peer.is_none() {
+                    // A connect in progress has no peer getpeername shows.
+                    img.peer =
+                        proc_peer(s.host_pid, s.img.ino, s.img.family).map(|a| a.to_string());
+                }
+                if img.peer.is_none() {
+                    return Err(s.unsupported(
+                        format!(
+                            "TCP connection from {} whose peer address was not found",
+                            show(&img.local)
+                        ),
                         format!("socket:[{}]", s.img.ino),
                     ));
                 }
@@ -238,6 +261,147 @@ pub(crate) fn collect(
     }
     s.img.inet = Some(img);
     Ok(())
+}
+
+/// A connection waiting in a listener's accept queue: its addresses (as
+/// the listener's end sees them) and the bytes its client sent.
+#[derive(Debug, Clone)]
+pub struct Waiting {
+    pub local: SocketAddr,
+    pub remote: SocketAddr,
+    pub received: u64,
+}
+
+/// An address with a v4-mapped IPv6 address as IPv4, for comparing.
+fn plain(a: SocketAddr) -> SocketAddr {
+    match a {
+        SocketAddr::V6(v6) => match v6.ip().to_ipv4_mapped() {
+            Some(v4) => SocketAddr::from((v4, v6.port())),
+            None => a,
+        },
+        a => a,
+    }
+}
+
+/// Parses an address of /proc/net/tcp(6): each 32-bit word printed as a
+/// number in the host's byte order, then the port.
+fn proc_addr(field: &str) -> Option<SocketAddr> {
+    let (addr, port) = field.split_once(':')?;
+    let port = u16::from_str_radix(port, 16).ok()?;
+    let mut bytes = Vec::with_capacity(16);
+    for i in (0..addr.len()).step_by(8) {
+        let w = u32::from_str_radix(addr.get(i..i + 8)?, 16).ok()?;
+        bytes.extend_from_slice(&w.to_ne_bytes());
+    }
+    let ip: std::net::IpAddr = match bytes.len() {
+        4 => Ipv4Addr::from(<[u8; 4]>::try_from(bytes).ok()?).into(),
+        16 => Ipv6Addr::from(<[u8; 16]>::try_from(bytes).ok()?).into(),
+        _ => return None,
+    };
+    Some(plain(SocketAddr::new(ip, port)))
+}
+
+/// The connections waiting in the accept queue of the listener bound to
+/// `local`: established sockets on its port that no file holds (inode 0).
+fn proc_waiting(host_pid: i32, family: i32, local: Option<SocketAddr>) -> Vec<Waiting> {
+    let Some(local) = local.map(plain) else {
+        return Vec::new();
+    };
+    let file = if family == libc::AF_INET6 {
+        "tcp6"
+    } else {
+        "tcp"
+    };
+    let Ok(text) = std::fs::read_to_string(format!("/proc/{host_pid}/net/{file}")) else {
+        return Vec::new();
+    };
+    let mut out = Vec::new();
+    for l in text.lines().skip(1) {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.len() < 10 || f[9] != "0" || f[3] != "01" {
+            continue;
+        }
+        let (Some(me), Some(remote)) = (proc_addr(f[1]), proc_addr(f[2])) else {
+            continue;
+        };
+        let rx = f[4]
+            .split_once(':')
+            .and_then(|(_, rx)| u64::from_str_radix(rx, 16).ok())
+            .unwrap_or(u64::MAX);
+        let ours =
+            me.port() == local.port() && (local.ip().is_unspecified() || me.ip() == local.ip());
+        if ours {
+            out.push(Waiting {
+                local: me,
+                remote,
+                received: rx,
+            });
+        }
+    }
+    out
+}
+
+/// Resolves the connections waiting in the listeners' accept queues: each
+/// must come from a TCP socket of the tree and hold nothing it sent (the
+/// listener's end can be read only once accepted, which would change the
+/// program's state); its client is then restored by connecting again.
+pub(crate) fn finish_waiting(seen: &mut [Seen]) -> Result<()> {
+    for li in 0..seen.len() {
+        let waiting = std::mem::take(&mut seen[li].tcp_waiting);
+        for w in &waiting {
+            let client = seen.iter().position(|c| {
+                let i = c.img.inet.as_ref();
+                let addr = |a: Option<&String>| a.and_then(|a| a.parse().ok()).map(plain);
+                c.img.sock_type == libc::SOCK_STREAM
+                    && addr(i.and_then(|i| i.local.as_ref())) == Some(w.remote)
+                    && addr(i.and_then(|i| i.peer.as_ref())) == Some(w.local)
+            });
+            let l = &seen[li];
+            let listener = show(&l.img.inet.as_ref().and_then(|i| i.local.clone()));
+            let why = match client.map(|c| &seen[c]) {
+                None => Some("its client is outside the sandbox's tree".to_string()),
+                Some(_) if w.received > 0 => {
+                    Some(format!("it holds {} bytes its client sent", w.received))
+                }
+                Some(c) => {
+                    let t = c.img.inet.as_ref().and_then(|i| i.tcp.as_ref());
+                    let quiet = c.img.state == TCP_ESTABLISHED
+                        && t.is_some_and(|t| t.send_queue.len == 0 && t.recv_queue.len == 0);
+                    (!quiet).then(|| "its client has data queued or has shut down".to_string())
+                }
+            };
+            if let Some(why) = why {
+                return Err(l.unsupported(
+                    format!(
+                        "TCP socket listening on {listener} has a connection from {} waiting to be accepted: {why} (it could be read only by accepting it)",
+                        w.remote
+                    ),
+                    format!("socket:[{}]", l.img.ino),
+                ));
+            }
+            if let Some(i) = client.and_then(|c| seen[c].img.inet.as_mut()) {
+                i.reconnect = true;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// The remote address of TCP socket `ino` as /proc/PID/net/tcp(6) of a
+/// process of its namespace lists it.
+fn proc_peer(host_pid: i32, ino: u64, family: i32) -> Option<SocketAddr> {
+    let file = if family == libc::AF_INET6 {
+        "tcp6"
+    } else {
+        "tcp"
+    };
+    let text = std::fs::read_to_string(format!("/proc/{host_pid}/net/{file}")).ok()?;
+    let ino = ino.to_string();
+    let line = text
+        .lines()
+        .skip(1)
+        .find(|l| l.split_whitespace().nth(9) == Some(ino.as_str()))?;
+    proc_addr(line.split_whitespace().nth(2)?)
 }
 
 /// The datagrams queued on a UDP socket with their sources, walked with

@@ -54,6 +54,8 @@ pub(crate) struct Seen {
     pub unix_vfs: Option<u64>,
     /// UDP: the queued datagrams (source, data), resolved by `finish`.
     pub udp_queue: Vec<(std::net::SocketAddr, Vec<u8>)>,
+    /// TCP listener: the connections waiting in its accept queue.
+    pub tcp_waiting: Vec<inet::Waiting>,
 }
 
 impl Seen {
@@ -182,6 +184,7 @@ impl SocketTable {
             host_pid,
             unix_vfs: None,
             udp_queue: Vec::new(),
+            tcp_waiting: Vec::new(),
         };
         let kind_name = match (family, sock_type) {
             (libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_DGRAM | libc::SOCK_SEQPACKET) => None,
@@ -244,6 +247,7 @@ impl SocketTable {
             Vec::new()
         };
         tcp_repair::finish(&mut self.seen, blobs)?;
+        inet::finish_waiting(&mut self.seen)?;
         inet::finish_udp(&mut self.seen, blobs)?;
         Ok((self.seen.iter().map(|s| s.img.clone()).collect(), files))
     }
@@ -295,6 +299,14 @@ impl SocketSet {
         // from its peer only).
         inet::refill_udp(sockets, &fds, blobs)?;
         inet::connect_udp(sockets, &fds)?;
+        // The FINs of half-closed and closing connections, once all exist.
+        for s in sockets {
+            if let (Some(i), Some(Some(fd))) = (&s.inet, fds.get(s.id as usize)) {
+                if let Some(t) = &i.tcp {
+                    tcp_repair::restore_fins(s, i, t, fd)?;
+                }
+            }
+        }
         // Established connections leave repair mode once all exist.
         for s in sockets {
             if let (Some(i), Some(Some(fd))) = (&s.inet, fds.get(s.id as usize)) {
@@ -365,8 +377,12 @@ pub fn describe(s: Option<&SocketImage>) -> String {
         d.push_str(&format!(", listening (backlog {})", i.backlog));
     }
     if let Some(t) = &i.tcp {
+        let state = match s.state {
+            inet::TCP_ESTABLISHED => "established".to_string(),
+            st => inet::state_name(st).to_string(),
+        };
         d.push_str(&format!(
-            ", established ({} bytes to send, {} to read)",
+            ", {state} ({} bytes to send, {} to read)",
             t.send_queue.len, t.recv_queue.len
         ));
     }
@@ -529,6 +545,23 @@ pub fn validate(sockets: &[SocketImage], unix_files: &[UnixFile]) -> Result<()> 
                         s.id, d.sender
                     ));
                 }
+            }
+            let empty =
+                |t: &crate::image::TcpConnImage| t.send_queue.len == 0 && t.recv_queue.len == 0;
+            if i.reconnect
+                && !(s.state == inet::TCP_ESTABLISHED && i.tcp.as_ref().is_some_and(empty))
+            {
+                return bad(format!(
+                    "socket {}: connecting again a socket that is not an established connection with empty queues",
+                    s.id
+                ));
+            }
+            if i.tcp.is_some() && !tcp_repair::repairable(s.state) {
+                return bad(format!(
+                    "socket {}: a TCP connection in state {}",
+                    s.id,
+                    inet::state_name(s.state)
+                ));
             }
             if i.tcp.is_some() && (i.local.is_none() || i.peer.is_none()) {
                 return bad(format!(

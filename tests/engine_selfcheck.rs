@@ -209,10 +209,15 @@ fn selfcheck_fds() {
         "refuse-uffd",
         "refuse-inotify",
         "refuse-maplock",
-        "refuse-pty",
+        "pty",
     ] {
         selfcheck(&format!("fds-{mode}"), c_workload("fds", &[mode]));
     }
+}
+
+#[test]
+fn selfcheck_pty() {
+    selfcheck("pty", c_workload("pty", &[]));
 }
 
 #[test]

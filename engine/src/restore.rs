@@ -488,7 +488,7 @@ fn restore_guarded(
             init_layout.materialize(&shmem_img, shmem)?;
         }
         crate::ipc::remove_destroyed(&ipc_img)?;
-        let files::OpenFiles { fds, holders } =
+        let files::OpenFiles { fds, holders, ctty } =
             files::open_all(&files_img, Some(&blobs), ctx.log_fd).map_err(|e| match e {
                 Error::File { id, cause } => format!(
                     "{}: {cause}",
@@ -517,6 +517,26 @@ fn restore_guarded(
                     .collect::<std::result::Result<_, String>>()?;
             }
         }
+        // Controlling terminals: the session leader takes it, the leader
+        // of the foreground group (a member of the session) sets it.
+        let mut ctty_held = Vec::new();
+        for (i, p) in files_img.ptys.iter().enumerate() {
+            let Some(fd) = ctty.get(i).and_then(|f| f.as_ref()) else {
+                continue;
+            };
+            let fd = move_high(fd.try_clone().map_err(|e| e.to_string())?, base)
+                .map_err(|e| e.to_string())?;
+            for plan in tree_plan.plans.iter_mut() {
+                if Some(plan.pid) == p.session && plan.sid == plan.pid {
+                    plan.ctty = Some(fd.as_raw_fd());
+                }
+                if Some(plan.pid) == p.fg_pgrp && plan.pgid == plan.pid {
+                    plan.foreground = Some(fd.as_raw_fd());
+                }
+            }
+            ctty_held.push(fd);
+        }
+        drop(ctty);
         crate::faults::pause_point("restore-launch");
         if crate::faults::fail_point("restore-pid-taken") {
             occupy_pid(tree_plan.plans[tree_plan.roots[0]].pid)?;
@@ -526,6 +546,7 @@ fn restore_guarded(
         init_layout.release();
         drop(held);
         drop(holders);
+        drop(ctty_held);
         let root_pid = if pids.contains(&workload) {
             workload
         } else {

@@ -5,7 +5,8 @@
 //! their unread data, `memfd` memfds (also when mapped), `eventfd`,
 //! `timerfd`, `signalfd`, `epoll`, `inotify` and `pidfd` the anonymous
 //! kinds, `locks` flock, POSIX and OFD locks (also held through mappings),
-//! `tty` the refusal of terminals.
+//! `tty` the ptys of the sandbox's devpts (and the refusal of other
+//! terminals).
 //!
 //! Restore opens every description once, in the sandbox's init before the
 //! tree is forked, moves them above every fd number the tree uses, and each
@@ -367,23 +368,31 @@ impl FileTable {
             } else if fmt == libc::S_IFSOCK {
                 self.net.collect(host_pid, pid, fd, &dup, st.st_ino)?
             } else if fmt == libc::S_IFREG || fmt == libc::S_IFDIR || fmt == libc::S_IFCHR {
-                tty::check_dump(pid, fd, &link, &dup, &st, self.init)?;
-                let deleted = st.st_nlink == 0 && (fmt == libc::S_IFREG || fmt == libc::S_IFDIR);
-                let ghost = if deleted {
-                    let (open, what) = (format!("/proc/{host_pid}/fd/{fd}"), format!("fd {fd}"));
-                    let seen = ghost::Seen {
-                        pid,
-                        what: &what,
-                        key,
-                        open: &open,
-                        link: &link,
-                        tmpfile: info.flags & ghost::O_TMPFILE_BIT != 0,
-                    };
-                    Some(self.ghosts.save(&mut self.image.ghosts, seen, blobs)?)
+                if let Some(end) = tty::check_dump(pid, fd, &link, &dup, &st, self.init)? {
+                    FileKind::Pty {
+                        pty: end.index,
+                        master: end.master,
+                    }
                 } else {
-                    None
-                };
-                regular::collect(pid, fd, &link, &st, info.pos, ghost)?
+                    let deleted =
+                        st.st_nlink == 0 && (fmt == libc::S_IFREG || fmt == libc::S_IFDIR);
+                    let ghost = if deleted {
+                        let (open, what) =
+                            (format!("/proc/{host_pid}/fd/{fd}"), format!("fd {fd}"));
+                        let seen = ghost::Seen {
+                            pid,
+                            what: &what,
+                            key,
+                            open: &open,
+                            link: &link,
+                            tmpfile: info.flags & ghost::O_TMPFILE_BIT != 0,
+                        };
+                        Some(self.ghosts.save(&mut self.image.ghosts, seen, blobs)?)
+                    } else {
+                        None
+                    };
+                    regular::collect(pid, fd, &link, &st, info.pos, ghost)?
+                }
             } else if let Some(kind) = self.collect_anon(pid, fd, &link, &dup, &info.text)? {
                 if matches!(kind, FileKind::Epoll { .. }) {
                     epolls.push((fd, self.image.files.len()));
@@ -481,6 +490,40 @@ impl FileTable {
             _ => return Ok(None),
         }))
     }
+    /// Saves every pty the tree's fds showed, in index order, and points
+    /// their descriptions at the records (`FileKind::Pty`'s `pty` holds the
+    /// index until then). A slave whose master the tree does not hold is
+    /// refused.
+    pub fn finish_ptys(&mut self) -> Result<()> {
+        let mut found: std::collections::BTreeMap<u32, Option<usize>> = Default::default();
+        for f in &self.image.files {
+            if let FileKind::Pty { pty, master } = f.kind {
+                let e = found.entry(pty).or_default();
+                if master {
+                    *e = Some(f.id as usize);
+                }
+            }
+        }
+        let mut pos = HashMap::new();
+        for (index, master) in found {
+            let Some(m) = master else {
+                return Err(Error::Other(format!(
+                    "pty {index} of the sandbox's devpts: the tree holds a slave but not its \
+                     master (a hung-up terminal is not checkpointed)"
+                )));
+            };
+            pos.insert(index, self.image.ptys.len() as u32);
+            let img = tty::collect_pty(index, &self.reps[m].2, &self.tree)?;
+            self.image.ptys.push(img);
+        }
+        for f in &mut self.image.files {
+            if let FileKind::Pty { pty, .. } = &mut f.kind {
+                *pty = pos[pty];
+            }
+        }
+        Ok(())
+    }
+
     /// Completes the socket records once every process was collected.
     pub fn finish_sockets(&mut self, blobs: &mut PageSink) -> Result<()> {
         let (sockets, unix_files) = self.net.finish(blobs)?;
@@ -594,6 +637,9 @@ pub struct OpenFiles {
     pub fds: Vec<OwnedFd>,
     /// Pipe ends kept open only to fill the pipes (closed after the fork).
     pub holders: Vec<OwnedFd>,
+    /// A slave description of every pty that is a session's controlling
+    /// terminal, by position in `FilesImage::ptys` (see `tty::PtySet`).
+    pub ctty: Vec<Option<OwnedFd>>,
 }
 
 /// Opens every description of the image (run in the sandbox's mount
@@ -614,6 +660,7 @@ pub fn open_all(
         .iter()
         .map(|g| ghost::create(g, blobs))
         .collect::<Result<Vec<_>>>()?;
+    let mut ptys = tty::PtySet::create(files)?;
     let mut fds = Vec::with_capacity(files.files.len() + memfds.len() + ghosts.len());
     let mut sockets = if files.sockets.is_empty() {
         None
@@ -658,6 +705,7 @@ pub fn open_all(
                     .as_mut()
                     .ok_or_else(|| Error::Other(format!("image: file {i} is a socket of none")))?
                     .open(*socket, f.flags)?,
+                FileKind::Pty { pty, master } => ptys.open(f, *pty, *master)?,
             })
         })()
         .map_err(|cause| Error::File {
@@ -666,6 +714,7 @@ pub fn open_all(
         })?;
         fds.push(fd);
     }
+    tty::PtySet::lock(files, &fds)?;
     locks::restore_desc(files, &fds)?;
     // The memfds and deleted files themselves, after the descriptions:
     // passed to the processes that map them (`slots`).
@@ -674,6 +723,7 @@ pub fn open_all(
     Ok(OpenFiles {
         fds,
         holders: pipes.into_holders(),
+        ctty: ptys.ctty,
     })
 }
 
@@ -813,6 +863,7 @@ pub fn validate_links(
             }
         }
     }
+    tty::validate(files, pids)?;
     pidfd::validate(files, pids)?;
     epoll::validate(files, procs)?;
     locks::validate(files, procs)
@@ -839,6 +890,14 @@ pub fn describe(files: &FilesImage, kind: &FileKind) -> String {
             None => format!("memfd {memfd}"),
         },
         FileKind::Pidfd { pid } => format!("pidfd of process {pid}"),
+        FileKind::Pty { pty, master } => {
+            let n = files.ptys.get(*pty as usize).map_or(*pty, |p| p.index);
+            if *master {
+                format!("pty {n} master (/dev/ptmx)")
+            } else {
+                format!("pty {n} slave (/dev/pts/{n})")
+            }
+        }
         other => format!("{other:?}"),
     }
 }

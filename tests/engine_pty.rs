@@ -1,0 +1,55 @@
+//! Terminals of the sandbox's own devpts across a dump and restore: pty
+//! pairs with their indexes, line state and queued bytes, a session's
+//! controlling terminal and its foreground group (the `pty` workload
+//! checks each from inside).
+
+mod common;
+
+use std::fs;
+
+use common::*;
+
+/// Two pairs with a gap between their indexes, raw mode, window size,
+/// lock, packet and exclusive modes, a controlling terminal with a
+/// foreground group other than the session leader's, bytes queued both
+/// ways; all checked from inside after the restore, and the image says
+/// what it holds.
+#[test]
+fn pty_pairs_ctty_and_queues() {
+    let h = Harness::new("pty-pairs");
+    let sb = h.start_c("pty", &[]);
+    let ready = read_trimmed(&h.path("ready")).expect("ready");
+    let idx: Vec<u64> = ready
+        .split_whitespace()
+        .map(|w| w.parse().expect("index"))
+        .collect();
+    let (image, restored) = h.dump_and_restore(&sb);
+    let v: serde_json::Value =
+        serde_json::from_slice(&fs::read(image.join("files.json")).expect("files.json"))
+            .expect("JSON");
+    let ptys = v["ptys"].as_array().expect("ptys in files.json");
+    let got: Vec<u64> = ptys.iter().map(|p| p["index"].as_u64().unwrap()).collect();
+    assert_eq!(got, idx, "{ptys:?}");
+    assert_eq!(ptys[0]["winsize"], serde_json::json!([37, 101, 800, 600]));
+    assert_eq!(ptys[0]["to_slave"].as_str().unwrap().len(), 600);
+    assert_eq!(ptys[0]["to_master"].as_str().unwrap().len(), 400);
+    assert!(ptys[0]["session"].is_i64());
+    assert_eq!(ptys[1]["locked"], true);
+    assert_eq!(ptys[1]["packet"], true);
+    h.expect_pass(&restored);
+}
+
+/// A dump that leaves the workload running reads the queued bytes and puts
+/// them back: the running workload sees them all, as does the restored copy.
+#[test]
+fn pty_leave_running_keeps_queues() {
+    let h = Harness::new("pty-live");
+    let sb = h.start_c("pty", &[]);
+    let image = h.dump(&sb, &["--leave-running"]);
+    h.expect_pass(&sb);
+    for f in ["verdict-child", "verdict-grandchild"] {
+        fs::remove_file(h.path(f)).expect("the first run's verdicts");
+    }
+    let restored = h.restore(&image);
+    h.expect_pass(&restored);
+}

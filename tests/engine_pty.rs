@@ -10,7 +10,8 @@ use std::fs;
 use common::*;
 
 /// Two pairs with a gap between their indexes, raw mode, window size,
-/// lock, packet and exclusive modes, a controlling terminal with a
+/// lock, packet and exclusive modes, a controlling terminal (also opened
+/// through /dev/tty) with a
 /// foreground group other than the session leader's, bytes queued both
 /// ways; all checked from inside after the restore, and the image says
 /// what it holds.
@@ -36,6 +37,16 @@ fn pty_pairs_ctty_and_queues() {
     assert!(ptys[0]["session"].is_i64());
     assert_eq!(ptys[1]["locked"], true);
     assert_eq!(ptys[1]["packet"], true);
+    let kinds: Vec<&str> = v["files"]
+        .as_array()
+        .expect("files")
+        .iter()
+        .filter_map(|f| f["kind"].as_str())
+        .collect();
+    let count = |k: &str| kinds.iter().filter(|&&x| x == k).count();
+    // Masters of A and C, A's slave at fd 11, /dev/tty shared by the
+    // child and the grandchild.
+    assert_eq!((count("pty"), count("dev_tty")), (3, 1), "{kinds:?}");
     h.expect_pass(&restored);
 }
 

@@ -5,8 +5,8 @@
  * mode. A pair opened between them is closed again, so their indexes have
  * a gap (A is n, C is n + 2).
  *
- * The child makes A's slave its controlling terminal in a new session and
- * puts its own child (the grandchild) in a new process group, which it
+ * The child makes A's slave its controlling terminal in a new session,
+ * opens /dev/tty at fd 13 and puts its own child (the grandchild) in a new process group, which it
  * makes the terminal's foreground group. The parent writes TO_SLAVE bytes
  * into the master and the child TO_MASTER bytes into the slave; nobody reads
  * them before SIGTERM.
@@ -16,8 +16,9 @@
  * foreground group as the master reports them, the queued bytes in both
  * directions, and that data still passes both ways; it forwards SIGTERM to
  * the child, which checks its session and controlling terminal from inside
- * (tcgetsid, tcgetpgrp) and forwards it to the grandchild, which checks
- * that its group is the foreground one. Their verdicts go to
+ * (tcgetsid, tcgetpgrp) and that /dev/tty writes to the terminal, and forwards it to the grandchild, which checks
+ * that its group is the foreground one and that it reads the terminal
+ * through /dev/tty. Their verdicts go to
  * DIR/verdict-child and DIR/verdict-grandchild. */
 #include "wl.h"
 
@@ -30,6 +31,7 @@
 #define MA 10
 #define SA 11
 #define MC 12
+#define DEVTTY 13
 #define TO_SLAVE 300
 #define TO_MASTER 200
 
@@ -85,6 +87,10 @@ static int grandchild(void)
 	if (tcgetpgrp(SA) != getpgrp())
 		wl_fail("grandchild: foreground group %d, not its group %d", (int)tcgetpgrp(SA),
 			(int)getpgrp());
+	/* In the foreground: /dev/tty reads what the master writes. */
+	unsigned char b[4] = { 0 };
+	if (write(MA, "in", 2) != 2 || read_n(DEVTTY, b, 2) != 2 || memcmp(b, "in", 2) != 0)
+		wl_fail("grandchild: /dev/tty no longer reads from the terminal");
 	return wl_finish_as("verdict-grandchild");
 }
 
@@ -93,6 +99,11 @@ static int child(int sync_w)
 	close(MC);
 	if (setsid() < 0 || ioctl(SA, TIOCSCTTY, 0) != 0) {
 		perror("setsid/TIOCSCTTY");
+		_exit(2);
+	}
+	int t = open("/dev/tty", O_RDWR | O_CLOEXEC);
+	if (t < 0 || (t != DEVTTY && (dup3(t, DEVTTY, O_CLOEXEC) != DEVTTY || close(t) != 0))) {
+		perror("/dev/tty");
 		_exit(2);
 	}
 	pid_t gc = fork();
@@ -133,6 +144,13 @@ static int child(int sync_w)
 			(int)getpid(), strerror(errno));
 	if (tcgetpgrp(SA) != gc)
 		wl_fail("child: foreground group %d, expected %d", (int)tcgetpgrp(SA), (int)gc);
+	/* /dev/tty still reaches the terminal. */
+	struct stat sb;
+	if (fstat(DEVTTY, &sb) != 0 || !S_ISCHR(sb.st_mode) || sb.st_rdev != makedev(5, 0))
+		wl_fail("child: fd %d is not /dev/tty", DEVTTY);
+	unsigned char b[8] = { 0 };
+	if (write(DEVTTY, "tty\n", 4) != 4 || read_n(MA, b, 4) != 4 || memcmp(b, "tty\n", 4) != 0)
+		wl_fail("child: /dev/tty no longer writes to the terminal");
 	int st = finish_child_verdict(gc, "verdict-grandchild", "child");
 	if (!wl_failed() && (!WIFEXITED(st) || WEXITSTATUS(st) != 0))
 		wl_fail("grandchild passed but its wait status is %#x", st);
@@ -180,7 +198,7 @@ int main(int argc, char **argv)
 	struct winsize ws = { .ws_row = 37, .ws_col = 101, .ws_xpixel = 800, .ws_ypixel = 600 };
 	int one = 1;
 	if (tcsetattr(SA, TCSANOW, &t) != 0 || tcgetattr(SA, &want) != 0 ||
-	    ioctl(SA, TIOCSWINSZ, &ws) != 0 || ioctl(SA, TIOCEXCL) != 0 ||
+	    ioctl(SA, TIOCSWINSZ, &ws) != 0 ||
 	    ioctl(MC, TIOCPKT, &one) != 0 || fcntl(MA, F_SETFL, O_RDWR | O_NONBLOCK) != 0) {
 		perror("setting up the line");
 		return 2;
@@ -206,6 +224,11 @@ int main(int argc, char **argv)
 		return 2;
 	}
 	close(sync[0]);
+	/* Exclusive once the child has opened /dev/tty. */
+	if (ioctl(SA, TIOCEXCL) != 0) {
+		perror("TIOCEXCL");
+		return 2;
+	}
 	wl_fill(buf, TO_SLAVE, 12);
 	if (write(MA, buf, TO_SLAVE) != TO_SLAVE) {
 		perror("write to the master");

@@ -368,10 +368,16 @@ impl FileTable {
             } else if fmt == libc::S_IFSOCK {
                 self.net.collect(host_pid, pid, fd, &dup, st.st_ino)?
             } else if fmt == libc::S_IFREG || fmt == libc::S_IFDIR || fmt == libc::S_IFCHR {
-                if let Some(end) = tty::check_dump(pid, fd, &link, &dup, &st, self.init)? {
-                    FileKind::Pty {
-                        pty: end.index,
-                        master: end.master,
+                if let Some(end) =
+                    tty::check_dump((pid, host_pid), fd, &link, &dup, &st, self.init)?
+                {
+                    if end.dev_tty {
+                        FileKind::DevTty { pty: end.index }
+                    } else {
+                        FileKind::Pty {
+                            pty: end.index,
+                            master: end.master,
+                        }
                     }
                 } else {
                     let deleted =
@@ -497,7 +503,12 @@ impl FileTable {
     pub fn finish_ptys(&mut self) -> Result<()> {
         let mut found: std::collections::BTreeMap<u32, Option<usize>> = Default::default();
         for f in &self.image.files {
-            if let FileKind::Pty { pty, master } = f.kind {
+            let end = match f.kind {
+                FileKind::Pty { pty, master } => Some((pty, master)),
+                FileKind::DevTty { pty } => Some((pty, false)),
+                _ => None,
+            };
+            if let Some((pty, master)) = end {
                 let e = found.entry(pty).or_default();
                 if master {
                     *e = Some(f.id as usize);
@@ -517,7 +528,7 @@ impl FileTable {
             self.image.ptys.push(img);
         }
         for f in &mut self.image.files {
-            if let FileKind::Pty { pty, .. } = &mut f.kind {
+            if let FileKind::Pty { pty, .. } | FileKind::DevTty { pty } = &mut f.kind {
                 *pty = pos[pty];
             }
         }
@@ -706,6 +717,7 @@ pub fn open_all(
                     .ok_or_else(|| Error::Other(format!("image: file {i} is a socket of none")))?
                     .open(*socket, f.flags)?,
                 FileKind::Pty { pty, master } => ptys.open(f, *pty, *master)?,
+                FileKind::DevTty { pty } => ptys.open_dev_tty(f, *pty)?,
             })
         })()
         .map_err(|cause| Error::File {
@@ -897,6 +909,10 @@ pub fn describe(files: &FilesImage, kind: &FileKind) -> String {
             } else {
                 format!("pty {n} slave (/dev/pts/{n})")
             }
+        }
+        FileKind::DevTty { pty } => {
+            let n = files.ptys.get(*pty as usize).map_or(*pty, |p| p.index);
+            format!("/dev/tty (pty {n})")
         }
         other => format!("{other:?}"),
     }

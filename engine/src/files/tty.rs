@@ -43,6 +43,8 @@ pub fn is_terminal_device(rdev: u64) -> bool {
 pub struct PtyEnd {
     pub index: u32,
     pub master: bool,
+    /// Opened through /dev/tty (a description of the slave).
+    pub dev_tty: bool,
 }
 
 /// Checks fd `fd` of process `pid` (`dup` is our copy, `st` its fstat,
@@ -50,7 +52,7 @@ pub struct PtyEnd {
 /// devpts is returned, anything else refused. `init` is the host PID of the
 /// sandbox's init, whose /dev/pts is the sandbox's own devpts.
 pub fn check_dump(
-    pid: i32,
+    (pid, pid_host): (i32, i32),
     fd: i32,
     link: &str,
     dup: &OwnedFd,
@@ -77,6 +79,7 @@ pub fn check_dump(
             return Ok(Some(PtyEnd {
                 index: n as u32,
                 master: true,
+                dev_tty: false,
             }));
         }
         let major = libc::major(st.st_rdev);
@@ -84,6 +87,7 @@ pub fn check_dump(
             return Ok(Some(PtyEnd {
                 index: (major - 136) * 256 + libc::minor(st.st_rdev),
                 master: false,
+                dev_tty: false,
             }));
         }
         return Err(Error::Unsupported {
@@ -91,6 +95,25 @@ pub fn check_dump(
             what: format!("fd {fd}: terminal {link} of the sandbox's own devpts"),
             detail: "not a pty master or slave".into(),
         });
+    }
+    let own_tty = nix::sys::stat::stat(format!("/proc/{init}/root/dev/tty").as_str())
+        .ok()
+        .map(|s| s.st_dev);
+    if st.st_rdev == libc::makedev(5, 0) && own_tty == Some(st.st_dev) {
+        // /dev/tty of the sandbox: the terminal it was opened on, which
+        // must be the process's controlling terminal and a pty (a master of
+        // the tree's, checked once every process is collected).
+        let mut dev: libc::c_uint = 0;
+        // SAFETY: TIOCGDEV writes an unsigned int into `dev`.
+        let rc = unsafe { libc::ioctl(dup.as_raw_fd(), TIOCGDEV, &mut dev) };
+        let (major, minor) = ((dev >> 8) & 0xfff, (dev & 0xff) | ((dev >> 12) & 0xfff00));
+        if rc == 0 && (136..=143).contains(&major) && ctty_nr(pid_host, dev) {
+            return Ok(Some(PtyEnd {
+                index: (major - 136) * 256 + minor,
+                master: false,
+                dev_tty: true,
+            }));
+        }
     }
     if st.st_rdev == libc::makedev(5, 0) {
         return Err(Error::Unsupported {
@@ -142,6 +165,20 @@ const TIOCGPKT: libc::c_ulong = 0x8004_5438;
 const TIOCGPTLCK: libc::c_ulong = 0x8004_5439;
 const TIOCGEXCL: libc::c_ulong = 0x8004_5440;
 const TIOCGPTPEER: libc::c_ulong = 0x5441;
+const TIOCGDEV: libc::c_ulong = 0x8004_5432;
+
+/// Whether the controlling terminal of host process `pid` (the tty_nr
+/// field of /proc/PID/stat, the device encoded as the kernel encodes it)
+/// is `dev`.
+fn ctty_nr(pid: i32, dev: libc::c_uint) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            let rest = &s[s.rfind(')')? + 2..];
+            rest.split_whitespace().nth(4)?.parse::<i64>().ok()
+        })
+        .is_some_and(|nr| nr == dev as i64)
+}
 
 /// Control characters in a termios2.
 const NCC: usize = 19;
@@ -438,7 +475,12 @@ pub fn validate(files: &FilesImage, pids: &std::collections::HashSet<i32>) -> Re
     }
     let mut masters = vec![0u32; files.ptys.len()];
     for f in &files.files {
-        if let FileKind::Pty { pty, master } = f.kind {
+        let end = match f.kind {
+            FileKind::Pty { pty, master } => Some((pty, master)),
+            FileKind::DevTty { pty } => Some((pty, false)),
+            _ => None,
+        };
+        if let Some((pty, master)) = end {
             let n = masters
                 .get_mut(pty as usize)
                 .ok_or_else(|| bad(format!("file {} is pty {pty}, which does not exist", f.id)))?;
@@ -516,6 +558,9 @@ impl PtySet {
         for (i, p) in files.ptys.iter().enumerate() {
             let m = set.master_fd(i)?;
             let what = format!("pty {}", p.index);
+            // Unlocked while the descriptions are opened (`lock` sets the
+            // recorded state last).
+            ioctl_set(m, TIOCSPTLCK, 0, &format!("TIOCSPTLCK on {what}"))?;
             let slave = open_peer(m, libc::O_RDWR | libc::O_NONBLOCK, &what)?;
             let s = slave.as_raw_fd();
             let mut t = get_termios(s, &what)?;
@@ -590,6 +635,43 @@ impl PtySet {
             return Ok(m);
         }
         open_peer(self.master_fd(pty as usize)?, fl, &format!("pty {pty}"))
+    }
+
+    /// A description of /dev/tty on pty `pty`: init takes the slave as its
+    /// controlling terminal for the moment, opens /dev/tty, and lets it go
+    /// again (TIOCNOTTY), taking the SIGHUP and SIGCONT that sends to its
+    /// own group; the session leader takes the terminal later.
+    pub fn open_dev_tty(&mut self, f: &FileDesc, pty: u32) -> Result<OwnedFd> {
+        let what = format!("/dev/tty of pty {pty}");
+        let slave = open_peer(self.master_fd(pty as usize)?, libc::O_RDWR, &what)?;
+        take_ctty(slave.as_raw_fd()).map_err(|e| Error::Io {
+            what: format!("TIOCSCTTY for {what}"),
+            cause: std::io::Error::from_raw_os_error(e),
+        })?;
+        let fl = f.flags as i32 & (libc::O_ACCMODE | libc::O_NONBLOCK | libc::O_APPEND);
+        let opened = nix::fcntl::open(
+            "/dev/tty",
+            nix::fcntl::OFlag::from_bits_retain(fl | libc::O_NOCTTY | libc::O_CLOEXEC),
+            nix::sys::stat::Mode::empty(),
+        );
+        // SAFETY: TIOCNOTTY takes no argument; then sigtimedwait with a
+        // zero timeout on signal sets of ours takes the signals it sent.
+        unsafe {
+            let rc = libc::ioctl(slave.as_raw_fd(), libc::TIOCNOTTY);
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, libc::SIGHUP);
+            libc::sigaddset(&mut set, libc::SIGCONT);
+            let zero = libc::timespec {
+                tv_sec: 0,
+                tv_nsec: 0,
+            };
+            while libc::sigtimedwait(&set, std::ptr::null_mut(), &zero) > 0 {}
+            if rc < 0 {
+                return Err(last_os_error(format!("TIOCNOTTY after opening {what}")));
+            }
+        }
+        opened.map_err(|e| Error::Other(format!("opening {what}: {e}")))
     }
 
     /// Locks or unlocks each pty as recorded (a new pty starts locked),

@@ -735,6 +735,9 @@ pub enum FileKind {
     /// One end of a pty pair of the sandbox's devpts: index into
     /// `FilesImage::ptys`; the master (/dev/ptmx) or a slave (/dev/pts/N).
     Pty { pty: u32, master: bool },
+    /// /dev/tty opened while pty `pty` (index into `FilesImage::ptys`) was
+    /// the process's controlling terminal.
+    DevTty { pty: u32 },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

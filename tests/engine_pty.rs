@@ -64,3 +64,81 @@ fn pty_leave_running_keeps_queues() {
     let restored = h.restore(&image);
     h.expect_pass(&restored);
 }
+
+/// A real terminal multiplexer: a tmux server (a daemon holding the pane's
+/// pty master) with python reading lines on the pane's terminal. After a
+/// dump and restore, keys sent through tmux reach python on the same
+/// terminal (same size, same session), and its line counter goes on.
+#[test]
+fn tmux_pane_answers_after_restore() {
+    let tmux = std::path::Path::new("/usr/bin/tmux");
+    if !tmux.exists() {
+        eprintln!("skipping tmux_pane_answers_after_restore: /usr/bin/tmux is not installed");
+        return;
+    }
+    let h = Harness::new("pty-tmux");
+    let script = h.path("pane.py");
+    fs::write(
+        &script,
+        "import os, sys\n\
+         def state():\n\
+         \x20   c, r = os.get_terminal_size(0)\n\
+         \x20   ctty = os.tcgetpgrp(0) == os.getpgrp() and os.getsid(0) == os.getpid()\n\
+         \x20   return f'{c}x{r} ctty={ctty}'\n\
+         print('ready', state(), flush=True)\n\
+         n = 0\n\
+         for line in sys.stdin:\n\
+         \x20   n += 1\n\
+         \x20   print('got', n, line.strip(), state(), flush=True)\n",
+    )
+    .expect("writing the pane's program");
+    let py = python3();
+    let cmd = format!("{} {}", py.display(), script.display());
+    let sb = h.run(&[
+        "/usr/bin/tmux",
+        "-S",
+        "/tmp/stasis-tmux",
+        "new-session",
+        "-d",
+        "-x",
+        "91",
+        "-y",
+        "27",
+        &cmd,
+    ]);
+    let tm = |name: &str, args: &[&str]| -> String {
+        let mut a = vec![
+            "exec",
+            name,
+            "--",
+            "/usr/bin/tmux",
+            "-S",
+            "/tmp/stasis-tmux",
+        ];
+        a.extend_from_slice(args);
+        text(&h.stasis(&a).stdout)
+    };
+    let pane = |name: &str| tm(name, &["capture-pane", "-p"]);
+    wait_until(
+        "the pane's program",
+        READY_TIMEOUT,
+        || pane(&sb).contains("ready 91x27 ctty=True"),
+        || pane(&sb) + &h.logs(&sb),
+    );
+    tm(&sb, &["send-keys", "one", "Enter"]);
+    wait_until(
+        "the first line",
+        READY_TIMEOUT,
+        || pane(&sb).contains("got 1 one 91x27 ctty=True"),
+        || pane(&sb),
+    );
+    let (_image, restored) = h.dump_and_restore(&sb);
+    assert!(pane(&restored).contains("got 1 one"), "{}", pane(&restored));
+    tm(&restored, &["send-keys", "two", "Enter"]);
+    wait_until(
+        "a line typed after the restore",
+        READY_TIMEOUT,
+        || pane(&restored).contains("got 2 two 91x27 ctty=True"),
+        || pane(&restored) + &h.logs(&restored),
+    );
+}

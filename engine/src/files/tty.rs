@@ -363,9 +363,9 @@ pub fn collect_pty(index: u32, master: &OwnedFd, tree: &HashMap<i32, i32>) -> Re
     let exclusive = ioctl_int(s, TIOCGEXCL, &format!("TIOCGEXCL on {what}"))? != 0;
     // The session and the foreground group: asked through the master, in
     // our PID namespace (ENOTTY: no session has it).
-    // SAFETY: TIOCGSID/TIOCGPGRP write a pid_t.
     let session = {
         let mut v: libc::pid_t = 0;
+        // SAFETY: TIOCGSID writes a pid_t into `v`.
         (unsafe { libc::ioctl(m, libc::TIOCGSID, &mut v) } == 0).then_some(v)
     };
     let (session, fg_pgrp) = match session {
@@ -707,8 +707,9 @@ pub fn take_ctty(fd: RawFd) -> std::result::Result<(), i32> {
 /// Run by the leader of a terminal's foreground group once it made its
 /// group: makes it the foreground group. Returns an errno.
 pub fn set_foreground(fd: RawFd) -> std::result::Result<(), i32> {
-    // SAFETY: getpgrp, then TIOCSPGRP reading a pid_t of ours.
+    // SAFETY: getpgrp has no arguments.
     let pg = unsafe { libc::getpgrp() };
+    // SAFETY: TIOCSPGRP reads a pid_t of ours.
     if unsafe { libc::ioctl(fd, libc::TIOCSPGRP, &pg) } < 0 {
         return Err(std::io::Error::last_os_error()
             .raw_os_error()

@@ -142,3 +142,122 @@ fn tmux_pane_answers_after_restore() {
         || pane(&restored) + &h.logs(&restored),
     );
 }
+
+/// A terminal of the host that reached a process of the tree (here a host
+/// pty opened through /proc/PID/fd/0 of a `stasis exec` process whose stdin
+/// it is) is refused by name; the workload runs on untouched.
+#[test]
+fn refuses_host_terminal() {
+    use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+    let h = Harness::new("pty-host");
+    let dir = h.dir.display().to_string();
+    let sb = h.run(&[
+        "/bin/sh",
+        "-c",
+        "d=$1; while [ ! -s $d/execpid ]; do sleep 0.01; done; \
+         exec 7<>/proc/$(cat $d/execpid)/fd/0; [ -t 7 ] && echo tty > $d/ready; \
+         while :; do sleep 0.05; done",
+        "sh",
+        &dir,
+    ]);
+    // SAFETY: posix_openpt returns a new fd or -1.
+    let m = unsafe { libc::posix_openpt(libc::O_RDWR | libc::O_NOCTTY | libc::O_CLOEXEC) };
+    assert!(m >= 0, "posix_openpt");
+    // SAFETY: `m` is ours.
+    let master = unsafe { OwnedFd::from_raw_fd(m) };
+    // SAFETY: unlockpt and ptsname on our master.
+    let slave_path = unsafe {
+        assert_eq!(libc::unlockpt(master.as_raw_fd()), 0);
+        std::ffi::CStr::from_ptr(libc::ptsname(master.as_raw_fd()))
+            .to_string_lossy()
+            .into_owned()
+    };
+    let slave = fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&slave_path)
+        .expect("the host pty's slave");
+    let script = format!(
+        "echo $$ > {dir}/execpid.tmp && mv {dir}/execpid.tmp {dir}/execpid; exec sleep 1000"
+    );
+    let mut exec = h
+        .command()
+        .args(["exec", &sb, "--", "/bin/sh", "-c", &script])
+        .stdin(std::process::Stdio::from(slave))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("stasis exec");
+    h.wait_ready(&sb);
+    let image = h.image_path();
+    let out = h.dump_raw(&sb, &image, &[]);
+    let _ = exec.kill();
+    let _ = exec.wait();
+    let err = text(&out.stderr);
+    assert!(!out.status.success(), "{}", describe(&out));
+    assert!(
+        err.contains("fd 7") && err.contains("terminal of the host"),
+        "{}",
+        describe(&out)
+    );
+    assert!(
+        !image.join("manifest.json").exists(),
+        "a refused dump left an image"
+    );
+    assert!(h.ps_lists(&sb), "sandbox {sb} is gone after a refused dump");
+    drop(master);
+}
+
+/// An image whose pty index is beyond the bound, or whose pty has no master
+/// description, is refused before anything is made.
+#[test]
+fn refuses_bad_pty_records() {
+    let h = Harness::new("pty-bad");
+    let sb = h.start_c("pty", &[]);
+    let image = h.dump(&sb, &[]);
+    type Edit = fn(&mut serde_json::Value);
+    let edits: [(Edit, &str); 2] = [
+        (|v| v["ptys"][1]["index"] = 5000.into(), "index 5000"),
+        (
+            |v| {
+                for f in v["files"].as_array_mut().unwrap() {
+                    if f["kind"] == "pty" && f["master"] == true {
+                        f["master"] = false.into();
+                    }
+                }
+            },
+            "master descriptions",
+        ),
+    ];
+    for (edit, words) in edits {
+        let copy = h.image_path();
+        copy_image(&image, &copy);
+        edit_image_json(&copy, "files.json", edit);
+        let name = h.new_name("bad");
+        let out = h.restore_raw(&copy, &name);
+        assert!(!out.status.success(), "{}", describe(&out));
+        assert!(text(&out.stderr).contains(words), "{}", describe(&out));
+        assert!(!h.ps_lists(&name), "a refused restore left sandbox {name}");
+    }
+    let restored = h.restore(&image);
+    h.expect_pass(&restored);
+}
+
+/// Reads an image's JSON file `name`, lets `edit` change it, writes it back
+/// and puts its new size and checksum in the manifest.
+fn edit_image_json(image: &std::path::Path, name: &str, edit: impl FnOnce(&mut serde_json::Value)) {
+    let path = image.join(name);
+    let mut v: serde_json::Value =
+        serde_json::from_slice(&fs::read(&path).expect("image file")).expect("JSON");
+    edit(&mut v);
+    let bytes = serde_json::to_vec(&v).expect("encoding");
+    fs::write(&path, &bytes).expect("writing the image file");
+    let mpath = image.join("manifest.json");
+    let mut m: serde_json::Value =
+        serde_json::from_slice(&fs::read(&mpath).expect("manifest")).expect("JSON");
+    m["files"][name] = serde_json::json!({
+        "size": bytes.len(),
+        "xxh3": format!("{:016x}", twox_hash::XxHash3_64::oneshot(&bytes)),
+    });
+    fs::write(&mpath, serde_json::to_vec(&m).expect("encoding")).expect("writing the manifest");
+}

@@ -169,6 +169,7 @@ pub fn load(dir: &Path) -> Result<LoadedImage> {
         &inventory.processes.iter().map(|e| e.pid).collect(),
     )
     .map_err(in_file("files.json"))?;
+    files::tty::validate_sessions(&files, &inventory.processes).map_err(in_file("files.json"))?;
     let shmem: SharedMemoryImage = if reader.file_size("shmem.json").is_some() {
         reader.read_json("shmem.json")?
     } else {

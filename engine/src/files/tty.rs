@@ -498,6 +498,33 @@ pub fn validate(files: &FilesImage, pids: &std::collections::HashSet<i32>) -> Re
     Ok(())
 }
 
+/// Checks that each controlling terminal's session is led by a live process
+/// of the image, and its foreground group by a live process of that session
+/// (they set the terminal up at restore), one terminal per session.
+pub fn validate_sessions(files: &FilesImage, procs: &[crate::image::ProcessEntry]) -> Result<()> {
+    let live = |pid: i32| procs.iter().find(|e| e.pid == pid && e.zombie.is_none());
+    let mut seen = std::collections::HashSet::new();
+    for p in &files.ptys {
+        let Some(sid) = p.session else { continue };
+        if live(sid).is_none_or(|e| e.sid != sid) || !seen.insert(sid) {
+            return Err(Error::Other(format!(
+                "pty {}: the controlling terminal of session {sid}, which no live process of \
+                 the image leads (or which has another terminal)",
+                p.index
+            )));
+        }
+        if let Some(g) = p.fg_pgrp {
+            if live(g).is_none_or(|e| e.pgid != g || e.sid != sid) {
+                return Err(Error::Other(format!(
+                    "pty {}: foreground group {g} is not led by a live process of session {sid}",
+                    p.index
+                )));
+            }
+        }
+    }
+    Ok(())
+}
+
 /// The ptys of a restore, made in the sandbox's fresh devpts.
 pub struct PtySet {
     /// The master of each pty of the image, by position in `FilesImage::ptys`.

@@ -30,13 +30,17 @@ fn pty_pairs_ctty_and_queues() {
             .expect("JSON");
     let ptys = v["ptys"].as_array().expect("ptys in files.json");
     let got: Vec<u64> = ptys.iter().map(|p| p["index"].as_u64().unwrap()).collect();
-    assert_eq!(got, idx, "{ptys:?}");
-    assert_eq!(ptys[0]["winsize"], serde_json::json!([37, 101, 800, 600]));
-    assert_eq!(ptys[0]["to_slave"].as_str().unwrap().len(), 600);
-    assert_eq!(ptys[0]["to_master"].as_str().unwrap().len(), 400);
-    assert!(ptys[0]["session"].is_i64());
-    assert_eq!(ptys[1]["locked"], true);
-    assert_eq!(ptys[1]["packet"], true);
+    // D (canonical) first, then A and C with a gap between them.
+    assert_eq!(got, [idx[0] - 1, idx[0], idx[1]], "{ptys:?}");
+    assert_eq!(idx[1], idx[0] + 2);
+    let (d, a, c) = (&ptys[0], &ptys[1], &ptys[2]);
+    assert_eq!(a["winsize"], serde_json::json!([37, 101, 800, 600]));
+    assert_eq!(a["to_slave"].as_str().unwrap().len(), 600);
+    assert_eq!(a["to_master"].as_str().unwrap().len(), 400);
+    assert!(a["session"].is_i64());
+    assert_eq!(c["locked"], true);
+    assert_eq!(c["packet"], true);
+    assert_eq!(d["to_slave"], hex("line1\nline2\npart"));
     let kinds: Vec<&str> = v["files"]
         .as_array()
         .expect("files")
@@ -44,9 +48,9 @@ fn pty_pairs_ctty_and_queues() {
         .filter_map(|f| f["kind"].as_str())
         .collect();
     let count = |k: &str| kinds.iter().filter(|&&x| x == k).count();
-    // Masters of A and C, A's slave at fd 11, /dev/tty shared by the
+    // Masters of A, C and D, the slaves of A and D, /dev/tty shared by the
     // child and the grandchild.
-    assert_eq!((count("pty"), count("dev_tty")), (3, 1), "{kinds:?}");
+    assert_eq!((count("pty"), count("dev_tty")), (5, 1), "{kinds:?}");
     h.expect_pass(&restored);
 }
 
@@ -260,4 +264,8 @@ fn edit_image_json(image: &std::path::Path, name: &str, edit: impl FnOnce(&mut s
         "xxh3": format!("{:016x}", twox_hash::XxHash3_64::oneshot(&bytes)),
     });
     fs::write(&mpath, serde_json::to_vec(&m).expect("encoding")).expect("writing the manifest");
+}
+
+fn hex(s: &str) -> String {
+    s.bytes().map(|b| format!("{b:02x}")).collect()
 }

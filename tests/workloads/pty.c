@@ -5,6 +5,10 @@
  * mode. A pair opened between them is closed again, so their indexes have
  * a gap (A is n, C is n + 2).
  *
+ * Pair D: master at fd 14, slave at fd 15, canonical without echo, holding
+ * two whole lines and a partial one, which must still read as two lines,
+ * then the partial one completed by what the master writes next.
+ *
  * The child makes A's slave its controlling terminal in a new session,
  * opens /dev/tty at fd 13 and puts its own child (the grandchild) in a new process group, which it
  * makes the terminal's foreground group. The parent writes TO_SLAVE bytes
@@ -32,6 +36,9 @@
 #define SA 11
 #define MC 12
 #define DEVTTY 13
+#define MD 14
+#define SD 15
+#define CANON "line1\nline2\npart"
 #define TO_SLAVE 300
 #define TO_MASTER 200
 
@@ -177,6 +184,7 @@ static int ptn(int fd)
 int main(int argc, char **argv)
 {
 	wl_init(argc, argv, 1);
+	at(MD, posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC));
 	at(MA, posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC));
 	int gap = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
 	at(MC, posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC));
@@ -229,13 +237,25 @@ int main(int argc, char **argv)
 		perror("TIOCEXCL");
 		return 2;
 	}
+	/* Pair D: canonical, no echo, two whole lines and a partial one queued. */
+	struct termios td;
+	if (unlockpt(MD) != 0 || at(SD, open(ptsname(MD), O_RDWR | O_NOCTTY | O_CLOEXEC)) != SD ||
+	    tcgetattr(SD, &td) != 0) {
+		perror("pair D");
+		return 2;
+	}
+	td.c_lflag = (td.c_lflag | ICANON) & ~(tcflag_t)(ECHO | ECHONL);
+	if (tcsetattr(SD, TCSANOW, &td) != 0 || write(MD, CANON, strlen(CANON)) != (ssize_t)strlen(CANON)) {
+		perror("pair D");
+		return 2;
+	}
 	wl_fill(buf, TO_SLAVE, 12);
 	if (write(MA, buf, TO_SLAVE) != TO_SLAVE) {
 		perror("write to the master");
 		return 2;
 	}
 	/* Ready once the line discipline holds both directions' bytes. */
-	for (int i = 0; queued(SA) != TO_SLAVE || queued(MA) != TO_MASTER; i++) {
+	for (int i = 0; queued(SA) != TO_SLAVE || queued(MA) != TO_MASTER || queued(SD) != 12; i++) {
 		if (i > 5000) {
 			dprintf(2, "queues: %d and %d bytes\n", queued(SA), queued(MA));
 			return 2;
@@ -315,6 +335,21 @@ int main(int argc, char **argv)
 		wl_fail("slave to master no longer passes data unchanged");
 	if (queued(SA) != 0 || queued(MA) != 0)
 		wl_fail("bytes left over: %d to the slave, %d to the master", queued(SA), queued(MA));
+	/* Pair D: the two lines one by one, then the partial line goes on. */
+	char l[64] = { 0 };
+	const char *want_lines[] = { "line1\n", "line2\n" };
+	for (int i = 0; i < 2; i++) {
+		memset(l, 0, sizeof(l));
+		if (read(SD, l, sizeof(l)) != 6 || strcmp(l, want_lines[i]) != 0)
+			wl_fail("pair D: line %d reads \"%s\"", i + 1, l);
+	}
+	if (wl_corrupt())
+		write(MD, "\n", 1);
+	if (queued(SD) != 0)
+		wl_fail("pair D: the partial line is readable (%d bytes)", queued(SD));
+	memset(l, 0, sizeof(l));
+	if (write(MD, "X\n", 2) != 2 || read(SD, l, sizeof(l)) != 6 || strcmp(l, "partX\n") != 0)
+		wl_fail("pair D: the partial line goes on as \"%s\"", l);
 	int status = finish_child_verdict(kid, "verdict-child", "parent");
 	if (!wl_failed() && (!WIFEXITED(status) || WEXITSTATUS(status) != 0))
 		wl_fail("child passed but its wait status is %#x", status);

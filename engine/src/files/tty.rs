@@ -237,6 +237,17 @@ fn raw(t: &libc::termios2) -> libc::termios2 {
     r
 }
 
+/// The line while queued bytes are written back: nothing processed or
+/// echoed; a canonical line stays canonical, so the bytes are cut into lines
+/// again as they were (a partial line stays partial).
+fn refill_mode(t: &libc::termios2) -> libc::termios2 {
+    let mut r = raw(t);
+    if t.c_lflag & libc::ICANON != 0 {
+        r.c_lflag = libc::ICANON;
+    }
+    r
+}
+
 /// A new description of the slave of master `master` (TIOCGPTPEER; a locked
 /// pty is unlocked for the moment).
 fn open_peer(master: RawFd, flags: i32, what: &str) -> Result<OwnedFd> {
@@ -309,7 +320,9 @@ fn write_all(fd: RawFd, data: &[u8], what: &str) -> Result<()> {
 }
 
 /// Puts `to_slave` and `to_master` into the queues of the pair (`master`,
-/// `slave`, the line raw) and waits until the line discipline holds them.
+/// `slave`, the line in `refill_mode`) and waits until the line discipline
+/// holds them. A canonical line counts only its complete lines as readable:
+/// then the bytes up to the last line end are waited for.
 fn refill(
     master: RawFd,
     slave: RawFd,
@@ -317,6 +330,16 @@ fn refill(
     to_master: &[u8],
     what: &str,
 ) -> Result<()> {
+    let t = get_termios(slave, what)?;
+    let slave_counts = if t.c_lflag & libc::ICANON != 0 {
+        let ends = [b'\n', t.c_cc[libc::VEOL], t.c_cc[libc::VEOL2]];
+        to_slave
+            .iter()
+            .rposition(|b| *b != 0 && ends.contains(b))
+            .map_or(0, |i| i + 1)
+    } else {
+        to_slave.len()
+    };
     let (base_s, base_m) = (inq(slave, what)?, inq(master, what)?);
     write_all(master, to_slave, what)?;
     write_all(slave, to_master, what)?;
@@ -325,13 +348,13 @@ fn refill(
     let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
     loop {
         let (s, m) = (inq(slave, what)?, inq(master, what)?);
-        if s >= base_s + to_slave.len() && m >= base_m + to_master.len() {
+        if s >= base_s + slave_counts && m >= base_m + to_master.len() {
             return Ok(());
         }
         if std::time::Instant::now() > deadline {
             return Err(Error::Other(format!(
                 "{what}: queued bytes not delivered ({s} of {} to the slave, {m} of {} to the master)",
-                to_slave.len(),
+                slave_counts,
                 to_master.len()
             )));
         }
@@ -401,6 +424,7 @@ pub fn collect_pty(index: u32, master: &OwnedFd, tree: &HashMap<i32, i32>) -> Re
         let to_slave = read_queue(s, inq(s, &what)?, &what)?;
         let to_master = read_queue(m, inq(m, &what)?, &what)?;
         if !to_slave.is_empty() || !to_master.is_empty() {
+            set_termios(s, &refill_mode(&orig), &what)?;
             refill(m, s, &to_slave, &to_master, &what)?;
         }
         Ok((to_slave, to_master))
@@ -600,7 +624,7 @@ impl PtySet {
             t.c_ispeed = p.ispeed;
             t.c_ospeed = p.ospeed;
             if !p.to_slave.is_empty() || !p.to_master.is_empty() {
-                set_termios(s, &raw(&t), &what)?;
+                set_termios(s, &refill_mode(&t), &what)?;
                 refill(m, s, &p.to_slave, &p.to_master, &what)?;
             }
             set_termios(s, &t, &what)?;

@@ -398,6 +398,14 @@ fn restore_guarded(
             reason: format!("profile: {e}"),
         })?;
     crate::net::netns::check_profile(&profile, &img.files.sockets)?;
+    if !img.files.ptys.is_empty() && !profile.mounts.dev {
+        return Err(Error::BadImage {
+            path: "inventory.json".into(),
+            reason: "the image holds ptys but its profile gives the sandbox no /dev of its own \
+                     (mounts.dev): they are made only in a devpts of the sandbox's own"
+                .into(),
+        });
+    }
 
     // Everything the tree needs is opened here and inherited by init.
     raise_nofile();

@@ -30,10 +30,12 @@ fn pty_pairs_ctty_and_queues() {
             .expect("JSON");
     let ptys = v["ptys"].as_array().expect("ptys in files.json");
     let got: Vec<u64> = ptys.iter().map(|p| p["index"].as_u64().unwrap()).collect();
-    // D (canonical) first, then A and C with a gap between them.
-    assert_eq!(got, [idx[0] - 1, idx[0], idx[1]], "{ptys:?}");
+    // D (canonical) and E (hung up) first, then A and C with a gap
+    // between them.
+    assert_eq!(got, [idx[0] - 2, idx[0] - 1, idx[0], idx[1]], "{ptys:?}");
     assert_eq!(idx[1], idx[0] + 2);
-    let (d, a, c) = (&ptys[0], &ptys[1], &ptys[2]);
+    let (d, e, a, c) = (&ptys[0], &ptys[1], &ptys[2], &ptys[3]);
+    assert_eq!((&e["hangup"], &c["hangup"]), (&true.into(), &false.into()));
     assert_eq!(a["winsize"], serde_json::json!([37, 101, 800, 600]));
     assert_eq!(a["to_slave"].as_str().unwrap().len(), 600);
     assert_eq!(a["to_master"].as_str().unwrap().len(), 400);
@@ -48,9 +50,9 @@ fn pty_pairs_ctty_and_queues() {
         .filter_map(|f| f["kind"].as_str())
         .collect();
     let count = |k: &str| kinds.iter().filter(|&&x| x == k).count();
-    // Masters of A, C and D, the slaves of A and D, /dev/tty shared by the
-    // child and the grandchild.
-    assert_eq!((count("pty"), count("dev_tty")), (5, 1), "{kinds:?}");
+    // Masters of A, C, D and E, the slaves of A and D, /dev/tty shared by
+    // the child and the grandchild.
+    assert_eq!((count("pty"), count("dev_tty")), (6, 1), "{kinds:?}");
     h.expect_pass(&restored);
 }
 
@@ -221,7 +223,7 @@ fn refuses_bad_pty_records() {
     let image = h.dump(&sb, &[]);
     type Edit = fn(&mut serde_json::Value);
     let edits: [(Edit, &str); 2] = [
-        (|v| v["ptys"][1]["index"] = 5000.into(), "index 5000"),
+        (|v| v["ptys"][3]["index"] = 5000.into(), "index 5000"),
         (
             |v| {
                 for f in v["files"].as_array_mut().unwrap() {

@@ -5,6 +5,8 @@
  * mode. A pair opened between them is closed again, so their indexes have
  * a gap (A is n, C is n + 2).
  *
+ * Pair E: master at fd 16, its slave opened and closed: hung up. C's slave
+ * was never opened: not hung up.
  * Pair D: master at fd 14, slave at fd 15, canonical without echo, holding
  * two whole lines and a partial one, which must still read as two lines,
  * then the partial one completed by what the master writes next.
@@ -38,6 +40,7 @@
 #define DEVTTY 13
 #define MD 14
 #define SD 15
+#define ME 16
 #define CANON "line1\nline2\npart"
 #define TO_SLAVE 300
 #define TO_MASTER 200
@@ -185,6 +188,13 @@ int main(int argc, char **argv)
 {
 	wl_init(argc, argv, 1);
 	at(MD, posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC));
+	/* Pair E: its slave opened and closed again, the master hung up. */
+	at(ME, posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC));
+	int se = unlockpt(ME) == 0 ? open(ptsname(ME), O_RDWR | O_NOCTTY | O_CLOEXEC) : -1;
+	if (se < 0 || close(se) != 0) {
+		perror("pair E");
+		return 2;
+	}
 	at(MA, posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC));
 	int gap = posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC);
 	at(MC, posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC));
@@ -335,6 +345,12 @@ int main(int argc, char **argv)
 		wl_fail("slave to master no longer passes data unchanged");
 	if (queued(SA) != 0 || queued(MA) != 0)
 		wl_fail("bytes left over: %d to the slave, %d to the master", queued(SA), queued(MA));
+	/* C's slave was never opened: its master is not hung up; E's is. */
+	struct pollfd pc = { .fd = MC, .events = POLLIN }, pe = { .fd = ME, .events = POLLIN };
+	if (poll(&pc, 1, 0) < 0 || (pc.revents & POLLHUP))
+		wl_fail("pty C's master is hung up (revents %#x)", pc.revents);
+	if (poll(&pe, 1, 0) != 1 || !(pe.revents & POLLHUP))
+		wl_fail("pty E's master is not hung up (revents %#x)", pe.revents);
 	/* Pair D: the two lines one by one, then the partial line goes on. */
 	char l[64] = { 0 };
 	const char *want_lines[] = { "line1\n", "line2\n" };

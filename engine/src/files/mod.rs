@@ -501,7 +501,8 @@ impl FileTable {
     /// index until then). A slave whose master the tree does not hold is
     /// refused.
     pub fn finish_ptys(&mut self) -> Result<()> {
-        let mut found: std::collections::BTreeMap<u32, Option<usize>> = Default::default();
+        // Index -> (its master description, whether a slave is held).
+        let mut found: std::collections::BTreeMap<u32, (Option<usize>, bool)> = Default::default();
         for f in &self.image.files {
             let end = match f.kind {
                 FileKind::Pty { pty, master } => Some((pty, master)),
@@ -511,12 +512,14 @@ impl FileTable {
             if let Some((pty, master)) = end {
                 let e = found.entry(pty).or_default();
                 if master {
-                    *e = Some(f.id as usize);
+                    e.0 = Some(f.id as usize);
+                } else {
+                    e.1 = true;
                 }
             }
         }
         let mut pos = HashMap::new();
-        for (index, master) in found {
+        for (index, (master, slave_held)) in found {
             let Some(m) = master else {
                 return Err(Error::Other(format!(
                     "pty {index} of the sandbox's devpts: the tree holds a slave but not its \
@@ -524,7 +527,7 @@ impl FileTable {
                 )));
             };
             pos.insert(index, self.image.ptys.len() as u32);
-            let img = tty::collect_pty(index, &self.reps[m].2, &self.tree)?;
+            let img = tty::collect_pty(index, &self.reps[m].2, &self.tree, slave_held)?;
             self.image.ptys.push(img);
         }
         for f in &mut self.image.files {

@@ -363,11 +363,24 @@ fn refill(
 }
 
 /// Saves pty `index` through `master`, our copy of its master description.
-/// `tree` maps host PIDs to PIDs in the sandbox. The queued bytes are read
-/// and written back before this returns (see the module's comment).
-pub fn collect_pty(index: u32, master: &OwnedFd, tree: &HashMap<i32, i32>) -> Result<PtyImage> {
+/// `tree` maps host PIDs to PIDs in the sandbox; `slave_held`: the tree
+/// holds a slave description. The queued bytes are read and written back
+/// before this returns (see the module's comment).
+pub fn collect_pty(
+    index: u32,
+    master: &OwnedFd,
+    tree: &HashMap<i32, i32>,
+    slave_held: bool,
+) -> Result<PtyImage> {
     let m = master.as_raw_fd();
     let what = format!("pty {index}");
+    let mut pfd = libc::pollfd {
+        fd: m,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: poll on one pollfd of ours, no wait.
+    let hangup = unsafe { libc::poll(&mut pfd, 1, 0) } >= 0 && pfd.revents & libc::POLLHUP != 0;
     let orig = get_termios(m, &what)?;
     let mut ws: libc::winsize = libc::winsize {
         ws_row: 0,
@@ -381,9 +394,23 @@ pub fn collect_pty(index: u32, master: &OwnedFd, tree: &HashMap<i32, i32>) -> Re
     }
     let locked = ioctl_int(m, TIOCGPTLCK, &format!("TIOCGPTLCK on {what}"))? != 0;
     let packet = ioctl_int(m, TIOCGPKT, &format!("TIOCGPKT on {what}"))? != 0;
-    let slave = open_peer(m, libc::O_RDWR | libc::O_NONBLOCK, &what)?;
-    let s = slave.as_raw_fd();
-    let exclusive = ioctl_int(s, TIOCGEXCL, &format!("TIOCGEXCL on {what}"))? != 0;
+    // A slave never opened stays so: closing a slave description of ours
+    // would leave the master hung up. Nothing can be queued towards the
+    // master then, and no slave can have been made exclusive.
+    let slave = if slave_held || hangup {
+        Some(open_peer(m, libc::O_RDWR | libc::O_NONBLOCK, &what)?)
+    } else {
+        if inq(m, &what)? != 0 {
+            return Err(Error::Other(format!(
+                "{what}: bytes queued to the master of a slave never opened"
+            )));
+        }
+        None
+    };
+    let exclusive = match &slave {
+        Some(s) => ioctl_int(s.as_raw_fd(), TIOCGEXCL, &format!("TIOCGEXCL on {what}"))? != 0,
+        None => false,
+    };
     // The session and the foreground group: asked through the master, in
     // our PID namespace (ENOTTY: no session has it).
     let session = {
@@ -414,26 +441,10 @@ pub fn collect_pty(index: u32, master: &OwnedFd, tree: &HashMap<i32, i32>) -> Re
             (Some(sid), fg)
         }
     };
-    // Queued bytes: read with the line raw (and the master out of packet
-    // mode, whose reads start with a status byte), written back at once.
-    set_termios(s, &raw(&orig), &what)?;
-    if packet {
-        ioctl_set(m, libc::TIOCPKT, 0, &what)?;
-    }
-    let queues = (|| -> Result<(Vec<u8>, Vec<u8>)> {
-        let to_slave = read_queue(s, inq(s, &what)?, &what)?;
-        let to_master = read_queue(m, inq(m, &what)?, &what)?;
-        if !to_slave.is_empty() || !to_master.is_empty() {
-            set_termios(s, &refill_mode(&orig), &what)?;
-            refill(m, s, &to_slave, &to_master, &what)?;
-        }
-        Ok((to_slave, to_master))
-    })();
-    if packet {
-        ioctl_set(m, libc::TIOCPKT, 1, &what)?;
-    }
-    set_termios(s, &orig, &what)?;
-    let (to_slave, to_master) = queues?;
+    let (to_slave, to_master) = match &slave {
+        Some(s) => take_queues(m, s.as_raw_fd(), &orig, packet, &what)?,
+        None => (Vec::new(), Vec::new()),
+    };
     Ok(PtyImage {
         index,
         iflag: orig.c_iflag,
@@ -450,9 +461,42 @@ pub fn collect_pty(index: u32, master: &OwnedFd, tree: &HashMap<i32, i32>) -> Re
         exclusive,
         to_slave,
         to_master,
+        hangup,
         session,
         fg_pgrp,
     })
+}
+
+/// Reads the bytes queued each way through master `m` and slave `s`, and
+/// writes them back (see the module's comment). `orig` is the line's termios.
+fn take_queues(
+    m: RawFd,
+    s: RawFd,
+    orig: &libc::termios2,
+    packet: bool,
+    what: &str,
+) -> Result<(Vec<u8>, Vec<u8>)> {
+    let what = what.to_string();
+    // Queued bytes: read with the line raw (and the master out of packet
+    // mode, whose reads start with a status byte), written back at once.
+    set_termios(s, &raw(orig), &what)?;
+    if packet {
+        ioctl_set(m, libc::TIOCPKT, 0, &what)?;
+    }
+    let queues = (|| -> Result<(Vec<u8>, Vec<u8>)> {
+        let to_slave = read_queue(s, inq(s, &what)?, &what)?;
+        let to_master = read_queue(m, inq(m, &what)?, &what)?;
+        if !to_slave.is_empty() || !to_master.is_empty() {
+            set_termios(s, &refill_mode(orig), &what)?;
+            refill(m, s, &to_slave, &to_master, &what)?;
+        }
+        Ok((to_slave, to_master))
+    })();
+    if packet {
+        ioctl_set(m, libc::TIOCPKT, 1, &what)?;
+    }
+    set_termios(s, orig, &what)?;
+    queues
 }
 
 /// Checks the ptys of an image: indexes bounded and unique, in order, every
@@ -612,8 +656,16 @@ impl PtySet {
             // Unlocked while the descriptions are opened (`lock` sets the
             // recorded state last).
             ioctl_set(m, TIOCSPTLCK, 0, &format!("TIOCSPTLCK on {what}"))?;
-            let slave = open_peer(m, libc::O_RDWR | libc::O_NONBLOCK, &what)?;
-            let s = slave.as_raw_fd();
+            // A slave of our own only when one is needed: closing it leaves
+            // the master hung up, as it was when `hangup` says so.
+            let data = !p.to_slave.is_empty() || !p.to_master.is_empty();
+            let slave = if p.hangup || data || p.exclusive || p.session.is_some() {
+                Some(open_peer(m, libc::O_RDWR | libc::O_NONBLOCK, &what)?)
+            } else {
+                None
+            };
+            // termios2 ioctls on the master act on the slave's.
+            let s = slave.as_ref().map_or(m, |s| s.as_raw_fd());
             let mut t = get_termios(s, &what)?;
             t.c_iflag = p.iflag;
             t.c_oflag = p.oflag;
@@ -623,7 +675,7 @@ impl PtySet {
             t.c_cc.copy_from_slice(&p.cc);
             t.c_ispeed = p.ispeed;
             t.c_ospeed = p.ospeed;
-            if !p.to_slave.is_empty() || !p.to_master.is_empty() {
+            if data {
                 set_termios(s, &refill_mode(&t), &what)?;
                 refill(m, s, &p.to_slave, &p.to_master, &what)?;
             }
@@ -650,7 +702,7 @@ impl PtySet {
                     return Err(last_os_error(format!("TIOCEXCL on {what}")));
                 }
             }
-            set.ctty.push(p.session.is_some().then_some(slave));
+            set.ctty.push(slave.filter(|_| p.session.is_some()));
         }
         Ok(set)
     }

@@ -628,6 +628,10 @@ pub struct PtyImage {
     /// output processing).
     #[serde(with = "hex_bytes", default)]
     pub to_master: Vec<u8>,
+    /// Every slave description was closed after one was opened: the
+    /// master reads EIO (and polls POLLHUP) until a slave is opened again.
+    #[serde(default)]
+    pub hangup: bool,
     /// The session (PID in the sandbox) whose controlling terminal it is.
     #[serde(default)]
     pub session: Option<i32>,

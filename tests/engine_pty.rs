@@ -42,7 +42,8 @@ fn pty_pairs_ctty_and_queues() {
     assert!(a["session"].is_i64());
     assert_eq!(c["locked"], true);
     assert_eq!(c["packet"], true);
-    assert_eq!(d["to_slave"], hex("line1\nline2\npart"));
+    // The end-of-file is a 0 byte in a canonical queue.
+    assert_eq!(d["to_slave"], hex("line1\nline2\n\0part"));
     let kinds: Vec<&str> = v["files"]
         .as_array()
         .expect("files")

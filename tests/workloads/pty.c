@@ -8,8 +8,8 @@
  * Pair E: master at fd 16, its slave opened and closed: hung up. C's slave
  * was never opened: not hung up.
  * Pair D: master at fd 14, slave at fd 15, canonical without echo, holding
- * two whole lines and a partial one, which must still read as two lines,
- * then the partial one completed by what the master writes next.
+ * two whole lines, an end-of-file (^D) and a partial line, which must still
+ * read as two lines, then end of file, then the partial one completed by what the master writes next.
  *
  * The child makes A's slave its controlling terminal in a new session,
  * opens /dev/tty at fd 13 and puts its own child (the grandchild) in a new process group, which it
@@ -41,7 +41,7 @@
 #define MD 14
 #define SD 15
 #define ME 16
-#define CANON "line1\nline2\npart"
+#define CANON "line1\nline2\n\004part"
 #define TO_SLAVE 300
 #define TO_MASTER 200
 
@@ -359,6 +359,9 @@ int main(int argc, char **argv)
 		if (read(SD, l, sizeof(l)) != 6 || strcmp(l, want_lines[i]) != 0)
 			wl_fail("pair D: line %d reads \"%s\"", i + 1, l);
 	}
+	/* Then the end-of-file (^D) typed after them. */
+	if (read(SD, l, sizeof(l)) != 0)
+		wl_fail("pair D: no end of file after the two lines");
 	if (wl_corrupt())
 		write(MD, "\n", 1);
 	if (queued(SD) != 0)

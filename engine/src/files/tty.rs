@@ -331,17 +331,36 @@ fn refill(
     what: &str,
 ) -> Result<()> {
     let t = get_termios(slave, what)?;
-    let slave_counts = if t.c_lflag & libc::ICANON != 0 {
-        let ends = [b'\n', t.c_cc[libc::VEOL], t.c_cc[libc::VEOL2]];
+    let eof = t.c_cc[libc::VEOF];
+    let canonical = t.c_lflag & libc::ICANON != 0;
+    // A canonical queue holds an end-of-file as a 0 byte that ends a line
+    // and is not counted as readable: it is written back as the VEOF
+    // character, which makes it again.
+    let bytes: Vec<u8> = if canonical && eof != 0 {
         to_slave
             .iter()
-            .rposition(|b| *b != 0 && ends.contains(b))
-            .map_or(0, |i| i + 1)
+            .map(|&b| if b == 0 { eof } else { b })
+            .collect()
+    } else {
+        to_slave.to_vec()
+    };
+    let slave_counts = if canonical {
+        let ends = [b'\n', t.c_cc[libc::VEOL], t.c_cc[libc::VEOL2]];
+        let upto = to_slave
+            .iter()
+            .rposition(|b| (*b == 0 && eof != 0) || (*b != 0 && ends.contains(b)))
+            .map_or(0, |i| i + 1);
+        let markers = if eof != 0 {
+            to_slave[..upto].iter().filter(|b| **b == 0).count()
+        } else {
+            0
+        };
+        upto - markers
     } else {
         to_slave.len()
     };
     let (base_s, base_m) = (inq(slave, what)?, inq(master, what)?);
-    write_all(master, to_slave, what)?;
+    write_all(master, &bytes, what)?;
     write_all(slave, to_master, what)?;
     // The bytes reach the reader's buffer through the tty layer's work
     // queue: wait for them before the termios changes how they are read.

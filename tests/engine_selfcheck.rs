@@ -234,7 +234,7 @@ fn selfcheck_fds() {
         "refuse-uffd",
         "refuse-inotify",
         "refuse-maplock",
-        "refuse-pty",
+        "pty",
     ] {
         selfcheck(&format!("fds-{mode}"), c_workload("fds", &[mode]));
     }
@@ -255,6 +255,11 @@ fn selfcheck_deleted() {
 #[test]
 fn selfcheck_refuse_aio() {
     selfcheck("aio", c_workload("refuse", &["aio"]));
+}
+
+#[test]
+fn selfcheck_pty() {
+    selfcheck("pty", c_workload("pty", &[]));
 }
 
 #[test]

@@ -285,6 +285,7 @@ fn collect_all(
         &mut blobs,
     )?;
     files.finish_sockets(&mut blobs)?;
+    files.finish_ptys()?;
     let ipc = crate::ipc::collect(sb.init_pid(), &mut shmem, &mut blobs)?;
     for (shmid, pid) in shared.segments() {
         let known = ipc

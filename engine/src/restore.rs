@@ -169,6 +169,7 @@ pub fn load(dir: &Path) -> Result<LoadedImage> {
         &inventory.processes.iter().map(|e| e.pid).collect(),
     )
     .map_err(in_file("files.json"))?;
+    files::tty::validate_sessions(&files, &inventory.processes).map_err(in_file("files.json"))?;
     let shmem: SharedMemoryImage = if reader.file_size("shmem.json").is_some() {
         reader.read_json("shmem.json")?
     } else {
@@ -383,6 +384,14 @@ fn restore_guarded(
             reason: format!("profile: {e}"),
         })?;
     crate::net::netns::check_profile(&profile, &img.files.sockets)?;
+    if !img.files.ptys.is_empty() && !profile.mounts.dev {
+        return Err(Error::BadImage {
+            path: "inventory.json".into(),
+            reason: "the image holds ptys but its profile gives the sandbox no /dev of its own \
+                     (mounts.dev): they are made only in a devpts of the sandbox's own"
+                .into(),
+        });
+    }
 
     // Everything the tree needs is opened here and inherited by init.
     raise_nofile();
@@ -478,7 +487,7 @@ fn restore_guarded(
             init_layout.materialize(&shmem_img, shmem)?;
         }
         crate::ipc::remove_destroyed(&ipc_img)?;
-        let files::OpenFiles { fds, holders } =
+        let files::OpenFiles { fds, holders, ctty } =
             files::open_all(&files_img, Some(&blobs), ctx.log_fd).map_err(|e| match e {
                 Error::File { id, cause } => format!(
                     "{}: {cause}",
@@ -507,6 +516,27 @@ fn restore_guarded(
                     .collect::<std::result::Result<_, String>>()?;
             }
         }
+        // Controlling terminals: the session leader takes it, the leader
+        // of the foreground group (a member of the session) sets it.
+        let mut ctty_held = Vec::new();
+        for (i, p) in files_img.ptys.iter().enumerate() {
+            let Some(fd) = ctty.get(i).and_then(|f| f.as_ref()) else {
+                continue;
+            };
+            let fd = plan
+                .place(fd.try_clone().map_err(|e| e.to_string())?)
+                .map_err(|e| e.to_string())?;
+            for plan in tree_plan.plans.iter_mut() {
+                if Some(plan.pid) == p.session && plan.sid == plan.pid {
+                    plan.ctty = Some(fd.as_raw_fd());
+                }
+                if Some(plan.pid) == p.fg_pgrp && plan.pgid == plan.pid {
+                    plan.foreground = Some(fd.as_raw_fd());
+                }
+            }
+            ctty_held.push(fd);
+        }
+        drop(ctty);
         crate::faults::pause_point("restore-launch");
         if crate::faults::fail_point("restore-init-panic") {
             panic!("a panic injected in the sandbox's init (STASIS_TEST_FAIL_AT)");
@@ -519,6 +549,7 @@ fn restore_guarded(
         init_layout.release();
         drop(held);
         drop(holders);
+        drop(ctty_held);
         let root_pid = if pids.contains(&workload) {
             workload
         } else {

@@ -62,6 +62,13 @@ pub struct Plan {
     /// A helper: forks its children, waits until every group is joined,
     /// then exits. Its `pgid` is 0 when it holds no group of its own.
     pub helper: bool,
+    /// A session leader with a controlling terminal: the inherited fd of a
+    /// slave description it takes with TIOCSCTTY right after setsid().
+    pub ctty: Option<i32>,
+    /// The leader of a terminal's foreground group: the inherited fd of a
+    /// slave description on which it makes its group the foreground one
+    /// (TIOCSPGRP) once it made the group.
+    pub foreground: Option<i32>,
 }
 
 /// The whole tree's plan: every process of the image in image order, then
@@ -98,6 +105,8 @@ impl Helpers {
             fds: Vec::new(),
             own_group: pgid == pid && sid != pid,
             helper: true,
+            ctty: None,
+            foreground: None,
         });
         self.plans.len() - 1
     }
@@ -164,6 +173,8 @@ pub fn plan(procs: &[ProcessEntry]) -> Result<TreePlan> {
             fds: Vec::new(),
             own_group: false,
             helper: false,
+            ctty: None,
+            foreground: None,
         })
         .collect();
     let mut kids: Vec<Vec<usize>> = vec![Vec::new(); procs.len()];
@@ -493,7 +504,8 @@ fn errno() -> i32 {
         .unwrap_or(libc::EIO)
 }
 
-/// setsid() or setpgid(0, 0) as the plan says.
+/// setsid() or setpgid(0, 0) as the plan says, then the controlling
+/// terminal and foreground group it sets up, if any.
 fn make_own(p: &Plan) -> std::result::Result<(), i32> {
     // SAFETY: setsid/setpgid on ourselves.
     unsafe {
@@ -504,6 +516,12 @@ fn make_own(p: &Plan) -> std::result::Result<(), i32> {
         } else if p.own_group && libc::setpgid(0, 0) < 0 {
             return Err(errno());
         }
+    }
+    if let Some(fd) = p.ctty {
+        crate::files::tty::take_ctty(fd)?;
+    }
+    if let Some(fd) = p.foreground {
+        crate::files::tty::set_foreground(fd)?;
     }
     Ok(())
 }

@@ -59,7 +59,8 @@
  *   refuse-inotify  fd 9 inotify with an unread event
  *   refuse-maplock  a flock LOCK_EX on a memfd whose description lives on
  *                   only in a shared mapping (its fd closed)
- *   refuse-pty      fd 9 a pty master from /dev/ptmx, fd 8 its slave */
+ *   pty             fd 9 a pty master from /dev/ptmx, fd 8 its slave, data
+ *                   passing both ways after the restore */
 #include "wl.h"
 
 #include <linux/userfaultfd.h>
@@ -1209,7 +1210,7 @@ static void refuse_setup(const char *kind)
 		must(f >= 0, "creating w1/pending");
 		close(f);
 		at(9, 10);
-	} else if (!strcmp(kind, "refuse-pty")) {
+	} else if (!strcmp(kind, "pty")) {
 		at(9, posix_openpt(O_RDWR | O_NOCTTY | O_CLOEXEC));
 		must(grantpt(9) == 0 && unlockpt(9) == 0, "unlockpt");
 		at(8, open(ptsname(9), O_RDWR | O_NOCTTY | O_CLOEXEC));
@@ -1237,7 +1238,7 @@ static void refuse_check(const char *kind)
 			wl_fail("fd 9: the epoll no longer reports its eventfd");
 	} else if (!strcmp(kind, "refuse-uffd")) {
 		expect_link(9, "anon_inode:[userfaultfd]");
-	} else if (!strcmp(kind, "refuse-pty")) {
+	} else if (!strcmp(kind, "pty")) {
 		char b[8] = { 0 };
 		if (write(9, "ping\n", 5) != 5 || read(8, b, sizeof(b)) != 5 || memcmp(b, "ping\n", 5) != 0)
 			wl_fail("fds 8 and 9: the pty no longer passes data");
@@ -1267,7 +1268,8 @@ int main(int argc, char **argv)
 {
 	wl_init(argc, argv, 2);
 	const char *mode = argv[1];
-	int refusal = !strncmp(mode, "refuse-", 7);
+	/* The pty pair is set up and checked beside the refusals. */
+	int refusal = !strncmp(mode, "refuse-", 7) || !strcmp(mode, "pty");
 	if (!strcmp(mode, "eventfd"))
 		eventfd_setup();
 	else if (!strcmp(mode, "timerfd"))
@@ -1340,7 +1342,7 @@ int main(int argc, char **argv)
 		}
 		else if (!strcmp(mode, "hsperf"))
 			perf[9] ^= 1;
-		else if (!strcmp(mode, "refuse-pidfd") || !strcmp(mode, "refuse-uffd") || !strcmp(mode, "refuse-pty"))
+		else if (!strcmp(mode, "refuse-pidfd") || !strcmp(mode, "refuse-uffd") || !strcmp(mode, "pty"))
 			at(9, open("/dev/null", O_RDONLY));
 		else if (!strcmp(mode, "refuse-epoll"))
 			must(read(6, &one, 8) == 8, "corrupting");

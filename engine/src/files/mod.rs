@@ -5,7 +5,8 @@
 //! their unread data, `memfd` memfds (also when mapped), `eventfd`,
 //! `timerfd`, `signalfd`, `epoll`, `inotify` and `pidfd` the anonymous
 //! kinds, `locks` flock, POSIX and OFD locks (also held through mappings),
-//! `tty` the refusal of terminals.
+//! `tty` the ptys of the sandbox's devpts (and the refusal of other
+//! terminals).
 //!
 //! Restore opens every description once, in the sandbox's init before the
 //! tree is forked, moves them to fd numbers no process of the tree uses
@@ -370,24 +371,37 @@ impl FileTable {
             } else if fmt == libc::S_IFSOCK {
                 self.net.collect(host_pid, pid, fd, &dup, st.st_ino)?
             } else if fmt == libc::S_IFREG || fmt == libc::S_IFDIR || fmt == libc::S_IFCHR {
-                tty::check_dump(pid, fd, &link, &dup, &st, self.init)?;
-                let deleted = st.st_nlink == 0;
-                let ghost = if deleted {
-                    let (open, what) = (format!("/proc/{host_pid}/fd/{fd}"), format!("fd {fd}"));
-                    let seen = ghost::Seen {
-                        pid,
-                        what: &what,
-                        key,
-                        open: &open,
-                        link: &link,
-                        tmpfile: info.flags & ghost::O_TMPFILE_BIT != 0,
-                        root: &format!("/proc/{host_pid}/root"),
-                    };
-                    Some(self.ghosts.save(&mut self.image.ghosts, seen, blobs)?)
+                if let Some(end) =
+                    tty::check_dump((pid, host_pid), fd, &link, &dup, &st, self.init)?
+                {
+                    if end.dev_tty {
+                        FileKind::DevTty { pty: end.index }
+                    } else {
+                        FileKind::Pty {
+                            pty: end.index,
+                            master: end.master,
+                        }
+                    }
                 } else {
-                    None
-                };
-                regular::collect(pid, fd, &link, &st, info.pos, ghost)?
+                    let deleted = st.st_nlink == 0;
+                    let ghost = if deleted {
+                        let (open, what) =
+                            (format!("/proc/{host_pid}/fd/{fd}"), format!("fd {fd}"));
+                        let seen = ghost::Seen {
+                            pid,
+                            what: &what,
+                            key,
+                            open: &open,
+                            link: &link,
+                            tmpfile: info.flags & ghost::O_TMPFILE_BIT != 0,
+                            root: &format!("/proc/{host_pid}/root"),
+                        };
+                        Some(self.ghosts.save(&mut self.image.ghosts, seen, blobs)?)
+                    } else {
+                        None
+                    };
+                    regular::collect(pid, fd, &link, &st, info.pos, ghost)?
+                }
             } else if let Some(kind) = self.collect_anon(pid, fd, &link, &dup, &info.text)? {
                 if matches!(kind, FileKind::Epoll { .. }) {
                     epolls.push((fd, self.image.files.len()));
@@ -485,6 +499,48 @@ impl FileTable {
             _ => return Ok(None),
         }))
     }
+    /// Saves every pty the tree's fds showed, in index order, and points
+    /// their descriptions at the records (`FileKind::Pty`'s `pty` holds the
+    /// index until then). A slave whose master the tree does not hold is
+    /// refused.
+    pub fn finish_ptys(&mut self) -> Result<()> {
+        // Index -> (its master description, whether a slave is held).
+        let mut found: std::collections::BTreeMap<u32, (Option<usize>, bool)> = Default::default();
+        for f in &self.image.files {
+            let end = match f.kind {
+                FileKind::Pty { pty, master } => Some((pty, master)),
+                FileKind::DevTty { pty } => Some((pty, false)),
+                _ => None,
+            };
+            if let Some((pty, master)) = end {
+                let e = found.entry(pty).or_default();
+                if master {
+                    e.0 = Some(f.id as usize);
+                } else {
+                    e.1 = true;
+                }
+            }
+        }
+        let mut pos = HashMap::new();
+        for (index, (master, slave_held)) in found {
+            let Some(m) = master else {
+                return Err(Error::Other(format!(
+                    "pty {index} of the sandbox's devpts: the tree holds a slave but not its \
+                     master (a hung-up terminal is not checkpointed)"
+                )));
+            };
+            pos.insert(index, self.image.ptys.len() as u32);
+            let img = tty::collect_pty(index, &self.reps[m].2, &self.tree, slave_held)?;
+            self.image.ptys.push(img);
+        }
+        for f in &mut self.image.files {
+            if let FileKind::Pty { pty, .. } | FileKind::DevTty { pty } = &mut f.kind {
+                *pty = pos[pty];
+            }
+        }
+        Ok(())
+    }
+
     /// Completes the socket records once every process was collected.
     pub fn finish_sockets(&mut self, blobs: &mut PageSink) -> Result<()> {
         let (sockets, unix_files) = self.net.finish(blobs)?;
@@ -598,6 +654,9 @@ pub struct OpenFiles {
     pub fds: Vec<OwnedFd>,
     /// Pipe ends kept open only to fill the pipes (closed after the fork).
     pub holders: Vec<OwnedFd>,
+    /// A slave description of every pty that is a session's controlling
+    /// terminal, by position in `FilesImage::ptys` (see `tty::PtySet`).
+    pub ctty: Vec<Option<OwnedFd>>,
 }
 
 /// Opens every description of the image (run in the sandbox's mount
@@ -618,6 +677,7 @@ pub fn open_all(
         .iter()
         .map(|g| ghost::create(g, blobs))
         .collect::<Result<Vec<_>>>()?;
+    let mut ptys = tty::PtySet::create(files)?;
     let mut fds = Vec::with_capacity(files.files.len() + memfds.len() + ghosts.len());
     // Whether memfd_create's own description of each memfd is taken.
     let mut created_used = vec![false; memfds.len()];
@@ -670,6 +730,8 @@ pub fn open_all(
                     .as_mut()
                     .ok_or_else(|| Error::Other(format!("image: file {i} is a socket of none")))?
                     .open(*socket, f.flags)?,
+                FileKind::Pty { pty, master } => ptys.open(f, *pty, *master)?,
+                FileKind::DevTty { pty } => ptys.open_dev_tty(f, *pty)?,
             })
         })()
         .map_err(|cause| Error::File {
@@ -678,6 +740,7 @@ pub fn open_all(
         })?;
         fds.push(fd);
     }
+    tty::PtySet::lock(files, &fds)?;
     locks::restore_desc(files, &fds)?;
     // The memfds and deleted files themselves, after the descriptions:
     // passed to the processes that map them (`slots`).
@@ -686,6 +749,7 @@ pub fn open_all(
     Ok(OpenFiles {
         fds,
         holders: pipes.into_holders(),
+        ctty: ptys.ctty,
     })
 }
 
@@ -825,6 +889,7 @@ pub fn validate_links(
             }
         }
     }
+    tty::validate(files, pids)?;
     pidfd::validate(files, pids)?;
     epoll::validate(files, procs)?;
     locks::validate(files, procs)
@@ -851,6 +916,18 @@ pub fn describe(files: &FilesImage, kind: &FileKind) -> String {
             None => format!("memfd {memfd}"),
         },
         FileKind::Pidfd { pid } => format!("pidfd of process {pid}"),
+        FileKind::Pty { pty, master } => {
+            let n = files.ptys.get(*pty as usize).map_or(*pty, |p| p.index);
+            if *master {
+                format!("pty {n} master (/dev/ptmx)")
+            } else {
+                format!("pty {n} slave (/dev/pts/{n})")
+            }
+        }
+        FileKind::DevTty { pty } => {
+            let n = files.ptys.get(*pty as usize).map_or(*pty, |p| p.index);
+            format!("/dev/tty (pty {n})")
+        }
         other => format!("{other:?}"),
     }
 }

@@ -617,6 +617,51 @@ pub struct FilesImage {
     /// Files deleted while open or mapped, once per inode.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ghosts: Vec<GhostImage>,
+    /// pty pairs of the sandbox's devpts, in index order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ptys: Vec<PtyImage>,
+}
+
+/// A pty pair of the sandbox's devpts and the state of its line.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PtyImage {
+    /// Its number in the devpts instance (/dev/pts/N).
+    pub index: u32,
+    /// The slave's termios (termios2: speeds included).
+    pub iflag: u32,
+    pub oflag: u32,
+    pub cflag: u32,
+    pub lflag: u32,
+    pub line: u8,
+    #[serde(with = "hex_bytes")]
+    pub cc: Vec<u8>,
+    pub ispeed: u32,
+    pub ospeed: u32,
+    /// Window size: rows, columns, x and y pixels.
+    pub winsize: [u16; 4],
+    /// TIOCSPTLCK: the slave cannot be opened.
+    pub locked: bool,
+    /// TIOCPKT on the master.
+    pub packet: bool,
+    /// TIOCEXCL on the slave.
+    pub exclusive: bool,
+    /// Bytes the slave has not read yet (written to the master).
+    #[serde(with = "hex_bytes", default)]
+    pub to_slave: Vec<u8>,
+    /// Bytes the master has not read yet (written to the slave, after
+    /// output processing).
+    #[serde(with = "hex_bytes", default)]
+    pub to_master: Vec<u8>,
+    /// Every slave description was closed after one was opened: the
+    /// master reads EIO (and polls POLLHUP) until a slave is opened again.
+    #[serde(default)]
+    pub hangup: bool,
+    /// The session (PID in the sandbox) whose controlling terminal it is.
+    #[serde(default)]
+    pub session: Option<i32>,
+    /// The foreground process group then.
+    #[serde(default)]
+    pub fg_pgrp: Option<i32>,
 }
 
 /// A file deleted (unlinked) while open or mapped: saved once however many
@@ -718,6 +763,12 @@ pub enum FileKind {
     Pidfd { pid: i32 },
     /// A socket: index into `FilesImage::sockets`.
     Socket { socket: u32 },
+    /// One end of a pty pair of the sandbox's devpts: index into
+    /// `FilesImage::ptys`; the master (/dev/ptmx) or a slave (/dev/pts/N).
+    Pty { pty: u32, master: bool },
+    /// /dev/tty opened while pty `pty` (index into `FilesImage::ptys`) was
+    /// the process's controlling terminal.
+    DevTty { pty: u32 },
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]

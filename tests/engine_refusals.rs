@@ -60,13 +60,6 @@ fn refuses_io_uring() {
     refused_dump("io_uring", &["process 2", "anon_inode", "io_uring", "fd 9"]);
 }
 
-/// An AIO ring maps an inode of the kernel's aio filesystem shown as
-/// "/[aio] (deleted)": not a deleted file to recreate, so refused.
-#[test]
-fn refuses_aio_ring() {
-    refused_dump("aio", &["process 2", "mapping", "[aio]", "kernel-internal"]);
-}
-
 /// A dump into a directory that holds a file is refused, leaves the file
 /// alone, and leaves the workload running.
 #[test]

@@ -253,11 +253,6 @@ fn selfcheck_deleted() {
 }
 
 #[test]
-fn selfcheck_refuse_aio() {
-    selfcheck("aio", c_workload("refuse", &["aio"]));
-}
-
-#[test]
 fn selfcheck_pty() {
     selfcheck("pty", c_workload("pty", &[]));
 }

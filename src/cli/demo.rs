@@ -132,15 +132,33 @@ pub fn run(state_dir: &Path) -> Result<u8> {
         "[4/4] restored as {restored_name} in {:.1} ms, in fresh namespaces with the same PIDs",
         r.stats.total_ms
     )?;
-    let first = wait_count(&rlog, 1, Duration::from_secs(10))?;
+    // The restored sandbox's log starts with the dumped one's: the counts
+    // before the dump, then the restored workload's own.
+    let first = wait_count(&rlog, at_dump + 1, Duration::from_secs(10))?;
     let later = wait_count(&rlog, first + 4, Duration::from_secs(10))?;
     let text = std::fs::read_to_string(&rlog).unwrap_or_default();
-    for l in text.lines().filter(|l| l.starts_with("count ")).take(5) {
-        writeln!(out, "      {l}")?;
+    let counts: Vec<(u64, &str)> = text
+        .lines()
+        .filter_map(|l| Some((l.strip_prefix("count ")?.trim().parse().ok()?, l)))
+        .collect();
+    let at = counts.iter().position(|&(c, _)| c == at_dump);
+    for &(c, l) in counts
+        .iter()
+        .skip(at.unwrap_or(0).saturating_sub(1))
+        .take(6)
+    {
+        let when = if c <= at_dump {
+            "  (before the dump)"
+        } else {
+            ""
+        };
+        writeln!(out, "      {l}{when}")?;
     }
-    if first != at_dump + 1 {
+    let next = at.and_then(|i| counts.get(i + 1)).map(|&(c, _)| c);
+    if next != Some(at_dump + 1) {
         bail!(
-            "the restored workload went on at count {first}, expected {}",
+            "the restored workload went on at count {}, expected {}",
+            next.map_or("none".to_string(), |c| c.to_string()),
             at_dump + 1
         );
     }

@@ -165,3 +165,17 @@ fn restored_twice_side_by_side() {
         "copy {b}: {vb}"
     );
 }
+
+/// README's first command: `stasis demo` runs the whole cycle and says the
+/// count went on from the dump's.
+#[test]
+fn demo_runs_the_whole_cycle() {
+    let h = Harness::new("demo");
+    let out = h.stasis(["demo"]);
+    let said = text(&out.stdout);
+    assert!(out.status.success(), "stasis demo failed: {}", describe(&out));
+    assert!(
+        said.contains("the count went on from"),
+        "stasis demo did not say the count went on: {said}"
+    );
+}

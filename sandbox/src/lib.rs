@@ -80,7 +80,7 @@ pub enum Error {
     /// The command could not be started; `errno` is ENOENT when it does not exist.
     #[error("{}", .0.message)]
     Exec(ExecFailure),
-    #[error("the restore closure failed: {0}")]
+    #[error("inside the new sandbox: {0}")]
     Launch(String),
     #[error("the sandbox's init exited during setup ({0})")]
     InitDied(String),

@@ -173,7 +173,11 @@ fn demo_runs_the_whole_cycle() {
     let h = Harness::new("demo");
     let out = h.stasis(["demo"]);
     let said = text(&out.stdout);
-    assert!(out.status.success(), "stasis demo failed: {}", describe(&out));
+    assert!(
+        out.status.success(),
+        "stasis demo failed: {}",
+        describe(&out)
+    );
     assert!(
         said.contains("the count went on from"),
         "stasis demo did not say the count went on: {said}"

@@ -250,25 +250,6 @@ fn refuses_bad_pty_records() {
     h.expect_pass(&restored);
 }
 
-/// Reads an image's JSON file `name`, lets `edit` change it, writes it back
-/// and puts its new size and checksum in the manifest.
-fn edit_image_json(image: &std::path::Path, name: &str, edit: impl FnOnce(&mut serde_json::Value)) {
-    let path = image.join(name);
-    let mut v: serde_json::Value =
-        serde_json::from_slice(&fs::read(&path).expect("image file")).expect("JSON");
-    edit(&mut v);
-    let bytes = serde_json::to_vec(&v).expect("encoding");
-    fs::write(&path, &bytes).expect("writing the image file");
-    let mpath = image.join("manifest.json");
-    let mut m: serde_json::Value =
-        serde_json::from_slice(&fs::read(&mpath).expect("manifest")).expect("JSON");
-    m["files"][name] = serde_json::json!({
-        "size": bytes.len(),
-        "xxh3": format!("{:016x}", twox_hash::XxHash3_64::oneshot(&bytes)),
-    });
-    fs::write(&mpath, serde_json::to_vec(&m).expect("encoding")).expect("writing the manifest");
-}
-
 fn hex(s: &str) -> String {
     s.bytes().map(|b| format!("{b:02x}")).collect()
 }

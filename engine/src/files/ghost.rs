@@ -24,7 +24,7 @@ use std::collections::HashMap;
 use std::ffi::CString;
 use std::fs::File;
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
-use std::os::unix::fs::{FileExt, OpenOptionsExt};
+use std::os::unix::fs::FileExt;
 
 use super::last_os_error;
 use crate::error::{Error, Result};
@@ -137,12 +137,7 @@ fn collect(s: &Seen<'_>, id: u32, blobs: &mut PageSink) -> Result<GhostImage> {
     let extents = if kind == libc::S_IFREG {
         // A description of our own: looking for holes does not move the
         // workload's offset.
-        let f = File::options()
-            .read(true)
-            .custom_flags(libc::O_CLOEXEC | libc::O_NOATIME)
-            .open(s.open)
-            .or_else(|_| File::open(s.open))
-            .map_err(perr)?;
+        let f = super::memfd::open_ro(s.open).map_err(perr)?;
         save_data(&f, size, blobs).map_err(|e| match e {
             Error::Io { cause, .. } => perr(cause),
             e => e,
@@ -170,10 +165,10 @@ fn collect(s: &Seen<'_>, id: u32, blobs: &mut PageSink) -> Result<GhostImage> {
 }
 
 /// Writes the data of `f` (its first `size` bytes, holes skipped) to
-/// `blobs`, 1 MiB at a time.
-fn save_data(f: &File, size: u64, blobs: &mut PageSink) -> Result<Vec<MemfdExtent>> {
+/// `blobs`, 1 MiB at a time (deleted files and memfds).
+pub(super) fn save_data(f: &File, size: u64, blobs: &mut PageSink) -> Result<Vec<MemfdExtent>> {
     let io = |cause: std::io::Error| Error::Io {
-        what: "reading a deleted file".into(),
+        what: "reading a deleted file or memfd".into(),
         cause,
     };
     let mut extents = Vec::new();

@@ -14,7 +14,7 @@ use nix::sys::stat::FileStat;
 
 use super::last_os_error;
 use crate::error::{Error, Result};
-use crate::image::{Blob, MemfdExtent, MemfdImage, PageSink, ProcessImage, VmaKind};
+use crate::image::{MemfdImage, PageSink, ProcessImage, VmaKind};
 
 /// Largest memfd whose data is saved.
 pub const MAX_MEMFD_BYTES: u64 = 16 << 30;
@@ -33,7 +33,7 @@ pub fn name_of(link: &str) -> String {
     s.strip_suffix(DELETED).unwrap_or(s).to_string()
 }
 
-fn open_ro(path: &str) -> std::io::Result<File> {
+pub(super) fn open_ro(path: &str) -> std::io::Result<File> {
     File::options()
         .read(true)
         .custom_flags(libc::O_CLOEXEC | libc::O_NOATIME)
@@ -86,42 +86,10 @@ pub fn collect(
     if seals < 0 {
         return Err(perr(std::io::Error::last_os_error()));
     }
-    let mut extents = Vec::new();
-    let mut buf = vec![0u8; (size as usize).min(1 << 20)];
-    let mut at = 0u64;
-    while at < size {
-        // SAFETY: lseek on our own description.
-        let data = unsafe { libc::lseek(f.as_raw_fd(), at as i64, libc::SEEK_DATA) };
-        if data < 0 {
-            let e = std::io::Error::last_os_error();
-            if e.raw_os_error() == Some(libc::ENXIO) {
-                break;
-            }
-            return Err(perr(e));
-        }
-        // SAFETY: as above.
-        let hole = unsafe { libc::lseek(f.as_raw_fd(), data, libc::SEEK_HOLE) };
-        if hole < 0 {
-            return Err(perr(std::io::Error::last_os_error()));
-        }
-        let (start, end) = (data as u64, (hole as u64).min(size));
-        let offset = blobs.position();
-        let mut done = start;
-        while done < end {
-            let n = ((end - done) as usize).min(buf.len());
-            f.read_exact_at(&mut buf[..n], done).map_err(perr)?;
-            blobs.write_all(&buf[..n])?;
-            done += n as u64;
-        }
-        extents.push(MemfdExtent {
-            offset: start,
-            data: Blob {
-                offset,
-                len: end - start,
-            },
-        });
-        at = end;
-    }
+    let extents = super::ghost::save_data(&f, size, blobs).map_err(|e| match e {
+        Error::Io { cause, .. } => perr(cause),
+        e => e,
+    })?;
     Ok(MemfdImage {
         id,
         name: name_of(link),

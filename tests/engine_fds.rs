@@ -136,13 +136,13 @@ fn inotify_watches_and_wds() {
     );
 }
 
-/// pidfds of a child, of the process itself and of a zombie child, one
-/// shared by dup.
+/// pidfds of a child, of the process itself, of a zombie child and of a
+/// child already reaped, one shared by dup.
 #[test]
 fn pidfd_of_tree_processes() {
     let (_h, image) = round_trip("pidfd");
     let p = files_of_kind(&image, "pidfd");
-    assert_eq!(p.len(), 3, "{p:?}");
+    assert_eq!(p.len(), 4, "{p:?}");
 }
 
 /// A dump of `fds MODE` must fail naming the process and `words`, write no

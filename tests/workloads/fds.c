@@ -34,7 +34,8 @@
  *             wd 2 (DIR/w2/file, IN_MODIFY), wd 3 removed, wd 4 (a directory
  *             in /tmp, IN_CREATE), wd 5 (DIR/w3, IN_CREATE|IN_ONESHOT)
  *   pidfd     a child; fd 10 pidfd of the child, fd 11 pidfd of the process
- *             itself (PIDFD_NONBLOCK), fd 12 a dup of fd 10, fd 13 pidfd of
+ *             itself (PIDFD_NONBLOCK), fd 12 a dup of fd 10, fd 14 pidfd of a
+ *             child already reaped, fd 13 pidfd of
  *             a zombie child (exit status 7)
  *   maplocks  locks held only through shared mappings, their fds closed:
  *             DIR/maplock-flock.dat (2 pages, flock LOCK_EX, mapped shared
@@ -959,6 +960,13 @@ static void pidfd_setup(void)
 	memset(&si, 0, sizeof(si));
 	must(waitid(P_PID, (id_t)zchild, &si, WEXITED | WNOWAIT) == 0, "waiting for the zombie");
 	at(13, pidfd_open(zchild, 0));
+	/* fd 14: a pidfd of a child that has exited and was reaped. */
+	pid_t gone = fork();
+	must(gone >= 0, "fork");
+	if (gone == 0)
+		_exit(0);
+	at(14, pidfd_open(gone, 0));
+	must(waitpid(gone, NULL, 0) == gone, "reaping the child");
 }
 
 static void pidfd_check(void)
@@ -989,7 +997,15 @@ static void pidfd_check(void)
 	    si.si_status != 7)
 		wl_fail("fd 13: waitid(P_PIDFD) on the zombie gave pid %d code %d status %d, expected %d exited 7",
 			si.si_pid, si.si_code, si.si_status, (int)zchild);
-	wl_pass_note("pidfds=4");
+	if (fdinfo_num(14, "Pid:", 10) != -1)
+		wl_fail("fd 14: the pidfd of a reaped child names pid %lld, not -1", fdinfo_num(14, "Pid:", 10));
+	errno = 0;
+	if (syscall(SYS_pidfd_send_signal, 14, 0, NULL, 0) == 0 || errno != ESRCH)
+		wl_fail("fd 14: pidfd_send_signal to a reaped child: %s, expected ESRCH", strerror(errno));
+	struct pollfd pg = { 14, POLLIN, 0 };
+	if (poll(&pg, 1, 0) != 1)
+		wl_fail("fd 14: the pidfd of a reaped child does not report its exit");
+	wl_pass_note("pidfds=5");
 }
 
 /* ---- refusals --------------------------------------------------------- */

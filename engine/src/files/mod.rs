@@ -725,6 +725,7 @@ pub fn open_all(
                 }
                 // The process opens the pidfd itself once the tree exists
                 // (`restore_in_task`); until then its fds hold /dev/null.
+                FileKind::Pidfd { pid: pidfd::DEAD } => pidfd::open_dead(f.flags)?,
                 FileKind::Pidfd { .. } => pidfd::open_placeholder()?,
                 FileKind::Socket { socket } => sockets
                     .as_mut()

@@ -26,11 +26,13 @@ pub fn collect(
             pid,
             reason: format!("fd {fd} (pidfd): fdinfo has no Pid"),
         })?;
+    if target == -1 {
+        return Ok(FileKind::Pidfd { pid: DEAD });
+    }
     if target <= 0 {
-        return Err(Error::Unsupported {
+        return Err(Error::Process {
             pid,
-            what: format!("fd {fd}: a pidfd of a process that has exited and was reaped"),
-            detail: format!("Pid: {target}"),
+            reason: format!("fd {fd} (pidfd): fdinfo gives Pid {target}"),
         });
     }
     if let Some(&ns) = host_to_ns.get(&target) {
@@ -59,6 +61,48 @@ pub fn collect(
     })
 }
 
+/// The PID a pidfd of a reaped process is recorded with.
+pub const DEAD: i32 = 0;
+
+/// A pidfd of a process that has exited and was reaped: of a child forked
+/// here that exits at once (run in init, before the tree exists, so its PID
+/// is free again before any is asked for).
+pub fn open_dead(flags: u32) -> Result<OwnedFd> {
+    // SAFETY: fork in init, which is single-threaded; the child only calls
+    // _exit.
+    let child = unsafe { libc::fork() };
+    if child < 0 {
+        return Err(super::last_os_error(
+            "forking for a pidfd of a reaped process".into(),
+        ));
+    }
+    if child == 0 {
+        // SAFETY: leaving the child at once, running nothing of the parent's.
+        unsafe { libc::_exit(0) };
+    }
+    let f = (flags & libc::O_NONBLOCK as u32) as u64;
+    // SAFETY: pidfd_open takes plain integers; the child is a zombie until
+    // reaped below, so the PID is still its.
+    let raw = unsafe { libc::syscall(libc::SYS_pidfd_open, child, f) } as i32;
+    let err = std::io::Error::last_os_error();
+    let mut st = 0;
+    // SAFETY: reaping our own child; `st` is a valid out pointer.
+    while unsafe { libc::waitpid(child, &mut st, 0) } < 0
+        && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR)
+    {}
+    if raw < 0 {
+        return Err(Error::Io {
+            what: "pidfd_open of a child for a pidfd of a reaped process".into(),
+            cause: err,
+        });
+    }
+    // SAFETY: `raw` is a new fd owned by nobody else.
+    let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // SAFETY: F_SETFD on our own fd.
+    unsafe { libc::fcntl(raw, libc::F_SETFD, libc::FD_CLOEXEC) };
+    Ok(fd)
+}
+
 /// What the fds of a pidfd hold until the process opens the pidfd itself.
 pub fn open_placeholder() -> Result<OwnedFd> {
     // SAFETY: opening a static NUL-terminated path; a new fd or -1.
@@ -74,7 +118,7 @@ pub fn open_placeholder() -> Result<OwnedFd> {
 pub fn validate(files: &FilesImage, pids: &HashSet<i32>) -> Result<()> {
     for f in &files.files {
         if let FileKind::Pidfd { pid } = f.kind {
-            if !pids.contains(&pid) {
+            if pid != DEAD && !pids.contains(&pid) {
                 return Err(Error::Other(format!(
                     "image: pidfd {} names process {pid}, which is not in the image",
                     f.id
@@ -96,6 +140,10 @@ pub fn restore(r: &mut Remote, p: &ProcessImage, files: &FilesImage) -> Result<(
         let FileKind::Pidfd { pid } = f.kind else {
             continue;
         };
+        // Made in init already, at its fd numbers.
+        if pid == DEAD {
+            continue;
+        }
         if !done.insert(e.file) {
             continue;
         }

@@ -1,11 +1,10 @@
-/* refuse socket|thread|io_uring|aio DIR: a workload holding something a dump
+/* refuse socket|thread|io_uring DIR: a workload holding something a dump
  * must refuse, and that must go on running untouched after the refusal.
  *
  *   socket    a socketpair at fds 7 and 8, with 5 bytes queued for fd 7 that
  *             carry an fd (SCM_RIGHTS): fds in flight are refused
  *   thread    a second thread counting every millisecond
  *   io_uring  an io_uring instance at fd 9 (raw io_uring_setup)
- *   aio       an AIO context (io_setup), its ring mapped
  *
  * The main thread counts every millisecond until SIGTERM. Then: the counter
  * went on, and the resource still works (the queued bytes read back and the
@@ -79,7 +78,6 @@ static void check_ring(int fd, struct io_uring_params *p)
 		wl_fail("io_uring fd 9: a no-op submission did not complete (io_uring_enter gave %ld)", r);
 }
 
-static unsigned long aio_ctx;
 
 int main(int argc, char **argv)
 {
@@ -124,14 +122,8 @@ int main(int argc, char **argv)
 			return 2;
 		}
 		close((int)fd);
-	} else if (!strcmp(kind, "aio")) {
-		/* An AIO context: its ring is a mapping of "/[aio] (deleted)". */
-		if (syscall(SYS_io_setup, 8, &aio_ctx) != 0) {
-			perror("io_setup");
-			return 2;
-		}
 	} else {
-		dprintf(2, "usage: refuse socket|thread|io_uring|aio DIR\n");
+		dprintf(2, "usage: refuse socket|thread|io_uring DIR\n");
 		return 2;
 	}
 	wl_write("ready", "%s\n", kind);
@@ -150,8 +142,6 @@ int main(int argc, char **argv)
 			(void)!recv(7, &c, 1, 0);
 		else if (!strcmp(kind, "thread"))
 			stop_thread = 1;
-		else if (!strcmp(kind, "aio"))
-			syscall(SYS_io_destroy, aio_ctx);
 		else
 			dup2(open("/dev/null", O_RDONLY), 9);
 	}
@@ -166,11 +156,6 @@ int main(int argc, char **argv)
 			wl_fail("the second thread stopped counting (at %llu)", (unsigned long long)seen);
 		stop_thread = 1;
 		pthread_join(thread, NULL);
-	} else if (!strcmp(kind, "aio")) {
-		struct timespec zero = { 0, 0 };
-		char events[64];
-		if (syscall(SYS_io_getevents, aio_ctx, 0, 1, events, &zero) < 0)
-			wl_fail("the AIO context is gone: %s", strerror(errno));
 	} else {
 		check_ring(9, &params);
 	}

@@ -426,38 +426,14 @@ pub fn create(g: &GhostImage, blobs: Option<&File>) -> Result<OwnedFd> {
         }
         return Ok(fd);
     }
-    // SAFETY: ftruncate of the file we just made.
-    if unsafe { libc::ftruncate(fd.as_raw_fd(), g.size as i64) } != 0 {
-        return Err(last_os_error(what("sizing")));
-    }
-    if !g.extents.is_empty() {
-        let blobs = blobs.ok_or_else(|| Error::Other("image: blobs.img missing".into()))?;
-        // SAFETY: borrowing our fd as a File without taking ownership.
-        let w = std::mem::ManuallyDrop::new(unsafe { File::from_raw_fd(fd.as_raw_fd()) });
-        let mut buf = vec![0u8; 1 << 20];
-        for e in &g.extents {
-            let mut done = 0;
-            while done < e.data.len {
-                let k = ((e.data.len - done) as usize).min(buf.len());
-                blobs
-                    .read_exact_at(&mut buf[..k], e.data.offset + done)
-                    .and_then(|_| w.write_all_at(&buf[..k], e.offset + done))
-                    .map_err(|cause| Error::Io {
-                        what: what("filling"),
-                        cause,
-                    })?;
-                done += k as u64;
-            }
-        }
-    }
-    // SAFETY: fchown of our file.
-    if unsafe { libc::fchown(fd.as_raw_fd(), g.uid, g.gid) } != 0 {
-        return Err(last_os_error(what("setting the owner of")));
-    }
-    // SAFETY: fchmod of our file.
-    if unsafe { libc::fchmod(fd.as_raw_fd(), g.mode & 0o7777) } != 0 {
-        return Err(last_os_error(what("setting the mode of")));
-    }
+    super::memfd::fill(
+        &fd,
+        g.size,
+        &g.extents,
+        (g.uid, g.gid, g.mode),
+        blobs,
+        &what,
+    )?;
     Ok(fd)
 }
 

@@ -158,38 +158,14 @@ pub fn create(m: &MemfdImage, blobs: Option<&File>) -> Result<OwnedFd> {
     }
     // SAFETY: `raw` is a new fd owned by nobody else.
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-    // SAFETY: ftruncate of our new memfd.
-    if unsafe { libc::ftruncate(fd.as_raw_fd(), m.size as i64) } != 0 {
-        return Err(last_os_error(what("sizing")));
-    }
-    if !m.extents.is_empty() {
-        let blobs = blobs.ok_or_else(|| Error::Other("image: blobs.img missing".into()))?;
-        // SAFETY: borrowing our fd as a File without taking ownership.
-        let w = std::mem::ManuallyDrop::new(unsafe { File::from_raw_fd(fd.as_raw_fd()) });
-        let mut buf = vec![0u8; 1 << 20];
-        for e in &m.extents {
-            let mut done = 0;
-            while done < e.data.len {
-                let k = ((e.data.len - done) as usize).min(buf.len());
-                blobs
-                    .read_exact_at(&mut buf[..k], e.data.offset + done)
-                    .and_then(|_| w.write_all_at(&buf[..k], e.offset + done))
-                    .map_err(|source| Error::Io {
-                        what: what("filling"),
-                        cause: source,
-                    })?;
-                done += k as u64;
-            }
-        }
-    }
-    // SAFETY: fchown of our memfd.
-    if unsafe { libc::fchown(fd.as_raw_fd(), m.uid, m.gid) } != 0 {
-        return Err(last_os_error(what("setting the owner of")));
-    }
-    // SAFETY: fchmod of our memfd.
-    if unsafe { libc::fchmod(fd.as_raw_fd(), m.mode & 0o7777) } != 0 {
-        return Err(last_os_error(what("setting the mode of")));
-    }
+    fill(
+        &fd,
+        m.size,
+        &m.extents,
+        (m.uid, m.gid, m.mode),
+        blobs,
+        &what,
+    )?;
     if m.seals != 0 {
         // SAFETY: F_ADD_SEALS on our memfd.
         if unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_ADD_SEALS, m.seals as i32) } != 0 {
@@ -252,4 +228,49 @@ pub fn open_desc(m: &MemfdImage, anchor: &OwnedFd, flags: u32, pos: u64) -> Resu
         }
     }
     Ok(fd)
+}
+
+/// Sizes the new file `fd` (a memfd or a recreated deleted file), writes its
+/// saved extents back from `blobs`, then gives it its owner and mode.
+pub(super) fn fill(
+    fd: &OwnedFd,
+    size: u64,
+    extents: &[crate::image::MemfdExtent],
+    (uid, gid, mode): (u32, u32, u32),
+    blobs: Option<&File>,
+    what: &dyn Fn(&str) -> String,
+) -> Result<()> {
+    // SAFETY: ftruncate of a file we just made.
+    if unsafe { libc::ftruncate(fd.as_raw_fd(), size as i64) } != 0 {
+        return Err(last_os_error(what("sizing")));
+    }
+    if !extents.is_empty() {
+        let blobs = blobs.ok_or_else(|| Error::Other("image: blobs.img missing".into()))?;
+        // SAFETY: borrowing our fd as a File without taking ownership.
+        let w = std::mem::ManuallyDrop::new(unsafe { File::from_raw_fd(fd.as_raw_fd()) });
+        let mut buf = vec![0u8; 1 << 20];
+        for e in extents {
+            let mut done = 0;
+            while done < e.data.len {
+                let k = ((e.data.len - done) as usize).min(buf.len());
+                blobs
+                    .read_exact_at(&mut buf[..k], e.data.offset + done)
+                    .and_then(|_| w.write_all_at(&buf[..k], e.offset + done))
+                    .map_err(|cause| Error::Io {
+                        what: what("filling"),
+                        cause,
+                    })?;
+                done += k as u64;
+            }
+        }
+    }
+    // SAFETY: fchown of a file we just made.
+    if unsafe { libc::fchown(fd.as_raw_fd(), uid, gid) } != 0 {
+        return Err(last_os_error(what("setting the owner of")));
+    }
+    // SAFETY: fchmod of a file we just made.
+    if unsafe { libc::fchmod(fd.as_raw_fd(), mode & 0o7777) } != 0 {
+        return Err(last_os_error(what("setting the mode of")));
+    }
+    Ok(())
 }
